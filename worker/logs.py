@@ -30,3 +30,5 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.INFO, force=True)
     # pika logs every frame at DEBUG; its warnings are what operators need.
     logging.getLogger("pika").setLevel(logging.WARNING)
+    # pywhispercpp announces every call at INFO; the transcriber logs what matters.
+    logging.getLogger("pywhispercpp").setLevel(logging.WARNING)

@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
-import math
 import sysconfig
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +55,7 @@ MAX_BEAM_SIZE = 8
 SIZEOF_FULL_PARAMS = 304
 SIZEOF_CONTEXT_PARAMS = 48
 
-# 1.8.5 maps FLT_MAX into whisper_vad_params.max_speech_duration_s by default.
+# FLT_MAX: the 1.8.5 default of whisper_vad_params.max_speech_duration_s (i.e. "no limit").
 _FLT_MAX = 3.4028234663852886e38
 
 # enum ggml_log_level, used only to label forwarded log lines.
@@ -295,7 +293,8 @@ def find_library() -> Path:
 
     Returns ``<site-packages>/pywhispercpp.libs/libwhisper-<hash>.so.<ver>`` when present,
     otherwise ``<site-packages>/libwhisper.so``.  Never imports pywhispercpp.  Raises
-    ``FileNotFoundError`` when neither exists.
+    ``FileNotFoundError`` when neither exists and ``NativeABIError`` when the libs dir holds
+    several libwhisper copies (a broken install: we could not tell which one is linked).
 
     Why the vendored copy: ``_pywhispercpp`` links against it by its hashed SONAME (see
     ``readelf -d``), and dlopen() of that same file returns the already-mapped object, so
@@ -636,6 +635,7 @@ class NativeContext:
         self.model_path = model_path
         self._lock = threading.Lock()
         self._states: set[NativeState] = set()
+        self._closing = False
         self._handle: int | None = self._init_context(model_path, flash_attn)
         self._multilingual = bool(lib.whisper_is_multilingual(self._handle))
 
@@ -666,6 +666,8 @@ class NativeContext:
     def new_state(self) -> NativeState:
         """Allocate a fresh ``whisper_state`` for this context (caller closes it)."""
         with self._lock:
+            if self._closing:
+                raise RuntimeError("whisper context is closing")
             handle = self.lib.whisper_init_state(self.handle)
             if not handle:
                 raise NativeCallError("whisper_init_state", None, "out of memory?")
@@ -681,6 +683,7 @@ class NativeContext:
     def close(self) -> None:
         """Close remaining states (waiting for running calls), then free the weights. Idempotent."""
         with self._lock:
+            self._closing = True  # no new states from here on
             states = list(self._states)
         for state in states:
             state.close()
@@ -911,8 +914,3 @@ def detect_language(ctx: NativeContext, state: NativeState, audio: np.ndarray, *
         state.release()
     return lib.whisper_lang_str(lang_id).decode("ascii"), float(probs[lang_id])
 
-
-def iter_languages(lib: ctypes.CDLL) -> Iterator[str]:
-    """All language codes known to libwhisper, in id order."""
-    for lang_id in range(lib.whisper_lang_max_id() + 1):
-        yield lib.whisper_lang_str(lang_id).decode("ascii")

@@ -1,0 +1,80 @@
+"""Shared fixtures: real audio from ../shared/audio, real models converted from installed packages.
+
+Tests never download: every downloader here has downloads disabled or points at a server
+the test itself runs on 127.0.0.1.
+"""
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from loguru import logger
+
+from worker.audio import decode_audio
+from worker.model_downloader import ModelDownloader
+from worker.transcriber import WhisperTranscriber
+
+ROOT = Path(__file__).resolve().parent.parent
+AUDIO_DIR = ROOT.parent / "shared" / "audio"
+MODELS_DIR = ROOT / "whisper" / "models"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    logger.remove()
+    logger.configure(extra={"job_id": "-"})
+    logger.add(sys.stderr, level="INFO")
+
+
+def normalize(text: str) -> str:
+    """Lower case, no punctuation, single spaces: enough for these references' WER."""
+    text = text.lower().replace("'", "")
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", text).split())
+
+
+@pytest.fixture(scope="session")
+def audio_dir() -> Path:
+    if not AUDIO_DIR.is_dir():
+        pytest.fail(f"{AUDIO_DIR} is missing: tests need ../shared/audio beside the project")
+    return AUDIO_DIR
+
+
+def reference(audio_dir: Path, name: str) -> str:
+    return (audio_dir / name).with_suffix(".txt").read_text().strip()
+
+
+@pytest.fixture(scope="session")
+def offline_downloader() -> ModelDownloader:
+    """The project's models directory, filled only from installed packages."""
+    return ModelDownloader(MODELS_DIR, download_url="")
+
+
+@pytest.fixture(scope="session")
+def tiny_en_path(offline_downloader: ModelDownloader) -> Path:
+    return offline_downloader.ensure_model_exists("tiny.en")
+
+
+@pytest.fixture(scope="session")
+def base_path(offline_downloader: ModelDownloader) -> Path:
+    return offline_downloader.ensure_model_exists("base")
+
+
+@pytest.fixture(scope="session")
+def transcriber(tiny_en_path: Path) -> WhisperTranscriber:
+    """One shared transcriber for the whole session, as in the service."""
+    return WhisperTranscriber(tiny_en_path, max_concurrent_calls=4, n_threads=1)
+
+
+@pytest.fixture(scope="session")
+def jfk(audio_dir: Path) -> np.ndarray:
+    return decode_audio(audio_dir / "jfk_inaugural_1961.flac")
+
+
+@pytest.fixture
+def log_messages():
+    """Collect (level, message) of every loguru record at DEBUG and above during a test."""
+    records: list[tuple[str, str]] = []
+    sink_id = logger.add(lambda m: records.append((m.record["level"].name, m.record["message"])), level="DEBUG")
+    yield records
+    logger.remove(sink_id)

@@ -1,0 +1,79 @@
+"""The shared WhisperTranscriber on real speech with real converted models."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import jiwer
+import numpy as np
+import pytest
+
+from conftest import normalize, reference
+from worker.audio import decode_audio
+from worker.transcriber import WhisperTranscriber, threads_per_call
+
+CLIPS = (
+    "jfk_inaugural_1961.flac",
+    "ls_test-clean_1089-134686-0000.flac",
+    "ljspeech_LJ050-0131.wav",
+    "ls_dev-clean_1272-128104-0000_leopard.wav",
+)
+
+
+def test_converted_tiny_en_transcribes_jfk_exactly(transcriber, jfk, audio_dir):
+    result = transcriber.transcribe(jfk)
+
+    assert jiwer.wer(normalize(reference(audio_dir, "jfk_inaugural_1961.flac")), normalize(result.text)) == 0
+    assert result.language == "en"
+    starts = [s.start for s in result.segments]
+    assert starts == sorted(starts) and result.segments[-1].end <= 11.5
+
+
+def test_state_api_is_used_on_this_machine(transcriber):
+    # The ABI check passed for the pinned pywhispercpp: no silent fallback to a Model pool.
+    assert transcriber.backend == "native"
+
+
+def test_four_threads_on_one_transcriber_match_sequential_calls(transcriber, audio_dir):
+    clips = [decode_audio(audio_dir / name) for name in CLIPS]
+    sequential = [transcriber.transcribe(clip) for clip in clips]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        concurrent = list(pool.map(transcriber.transcribe, clips))
+
+    assert concurrent == sequential
+    assert len({r.text for r in concurrent}) == 4
+
+
+def test_model_pool_fallback_gives_the_same_transcript(tiny_en_path, transcriber, jfk):
+    pool = WhisperTranscriber(tiny_en_path, max_concurrent_calls=1, n_threads=1, backend="pool")
+    try:
+        assert pool.backend == "pool"
+        assert pool.transcribe(jfk).segments == transcriber.transcribe(jfk, n_threads=1).segments
+    finally:
+        pool.close()
+
+
+def test_multilingual_base_detects_english(base_path, jfk, audio_dir):
+    base = WhisperTranscriber(base_path, n_threads=2)
+    try:
+        result = base.transcribe(jfk)
+        forced = base.transcribe(jfk, language="en")
+    finally:
+        base.close()
+
+    assert base.multilingual
+    assert result.language == "en" and result.language_probability > 0.5
+    assert forced.language_probability is None  # nothing was detected when the caller chose
+    assert jiwer.wer(normalize(reference(audio_dir, "jfk_inaugural_1961.flac")), normalize(result.text)) < 0.1
+
+
+def test_rejects_non_mono_input(transcriber):
+    with pytest.raises(ValueError, match="1-D"):
+        transcriber.transcribe(np.zeros((2, 16000), dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    ("calls", "cpus", "requested", "expected"),
+    [(1, 2, 0, 2), (2, 2, 0, 1), (4, 2, 0, 1), (2, 8, 0, 4), (1, 8, 3, 3), (2, 2, 4, 1)],
+)
+def test_threads_times_calls_fit_the_cpus(calls, cpus, requested, expected):
+    assert threads_per_call(calls, cpus=cpus, requested=requested) == expected

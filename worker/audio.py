@@ -1,0 +1,54 @@
+"""Decode any audio ffmpeg reads into 16 kHz mono float32 samples (the only importer of pydub)."""
+
+from pathlib import Path
+
+import numpy as np
+from pydub import AudioSegment
+from pydub.exceptions import CouldntDecodeError
+
+from worker.errors import AudioDecodeError
+
+SAMPLE_RATE = 16000
+
+# Ask ffmpeg itself to resample and downmix: its resampler is band-limited, pydub's
+# audioop.ratecv is not. (pydub reads plain WAV without ffmpeg; set_frame_rate covers that.)
+_FFMPEG_OUTPUT = ["-ar", str(SAMPLE_RATE), "-ac", "1"]
+
+
+def decode_audio(path: Path, *, max_seconds: float | None = None) -> np.ndarray:
+    """Samples of `path` as 16 kHz mono float32 in [-1, 1].
+
+    Raises AudioDecodeError (permanent) for a missing file, something that is not audio or
+    is corrupt, audio with no samples, or audio longer than `max_seconds`.
+    """
+    segment = _load(Path(path))
+    segment = segment.set_channels(1).set_frame_rate(SAMPLE_RATE).set_sample_width(2)
+    samples = np.frombuffer(segment.raw_data, dtype=np.int16).astype(np.float32) / 32768.0
+    if samples.size == 0:
+        raise AudioDecodeError(f"{Path(path).name}: the audio has no samples (zero length)")
+    if max_seconds is not None and samples.size > max_seconds * SAMPLE_RATE:
+        raise AudioDecodeError(
+            f"{Path(path).name}: {samples.size / SAMPLE_RATE:.1f} s of audio is longer than the limit of {max_seconds:g} s"
+        )
+    return samples
+
+
+def _load(path: Path) -> AudioSegment:
+    if not path.is_file():
+        raise AudioDecodeError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise AudioDecodeError(f"{path.name}: the file is empty (zero length)")
+    try:
+        return AudioSegment.from_file(path, parameters=_FFMPEG_OUTPUT)
+    except CouldntDecodeError as exc:
+        raise AudioDecodeError(f"{path.name}: not decodable audio ({_ffmpeg_reason(str(exc))})") from None
+    except (IndexError, ValueError, KeyError) as exc:
+        # pydub's own parsing (ffprobe output, WAV headers) fails this way on odd files.
+        raise AudioDecodeError(f"{path.name}: not decodable audio ({exc})") from None
+
+
+def _ffmpeg_reason(message: str) -> str:
+    """The most telling line of ffmpeg's stderr, which pydub embeds in its exception text."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    telling = [line for line in lines if any(k in line.lower() for k in ("invalid", "error", "no such", "not"))]
+    return (telling or lines or ["unknown reason"])[-1][:300]

@@ -1,0 +1,67 @@
+"""Transcript writers: plain text, SubRip (srt), WebVTT (vtt) and JSON."""
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Protocol
+
+Format = Literal["txt", "srt", "vtt", "json"]
+FORMATS: tuple[Format, ...] = ("txt", "srt", "vtt", "json")
+
+
+class TimedText(Protocol):
+    start: float
+    end: float
+    text: str
+
+
+def timestamp(seconds: float, *, decimal_marker: str) -> str:
+    """HH:MM:SS<marker>mmm, the form both SRT (',') and WebVTT ('.') require."""
+    millis = max(0, round(seconds * 1000))
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal_marker}{millis:03d}"
+
+
+def _cues(segments: Sequence[TimedText], marker: str) -> list[str]:
+    cues = []
+    for segment in segments:
+        text = segment.text.strip()
+        if not text:
+            continue
+        # A cue must not end before it starts; whisper can emit zero-length segments.
+        end = max(segment.end, segment.start)
+        times = f"{timestamp(segment.start, decimal_marker=marker)} --> {timestamp(end, decimal_marker=marker)}"
+        cues.append(f"{times}\n{text}\n")
+    return cues
+
+
+def to_srt(segments: Sequence[TimedText]) -> str:
+    """SubRip: numbered cues from 1, comma before milliseconds, a blank line after each cue."""
+    return "\n".join(f"{n}\n{cue}" for n, cue in enumerate(_cues(segments, ","), start=1))
+
+
+def to_vtt(segments: Sequence[TimedText]) -> str:
+    """WebVTT: the WEBVTT header, then cues with a dot before milliseconds."""
+    return "\n".join(["WEBVTT\n", *_cues(segments, ".")])
+
+
+def to_txt(text: str) -> str:
+    return text.strip() + "\n"
+
+
+def to_json(document: Mapping[str, Any]) -> str:
+    return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+
+
+def render(fmt: Format, *, text: str, segments: Sequence[TimedText], document: Mapping[str, Any]) -> str:
+    """The transcript in `fmt`; `document` is what the JSON format serialises."""
+    if fmt == "txt":
+        return to_txt(text)
+    if fmt == "srt":
+        return to_srt(segments)
+    if fmt == "vtt":
+        return to_vtt(segments)
+    if fmt == "json":
+        return to_json(document)
+    raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

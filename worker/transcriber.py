@@ -1,0 +1,263 @@
+"""One shared, thread-safe whisper.cpp transcriber per process (the only importer of pywhispercpp).
+
+Design (why it looks like this):
+- A whisper.cpp context holds the weights; `whisper_full` on one context from two threads
+  crashes, and a pywhispercpp `Model` is one context. Loading a Model per thread or per chunk
+  costs a full copy of the weights and a load each time (this is what made the old parallel
+  mode slower than sequential).
+- whisper.cpp's own answer is one context plus one `whisper_state` per concurrent call. The
+  "native" backend does exactly that through `worker.whisper_native` (ctypes over the
+  libwhisper that the pinned pywhispercpp wheel ships): one copy of the weights, a small
+  state per call, states reused from a bounded pool.
+- The ctypes route depends on the by-value `whisper_full_params` layout, so it is verified at
+  start-up; if it does not match, the "pool" backend takes over: a bounded pool of
+  pywhispercpp Models (a copy of the weights each, but correct), and a log line says so.
+- Decoding parameters are built per call into a local struct (native) or passed in full on
+  every call to a Model nobody else is using (pool), so no call changes another's settings.
+- The ctypes calls release the GIL, so calls on separate states really run in parallel.
+"""
+
+import os
+
+# OpenMP threads that spin while idle steal the CPU from the other concurrent calls (a decode
+# step went from 6 ms to 745 ms here). libgomp reads this once, when the library loads,
+# so it must be set before pywhispercpp or libwhisper is imported. An operator's value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+import contextlib  # noqa: E402
+import queue  # noqa: E402
+import threading  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Generic, Literal, TypeVar  # noqa: E402
+
+import numpy as np  # noqa: E402
+import _pywhispercpp  # noqa: E402  (the binding; loads the bundled libwhisper and its libgomp)
+from loguru import logger  # noqa: E402
+from pywhispercpp.model import Model  # noqa: E402
+
+from worker import whisper_native  # noqa: E402
+from worker.errors import TranscriptionError  # noqa: E402
+
+Task = Literal["transcribe", "translate"]
+Backend = Literal["auto", "native", "pool"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of transcript; times in seconds from the start of the audio passed in."""
+
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Transcription:
+    """What one call returns. `language_probability` is None when the language was not detected."""
+
+    segments: tuple[Segment, ...]
+    language: str
+    language_probability: float | None = None
+
+    @property
+    def text(self) -> str:
+        # whisper.cpp segment texts carry no reliable separator between them: join with a space.
+        return " ".join(s.text.strip() for s in self.segments if s.text.strip())
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (respects affinity masks and cpusets)."""
+    return len(os.sched_getaffinity(0))
+
+
+def threads_per_call(concurrent_calls: int, *, cpus: int | None = None, requested: int = 0) -> int:
+    """Threads for each whisper call so that threads x concurrent calls <= CPUs.
+
+    `requested` (WHISPER_THREADS) wins when set, capped to the same budget.
+    """
+    budget = max(1, (cpus or available_cpus()) // max(1, concurrent_calls))
+    return min(requested, budget) if requested > 0 else budget
+
+
+class _BoundedPool(Generic[T]):
+    """Up to `size` resources made on demand by `factory`; a borrower waits when all are out."""
+
+    def __init__(self, factory: Callable[[], T], size: int) -> None:
+        self._factory = factory
+        self._size = size
+        self._idle: queue.LifoQueue[T] = queue.LifoQueue()
+        self._created: list[T] = []
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def borrow(self) -> Iterator[T]:
+        item = self._take()
+        try:
+            yield item
+        finally:
+            self._idle.put(item)
+
+    def _take(self) -> T:
+        with contextlib.suppress(queue.Empty):
+            return self._idle.get_nowait()
+        with self._lock:
+            if len(self._created) < self._size:
+                item = self._factory()
+                self._created.append(item)
+                return item
+        return self._idle.get()
+
+    @property
+    def created(self) -> list[T]:
+        return list(self._created)
+
+
+class _NativeBackend:
+    """One whisper.cpp context; one whisper_state per concurrent call."""
+
+    name = "native"
+
+    def __init__(self, model_path: Path, max_concurrent_calls: int) -> None:
+        lib = whisper_native.open_library()
+        whisper_native.check_abi(lib)
+        whisper_native.install_log_forwarding(lib)
+        self._context = whisper_native.NativeContext(lib, model_path)
+        self._states = _BoundedPool(self._context.new_state, max_concurrent_calls)
+        self.multilingual = self._context.is_multilingual()
+
+    def transcribe(self, audio: np.ndarray, *, n_threads: int, language: str | None, task: Task, beam_size: int) -> Transcription:
+        with self._states.borrow() as state:
+            probability = None
+            if language is None and self.multilingual:
+                language, probability = whisper_native.detect_language(self._context, state, audio, n_threads=n_threads)
+            result = whisper_native.transcribe(
+                self._context, state, audio, n_threads=n_threads, language=language or "en",
+                translate=task == "translate", beam_size=beam_size,
+            )
+        segments = tuple(Segment(start, end, text.strip()) for start, end, text in result.segments)
+        return Transcription(segments=segments, language=result.language, language_probability=probability)
+
+    def close(self) -> None:
+        for state in self._states.created:
+            state.close()
+        self._context.close()
+
+
+class _ModelPoolBackend:
+    """Fallback: a bounded pool of pywhispercpp Models, each used by one thread at a time."""
+
+    name = "pool"
+
+    def __init__(self, model_path: Path, max_concurrent_calls: int, beam_size: int) -> None:
+        self._path = str(model_path)
+        self._strategy = 1 if beam_size > 1 else 0  # fixed per Model at construction by pywhispercpp
+        self._models = _BoundedPool(self._load, max_concurrent_calls)
+        with self._models.borrow() as model:  # load one now, so a bad file fails at start-up
+            self.multilingual = bool(_pywhispercpp.whisper_is_multilingual(model._ctx))
+
+    def _load(self) -> Model:
+        return Model(
+            self._path, params_sampling_strategy=self._strategy, redirect_whispercpp_logs_to=None,
+            print_progress=False, print_realtime=False,
+        )
+
+    def transcribe(self, audio: np.ndarray, *, n_threads: int, language: str | None, task: Task, beam_size: int) -> Transcription:
+        with self._models.borrow() as model:
+            probability = None
+            if language is None and self.multilingual:
+                (language, probability), _ = model.auto_detect_language(audio, n_threads=n_threads)
+                probability = float(probability)
+            # Every decoding parameter is passed on every call: pywhispercpp keeps them on the Model.
+            segments = model.transcribe(
+                audio, n_threads=n_threads, language=language or "en", translate=task == "translate",
+                no_context=True, suppress_blank=True, suppress_nst=True, single_segment=False,
+                print_progress=False, print_realtime=False, **_sampling(beam_size),
+            )
+        return Transcription(
+            segments=tuple(Segment(s.t0 / 100.0, s.t1 / 100.0, s.text.strip()) for s in segments),
+            language=language or "en", language_probability=probability,
+        )
+
+    def close(self) -> None:
+        self._models = None
+
+
+def _sampling(beam_size: int) -> dict:
+    if beam_size > 1:
+        return {"beam_search": {"beam_size": beam_size, "patience": -1.0}}
+    return {"greedy": {"best_of": 1}}
+
+
+class WhisperTranscriber:
+    """Thread-safe transcription over one loaded model; create one per process and share it.
+
+    `max_concurrent_calls` bounds how many calls run at once (extra callers wait);
+    `n_threads` is the default number of threads per call.
+    """
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        max_concurrent_calls: int = 1,
+        n_threads: int | None = None,
+        beam_size: int = 1,
+        backend: Backend = "auto",
+    ) -> None:
+        logger.info("Initializing shared WhisperTranscriber instance...")
+        self.model_path = Path(model_path)
+        self.max_concurrent_calls = max(1, max_concurrent_calls)
+        self.n_threads = n_threads or threads_per_call(self.max_concurrent_calls)
+        self.beam_size = beam_size
+        self._backend = _make_backend(self.model_path, self.max_concurrent_calls, beam_size, backend)
+        logger.info(
+            "WhisperTranscriber ready: model {}, backend {}, up to {} concurrent calls x {} threads",
+            self.model_path.name, self._backend.name, self.max_concurrent_calls, self.n_threads,
+        )
+
+    @property
+    def backend(self) -> str:
+        return self._backend.name
+
+    @property
+    def multilingual(self) -> bool:
+        return self._backend.multilingual
+
+    def transcribe(
+        self, audio: np.ndarray, *, language: str | None = None, task: Task = "transcribe", n_threads: int | None = None
+    ) -> Transcription:
+        """Transcribe 16 kHz mono float32 `audio`. `language=None` detects it (multilingual models)."""
+        audio = _as_model_input(audio)
+        try:
+            return self._backend.transcribe(
+                audio, n_threads=n_threads or self.n_threads, language=language, task=task, beam_size=self.beam_size
+            )
+        except (whisper_native.NativeCallError, RuntimeError) as exc:
+            raise TranscriptionError(f"whisper.cpp failed: {exc}") from exc
+
+    def close(self) -> None:
+        self._backend.close()
+
+
+def _as_model_input(audio: np.ndarray) -> np.ndarray:
+    if audio.ndim != 1:
+        raise ValueError(f"audio must be 1-D mono samples, got shape {audio.shape}")
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def _make_backend(model_path: Path, max_calls: int, beam_size: int, backend: Backend) -> "_NativeBackend | _ModelPoolBackend":
+    if backend == "pool":
+        return _ModelPoolBackend(model_path, max_calls, beam_size)
+    try:
+        return _NativeBackend(model_path, max_calls)
+    except (whisper_native.NativeABIError, OSError) as exc:
+        if backend == "native":
+            raise
+        logger.warning(
+            "whisper.cpp states via ctypes are unavailable ({}); falling back to a pool of up to {} "
+            "pywhispercpp Models (one copy of the weights per concurrent call)", exc, max_calls,
+        )
+        return _ModelPoolBackend(model_path, max_calls, beam_size)
