@@ -1,5 +1,6 @@
 """Decode any audio ffmpeg reads into 16 kHz mono float32 samples (the only importer of pydub)."""
 
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +53,22 @@ def _ffmpeg_reason(message: str) -> str:
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     telling = [line for line in lines if any(k in line.lower() for k in ("invalid", "error", "no such", "not"))]
     return (telling or lines or ["unknown reason"])[-1][:300]
+
+
+def write_wav(path: Path, samples: np.ndarray) -> None:
+    """Write float samples as a 16 kHz mono 16-bit WAV (lossless for what decode_audio returns)."""
+    pcm = np.clip(np.round(samples * 32768.0), -32768, 32767).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes(pcm.tobytes())
+
+
+def read_wav(path: Path) -> np.ndarray:
+    """Samples of a 16 kHz mono 16-bit WAV written by write_wav, as float32."""
+    with wave.open(str(path), "rb") as wav:
+        if (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) != (1, 2, SAMPLE_RATE):
+            raise AudioDecodeError(f"{Path(path).name}: expected 16 kHz mono 16-bit WAV")
+        pcm = wav.readframes(wav.getnframes())
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0

@@ -140,6 +140,10 @@ class _NativeBackend:
         segments = tuple(Segment(start, end, text.strip()) for start, end, text in result.segments)
         return Transcription(segments=segments, language=result.language, language_probability=probability)
 
+    def detect_language(self, audio: np.ndarray, *, n_threads: int) -> tuple[str, float]:
+        with self._states.borrow() as state:
+            return whisper_native.detect_language(self._context, state, audio, n_threads=n_threads)
+
     def close(self) -> None:
         for state in self._states.created:
             state.close()
@@ -180,6 +184,11 @@ class _ModelPoolBackend:
             segments=tuple(Segment(s.t0 / 100.0, s.t1 / 100.0, s.text.strip()) for s in segments),
             language=language or "en", language_probability=probability,
         )
+
+    def detect_language(self, audio: np.ndarray, *, n_threads: int) -> tuple[str, float]:
+        with self._models.borrow() as model:
+            (language, probability), _ = model.auto_detect_language(audio, n_threads=n_threads)
+        return language, float(probability)
 
     def close(self) -> None:
         self._models = None
@@ -237,6 +246,12 @@ class WhisperTranscriber:
             )
         except (whisper_native.NativeCallError, RuntimeError) as exc:
             raise TranscriptionError(f"whisper.cpp failed: {exc}") from exc
+
+    def detect_language(self, audio: np.ndarray, *, n_threads: int | None = None) -> tuple[str, float]:
+        """(language code, probability) from the first 30 s of `audio`; multilingual models only."""
+        if not self.multilingual:
+            raise ValueError(f"{self.model_path.name} is English-only: it cannot detect languages")
+        return self._backend.detect_language(_as_model_input(audio), n_threads=n_threads or self.n_threads)
 
     def close(self) -> None:
         self._backend.close()

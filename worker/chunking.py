@@ -1,0 +1,158 @@
+"""Split 16 kHz mono samples into chunks that start and end in silence (pure: arrays in, Chunks out).
+
+Why silence-aligned chunks of at most ~30 s:
+- whisper's encoder always sees a 30 s window; a chunk that overruns 30 s costs a second full
+  encoder pass, and a chunk cut inside a word loses or garbles that word on both sides.
+- independent chunks can be transcribed concurrently on one shared model.
+- long silences are where whisper hallucinates; they are left out entirely.
+
+How: frame energies (20 ms RMS, in dB) against a threshold that adapts to the recording
+mark voiced frames. Voiced runs separated by less than `merge_gap_seconds` form
+one speech span (padded a little); spans are packed into chunks up to `max_seconds`, and a
+span too long for one chunk is cut at the longest pause inside the last `search_seconds`
+of the allowed window (or, if there is no pause at all, at the quietest frame there).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+FRAME = 320  # 20 ms
+
+
+@dataclass(frozen=True)
+class ChunkingOptions:
+    """Tuning of the silence search; the defaults suit speech."""
+
+    max_seconds: float = 29.0
+    search_seconds: float = 8.0
+    min_pause_seconds: float = 0.1
+    merge_gap_seconds: float = 1.0
+    # Silences longer than this are never inside a chunk: whisper hallucinates in long silence.
+    # Shorter ones are, since every chunk costs a full 30 s encoder pass however short it is.
+    max_inner_silence_seconds: float = 3.0
+    pad_seconds: float = 0.2
+    floor_db: float = -55.0  # frames at or below this level are always silent
+    margin_db: float = 12.0  # voiced: this far above the noise floor...
+    headroom_db: float = 25.0  # ...or this far below the loud parts, whichever is lower
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Samples [start, end) of the job's audio; `start` is the true offset used for timestamps."""
+
+    index: int
+    start: int
+    end: int
+
+    @property
+    def name(self) -> str:
+        return f"chunk_{self.index:04d}.wav"
+
+    @property
+    def start_seconds(self) -> float:
+        return self.start / SAMPLE_RATE
+
+    @property
+    def end_seconds(self) -> float:
+        return self.end / SAMPLE_RATE
+
+    @property
+    def seconds(self) -> float:
+        return (self.end - self.start) / SAMPLE_RATE
+
+
+def frame_db(samples: np.ndarray) -> np.ndarray:
+    """RMS level of each whole 20 ms frame, in dB relative to full scale."""
+    n = samples.size // FRAME
+    frames = samples[: n * FRAME].astype(np.float64).reshape(n, FRAME)
+    rms = np.sqrt(np.mean(frames**2, axis=1))
+    return 20 * np.log10(np.maximum(rms, 1e-10))
+
+
+def voiced_frames(levels: np.ndarray, options: ChunkingOptions) -> np.ndarray:
+    """True for frames clearly above the recording's noise floor.
+
+    The threshold adapts to the recording: a margin above its quiet frames (5th percentile),
+    but never closer than `headroom_db` to its loud frames (95th percentile), so that dense
+    speech with few pauses is not mistaken for noise, and never below `floor_db`.
+    """
+    if levels.size == 0:
+        return np.zeros(0, dtype=bool)
+    noise_floor, loud = np.percentile(levels, [5, 95])
+    threshold = max(options.floor_db, min(noise_floor + options.margin_db, loud - options.headroom_db))
+    return levels > threshold
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) index pairs of the True runs in a boolean array."""
+    padded = np.concatenate(([False], mask, [False]))
+    edges = np.flatnonzero(np.diff(padded.astype(np.int8)))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+
+def speech_spans(voiced: np.ndarray, options: ChunkingOptions) -> list[tuple[int, int]]:
+    """Frame spans of speech: voiced runs joined across short gaps, padded, clipped."""
+    merge, pad = _frames(options.merge_gap_seconds), _frames(options.pad_seconds)
+    spans: list[tuple[int, int]] = []
+    for start, end in _runs(voiced):
+        if spans and start - spans[-1][1] < merge:
+            spans[-1] = (spans[-1][0], end)
+        else:
+            spans.append((start, end))
+    return [(max(0, s - pad), min(voiced.size, e + pad)) for s, e in spans]
+
+
+def _frames(seconds: float) -> int:
+    return int(round(seconds * SAMPLE_RATE / FRAME))
+
+
+def _cut_frame(levels: np.ndarray, voiced: np.ndarray, lo: int, hi: int, options: ChunkingOptions) -> int:
+    """Where to cut within frames [lo, hi): the middle of the longest pause, else the quietest frame."""
+    pauses = [(e - s, s, e) for s, e in _runs(~voiced[lo:hi]) if e - s >= _frames(options.min_pause_seconds)]
+    if pauses:
+        _, s, e = max(pauses)  # longest; among equals, the latest
+        return lo + (s + e) // 2
+    return lo + int(np.argmin(levels[lo:hi]))
+
+
+def _split_span(start: int, end: int, levels: np.ndarray, voiced: np.ndarray, options: ChunkingOptions) -> list[tuple[int, int]]:
+    """Cut one long speech span into pieces of at most max_seconds, at pauses."""
+    limit, search = _frames(options.max_seconds), _frames(options.search_seconds)
+    pieces = []
+    while end - start > limit:
+        cut = _cut_frame(levels, voiced, start + limit - search, start + limit, options)
+        pieces.append((start, cut))
+        start = cut
+    pieces.append((start, end))
+    return pieces
+
+
+def _pack(spans: list[tuple[int, int]], options: ChunkingOptions) -> list[tuple[int, int]]:
+    """Join consecutive spans into chunks while the chunk stays within max_seconds."""
+    limit, max_gap = _frames(options.max_seconds), _frames(options.max_inner_silence_seconds)
+    packed: list[tuple[int, int]] = []
+    for start, end in spans:
+        if packed and end - packed[-1][0] <= limit and start - packed[-1][1] <= max_gap:
+            packed[-1] = (packed[-1][0], end)
+        else:
+            packed.append((start, end))
+    return packed
+
+
+def split(samples: np.ndarray, options: ChunkingOptions = ChunkingOptions()) -> list[Chunk]:
+    """Chunks covering the speech in `samples`, in order; [] when there is no speech at all."""
+    levels = frame_db(samples)
+    voiced = voiced_frames(levels, options)
+    pieces = [
+        piece
+        for start, end in speech_spans(voiced, options)
+        for piece in _split_span(start, end, levels, voiced, options)
+    ]
+    chunks = []
+    for index, (start, end) in enumerate(_pack(pieces, options)):
+        # The last frame boundary may fall short of the real end: keep the tail samples.
+        end_sample = samples.size if end == levels.size else end * FRAME
+        chunks.append(Chunk(index=index, start=start * FRAME, end=end_sample))
+    return chunks

@@ -1,0 +1,210 @@
+"""One audio input to one transcript: decode, split into WAV chunks, transcribe, merge.
+
+The chunks of a job run in a ThreadPoolExecutor over the ONE WhisperTranscriber the entry
+point created for the process (parallel mode), or one after another with every CPU thread
+(sequential mode). Results are merged in chunk order, whatever order threads finish in, with
+each chunk's true start offset added to its segment times.
+"""
+
+import contextvars
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from loguru import logger
+
+from worker.audio import SAMPLE_RATE, decode_audio, read_wav, write_wav
+from worker.chunking import Chunk, ChunkingOptions, split
+from worker.errors import TranscriptionError, WorkerError
+from worker.transcriber import Segment, Task, WhisperTranscriber, threads_per_call
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How a job is processed (built from Settings by the entry point)."""
+
+    parallel: bool = True
+    workers: int = 2
+    threads: int = 0  # per whisper call; 0 = CPUs / concurrent calls
+    max_audio_seconds: float | None = 4 * 3600.0
+    chunking: ChunkingOptions = field(default_factory=ChunkingOptions)
+
+    @property
+    def concurrent_calls(self) -> int:
+        return self.workers if self.parallel else 1
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported after each finished chunk."""
+
+    chunks_done: int
+    chunks_total: int
+    audio_seconds_done: float
+    audio_seconds_total: float
+
+    @property
+    def percent(self) -> float:
+        return 100.0 if self.chunks_total == 0 else 100.0 * self.chunks_done / self.chunks_total
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """The pipeline's output for one job; times in seconds from the start of the input."""
+
+    text: str
+    segments: tuple[Segment, ...]
+    language: str | None
+    language_probability: float | None
+    duration_seconds: float
+    model: str
+    chunks: int
+    decode_seconds: float
+    transcribe_seconds: float
+
+    @property
+    def real_time_factor(self) -> float:
+        """Transcription wall time per second of audio (lower is faster)."""
+        return self.transcribe_seconds / self.duration_seconds if self.duration_seconds else 0.0
+
+    def document(self) -> dict[str, Any]:
+        """The JSON form (json output format, results)."""
+        return {
+            "text": self.text,
+            "segments": [{"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text} for s in self.segments],
+            "language": self.language,
+            "language_probability": self.language_probability,
+            "duration_seconds": round(self.duration_seconds, 3),
+            "model": self.model,
+        }
+
+
+class Processor:
+    """Runs the pipeline for one job at a time per call; safe to call from several threads."""
+
+    def __init__(self, transcriber: WhisperTranscriber, *, model_name: str, options: PipelineOptions,
+                 work_root: Path | None = None) -> None:
+        if options.concurrent_calls > transcriber.max_concurrent_calls:
+            raise ValueError(
+                f"{options.workers} workers need a transcriber for {options.workers} concurrent calls "
+                f"(it allows {transcriber.max_concurrent_calls})"
+            )
+        self.transcriber = transcriber
+        self.model_name = model_name
+        self.options = options
+        self.work_root = work_root
+        # Sequential mode gives the single call every CPU; parallel mode splits them.
+        self.threads = threads_per_call(options.concurrent_calls, requested=options.threads)
+
+    def process_file(self, path: Path, *, language: str | None = None, task: Task = "transcribe",
+                     progress: ProgressCallback | None = None) -> Transcript:
+        """Decode `path` and transcribe it. Raises AudioDecodeError or TranscriptionError."""
+        started = time.perf_counter()
+        samples = decode_audio(path, max_seconds=self.options.max_audio_seconds)
+        decode_seconds = time.perf_counter() - started
+        return self.process_samples(samples, language=language, task=task, progress=progress,
+                                    decode_seconds=decode_seconds)
+
+    def process_samples(self, samples: np.ndarray, *, language: str | None = None, task: Task = "transcribe",
+                        progress: ProgressCallback | None = None, decode_seconds: float = 0.0) -> Transcript:
+        """Transcribe 16 kHz mono samples through WAV chunks in a per-job work directory."""
+        started = time.perf_counter()
+        chunks = split(samples, self.options.chunking)
+        language, probability = self._language(samples, chunks, language)
+        with tempfile.TemporaryDirectory(prefix="job-", dir=self.work_root) as work_dir:
+            paths = [_write_chunk(Path(work_dir), samples, chunk) for chunk in chunks]
+            per_chunk = self._run(chunks, paths, language, task, progress, samples.size / SAMPLE_RATE)
+        segments = tuple(s for chunk_segments in per_chunk for s in chunk_segments)
+        transcript = Transcript(
+            text=" ".join(s.text for s in segments if s.text),
+            segments=segments,
+            language=language if chunks or language else (None if self.transcriber.multilingual else "en"),
+            language_probability=probability,
+            duration_seconds=samples.size / SAMPLE_RATE,
+            model=self.model_name,
+            chunks=len(chunks),
+            decode_seconds=decode_seconds,
+            transcribe_seconds=time.perf_counter() - started,
+        )
+        self._log_summary(transcript)
+        return transcript
+
+    def _language(self, samples: np.ndarray, chunks: list[Chunk], language: str | None) -> tuple[str | None, float | None]:
+        # Detect once per job, on the first chunk, so every chunk is decoded in the same language.
+        if language is not None or not chunks:
+            return language, None
+        if not self.transcriber.multilingual:
+            return "en", None
+        first = chunks[0]
+        detected, probability = self.transcriber.detect_language(samples[first.start:first.end], n_threads=self.threads)
+        logger.info("Detected language {} (p={:.2f})", detected, probability)
+        return detected, probability
+
+    def _run(self, chunks: list[Chunk], paths: list[Path], language: str | None, task: Task,
+             progress: ProgressCallback | None, total_seconds: float) -> list[list[Segment]]:
+        results: list[list[Segment]] = [[] for _ in chunks]
+        done, done_seconds = 0, 0.0
+        with ThreadPoolExecutor(max_workers=self.options.concurrent_calls, thread_name_prefix="chunk") as pool:
+            # Each task runs in a copy of this thread's context, so log lines keep the job id.
+            futures: dict[Future, Chunk] = {
+                pool.submit(contextvars.copy_context().run, self._transcribe_chunk, chunk, path, language, task): chunk
+                for chunk, path in zip(chunks, paths)
+            }
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for future in finished:
+                    chunk = futures[future]
+                    results[chunk.index] = _result_or_raise(future, chunk, pending)
+                    done, done_seconds = done + 1, done_seconds + chunk.seconds
+                    if progress is not None:
+                        progress(Progress(done, len(chunks), done_seconds, total_seconds))
+        return results
+
+    def _transcribe_chunk(self, chunk: Chunk, path: Path, language: str | None, task: Task) -> list[Segment]:
+        logger.info("Starting transcription: {}", chunk.name)
+        started = time.perf_counter()
+        result = self.transcriber.transcribe(read_wav(path), language=language, task=task, n_threads=self.threads)
+        elapsed = time.perf_counter() - started
+        logger.debug("Finished {} ({:.1f} s of audio) in {:.2f} s (RTF {:.3f})", chunk.name, chunk.seconds,
+                     elapsed, elapsed / max(chunk.seconds, 1e-9))
+        return [_absolute(segment, chunk) for segment in result.segments if segment.text]
+
+    def _log_summary(self, t: Transcript) -> None:
+        mode = "parallel" if self.options.parallel else "sequential"
+        logger.info(
+            "Transcribed {:.1f} s of audio in {:.2f} s (real-time factor {:.3f}): {} chunks, mode {}, "
+            "workers {}, threads per call {}",
+            t.duration_seconds, t.transcribe_seconds, t.real_time_factor, t.chunks, mode,
+            self.options.concurrent_calls, self.threads,
+        )
+
+
+def _write_chunk(work_dir: Path, samples: np.ndarray, chunk: Chunk) -> Path:
+    path = work_dir / chunk.name
+    write_wav(path, samples[chunk.start:chunk.end])
+    return path
+
+
+def _absolute(segment: Segment, chunk: Chunk) -> Segment:
+    """Segment times moved by the chunk's true start, clamped inside the chunk."""
+    start = chunk.start_seconds + min(max(segment.start, 0.0), chunk.seconds)
+    end = chunk.start_seconds + min(max(segment.end, segment.start, 0.0), chunk.seconds)
+    return Segment(start=round(start, 3), end=round(end, 3), text=segment.text)
+
+
+def _result_or_raise(future: Future, chunk: Chunk, pending: set[Future]) -> list[Segment]:
+    try:
+        return future.result()
+    except (WorkerError, ValueError, OSError) as exc:
+        for other in pending:
+            other.cancel()
+        raise TranscriptionError(f"{chunk.name} (at {chunk.start_seconds:.1f} s) failed: {exc}") from exc
