@@ -1,5 +1,6 @@
 """Decode any audio ffmpeg reads into 16 kHz mono float32 samples (the only importer of pydub)."""
 
+import tempfile
 import wave
 from pathlib import Path
 
@@ -11,9 +12,10 @@ from worker.errors import AudioDecodeError
 
 SAMPLE_RATE = 16000
 
-# Ask ffmpeg itself to resample and downmix: its resampler is band-limited, pydub's
-# audioop.ratecv is not. (pydub reads plain WAV without ffmpeg; set_frame_rate covers that.)
-_FFMPEG_OUTPUT = ["-ar", str(SAMPLE_RATE), "-ac", "1"]
+# Ask ffmpeg itself to resample and downmix (its resampler is band-limited, pydub's
+# audioop.ratecv is not), and to fail on decoding errors (-xerror) so that truncated or
+# corrupt input is an error rather than a silently shorter transcript.
+_FFMPEG_OUTPUT = ["-ar", str(SAMPLE_RATE), "-ac", "1", "-xerror"]
 
 
 def decode_audio(path: Path, *, max_seconds: float | None = None) -> np.ndarray:
@@ -22,7 +24,7 @@ def decode_audio(path: Path, *, max_seconds: float | None = None) -> np.ndarray:
     Raises AudioDecodeError (permanent) for a missing file, something that is not audio or
     is corrupt, audio with no samples, or audio longer than `max_seconds`.
     """
-    segment = _load(Path(path))
+    segment = _load(Path(path), max_seconds)
     segment = segment.set_channels(1).set_frame_rate(SAMPLE_RATE).set_sample_width(2)
     samples = np.frombuffer(segment.raw_data, dtype=np.int16).astype(np.float32) / 32768.0
     if samples.size == 0:
@@ -34,24 +36,35 @@ def decode_audio(path: Path, *, max_seconds: float | None = None) -> np.ndarray:
     return samples
 
 
-def _load(path: Path) -> AudioSegment:
+def _load(path: Path, max_seconds: float | None) -> AudioSegment:
     if not path.is_file():
         raise AudioDecodeError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise AudioDecodeError(f"{path.name}: the file is empty (zero length)")
+    # Decode one second past the limit at most: enough to tell it is too long, without
+    # holding hours of samples in memory.
+    limit = ["-t", f"{max_seconds + 1:.3f}"] if max_seconds is not None else []
     try:
-        return AudioSegment.from_file(path, parameters=_FFMPEG_OUTPUT)
+        with tempfile.TemporaryDirectory(prefix="decode-") as scratch:
+            # pydub reads files named *.wav itself, bypassing ffmpeg and its checks; a link
+            # with a neutral name sends every input through ffmpeg, which probes the content.
+            link = Path(scratch) / "input"
+            link.symlink_to(path.resolve())
+            return AudioSegment.from_file(link, parameters=[*_FFMPEG_OUTPUT, *limit])
     except CouldntDecodeError as exc:
-        raise AudioDecodeError(f"{path.name}: not decodable audio ({_ffmpeg_reason(str(exc))})") from None
-    except (IndexError, ValueError, KeyError) as exc:
-        # pydub's own parsing (ffprobe output, WAV headers) fails this way on odd files.
+        reason = _ffmpeg_reason(str(exc).replace(str(link), path.name))
+        raise AudioDecodeError(f"{path.name}: not decodable audio: corrupt, truncated or not audio ({reason})") from None
+    except IndexError:
+        # pydub indexes ffprobe's list of audio streams: empty for a video without sound.
+        raise AudioDecodeError(f"{path.name}: no audio stream") from None
+    except (ValueError, KeyError) as exc:
         raise AudioDecodeError(f"{path.name}: not decodable audio ({exc})") from None
 
 
 def _ffmpeg_reason(message: str) -> str:
     """The most telling line of ffmpeg's stderr, which pydub embeds in its exception text."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
-    telling = [line for line in lines if any(k in line.lower() for k in ("invalid", "error", "no such", "not"))]
+    telling = [line for line in lines if any(k in line.lower() for k in ("invalid", "error", "corrupt", "not"))]
     return (telling or lines or ["unknown reason"])[-1][:300]
 
 
@@ -67,8 +80,11 @@ def write_wav(path: Path, samples: np.ndarray) -> None:
 
 def read_wav(path: Path) -> np.ndarray:
     """Samples of a 16 kHz mono 16-bit WAV written by write_wav, as float32."""
-    with wave.open(str(path), "rb") as wav:
-        if (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) != (1, 2, SAMPLE_RATE):
-            raise AudioDecodeError(f"{Path(path).name}: expected 16 kHz mono 16-bit WAV")
-        pcm = wav.readframes(wav.getnframes())
+    try:
+        with wave.open(str(path), "rb") as wav:
+            if (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) != (1, 2, SAMPLE_RATE):
+                raise AudioDecodeError(f"{Path(path).name}: expected 16 kHz mono 16-bit WAV")
+            pcm = wav.readframes(wav.getnframes())
+    except (wave.Error, EOFError) as exc:
+        raise AudioDecodeError(f"{Path(path).name}: unreadable WAV ({exc})") from None
     return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0

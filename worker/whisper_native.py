@@ -466,13 +466,16 @@ def _check_version(lib: ctypes.CDLL) -> list[str]:
     """Compare ``whisper_version()`` with ``EXPECTED_VERSION``."""
     raw = lib.whisper_version()
     version = raw.decode("ascii", errors="replace") if raw else None
-    return [] if version == EXPECTED_VERSION else [f"whisper_version() = {version!r}, expected {EXPECTED_VERSION!r}"]
+    if version == EXPECTED_VERSION:
+        return []
+    return [f"whisper_version() = {version!r}, expected {EXPECTED_VERSION!r}"]
 
 
 def _check_sizes() -> list[str]:
     """Our Structures must have the sizes computed for LP64 (catches 32-bit/odd ABIs)."""
     problems = []
-    for struct, want in ((WhisperFullParams, SIZEOF_FULL_PARAMS), (WhisperContextParams, SIZEOF_CONTEXT_PARAMS)):
+    expected = ((WhisperFullParams, SIZEOF_FULL_PARAMS), (WhisperContextParams, SIZEOF_CONTEXT_PARAMS))
+    for struct, want in expected:
         if ctypes.sizeof(struct) != want:
             problems.append(f"sizeof({struct.__name__}) = {ctypes.sizeof(struct)}, expected {want}")
     return problems
@@ -490,7 +493,8 @@ def _check_full_defaults(lib: ctypes.CDLL, strategy: int, expected: tuple[tuple[
         problems += [f"{label}.{n} is not NULL" for n in _NULL_POINTERS if _raw_pointer(params, n)]
         # Only dereference the default language ("en") once every other member lined up.
         if not problems:
-            language = ctypes.string_at(_raw_pointer(params, "language")) if _raw_pointer(params, "language") else None
+            address = _raw_pointer(params, "language")
+            language = ctypes.string_at(address) if address else None
             if language != b"en":
                 problems.append(f"{label}.language = {language!r}, expected b'en'")
         return problems
@@ -570,6 +574,11 @@ class NativeState:
 
     Created by ``NativeContext.new_state``.  Serves one call at a time; ``close()`` waits for
     a running call to finish, then frees the state.  Usable as a context manager.
+
+    Reuse caveat: whisper.cpp seeds the RNG of decoder 0 once, in ``whisper_init_state``, and
+    that decoder samples whenever the temperature fallback kicks in (t > 0).  Results of such
+    calls therefore depend on what the state decoded before; a fresh state (about 6 ms to
+    create; its buffers are re-touched on first use) reproduces a first call exactly.
     """
 
     def __init__(self, context: NativeContext, handle: int) -> None:
@@ -739,7 +748,7 @@ class NativeResult:
 
 
 def _validate_audio(audio: np.ndarray) -> np.ndarray:
-    """Return ``audio`` as a C-contiguous float32 1-D array, or raise ``ValueError``.
+    """Return ``audio`` (``SAMPLE_RATE`` Hz mono) as C-contiguous float32 1-D, else ``ValueError``.
 
     No silent conversion of dtype or shape: a float64 or stereo array here is a bug upstream.
     Empty input is rejected because whisper would then reuse the previous mel of the state.
@@ -857,10 +866,14 @@ def transcribe(
 
     ``audio``: float32, 1-D, 16 kHz mono samples (validated, ``ValueError`` otherwise).
     ``beam_size``: 1 = greedy decoding, 2..8 = beam search of that width.
-    ``language``: ISO code, or ``None`` for auto-detection (see ``_resolve_language``).
-    Temperature fallback keeps the library defaults.  The GIL is released during decoding,
-    so calls on *different* states run in parallel.  Raises ``RuntimeError`` if ``state`` is
-    busy or closed, ``NativeCallError`` (with ``.code``) if whisper returns non-zero.
+    ``language``: ISO code, or ``None`` for auto-detection; English-only models take only
+    ``None``/``"en"`` (see ``_resolve_language``).
+    Temperature fallback keeps the library defaults (for beam search these include
+    ``greedy.best_of = -1``: one sampled decoder per fallback step; see also the reuse
+    caveat on ``NativeState``).
+    The GIL is released during decoding, so calls on *different* states run in parallel.
+    Raises ``RuntimeError`` if ``state`` is busy or closed, ``NativeCallError`` (with
+    ``.code``) if whisper returns non-zero.
     """
     samples = _validate_audio(audio)
     _check_threads(n_threads)
@@ -883,12 +896,15 @@ def transcribe(
         code = ctx.lib.whisper_full_with_state(ctx.handle, handle, params, _float_ptr(samples), samples.size)
         if code != 0:
             raise NativeCallError("whisper_full_with_state", code)
-        return NativeResult(segments=_read_segments(ctx.lib, handle), language=_read_language(ctx.lib, handle))
+        segments = _read_segments(ctx.lib, handle)
+        return NativeResult(segments=segments, language=_read_language(ctx.lib, handle))
     finally:
         state.release()
 
 
-def detect_language(ctx: NativeContext, state: NativeState, audio: np.ndarray, *, n_threads: int) -> tuple[str, float]:
+def detect_language(
+    ctx: NativeContext, state: NativeState, audio: np.ndarray, *, n_threads: int
+) -> tuple[str, float]:
     """Detect the spoken language from the first 30 s of ``audio``.
 
     Returns ``(language code, probability)``.  Multilingual models only (``ValueError``
@@ -904,7 +920,8 @@ def detect_language(ctx: NativeContext, state: NativeState, audio: np.ndarray, *
     probs = (ctypes.c_float * (lib.whisper_lang_max_id() + 1))()
     handle = state.acquire()
     try:
-        code = lib.whisper_pcm_to_mel_with_state(ctx.handle, handle, _float_ptr(samples), samples.size, n_threads)
+        pcm = _float_ptr(samples)
+        code = lib.whisper_pcm_to_mel_with_state(ctx.handle, handle, pcm, samples.size, n_threads)
         if code != 0:
             raise NativeCallError("whisper_pcm_to_mel_with_state", code)
         lang_id = lib.whisper_lang_auto_detect_with_state(ctx.handle, handle, 0, n_threads, probs)

@@ -1,0 +1,100 @@
+"""Decoding real recordings of every format in ../shared/audio, and bad input."""
+
+import csv
+import shutil
+import subprocess
+import wave
+
+import numpy as np
+import pytest
+
+from conftest import AUDIO_DIR
+from worker.audio import SAMPLE_RATE, decode_audio, read_wav, write_wav
+from worker.errors import AudioDecodeError
+
+
+def manifest() -> list[dict]:
+    with open(AUDIO_DIR / "MANIFEST.tsv", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+@pytest.mark.parametrize("row", manifest(), ids=lambda row: row["file"])
+def test_every_shared_file_decodes_to_16k_mono_float(row):
+    samples = decode_audio(AUDIO_DIR / row["file"])
+
+    assert samples.dtype == np.float32 and samples.ndim == 1
+    assert abs(samples.size / SAMPLE_RATE - float(row["seconds"])) < 0.1
+    assert 0.05 < np.abs(samples).max() <= 1.0
+
+
+def test_stereo_is_downmixed_to_the_mean_of_both_channels():
+    path = AUDIO_DIR / "fw_stereo_diarization.wav"  # 16 kHz stereo, different speech per channel
+    with wave.open(str(path)) as wav:
+        stereo = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").reshape(-1, 2) / 32768.0
+
+    mono = decode_audio(path)
+
+    assert mono.size == stereo.shape[0]
+    np.testing.assert_allclose(mono, stereo.mean(axis=1), atol=2 / 32768)
+
+
+def test_wav_chunks_round_trip_exactly(tmp_path, jfk):
+    write_wav(tmp_path / "chunk_0000.wav", jfk)
+    np.testing.assert_array_equal(read_wav(tmp_path / "chunk_0000.wav"), jfk)
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *args], check=True)
+
+
+def test_audio_track_of_a_video_file_decodes(tmp_path):
+    video = tmp_path / "talk.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64:rate=5", "-i", str(AUDIO_DIR / "jfk_inaugural_1961.flac"),
+           "-shortest", "-c:a", "aac", str(video))
+
+    assert abs(decode_audio(video).size / SAMPLE_RATE - 11.0) < 0.2
+
+
+def written(tmp_path, name: str, data: bytes):
+    (tmp_path / name).write_bytes(data)
+    return tmp_path / name
+
+
+def truncated(tmp_path, name: str, keep: int):
+    target = tmp_path / name
+    target.write_bytes((AUDIO_DIR / name).read_bytes()[:keep])
+    return target
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: d / "missing.wav", "no such file"),
+        (lambda d: written(d, "empty.mp3", b""), "empty"),
+        (lambda d: written(d, "notes.mp3", b"not audio at all"), "not decodable audio"),
+        (lambda d: truncated(d, "jfk_inaugural_1961.flac", 300_000), "corrupt, truncated"),
+        (lambda d: truncated(d, "ljspeech_LJ050-0131.wav", 100_000), "corrupt, truncated"),
+        (lambda d: truncated(d, "librivox_sonnet001_first9s_m4a.m4a", 30_000), "corrupt, truncated"),
+    ],
+    ids=["missing", "zero-length", "not-audio", "truncated-flac", "truncated-wav", "truncated-m4a"],
+)
+def test_bad_input_is_a_typed_error_with_a_clear_message(tmp_path, make, message):
+    with pytest.raises(AudioDecodeError, match=message):
+        decode_audio(make(tmp_path))
+
+
+def test_video_without_sound_has_no_audio_stream(tmp_path):
+    video = tmp_path / "silent-film.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64:rate=5", "-t", "2", str(video))
+
+    with pytest.raises(AudioDecodeError, match="no audio stream"):
+        decode_audio(video)
+
+
+def test_audio_longer_than_the_limit_is_rejected():
+    with pytest.raises(AudioDecodeError, match="longer than the limit of 10 s"):
+        decode_audio(AUDIO_DIR / "jfk_inaugural_1961.flac", max_seconds=10)
+
+
+def test_ffmpeg_is_installed():
+    assert shutil.which("ffmpeg"), "make test installs ffmpeg"
