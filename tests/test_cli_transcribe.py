@@ -47,3 +47,23 @@ def test_bad_audio_is_a_clear_error_not_a_traceback(tiny_en_path, tmp_path):
 
     assert proc.returncode == 2
     assert "notes.mp3: not decodable audio" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_srt_through_the_parallel_pipeline(tiny_en_path, audio_dir):
+    proc = run_cli(str(audio_dir / "librivox_shakespeare_sonnet001.mp3"), "--format", "srt", "--workers", "2")
+
+    assert proc.returncode == 0, proc.stderr
+    cues = proc.stdout.strip().split("\n\n")
+    assert [cue.split("\n")[0] for cue in cues] == [str(n) for n in range(1, len(cues) + 1)]
+    assert all(" --> " in cue.split("\n")[1] and "," in cue.split("\n")[1] for cue in cues)
+    assert "Starting transcription: chunk_0000.wav" in proc.stderr
+    assert "mode parallel, workers 2" in proc.stderr
+
+
+def test_vtt_sequential(tiny_en_path, audio_dir):
+    proc = run_cli(str(audio_dir / "librivox_sonnet001_first9s_webm.webm"), "--format", "vtt", "--sequential")
+
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("WEBVTT\n\n00:00:00.")
+    assert "fairest creatures" in proc.stdout.lower()
+    assert "mode sequential, workers 1" in proc.stderr

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     whisper_models_dir: Path = Path("whisper/models")
     whisper_model: str = "tiny.en"
 
+    # Longest input accepted; longer audio is a permanent error.
+    max_audio_seconds: float = Field(default=4 * 3600.0, gt=0)
+    # Chunk length cap: a little under whisper's 30 s window, so each chunk is one encoder pass.
+    chunk_max_seconds: float = Field(default=29.0, ge=5.0, le=30.0)
+
     # Threads per whisper call; 0 picks cpu_count // concurrent calls (at least 1).
     whisper_threads: int = Field(default=0, ge=0)
     # 1 = greedy decoding (fastest); >1 = beam search with that many beams.
@@ -34,3 +39,38 @@ class Settings(BaseSettings):
     whisper_download_url: str = DEFAULT_DOWNLOAD_URL
     whisper_download_timeout_seconds: float = Field(default=30.0, gt=0)
 
+
+    # --- the service (RabbitMQ) ---
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    jobs_queue: str = "transcription.jobs"
+    results_queue: str = "transcription.results"
+    dead_letter_exchange: str = "transcription.dlx"
+    dead_letter_queue: str = "transcription.jobs.dead"
+    progress_exchange: str = "transcription.progress"
+    delivery_limit: int = Field(default=5, ge=1)
+    # Jobs transcribed at once by one worker process (each may use MAX_PARALLEL_WORKERS threads).
+    concurrent_jobs: int = Field(default=1, ge=1, le=64)
+    heartbeat_seconds: int = Field(default=60, ge=1)
+    retry_backoff_seconds: float = Field(default=2.0, ge=0)
+    retry_backoff_max_seconds: float = Field(default=60.0, ge=0)
+    reconnect_max_seconds: float = Field(default=30.0, gt=0)
+    input_dir: Path = Path("data/input")
+    output_dir: Path = Path("data/output")
+    max_download_bytes: int = Field(default=500 * 2**20, gt=0)
+    download_timeout_seconds: float = Field(default=30.0, gt=0)
+    callback_timeout_seconds: float = Field(default=10.0, gt=0)
+    callback_retries: int = Field(default=3, ge=0)
+    metrics_port: int = Field(default=9100, ge=0, le=65535)  # 0 disables /metrics and /healthz
+
+    def pipeline_options(self, *, parallel: bool | None = None, workers: int | None = None) -> "PipelineOptions":
+        """The processor's options from these settings (a CLI may override mode and workers)."""
+        from worker.chunking import ChunkingOptions
+        from worker.processor import PipelineOptions
+
+        return PipelineOptions(
+            parallel=self.use_parallel_transcription if parallel is None else parallel,
+            workers=workers or self.max_parallel_workers,
+            threads=self.whisper_threads,
+            max_audio_seconds=self.max_audio_seconds,
+            chunking=ChunkingOptions(max_seconds=self.chunk_max_seconds),
+        )

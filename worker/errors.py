@@ -9,6 +9,7 @@
     │   └── ModelConversionError  a CTranslate2 model could not be converted to ggml
     ├── TransientError          may succeed later: retry with backoff
     │   ├── DownloadFailed      an HTTP download failed or its content did not verify
+    │   ├── CallbackFailed      the job's callback URL did not accept the result
     │   └── BrokerUnavailable   the message broker cannot be reached
     └── TranscriptionError      whisper.cpp failed on audio that decoded fine
 """
@@ -48,6 +49,10 @@ class ModelConversionError(PermanentError):
 
 class DownloadFailed(TransientError):
     """An HTTP download failed, timed out, or did not match its checksum."""
+
+
+class CallbackFailed(TransientError):
+    """The job's callback URL did not accept the result in time."""
 
 
 class BrokerUnavailable(TransientError):

@@ -31,6 +31,7 @@ class PipelineOptions:
     parallel: bool = True
     workers: int = 2
     threads: int = 0  # per whisper call; 0 = CPUs / concurrent calls
+    cpus: int = 0  # CPUs this pipeline may use; 0 = all (a worker running N jobs at once gives each 1/N)
     max_audio_seconds: float | None = 4 * 3600.0
     chunking: ChunkingOptions = field(default_factory=ChunkingOptions)
 
@@ -101,8 +102,6 @@ class Processor:
         self.model_name = model_name
         self.options = options
         self.work_root = work_root
-        # Sequential mode gives the single call every CPU; parallel mode splits them.
-        self.threads = threads_per_call(options.concurrent_calls, requested=options.threads)
 
     def process_file(self, path: Path, *, language: str | None = None, task: Task = "transcribe",
                      progress: ProgressCallback | None = None) -> Transcript:
@@ -118,10 +117,11 @@ class Processor:
         """Transcribe 16 kHz mono samples through WAV chunks in a per-job work directory."""
         started = time.perf_counter()
         chunks = split(samples, self.options.chunking)
-        language, probability = self._language(samples, chunks, language)
+        threads = self.threads_for(len(chunks))
+        language, probability = self._language(samples, chunks, language, threads)
         with tempfile.TemporaryDirectory(prefix="job-", dir=self.work_root) as work_dir:
             paths = [_write_chunk(Path(work_dir), samples, chunk) for chunk in chunks]
-            per_chunk = self._run(chunks, paths, language, task, progress, samples.size / SAMPLE_RATE)
+            per_chunk = self._run(chunks, paths, language, task, threads, progress, samples.size / SAMPLE_RATE)
         segments = tuple(s for chunk_segments in per_chunk for s in chunk_segments)
         transcript = Transcript(
             text=" ".join(s.text for s in segments if s.text),
@@ -134,28 +134,36 @@ class Processor:
             decode_seconds=decode_seconds,
             transcribe_seconds=time.perf_counter() - started,
         )
-        self._log_summary(transcript)
+        self._log_summary(transcript, threads)
         return transcript
 
-    def _language(self, samples: np.ndarray, chunks: list[Chunk], language: str | None) -> tuple[str | None, float | None]:
+    def threads_for(self, n_chunks: int) -> int:
+        """Threads per whisper call: sequential mode gives its one call every CPU; parallel mode
+        splits them among the calls that will really run at once (fewer for a short job)."""
+        calls = max(1, min(self.options.concurrent_calls, n_chunks))
+        return threads_per_call(calls, cpus=self.options.cpus or None, requested=self.options.threads)
+
+    def _language(self, samples: np.ndarray, chunks: list[Chunk], language: str | None,
+                  threads: int) -> tuple[str | None, float | None]:
         # Detect once per job, on the first chunk, so every chunk is decoded in the same language.
         if language is not None or not chunks:
             return language, None
         if not self.transcriber.multilingual:
             return "en", None
         first = chunks[0]
-        detected, probability = self.transcriber.detect_language(samples[first.start:first.end], n_threads=self.threads)
+        detected, probability = self.transcriber.detect_language(samples[first.start:first.end], n_threads=threads)
         logger.info("Detected language {} (p={:.2f})", detected, probability)
         return detected, probability
 
-    def _run(self, chunks: list[Chunk], paths: list[Path], language: str | None, task: Task,
+    def _run(self, chunks: list[Chunk], paths: list[Path], language: str | None, task: Task, threads: int,
              progress: ProgressCallback | None, total_seconds: float) -> list[list[Segment]]:
         results: list[list[Segment]] = [[] for _ in chunks]
         done, done_seconds = 0, 0.0
         with ThreadPoolExecutor(max_workers=self.options.concurrent_calls, thread_name_prefix="chunk") as pool:
             # Each task runs in a copy of this thread's context, so log lines keep the job id.
             futures: dict[Future, Chunk] = {
-                pool.submit(contextvars.copy_context().run, self._transcribe_chunk, chunk, path, language, task): chunk
+                pool.submit(contextvars.copy_context().run, self._transcribe_chunk, chunk, path, language, task,
+                            threads): chunk
                 for chunk, path in zip(chunks, paths)
             }
             pending = set(futures)
@@ -169,22 +177,23 @@ class Processor:
                         progress(Progress(done, len(chunks), done_seconds, total_seconds))
         return results
 
-    def _transcribe_chunk(self, chunk: Chunk, path: Path, language: str | None, task: Task) -> list[Segment]:
+    def _transcribe_chunk(self, chunk: Chunk, path: Path, language: str | None, task: Task,
+                          threads: int) -> list[Segment]:
         logger.info("Starting transcription: {}", chunk.name)
         started = time.perf_counter()
-        result = self.transcriber.transcribe(read_wav(path), language=language, task=task, n_threads=self.threads)
+        result = self.transcriber.transcribe(read_wav(path), language=language, task=task, n_threads=threads)
         elapsed = time.perf_counter() - started
         logger.debug("Finished {} ({:.1f} s of audio) in {:.2f} s (RTF {:.3f})", chunk.name, chunk.seconds,
                      elapsed, elapsed / max(chunk.seconds, 1e-9))
         return [_absolute(segment, chunk) for segment in result.segments if segment.text]
 
-    def _log_summary(self, t: Transcript) -> None:
+    def _log_summary(self, t: Transcript, threads: int) -> None:
         mode = "parallel" if self.options.parallel else "sequential"
         logger.info(
             "Transcribed {:.1f} s of audio in {:.2f} s (real-time factor {:.3f}): {} chunks, mode {}, "
             "workers {}, threads per call {}",
             t.duration_seconds, t.transcribe_seconds, t.real_time_factor, t.chunks, mode,
-            self.options.concurrent_calls, self.threads,
+            self.options.concurrent_calls, threads,
         )
 
 

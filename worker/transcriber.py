@@ -121,10 +121,9 @@ class _NativeBackend:
     name = "native"
 
     def __init__(self, model_path: Path, max_concurrent_calls: int) -> None:
-        lib = whisper_native.open_library()
-        whisper_native.check_abi(lib)
-        whisper_native.install_log_forwarding(lib)
-        self._context = whisper_native.NativeContext(lib, model_path)
+        lib = whisper_native.open_library()  # locates, loads, checks the ABI, forwards logs
+        # flash attention on, as pywhispercpp's default context params have it: same output either way.
+        self._context = whisper_native.NativeContext(lib, model_path, flash_attn=True)
         self._states = _BoundedPool(self._context.new_state, max_concurrent_calls)
         self.multilingual = self._context.is_multilingual()
 
@@ -195,9 +194,8 @@ class _ModelPoolBackend:
 
 
 def _sampling(beam_size: int) -> dict:
-    if beam_size > 1:
-        return {"beam_search": {"beam_size": beam_size, "patience": -1.0}}
-    return {"greedy": {"best_of": 1}}
+    # Greedy keeps whisper.cpp's defaults (best_of 5 on temperature fallback), as the native path does.
+    return {"beam_search": {"beam_size": beam_size, "patience": -1.0}} if beam_size > 1 else {}
 
 
 class WhisperTranscriber:

@@ -1,6 +1,7 @@
-"""Transcribe one local audio file (any format ffmpeg reads), no broker involved.
+"""Transcribe one local audio file (any format ffmpeg reads) through the chunked pipeline, no broker.
 
-    python cmd/transcribe/main.py AUDIO [--format txt|srt|vtt|json] [--model NAME] [--language xx]
+    python cmd/transcribe/main.py AUDIO [--format txt|srt|vtt|json] [--model NAME]
+                                  [--language xx] [--task transcribe|translate] [--sequential | --workers N]
 """
 
 import argparse
@@ -9,12 +10,12 @@ from pathlib import Path
 
 from loguru import logger
 
-from worker.audio import SAMPLE_RATE, decode_audio
 from worker.config import Settings
-from worker.errors import PermanentError
+from worker.errors import PermanentError, TranscriptionError
 from worker.formats import FORMATS, render
 from worker.logs import configure_logging
 from worker.model_downloader import get_model_downloader
+from worker.processor import Processor
 from worker.transcriber import WhisperTranscriber
 
 
@@ -25,6 +26,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", help="whisper.cpp model name (default: WHISPER_MODEL)")
     parser.add_argument("--language", help="spoken language code; default: detect (multilingual models)")
     parser.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--sequential", action="store_true", help="one chunk at a time, all CPU threads")
+    mode.add_argument("--workers", type=int, help="chunks transcribed at once (default: MAX_PARALLEL_WORKERS)")
     return parser.parse_args(argv)
 
 
@@ -33,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     configure_logging(settings.log_level)
     model = args.model or settings.whisper_model
+    options = settings.pipeline_options(parallel=False if args.sequential else (True if args.workers else None),
+                                        workers=args.workers)
     try:
         downloader = get_model_downloader(
             settings.whisper_models_dir,
@@ -40,23 +46,16 @@ def main(argv: list[str] | None = None) -> int:
             timeout_seconds=settings.whisper_download_timeout_seconds,
         )
         transcriber = WhisperTranscriber(
-            downloader.ensure_model_exists(model), n_threads=settings.whisper_threads or None,
+            downloader.ensure_model_exists(model), max_concurrent_calls=options.concurrent_calls,
             beam_size=settings.whisper_beam_size,
         )
-        audio = decode_audio(args.audio)
-        result = transcriber.transcribe(audio, language=args.language, task=args.task)
-    except PermanentError as exc:
+        processor = Processor(transcriber, model_name=model, options=options)
+        transcript = processor.process_file(args.audio, language=args.language, task=args.task)
+    except (PermanentError, TranscriptionError) as exc:
         logger.error("{}", exc)
         return 2
-    document = {
-        "text": result.text,
-        "segments": [{"start": s.start, "end": s.end, "text": s.text} for s in result.segments],
-        "language": result.language,
-        "language_probability": result.language_probability,
-        "duration_seconds": round(audio.size / SAMPLE_RATE, 3),
-        "model": model,
-    }
-    sys.stdout.write(render(args.format, text=result.text, segments=result.segments, document=document))
+    sys.stdout.write(render(args.format, text=transcript.text, segments=transcript.segments,
+                            document=transcript.document()))
     return 0
 
 

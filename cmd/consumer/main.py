@@ -1,0 +1,99 @@
+"""The worker service: consume transcription jobs from RabbitMQ and publish their results.
+
+    python cmd/consumer/main.py            (LOG_LEVEL=DEBUG for per-chunk timings and cache hits)
+
+First SIGTERM/SIGINT: stop taking jobs, finish the one in flight, exit 0.
+Second: exit at once; the broker requeues the unacknowledged job.
+"""
+
+import dataclasses
+import functools
+import os
+import signal
+import sys
+import threading
+
+from loguru import logger
+
+from worker import metrics
+from worker.config import Settings
+from worker.consumer import Consumer
+from worker.handler import HandlerOptions, JobHandler
+from worker.logs import configure_logging
+from worker.model_downloader import get_model_downloader
+from worker.processor import Processor
+from worker.publisher import Topology
+from worker.transcriber import WhisperTranscriber, available_cpus
+
+
+class Processors:
+    """One Processor (and so one WhisperTranscriber) per model, created on first use, per process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        # Each of the jobs that run at once gets an equal share of the CPUs.
+        self._options = dataclasses.replace(
+            settings.pipeline_options(), cpus=max(1, available_cpus() // settings.concurrent_jobs))
+        self._downloader = get_model_downloader(
+            settings.whisper_models_dir, download_url=settings.whisper_download_url,
+            timeout_seconds=settings.whisper_download_timeout_seconds,
+        )
+        self._by_model: dict[str, Processor] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, model: str | None) -> Processor:
+        name = model or self._settings.whisper_model
+        with self._lock:
+            if name not in self._by_model:
+                path = self._downloader.ensure_model_exists(name)  # UnknownModel/ModelUnavailable: permanent
+                transcriber = WhisperTranscriber(
+                    path, max_concurrent_calls=self._options.concurrent_calls * self._settings.concurrent_jobs,
+                    beam_size=self._settings.whisper_beam_size,
+                )
+                self._by_model[name] = Processor(transcriber, model_name=name, options=self._options)
+            return self._by_model[name]
+
+
+def build_consumer(settings: Settings) -> Consumer:
+    processors = Processors(settings)
+    processors(None)  # load the default model before taking jobs: a broken model fails at start-up
+    handler = JobHandler(processors, HandlerOptions(
+        input_dir=settings.input_dir, output_dir=settings.output_dir, delivery_limit=settings.delivery_limit,
+        max_download_bytes=settings.max_download_bytes, download_timeout_seconds=settings.download_timeout_seconds,
+        callback_timeout_seconds=settings.callback_timeout_seconds, callback_retries=settings.callback_retries,
+        retry_backoff_seconds=settings.retry_backoff_seconds,
+        retry_backoff_max_seconds=settings.retry_backoff_max_seconds,
+    ))
+    topology = Topology(
+        jobs_queue=settings.jobs_queue, results_queue=settings.results_queue,
+        dead_letter_exchange=settings.dead_letter_exchange, dead_letter_queue=settings.dead_letter_queue,
+        progress_exchange=settings.progress_exchange, delivery_limit=settings.delivery_limit,
+    )
+    return Consumer(url=settings.amqp_url, topology=topology, handler=handler,
+                    concurrent_jobs=settings.concurrent_jobs, heartbeat_seconds=settings.heartbeat_seconds,
+                    reconnect_max_seconds=settings.reconnect_max_seconds, on_settled=metrics.record)
+
+
+def on_signal(consumer: Consumer, signum: int, _frame) -> None:
+    if consumer.stopping:
+        logger.warning("Second {}: exiting now; the broker requeues the job in flight", signal.Signals(signum).name)
+        os._exit(0)
+    logger.info("{} received: finishing the job in flight, then exiting", signal.Signals(signum).name)
+    consumer.stop()
+
+
+def main() -> int:
+    settings = Settings()
+    configure_logging(settings.log_level)
+    consumer = build_consumer(settings)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, functools.partial(on_signal, consumer))
+    metrics.IN_FLIGHT.set_function(lambda: consumer.in_flight)
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port, consumer.connected.is_set)
+    consumer.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

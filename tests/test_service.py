@@ -1,0 +1,236 @@
+"""The worker service against a real rabbitmq-server started for this test run (no broker mocks).
+
+Each test gets its own queue names, so tests never see each other's messages.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pytest
+
+from conftest import MODELS_DIR, ROOT
+from worker import local_broker
+from worker.consumer import Consumer
+from worker.handler import HandlerOptions, JobHandler
+from worker.messages import Result
+from worker.processor import PipelineOptions, Processor
+from worker.publisher import Topology, declare, publish_job
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[str]:
+    """A private rabbitmq-server on 127.0.0.1; yields its AMQP URL.
+
+    Its directory is not under pytest's tmp_path: that is private to root, and the server
+    runs as user rabbitmq.
+    """
+    base = Path(tempfile.mkdtemp(prefix="worker-rabbitmq-"))
+    running = local_broker.start(base)
+    yield running.url
+    running.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def topology() -> Topology:
+    tag = uuid.uuid4().hex[:8]
+    return Topology(jobs_queue=f"jobs.{tag}", results_queue=f"results.{tag}", dead_letter_exchange=f"dlx.{tag}",
+                    dead_letter_queue=f"dead.{tag}", progress_exchange=f"progress.{tag}", delivery_limit=3)
+
+
+@pytest.fixture
+def channel(broker, topology):
+    connection = pika.BlockingConnection(pika.URLParameters(broker))
+    ch = connection.channel()
+    ch.confirm_delivery()
+    declare(ch, topology)
+    yield ch
+    for queue in (topology.jobs_queue, topology.results_queue, topology.dead_letter_queue):
+        ch.queue_delete(queue)
+    connection.close()
+
+
+@pytest.fixture
+def dirs(tmp_path, audio_dir) -> HandlerOptions:
+    (tmp_path / "in").mkdir()
+    for name in ("jfk_inaugural_1961.flac", "librivox_shakespeare_sonnet001.mp3"):
+        shutil.copyfile(audio_dir / name, tmp_path / "in" / name)
+    (tmp_path / "in" / "notes.mp3").write_text("not audio")
+    (tmp_path / "in" / "outside.flac").symlink_to(audio_dir / "jfk_inaugural_1961.flac")
+    return HandlerOptions(input_dir=tmp_path / "in", output_dir=tmp_path / "out", delivery_limit=3,
+                          retry_backoff_seconds=0.1, callback_retries=0)
+
+
+class RunningConsumer:
+    """Consumer.run() on a thread, as cmd/consumer runs it on the main thread."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+        self.thread = threading.Thread(target=consumer.run, daemon=True)
+        self.thread.start()
+        assert consumer.connected.wait(30)
+
+    def stop(self) -> None:
+        self.consumer.stop()
+        self.thread.join(120)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def start_consumer(broker, topology, transcriber, dirs):
+    started = []
+
+    def start(heartbeat_seconds: int = 60) -> RunningConsumer:
+        processor = Processor(transcriber, model_name="tiny.en", options=PipelineOptions(workers=2))
+        handler = JobHandler(lambda model: processor, dirs)
+        running = RunningConsumer(Consumer(url=broker, topology=topology, handler=handler,
+                                           heartbeat_seconds=heartbeat_seconds))
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+def enqueue(channel, topology, job: dict | bytes) -> str:
+    body = job if isinstance(job, bytes) else json.dumps(job).encode()
+    job_id = job["job_id"] if isinstance(job, dict) else "raw"
+    publish_job(channel, topology, body, job_id, timestamp=int(time.time()))
+    return job_id
+
+
+def next_message(channel, queue: str, timeout: float = 300.0):
+    """Wait (bounded) for one message on `queue`; returns (properties, body) or fails the test."""
+    for method, properties, body in channel.consume(queue, inactivity_timeout=timeout):
+        assert method is not None, f"nothing arrived on {queue} within {timeout} s"
+        channel.basic_ack(method.delivery_tag)
+        channel.cancel()
+        return properties, body
+    raise AssertionError("unreachable")
+
+
+def queue_depth(channel, queue: str) -> int:
+    return channel.queue_declare(queue, passive=True).method.message_count
+
+
+def test_job_round_trips_to_a_completed_result(channel, topology, start_consumer, dirs):
+    progress = channel.queue_declare("", exclusive=True).method.queue
+    channel.queue_bind(progress, topology.progress_exchange, routing_key="#")
+    start_consumer()
+
+    enqueue(channel, topology, {"job_id": "jfk-1", "audio": {"path": "jfk_inaugural_1961.flac"},
+                                "formats": ["json", "srt"]})
+    properties, body = next_message(channel, topology.results_queue)
+
+    result = Result.model_validate_json(body)
+    assert (result.job_id, result.status) == ("jfk-1", "completed")
+    assert properties.correlation_id == properties.message_id == "jfk-1"
+    assert "ask not what your country can do for you" in result.text.lower()
+    assert properties.delivery_mode == 2 and properties.content_type == "application/json"
+    assert result.timings.queue_wait_seconds is not None and result.timings.real_time_factor > 0
+    assert (dirs.output_dir / "jfk-1" / "transcript.srt").read_text().startswith("1\n00:00:")
+    stages = {json.loads(next_message(channel, progress, 30)[1])["stage"] for _ in range(3)}
+    assert stages <= {"decoding", "transcribing", "completed"}
+    assert queue_depth(channel, topology.jobs_queue) == 0
+
+
+def test_bad_jobs_are_dead_lettered_with_the_reason_and_a_failed_result(channel, topology, start_consumer):
+    start_consumer()
+
+    enqueue(channel, topology, {"job_id": "bad-audio", "audio": {"path": "notes.mp3"}})
+    properties, body = next_message(channel, topology.dead_letter_queue)
+    assert properties.headers["x-error-code"] == "AudioDecodeError"
+    assert "notes.mp3: not decodable audio" in properties.headers["x-error-message"]
+    assert json.loads(body)["job_id"] == "bad-audio"  # the original job, kept for a replay
+    result = Result.model_validate_json(next_message(channel, topology.results_queue)[1])
+    assert (result.status, result.error.code) == ("failed", "AudioDecodeError")
+
+    enqueue(channel, topology, b"{not json")
+    properties, _ = next_message(channel, topology.dead_letter_queue)
+    assert properties.headers["x-error-code"] == "InvalidJob"
+
+    for job_id, path in (("dotdot", "../etc/passwd"), ("symlink", "outside.flac")):
+        enqueue(channel, topology, {"job_id": job_id, "audio": {"path": path}})
+        properties, _ = next_message(channel, topology.dead_letter_queue)
+        assert properties.headers["x-error-code"] == "InvalidJob"
+        assert "INPUT_DIR" in properties.headers["x-error-message"]
+
+
+def test_transient_failures_retry_until_the_delivery_limit(channel, topology, start_consumer):
+    start_consumer()
+
+    # Port 9 on 127.0.0.1: nothing listens, so every download attempt fails (a transient error).
+    enqueue(channel, topology, {"job_id": "flaky", "audio": {"url": "http://127.0.0.1:9/a.mp3"}})
+    properties, _ = next_message(channel, topology.dead_letter_queue)
+
+    assert properties.headers["x-error-code"] == "DownloadFailed"
+    assert properties.headers["x-attempts"] == topology.delivery_limit
+
+
+def test_a_long_job_survives_short_heartbeats(channel, topology, start_consumer):
+    # Given a 1 s heartbeat and a job that takes many heartbeat intervals
+    running = start_consumer(heartbeat_seconds=1)
+    started = time.monotonic()
+
+    enqueue(channel, topology, {"job_id": "long", "audio": {"path": "librivox_shakespeare_sonnet001.mp3"}})
+    result = Result.model_validate_json(next_message(channel, topology.results_queue)[1])
+
+    assert result.status == "completed" and time.monotonic() - started > 3
+    assert running.consumer.connections == 1  # never reconnected: the connection was never reset
+
+
+def test_a_redelivered_completed_job_is_not_transcribed_again(channel, topology, start_consumer, dirs):
+    start_consumer()
+    job = {"job_id": "twice", "audio": {"path": "jfk_inaugural_1961.flac"}}
+    enqueue(channel, topology, job)
+    next_message(channel, topology.results_queue)
+    marker = dirs.output_dir / "twice" / "result.json"
+    assert marker.is_file()
+
+    enqueue(channel, topology, job)
+
+    deadline = time.monotonic() + 60
+    while queue_depth(channel, topology.jobs_queue) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)
+    assert queue_depth(channel, topology.jobs_queue) == 0
+    assert queue_depth(channel, topology.results_queue) == 0  # no second result: no second transcription
+
+
+def test_sigterm_mid_job_finishes_or_requeues_and_exits_zero(broker, channel, topology, dirs):
+    env = {
+        **os.environ, "AMQP_URL": broker, "JOBS_QUEUE": topology.jobs_queue, "RESULTS_QUEUE": topology.results_queue,
+        "DEAD_LETTER_EXCHANGE": topology.dead_letter_exchange, "DEAD_LETTER_QUEUE": topology.dead_letter_queue,
+        "PROGRESS_EXCHANGE": topology.progress_exchange, "DELIVERY_LIMIT": "3", "INPUT_DIR": str(dirs.input_dir),
+        "OUTPUT_DIR": str(dirs.output_dir), "WHISPER_MODELS_DIR": str(MODELS_DIR), "WHISPER_DOWNLOAD_URL": "",
+        "METRICS_PORT": "0",
+    }
+    progress = channel.queue_declare("", exclusive=True).method.queue
+    channel.queue_bind(progress, topology.progress_exchange, routing_key="#")
+    service = subprocess.Popen([sys.executable, "cmd/consumer/main.py"], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        enqueue(channel, topology, {"job_id": "sigterm", "audio": {"path": "librivox_shakespeare_sonnet001.mp3"}})
+        next_message(channel, progress, timeout=120)  # the job is in flight
+
+        service.send_signal(signal.SIGTERM)
+        output, _ = service.communicate(timeout=300)
+    finally:
+        service.kill()
+
+    assert service.returncode == 0, output
+    results, waiting = queue_depth(channel, topology.results_queue), queue_depth(channel, topology.jobs_queue)
+    assert (results, waiting) in ((1, 0), (0, 1)), output  # completed, or back in the queue: never lost
+    assert "SIGTERM received" in output

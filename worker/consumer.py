@@ -1,0 +1,188 @@
+"""Consume transcription jobs from RabbitMQ without ever losing one.
+
+Thread model (the reason for this module's shape):
+- The thread that calls `Consumer.run()` owns the pika BlockingConnection and its channel. It
+  spends its life in `process_data_events`, which keeps heartbeats flowing however long a job
+  takes, and it is the only thread that acks, nacks or publishes: pika channels are not
+  thread-safe.
+- Jobs run on a ThreadPoolExecutor of `concurrent_jobs` threads. A finished job hands its
+  Outcome back with `connection.add_callback_threadsafe`; the connection thread then publishes
+  the result (waiting for the broker's confirm) and only then acks. Progress events travel the
+  same way.
+- `basic_qos(prefetch_count=concurrent_jobs)`: the broker never hands this worker more jobs
+  than it is running, so other workers get the rest.
+- If the connection drops, unacked jobs go back to the queue (the broker does that); the
+  consumer reconnects with capped exponential backoff, never in a busy loop.
+- `stop()` (first SIGTERM/SIGINT): cancel consumption, let the jobs in flight finish and settle,
+  then close. `abort()` (second signal): close at once; unacked jobs are requeued by the broker.
+"""
+
+import functools
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import pika
+import pika.exceptions
+from loguru import logger
+from pika.adapters.blocking_connection import BlockingChannel
+
+from worker import publisher
+from worker.handler import Delivery, JobHandler, Outcome
+from worker.messages import ProgressEvent
+from worker.publisher import Topology
+
+_CONNECTION_ERRORS = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.ConnectionClosed,
+    pika.exceptions.ChannelClosed,
+    pika.exceptions.StreamLostError,
+    pika.exceptions.ChannelWrongStateError,
+)
+
+
+class Consumer:
+    """Pulls jobs, runs them on a pool, settles them on the connection thread."""
+
+    def __init__(self, *, url: str, topology: Topology, handler: JobHandler, concurrent_jobs: int = 1,
+                 heartbeat_seconds: int = 60, reconnect_max_seconds: float = 30.0,
+                 on_settled: Callable[[Outcome], None] = lambda outcome: None) -> None:
+        self._parameters = pika.URLParameters(url)
+        self._parameters.heartbeat = heartbeat_seconds
+        self._parameters.blocked_connection_timeout = 300
+        self._topology = topology
+        self._handler = handler
+        self._concurrent_jobs = concurrent_jobs
+        self._reconnect_max = reconnect_max_seconds
+        self._on_settled = on_settled
+        self._pool = ThreadPoolExecutor(max_workers=concurrent_jobs, thread_name_prefix="job")
+        self._stopping = threading.Event()
+        self._in_flight = 0
+        self._connection: pika.BlockingConnection | None = None
+        self.connected = threading.Event()
+        self.connections = 0  # successful connects, for health checks and tests
+
+    # --- lifecycle ---
+
+    def run(self) -> None:
+        """Consume until stop(); reconnects with backoff when the broker is down or drops us."""
+        delay = 1.0
+        while not self._stopping.is_set():
+            try:
+                self._consume()
+                delay = 1.0
+            except _CONNECTION_ERRORS as exc:
+                self.connected.clear()
+                if self._stopping.is_set():
+                    break
+                logger.warning("Broker unavailable ({}); reconnecting in {:.0f} s", exc or type(exc).__name__, delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, self._reconnect_max)
+        self._pool.shutdown(wait=True)
+        logger.info("Consumer stopped")
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def stop(self) -> None:
+        """Graceful: stop taking jobs, finish the ones in flight, then close."""
+        logger.info("Stopping: no new jobs; finishing {} in flight", self._in_flight)
+        self._stopping.set()
+
+    # --- connection thread ---
+
+    def _consume(self) -> None:
+        connection = pika.BlockingConnection(self._parameters)
+        self._connection = connection
+        self.connections += 1
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            publisher.declare(channel, self._topology)
+            channel.basic_qos(prefetch_count=self._concurrent_jobs)
+            tag = channel.basic_consume(self._topology.jobs_queue, functools.partial(self._on_message, connection))
+            self.connected.set()
+            logger.info("Consuming {} ({} job(s) at a time)", self._topology.jobs_queue, self._concurrent_jobs)
+            while not self._stopping.is_set():
+                connection.process_data_events(time_limit=1)
+            channel.basic_cancel(tag)
+            while self._in_flight:  # keep heartbeats and settlements going while jobs finish
+                connection.process_data_events(time_limit=1)
+        finally:
+            self.connected.clear()
+            if connection.is_open:
+                connection.close()
+
+    def _on_message(self, connection: pika.BlockingConnection, channel: BlockingChannel, method, properties, body: bytes) -> None:
+        headers = properties.headers or {}
+        delivery = Delivery(
+            body=body,
+            attempt=int(headers.get("x-delivery-count") or 0) + 1,
+            published_at=float(properties.timestamp) if properties.timestamp else None,
+        )
+        self._in_flight += 1
+        self._pool.submit(self._work, connection, channel, method.delivery_tag, properties.reply_to, delivery)
+
+    def _settle(self, channel: BlockingChannel, tag: int, reply_to: str | None, body: bytes, outcome: Outcome) -> None:
+        """Carry out a job's outcome; runs on the connection thread."""
+        try:
+            if not channel.is_open:
+                logger.warning("Channel closed before job settled; the broker will redeliver it")
+                return
+            self._apply(channel, tag, reply_to, body, outcome)
+            self._on_settled(outcome)
+        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+            logger.error("Broker refused the result ({}); requeueing the job", exc)
+            channel.basic_nack(tag, requeue=True)
+        finally:
+            self._in_flight -= 1
+
+    def _apply(self, channel: BlockingChannel, tag: int, reply_to: str | None, body: bytes, outcome: Outcome) -> None:
+        t = self._topology
+        if outcome.action == "complete":
+            publisher.publish_result(channel, t, outcome.result, reply_to=reply_to)
+            self._handler.mark_published(outcome.result)
+            self._publish_progress(channel, ProgressEvent(job_id=outcome.result.job_id, stage="completed", percent=100.0))
+            channel.basic_ack(tag)
+        elif outcome.action == "dead_letter":
+            publisher.publish_result(channel, t, outcome.result, reply_to=reply_to)
+            publisher.dead_letter(channel, t, body, outcome.result)
+            channel.basic_ack(tag)
+        elif outcome.action == "retry":
+            channel.basic_nack(tag, requeue=True)
+        else:
+            channel.basic_ack(tag)
+
+    def _publish_progress(self, channel: BlockingChannel, event: ProgressEvent) -> None:
+        if channel.is_open:
+            publisher.publish_progress(channel, self._topology, event)
+
+    # --- job threads ---
+
+    def _work(self, connection: pika.BlockingConnection, channel: BlockingChannel, tag: int,
+              reply_to: str | None, delivery: Delivery) -> None:
+        def progress(event: ProgressEvent) -> None:
+            self._threadsafe(connection, functools.partial(self._publish_progress, channel, event))
+
+        outcome = self._handler.handle(delivery, progress=progress)
+        if outcome.action == "retry" and outcome.retry_delay:
+            # Back off on this job thread, not the connection thread; a stop cuts the wait short.
+            self._stopping.wait(outcome.retry_delay)
+        settle = functools.partial(self._settle, channel, tag, reply_to, delivery.body, outcome)
+        if not self._threadsafe(connection, settle):
+            self._in_flight -= 1
+
+    @staticmethod
+    def _threadsafe(connection: pika.BlockingConnection, callback: Callable[[], None]) -> bool:
+        try:
+            connection.add_callback_threadsafe(callback)
+            return True
+        except _CONNECTION_ERRORS:
+            logger.warning("Connection lost while a job ran; the broker will redeliver it")
+            return False
+

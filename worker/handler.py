@@ -1,0 +1,203 @@
+"""One job message to one Outcome: the whole per-message policy, with no broker code in it.
+
+The consumer calls `JobHandler.handle` on a job thread and carries out the returned Outcome
+on the connection's thread (publish the result, then ack; or dead-letter; or requeue).
+Errors are caught here and only here (per message): permanent ones become a failed result
+plus a dead-lettered job, transient ones a retry with backoff until the delivery limit.
+"""
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from loguru import logger
+
+from worker.errors import InvalidJob, PermanentError, TransientError, WorkerError
+from worker.formats import render
+from worker.http_io import download_audio, post_callback
+from worker.messages import ErrorInfo, Job, ProgressEvent, Result, SegmentOut, Timings, job_id_of, parse_job
+from worker.processor import Processor, Progress, Transcript
+
+RESULT_MARKER = "result.json"
+
+ProgressSink = Callable[[ProgressEvent], None]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the handler needs of a broker message."""
+
+    body: bytes
+    attempt: int = 1
+    published_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the connection thread must do with the message."""
+
+    action: Literal["complete", "dead_letter", "retry", "ack"]
+    result: Result | None = None
+    retry_delay: float = 0.0
+
+    @property
+    def error(self) -> ErrorInfo | None:
+        return self.result.error if self.result else None
+
+
+@dataclass(frozen=True)
+class HandlerOptions:
+    input_dir: Path
+    output_dir: Path
+    delivery_limit: int = 5
+    max_download_bytes: int = 500 * 2**20
+    download_timeout_seconds: float = 30.0
+    callback_timeout_seconds: float = 10.0
+    callback_retries: int = 3
+    retry_backoff_seconds: float = 2.0
+    retry_backoff_max_seconds: float = 60.0
+
+
+class JobHandler:
+    """Runs jobs: fetch input, transcribe, write outputs, call back; returns an Outcome."""
+
+    def __init__(self, processor_for: Callable[[str | None], Processor], options: HandlerOptions) -> None:
+        self._processor_for = processor_for
+        self.options = options
+
+    def handle(self, delivery: Delivery, progress: ProgressSink = lambda event: None) -> Outcome:
+        """Never raises for a job's own failure; every path returns an Outcome."""
+        try:
+            job = parse_job(delivery.body)
+        except InvalidJob as exc:
+            job_id = job_id_of(delivery.body) or "unknown"
+            with logger.contextualize(job_id=job_id):
+                logger.info("Rejected job: {}", exc)
+                return Outcome("dead_letter", _failed(job_id, exc, delivery))
+        with logger.contextualize(job_id=job.job_id):
+            return self._handle_job(job, delivery, progress)
+
+    def _handle_job(self, job: Job, delivery: Delivery, progress: ProgressSink) -> Outcome:
+        if self.already_completed(job.job_id):
+            logger.info("Job {} already has a published result; not transcribing it again", job.job_id)
+            return Outcome("ack")
+        logger.info("Processing job {} (attempt {})", job.job_id, delivery.attempt)
+        try:
+            return Outcome("complete", self._run(job, delivery, _Emitter(job.job_id, progress)))
+        except PermanentError as exc:
+            logger.info("Job {} failed permanently: {}", job.job_id, exc)
+            return Outcome("dead_letter", _failed(job.job_id, exc, delivery))
+        except TransientError as exc:
+            return self._retry_or_give_up(job, delivery, exc)
+        except Exception as exc:  # a bug, or something unforeseen: keep the job, in the dead-letter queue
+            logger.exception("Job {} failed with an unexpected error", job.job_id)
+            return Outcome("dead_letter", _failed(job.job_id, exc, delivery))
+
+    def _retry_or_give_up(self, job: Job, delivery: Delivery, exc: TransientError) -> Outcome:
+        if delivery.attempt >= self.options.delivery_limit:
+            logger.warning("Job {} failed on its last attempt ({}): {}", job.job_id, delivery.attempt, exc)
+            return Outcome("dead_letter", _failed(job.job_id, exc, delivery))
+        delay = min(self.options.retry_backoff_seconds * 2 ** (delivery.attempt - 1),
+                    self.options.retry_backoff_max_seconds)
+        logger.warning("Job {} failed (attempt {}), retrying in {:.1f} s: {}", job.job_id, delivery.attempt, delay, exc)
+        return Outcome("retry", _failed(job.job_id, exc, delivery), retry_delay=delay)
+
+    def _run(self, job: Job, delivery: Delivery, emit: "_Emitter") -> Result:
+        started = time.time()
+        processor = self._processor_for(job.model)
+        with tempfile.TemporaryDirectory(prefix=f"input-{job.job_id}-") as scratch:
+            download_started = time.perf_counter()
+            audio = self._input_path(job, Path(scratch), emit)
+            download_seconds = time.perf_counter() - download_started
+            emit("decoding")
+            transcript = processor.process_file(audio, language=job.language, task=job.task,
+                                                progress=lambda p: emit("transcribing", p))
+        outputs = self._write_outputs(job, transcript)
+        timings = Timings(
+            queue_wait_seconds=max(0.0, started - delivery.published_at) if delivery.published_at else None,
+            download_seconds=round(download_seconds, 3),
+            decode_seconds=round(transcript.decode_seconds, 3),
+            transcribe_seconds=round(transcript.transcribe_seconds, 3),
+            total_seconds=round(time.time() - started, 3),
+            real_time_factor=round(transcript.real_time_factor, 4),
+        )
+        result = _completed(job.job_id, transcript, outputs, timings, delivery.attempt)
+        if job.callback_url is not None:
+            post_callback(str(job.callback_url), result.model_dump_json(), retries=self.options.callback_retries,
+                          timeout_seconds=self.options.callback_timeout_seconds)
+        return result
+
+    def _input_path(self, job: Job, scratch: Path, emit: "_Emitter") -> Path:
+        if job.audio.path is not None:
+            root = self.options.input_dir.resolve()
+            path = (root / job.audio.path).resolve()
+            if not path.is_relative_to(root):  # a symlink inside INPUT_DIR pointing out of it
+                raise InvalidJob(f"audio path escapes INPUT_DIR: {job.audio.path}")
+            return path
+        emit("downloading")
+        dest = scratch / "input"
+        download_audio(str(job.audio.url), dest, max_bytes=self.options.max_download_bytes,
+                       timeout_seconds=self.options.download_timeout_seconds)
+        return dest
+
+    def _write_outputs(self, job: Job, transcript: Transcript) -> dict[str, str]:
+        directory = self.options.output_dir / job.job_id
+        directory.mkdir(parents=True, exist_ok=True)
+        outputs = {}
+        for fmt in job.formats:
+            text = render(fmt, text=transcript.text, segments=transcript.segments, document=transcript.document())
+            outputs[fmt] = str(_write_atomically(directory / f"transcript.{fmt}", text))
+        return outputs
+
+    # --- idempotency: a marker written once the result is published ---
+
+    def already_completed(self, job_id: str) -> bool:
+        return (self.options.output_dir / job_id / RESULT_MARKER).is_file()
+
+    def mark_published(self, result: Result) -> None:
+        """Called by the consumer after the broker confirmed a completed result."""
+        directory = self.options.output_dir / result.job_id
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_atomically(directory / RESULT_MARKER, result.model_dump_json(indent=2))
+
+
+@dataclass(frozen=True)
+class _Emitter:
+    """Turns pipeline stages and chunk progress into ProgressEvents for one job."""
+
+    job_id: str
+    sink: ProgressSink
+
+    def __call__(self, stage: str, progress: Progress | None = None) -> None:
+        done, total = (progress.chunks_done, progress.chunks_total) if progress else (0, 0)
+        percent = round(progress.percent, 1) if progress else 0.0
+        self.sink(ProgressEvent(job_id=self.job_id, stage=stage, chunks_done=done, chunks_total=total, percent=percent))
+
+
+def _write_atomically(path: Path, text: str) -> Path:
+    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    staged.write_text(text, encoding="utf-8")
+    os.replace(staged, path)
+    return path
+
+
+def error_code(exc: BaseException) -> str:
+    return type(exc).__name__ if isinstance(exc, WorkerError) else "InternalError"
+
+
+def _failed(job_id: str, exc: BaseException, delivery: Delivery) -> Result:
+    return Result(job_id=job_id, status="failed", attempt=delivery.attempt,
+                  error=ErrorInfo(code=error_code(exc), message=str(exc) or type(exc).__name__))
+
+
+def _completed(job_id: str, t: Transcript, outputs: dict[str, str], timings: Timings, attempt: int) -> Result:
+    return Result(
+        job_id=job_id, status="completed", attempt=attempt, text=t.text,
+        segments=[SegmentOut(start=s.start, end=s.end, text=s.text) for s in t.segments],
+        language=t.language, language_probability=t.language_probability, duration_seconds=t.duration_seconds,
+        model=t.model, chunks=t.chunks, outputs=outputs, timings=timings,
+    )

@@ -1,0 +1,149 @@
+"""A private rabbitmq-server on 127.0.0.1 for tests and `make run` (not used by the service itself).
+
+Debian's rabbitmq-server refuses to run as root, so as root it runs as user `rabbitmq`, with
+data, log and HOME (Erlang cookie) directories of its own under `base_dir`, a free AMQP port
+and a free distribution port: it never touches a system broker.
+
+    python -m worker.local_broker start DIR    # prints the AMQP URL, leaves the broker running
+    python -m worker.local_broker stop DIR
+"""
+
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pika
+
+SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+
+
+@dataclass(frozen=True)
+class LocalBroker:
+    base_dir: Path
+    port: int
+    pid: int
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the broker's process group and wait for it."""
+        with _suppress_missing():
+            os.killpg(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(self.pid):
+            time.sleep(0.1)
+        with _suppress_missing():
+            os.killpg(self.pid, signal.SIGKILL)
+        (self.base_dir / "broker.json").unlink(missing_ok=True)
+
+
+class _suppress_missing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, value, tb) -> bool:
+        return kind is not None and issubclass(kind, ProcessLookupError)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # reap it if it is our child
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def reachable(url: str, timeout: float = 2.0) -> bool:
+    """True when an AMQP broker answers at `url`."""
+    parameters = pika.URLParameters(url)
+    parameters.socket_timeout = timeout
+    parameters.connection_attempts = 1
+    try:
+        pika.BlockingConnection(parameters).close()
+        return True
+    except pika.exceptions.AMQPError:
+        return False
+
+
+def start(base_dir: Path, *, timeout: float = 90.0) -> LocalBroker:
+    """Start a private broker and wait until it accepts AMQP connections."""
+    base_dir = Path(base_dir).resolve()
+    port = free_port()
+    env = _environment(base_dir, port)
+    as_rabbitmq = os.geteuid() == 0
+    if as_rabbitmq:
+        owner = pwd.getpwnam("rabbitmq")
+        for path in [base_dir, *base_dir.rglob("*")]:
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+    log = open(base_dir / "server.out", "ab")
+    process = subprocess.Popen([SERVER], env=env, cwd=base_dir, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True, user="rabbitmq" if as_rabbitmq else None)
+    broker = LocalBroker(base_dir=base_dir, port=port, pid=process.pid)
+    deadline = time.monotonic() + timeout
+    while not reachable(broker.url, timeout=1.0):
+        if process.poll() is not None or time.monotonic() > deadline:
+            broker.stop()
+            tail = (base_dir / "server.out").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"rabbitmq-server did not start on port {port}:\n{tail}")
+        time.sleep(0.5)
+    (base_dir / "broker.json").write_text(f'{{"port": {port}, "pid": {process.pid}}}\n')
+    return broker
+
+
+def _environment(base_dir: Path, port: int) -> dict[str, str]:
+    for sub in ("mnesia", "log", "home"):
+        (base_dir / sub).mkdir(parents=True, exist_ok=True)
+    plugins = base_dir / "enabled_plugins"
+    plugins.write_text("[].\n")
+    return {
+        **os.environ,
+        "HOME": str(base_dir / "home"),
+        "RABBITMQ_NODENAME": f"worker-test-{port}@localhost",
+        "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+        "RABBITMQ_NODE_PORT": str(port),
+        "RABBITMQ_DIST_PORT": str(free_port()),
+        "RABBITMQ_MNESIA_BASE": str(base_dir / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(base_dir / "log"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(plugins),
+        "RABBITMQ_CONFIG_FILE": str(base_dir / "rabbitmq"),  # rabbitmq.conf, may be absent
+        "ERL_EPMD_ADDRESS": "127.0.0.1",
+    }
+
+
+def _main(argv: list[str]) -> int:
+    import json
+
+    if len(argv) != 2 or argv[0] not in ("start", "stop"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    base_dir = Path(argv[1])
+    base_dir.mkdir(parents=True, exist_ok=True)
+    if argv[0] == "start":
+        print(start(base_dir).url)
+        return 0
+    state = base_dir / "broker.json"
+    if state.is_file():
+        info = json.loads(state.read_text())
+        LocalBroker(base_dir.resolve(), info["port"], info["pid"]).stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

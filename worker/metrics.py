@@ -1,0 +1,54 @@
+"""Prometheus metrics and the /healthz + /metrics HTTP endpoint."""
+
+import threading
+from collections.abc import Callable
+from http.server import ThreadingHTTPServer
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.exposition import MetricsHandler
+
+from worker.handler import Outcome
+
+JOBS = Counter("transcription_jobs_total", "Jobs settled, by outcome", ["status"])
+JOB_SECONDS = Histogram("transcription_job_seconds", "Wall time of completed jobs",
+                        buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600))
+REAL_TIME_FACTOR = Histogram("transcription_real_time_factor", "Transcription seconds per audio second",
+                             buckets=(0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5))
+CHUNKS = Histogram("transcription_chunks", "Chunks per completed job", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+IN_FLIGHT = Gauge("transcription_jobs_in_flight", "Jobs being processed now")
+
+
+def record(outcome: Outcome) -> None:
+    """Count a settled job (called on the connection thread after the broker took the result)."""
+    status = {"complete": "completed", "dead_letter": "failed", "retry": "retried", "ack": "duplicate"}[outcome.action]
+    JOBS.labels(status=status).inc()
+    result = outcome.result
+    if outcome.action == "complete" and result is not None:
+        JOB_SECONDS.observe(result.timings.total_seconds)
+        if result.timings.real_time_factor is not None:
+            REAL_TIME_FACTOR.observe(result.timings.real_time_factor)
+        CHUNKS.observe(result.chunks or 0)
+
+
+def serve(port: int, healthy: Callable[[], bool]) -> ThreadingHTTPServer:
+    """Serve /metrics (Prometheus text) and /healthz (200 when `healthy()`, else 503) on a daemon thread."""
+
+    class Handler(MetricsHandler):
+        registry = REGISTRY
+
+        def do_GET(self) -> None:
+            if self.path.split("?")[0] == "/healthz":
+                ok = healthy()
+                self.send_response(200 if ok else 503)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(b"ok\n" if ok else b"broker not connected\n")
+                return
+            super().do_GET()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

@@ -1,0 +1,95 @@
+"""Topology and publishing on a pika channel (with consumer.py, the only importers of pika).
+
+Every function here runs on the connection's thread: pika channels are not thread-safe.
+"""
+
+from dataclasses import dataclass
+
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
+
+from worker.messages import ProgressEvent, Result
+
+JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Names of everything the worker declares (from Settings)."""
+
+    jobs_queue: str
+    results_queue: str
+    dead_letter_exchange: str
+    dead_letter_queue: str
+    progress_exchange: str
+    delivery_limit: int
+
+
+def declare(channel: BlockingChannel, t: Topology) -> None:
+    """Declare the topology; idempotent, so every worker does it at start.
+
+    The jobs queue is a durable quorum queue: replicated, and it counts deliveries so that
+    a job failing again and again is dead-lettered after `delivery_limit` attempts instead
+    of looping forever.
+    """
+    channel.exchange_declare(t.dead_letter_exchange, exchange_type="direct", durable=True)
+    channel.queue_declare(t.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"})
+    channel.queue_bind(t.dead_letter_queue, t.dead_letter_exchange, routing_key=t.jobs_queue)
+    channel.queue_declare(
+        t.jobs_queue,
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": t.dead_letter_exchange,
+            "x-dead-letter-routing-key": t.jobs_queue,
+            "x-delivery-limit": t.delivery_limit,
+        },
+    )
+    channel.queue_declare(t.results_queue, durable=True, arguments={"x-queue-type": "quorum"})
+    channel.exchange_declare(t.progress_exchange, exchange_type="topic", durable=True)
+
+
+def _properties(job_id: str, *, headers: dict | None = None) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        content_type=JSON, delivery_mode=pika.DeliveryMode.Persistent, message_id=job_id,
+        correlation_id=job_id, headers=headers,
+    )
+
+
+def publish_result(channel: BlockingChannel, t: Topology, result: Result, *, reply_to: str | None) -> None:
+    """Publish to the results queue (and the job's reply_to); returns once the broker confirmed.
+
+    With confirms on, pika raises (UnroutableError, NackError) when the broker did not take it.
+    """
+    body = result.model_dump_json().encode()
+    channel.basic_publish("", t.results_queue, body, _properties(result.job_id), mandatory=True)
+    if reply_to and reply_to != t.results_queue:
+        channel.basic_publish("", reply_to, body, _properties(result.job_id), mandatory=True)
+
+
+def dead_letter(channel: BlockingChannel, t: Topology, body: bytes, result: Result) -> None:
+    """Put the original job body in the dead-letter queue with the reason in its headers."""
+    error = result.error
+    headers = {
+        "x-job-id": result.job_id,
+        "x-error-code": error.code if error else "Unknown",
+        "x-error-message": (error.message if error else "")[:1000],
+        "x-attempts": result.attempt,
+    }
+    channel.basic_publish(t.dead_letter_exchange, t.jobs_queue, body, _properties(result.job_id, headers=headers),
+                          mandatory=True)
+
+
+def publish_progress(channel: BlockingChannel, t: Topology, event: ProgressEvent) -> None:
+    """Progress is advisory: fanned out on a topic exchange, routing key = job id."""
+    channel.basic_publish(t.progress_exchange, event.job_id, event.model_dump_json().encode(),
+                          pika.BasicProperties(content_type=JSON, correlation_id=event.job_id))
+
+
+def publish_job(channel: BlockingChannel, t: Topology, body: bytes, job_id: str, *, reply_to: str | None = None,
+                timestamp: int | None = None) -> None:
+    """What an upstream API does: a persistent JSON job on the jobs queue (used by cmd/enqueue)."""
+    properties = _properties(job_id)
+    properties.reply_to = reply_to
+    properties.timestamp = timestamp
+    channel.basic_publish("", t.jobs_queue, body, properties, mandatory=True)
