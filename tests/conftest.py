@@ -62,8 +62,8 @@ def base_path(offline_downloader: ModelDownloader) -> Path:
 
 @pytest.fixture(scope="session")
 def transcriber(tiny_en_path: Path) -> WhisperTranscriber:
-    """One shared transcriber for the whole session, as in the service."""
-    return WhisperTranscriber(tiny_en_path, max_concurrent_calls=4, n_threads=1)
+    """One shared transcriber for the whole session, as in the service (2 threads per call by default)."""
+    return WhisperTranscriber(tiny_en_path, max_concurrent_calls=4, n_threads=2)
 
 
 @pytest.fixture(scope="session")

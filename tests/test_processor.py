@@ -9,6 +9,7 @@ import difflib
 import jiwer
 import numpy as np
 import pytest
+from loguru import logger
 
 from conftest import normalize
 from worker.audio import SAMPLE_RATE, decode_audio
@@ -109,12 +110,25 @@ def test_chunked_wer_is_no_worse_than_one_whole_file_call(transcriber, lj, lj_re
     assert chunked_wer <= whole_wer
 
 
-def test_progress_reports_every_chunk_once(transcriber, audio_dir):
+def test_progress_reports_every_chunk_once_as_it_finishes(transcriber, audio_dir):
     updates: list[Progress] = []
+    started: list[str] = []
+    started_when_reported: list[int] = []
+
+    def record(progress: Progress) -> None:
+        updates.append(progress)
+        started_when_reported.append(len(started))
+
     samples = decode_audio(audio_dir / "librivox_shakespeare_sonnet001.mp3")
+    sink = logger.add(lambda m: started.append(m.record["message"]), level="INFO",
+                      filter=lambda r: r["message"].startswith("Starting transcription"))
+    try:
+        result = processor(transcriber, parallel=False).process_samples(samples, progress=record)
+    finally:
+        logger.remove(sink)
 
-    result = processor(transcriber).process_samples(samples, progress=updates.append)
-
+    # Sequential: the first chunk is reported while later ones have not started yet.
+    assert result.chunks >= 3 and started_when_reported[0] <= 2
     assert [u.chunks_done for u in updates] == list(range(1, result.chunks + 1))
     assert all(u.chunks_total == result.chunks for u in updates)
     assert updates[-1].percent == 100.0
@@ -132,13 +146,14 @@ def test_silence_only_audio_gives_an_empty_transcript(transcriber):
 
 def test_a_failing_chunk_fails_the_job_naming_it_and_cleans_up(transcriber, lj, tmp_path):
     def break_later_chunks(progress: Progress) -> None:
-        # A real failure, not a stub: the chunk files still waiting are destroyed on disk.
-        for wav in sorted(tmp_path.glob("job-*/chunk_*.wav"))[progress.chunks_done:]:
+        # A real failure, not a stub: chunk files not yet started are destroyed on disk. (The
+        # chunk after the one just done may already be running, so the damage starts after it.)
+        for wav in sorted(tmp_path.glob("job-*/chunk_*.wav"))[progress.chunks_done + 1:]:
             wav.write_bytes(b"garbage")
 
     job = processor(transcriber, parallel=False, work_root=tmp_path)
 
-    with pytest.raises(TranscriptionError, match=r"chunk_0001\.wav .* failed"):
+    with pytest.raises(TranscriptionError, match=r"chunk_0002\.wav .* failed"):
         job.process_samples(lj[: 70 * SAMPLE_RATE], progress=break_later_chunks)
     assert list(tmp_path.iterdir()) == []
 

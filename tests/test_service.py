@@ -3,6 +3,7 @@
 Each test gets its own queue names, so tests never see each other's messages.
 """
 
+import http.server
 import json
 import os
 import shutil
@@ -234,3 +235,50 @@ def test_sigterm_mid_job_finishes_or_requeues_and_exits_zero(broker, channel, to
     results, waiting = queue_depth(channel, topology.results_queue), queue_depth(channel, topology.jobs_queue)
     assert (results, waiting) in ((1, 0), (0, 1)), output  # completed, or back in the queue: never lost
     assert "SIGTERM received" in output
+
+
+def test_the_result_is_posted_to_the_callback_url(channel, topology, start_consumer):
+    received: list[bytes] = []
+
+    class Callback(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Callback)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    start_consumer()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/done"
+        enqueue(channel, topology, {"job_id": "cb", "audio": {"path": "jfk_inaugural_1961.flac"}, "callback_url": url})
+        next_message(channel, topology.results_queue)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert len(received) == 1
+    posted = Result.model_validate_json(received[0])
+    assert (posted.job_id, posted.status) == ("cb", "completed")
+
+
+def test_broker_down_at_start_is_retried_with_growing_backoff(topology, transcriber, dirs, log_messages):
+    closed_port = local_broker.free_port()  # nothing listens there
+    processor = Processor(transcriber, model_name="tiny.en", options=PipelineOptions(workers=2))
+    consumer = Consumer(url=f"amqp://guest:guest@127.0.0.1:{closed_port}/%2F", topology=topology,
+                        handler=JobHandler(lambda model: processor, dirs))
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+
+    deadline = time.monotonic() + 30
+    while sum("reconnecting in" in m for _, m in log_messages) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    consumer.stop()
+    thread.join(30)
+
+    delays = [m.rsplit("reconnecting in ", 1)[1] for _, m in log_messages if "reconnecting in" in m]
+    assert delays[:3] == ["1 s", "2 s", "4 s"]  # doubling, not a busy loop
+    assert consumer.connections == 0 and not thread.is_alive()

@@ -1,5 +1,6 @@
 """The shared WhisperTranscriber on real speech with real converted models."""
 
+import functools
 from concurrent.futures import ThreadPoolExecutor
 
 import jiwer
@@ -34,10 +35,11 @@ def test_state_api_is_used_on_this_machine(transcriber):
 
 def test_four_threads_on_one_transcriber_match_sequential_calls(transcriber, audio_dir):
     clips = [decode_audio(audio_dir / name) for name in CLIPS]
-    sequential = [transcriber.transcribe(clip) for clip in clips]
+    one_thread = functools.partial(transcriber.transcribe, n_threads=1)
+    sequential = [one_thread(clip) for clip in clips]
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        concurrent = list(pool.map(transcriber.transcribe, clips))
+        concurrent = list(pool.map(one_thread, clips))
 
     assert concurrent == sequential
     assert len({r.text for r in concurrent}) == 4
@@ -48,6 +50,7 @@ def test_model_pool_fallback_gives_the_same_transcript(tiny_en_path, transcriber
     try:
         assert pool.backend == "pool"
         assert pool.transcribe(jfk).segments == transcriber.transcribe(jfk, n_threads=1).segments
+        assert pool.transcribe(jfk, n_threads=2).text == transcriber.transcribe(jfk, n_threads=2).text
     finally:
         pool.close()
 

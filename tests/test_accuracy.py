@@ -1,0 +1,58 @@
+"""Normalisation and WER (worker/accuracy.py): pure functions, no model."""
+
+import pytest
+
+from worker.accuracy import normalize, wer
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Years are read in two pairs; other integers as cardinals.
+        ("In 1465 Sweynheim", "in fourteen sixty five sweynheim"),
+        ("about 1455, has never", "about fourteen fifty five has never"),
+        ("in 1900 and 1905", "in nineteen hundred and nineteen oh five"),
+        ("2000 or 2024", "two thousand or twenty twenty four"),
+        ("42 line Bible", "forty two line bible"),
+        ("1,000,000 copies", "one million copies"),
+        # Ordinals.
+        ("the 15th century", "the fifteenth century"),
+        ("1st 2nd 3rd 22nd 101st", "first second third twenty second one hundred first"),
+        # Hyphens, apostrophes, case and punctuation.
+        ("forty-two line Bible", "forty two line bible"),
+        ("a tatter'd weed", "a tatterd weed"),
+        ("Mr. Quilter, is the apostle!", "mr quilter is the apostle"),
+        ('"lower-case"; etc.', "lower case etc"),
+        # Digits glued to letters are not numbers to read.
+        ("the 1460s", "the 1460s"),
+    ],
+)
+def test_normalize(text: str, expected: str) -> None:
+    assert normalize(text) == expected
+
+
+def test_spelled_out_reference_matches_digit_hypothesis() -> None:
+    # Given LJ Speech's spelled-out numbers and whisper's digits
+    reference = "In fourteen sixty-five Sweynheim and Pannartz began printing in the fifteenth century."
+    hypothesis = "in 1465, Sweynheim and Pannartz began printing in the 15th century"
+
+    # Then they are the same words
+    assert wer([reference], [hypothesis]) == 0.0
+
+
+def test_old_spellings_match_without_apostrophes() -> None:
+    assert wer(["Will be a tatter'd weed of small worth held"], ["will be a tatterd weed of small worth held"]) == 0.0
+
+
+def test_aggregate_is_total_errors_over_total_reference_words() -> None:
+    # 0 errors in 2 words, 2 deletions in 4 words: 2/6, not the mean of 0 and 1/2
+    assert wer(["one two", "three four five six"], ["one two", "three four"]) == pytest.approx(2 / 6)
+
+
+def test_empty_hypothesis_is_all_deletions() -> None:
+    assert wer(["he could wait no longer"], [""]) == 1.0
+
+
+def test_mismatched_lengths_are_rejected() -> None:
+    with pytest.raises(ValueError):
+        wer(["a"], ["a", "b"])
