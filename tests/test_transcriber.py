@@ -80,3 +80,17 @@ def test_rejects_non_mono_input(transcriber):
 )
 def test_threads_times_calls_fit_the_cpus(calls, cpus, requested, expected):
     assert threads_per_call(calls, cpus=cpus, requested=requested) == expected
+
+
+def test_abi_mismatch_falls_back_to_a_model_pool_with_a_warning(tiny_en_path, jfk, monkeypatch, log_messages):
+    # Pretend the pinned library were another release: the check must refuse the ctypes route.
+    monkeypatch.setattr("worker.whisper_abi.EXPECTED_VERSION", "9.9.9")
+
+    fallback = WhisperTranscriber(tiny_en_path, max_concurrent_calls=1, n_threads=2)
+    try:
+        assert fallback.backend == "pool"
+        assert "ask not what your country" in fallback.transcribe(jfk).text
+    finally:
+        fallback.close()
+    warning = [m for level, m in log_messages if level == "WARNING" and "falling back to a pool" in m]
+    assert warning and "9.9.9" in warning[0]

@@ -5,10 +5,13 @@ it (or the values it holds) down. Tests build `Settings(...)` directly.
 """
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from worker.processor import PipelineOptions
 
 DEFAULT_DOWNLOAD_URL = "https://huggingface.co/ggerganov/whisper.cpp/resolve/main"
 
