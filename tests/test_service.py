@@ -108,7 +108,7 @@ def start_consumer(broker, topology, transcriber, dirs):
 def enqueue(channel, topology, job: dict | bytes) -> str:
     body = job if isinstance(job, bytes) else json.dumps(job).encode()
     job_id = job["job_id"] if isinstance(job, dict) else "raw"
-    publish_job(channel, topology, body, job_id, timestamp=int(time.time()))
+    publish_job(channel, topology, body, job_id, published_at=time.time())
     return job_id
 
 
@@ -140,7 +140,7 @@ def test_job_round_trips_to_a_completed_result(channel, topology, start_consumer
     assert properties.correlation_id == properties.message_id == "jfk-1"
     assert "ask not what your country can do for you" in result.text.lower()
     assert properties.delivery_mode == 2 and properties.content_type == "application/json"
-    assert result.timings.queue_wait_seconds is not None and result.timings.real_time_factor > 0
+    assert 0 <= result.timings.queue_wait_seconds < 30 and result.timings.real_time_factor > 0
     assert (dirs.output_dir / "jfk-1" / "transcript.srt").read_text().startswith("1\n00:00:")
     stages = {json.loads(next_message(channel, progress, 30)[1])["stage"] for _ in range(3)}
     assert stages <= {"decoding", "transcribing", "completed"}

@@ -41,6 +41,14 @@ _CONNECTION_ERRORS = (
 )
 
 
+def _published_at(headers: dict, timestamp: int | None) -> float | None:
+    """When the job was published: the exact header if the publisher set it, else the AMQP timestamp."""
+    exact = headers.get("x-published-at")
+    if isinstance(exact, (int, float)):
+        return float(exact)
+    return float(timestamp) if timestamp else None
+
+
 class Consumer:
     """Pulls jobs, runs them on a pool, settles them on the connection thread."""
 
@@ -123,7 +131,7 @@ class Consumer:
         delivery = Delivery(
             body=body,
             attempt=int(headers.get("x-delivery-count") or 0) + 1,
-            published_at=float(properties.timestamp) if properties.timestamp else None,
+            published_at=_published_at(headers, properties.timestamp),
         )
         self._in_flight += 1
         self._pool.submit(self._work, connection, channel, method.delivery_tag, properties.reply_to, delivery)

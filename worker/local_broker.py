@@ -8,6 +8,7 @@ and a free distribution port: it never touches a system broker.
     python -m worker.local_broker stop DIR
 """
 
+import logging
 import os
 import pwd
 import signal
@@ -75,11 +76,16 @@ def reachable(url: str, timeout: float = 2.0) -> bool:
     parameters = pika.URLParameters(url)
     parameters.socket_timeout = timeout
     parameters.connection_attempts = 1
+    pika_logger = logging.getLogger("pika")
+    level = pika_logger.level
+    pika_logger.setLevel(logging.CRITICAL)  # a refused connection is the expected answer here
     try:
         pika.BlockingConnection(parameters).close()
         return True
     except pika.exceptions.AMQPError:
         return False
+    finally:
+        pika_logger.setLevel(level)
 
 
 def start(base_dir: Path, *, timeout: float = 90.0) -> LocalBroker:

@@ -87,9 +87,14 @@ def publish_progress(channel: BlockingChannel, t: Topology, event: ProgressEvent
 
 
 def publish_job(channel: BlockingChannel, t: Topology, body: bytes, job_id: str, *, reply_to: str | None = None,
-                timestamp: int | None = None) -> None:
-    """What an upstream API does: a persistent JSON job on the jobs queue (used by cmd/enqueue)."""
-    properties = _properties(job_id)
+                published_at: float | None = None) -> None:
+    """What an upstream API does: a persistent JSON job on the jobs queue (used by cmd/enqueue).
+
+    `published_at` (epoch seconds) goes in the AMQP timestamp, which holds whole seconds only,
+    and, exactly, in an `x-published-at` header, from which the worker measures queue wait.
+    """
+    headers = {"x-published-at": published_at} if published_at is not None else None
+    properties = _properties(job_id, headers=headers)
     properties.reply_to = reply_to
-    properties.timestamp = timestamp
+    properties.timestamp = int(published_at) if published_at is not None else None
     channel.basic_publish("", t.jobs_queue, body, properties, mandatory=True)
