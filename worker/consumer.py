@@ -43,9 +43,9 @@ _CONNECTION_ERRORS = (
 
 def _published_at(headers: dict, timestamp: int | None) -> float | None:
     """When the job was published: the exact header if the publisher set it, else the AMQP timestamp."""
-    exact = headers.get("x-published-at")
-    if isinstance(exact, (int, float)):
-        return float(exact)
+    exact_ms = headers.get("x-published-at-ms")
+    if isinstance(exact_ms, int):
+        return exact_ms / 1000.0
     return float(timestamp) if timestamp else None
 
 
@@ -66,6 +66,7 @@ class Consumer:
         self._pool = ThreadPoolExecutor(max_workers=concurrent_jobs, thread_name_prefix="job")
         self._stopping = threading.Event()
         self._in_flight = 0
+        self._count_lock = threading.Lock()  # job threads decrement too, when a connection was lost
         self._connection: pika.BlockingConnection | None = None
         self.connected = threading.Event()
         self.connections = 0  # successful connects, for health checks and tests
@@ -133,7 +134,7 @@ class Consumer:
             attempt=int(headers.get("x-delivery-count") or 0) + 1,
             published_at=_published_at(headers, properties.timestamp),
         )
-        self._in_flight += 1
+        self._count(+1)
         self._pool.submit(self._work, connection, channel, method.delivery_tag, properties.reply_to, delivery)
 
     def _settle(self, channel: BlockingChannel, tag: int, reply_to: str | None, body: bytes, outcome: Outcome) -> None:
@@ -148,7 +149,7 @@ class Consumer:
             logger.error("Broker refused the result ({}); requeueing the job", exc)
             channel.basic_nack(tag, requeue=True)
         finally:
-            self._in_flight -= 1
+            self._count(-1)
 
     def _apply(self, channel: BlockingChannel, tag: int, reply_to: str | None, body: bytes, outcome: Outcome) -> None:
         t = self._topology
@@ -183,7 +184,11 @@ class Consumer:
             self._stopping.wait(outcome.retry_delay)
         settle = functools.partial(self._settle, channel, tag, reply_to, delivery.body, outcome)
         if not self._threadsafe(connection, settle):
-            self._in_flight -= 1
+            self._count(-1)
+
+    def _count(self, delta: int) -> None:
+        with self._count_lock:
+            self._in_flight += delta
 
     @staticmethod
     def _threadsafe(connection: pika.BlockingConnection, callback: Callable[[], None]) -> bool:

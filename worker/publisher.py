@@ -91,9 +91,10 @@ def publish_job(channel: BlockingChannel, t: Topology, body: bytes, job_id: str,
     """What an upstream API does: a persistent JSON job on the jobs queue (used by cmd/enqueue).
 
     `published_at` (epoch seconds) goes in the AMQP timestamp, which holds whole seconds only,
-    and, exactly, in an `x-published-at` header, from which the worker measures queue wait.
+    and in milliseconds in an `x-published-at-ms` header (AMQP tables carry no floats), from
+    which the worker measures queue wait.
     """
-    headers = {"x-published-at": published_at} if published_at is not None else None
+    headers = {"x-published-at-ms": round(published_at * 1000)} if published_at is not None else None
     properties = _properties(job_id, headers=headers)
     properties.reply_to = reply_to
     properties.timestamp = int(published_at) if published_at is not None else None
