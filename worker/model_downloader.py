@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 from filelock import FileLock
@@ -42,6 +43,9 @@ from tqdm import tqdm
 
 from worker import ggml_convert
 from worker.errors import DownloadFailed, ModelConversionError, ModelUnavailable, UnknownModel
+
+if TYPE_CHECKING:
+    from worker.config import Settings
 
 _CHUNK_BYTES = 1 << 20
 _LOG_EVERY_SECONDS = 5.0
@@ -371,6 +375,12 @@ def get_model_downloader(models_dir: Path, *, download_url: str, timeout_seconds
     return ModelDownloader(Path(models_dir), download_url=download_url, timeout_seconds=timeout_seconds)
 
 
+def downloader_for(settings: "Settings") -> ModelDownloader:
+    """The process-wide ModelDownloader configured by `settings` (for entry points)."""
+    return get_model_downloader(settings.whisper_models_dir, download_url=settings.whisper_download_url,
+                                timeout_seconds=settings.whisper_download_timeout_seconds)
+
+
 def _main(argv: list[str] | None = None) -> int:
     from worker.config import Settings
     from worker.logs import configure_logging
@@ -388,12 +398,7 @@ def _main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level)
     try:
         if args.command == "ensure":
-            downloader = get_model_downloader(
-                settings.whisper_models_dir,
-                download_url=settings.whisper_download_url,
-                timeout_seconds=settings.whisper_download_timeout_seconds,
-            )
-            print(downloader.ensure_model_exists(args.name))
+            print(downloader_for(settings).ensure_model_exists(args.name))
         else:
             source = ggml_convert.Ct2Source.from_dir(args.ct2_dir)
             print(convert_to(source, args.out, origin=str(args.ct2_dir.resolve())).path)

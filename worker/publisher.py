@@ -4,11 +4,15 @@ Every function here runs on the connection's thread: pika channels are not threa
 """
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from worker.messages import ProgressEvent, Result
+
+if TYPE_CHECKING:
+    from worker.config import Settings
 
 JSON = "application/json"
 
@@ -23,6 +27,14 @@ class Topology:
     dead_letter_queue: str
     progress_exchange: str
     delivery_limit: int
+
+    @classmethod
+    def from_settings(cls, settings: "Settings") -> "Topology":
+        return cls(
+            jobs_queue=settings.jobs_queue, results_queue=settings.results_queue,
+            dead_letter_exchange=settings.dead_letter_exchange, dead_letter_queue=settings.dead_letter_queue,
+            progress_exchange=settings.progress_exchange, delivery_limit=settings.delivery_limit,
+        )
 
 
 def declare(channel: BlockingChannel, t: Topology) -> None:

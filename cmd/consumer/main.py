@@ -20,7 +20,7 @@ from worker.config import Settings
 from worker.consumer import Consumer
 from worker.handler import HandlerOptions, JobHandler
 from worker.logs import configure_logging
-from worker.model_downloader import get_model_downloader
+from worker.model_downloader import downloader_for
 from worker.processor import Processor
 from worker.publisher import Topology
 from worker.transcriber import WhisperTranscriber, available_cpus
@@ -34,10 +34,7 @@ class Processors:
         # Each of the jobs that run at once gets an equal share of the CPUs.
         self._options = dataclasses.replace(
             settings.pipeline_options(), cpus=max(1, available_cpus() // settings.concurrent_jobs))
-        self._downloader = get_model_downloader(
-            settings.whisper_models_dir, download_url=settings.whisper_download_url,
-            timeout_seconds=settings.whisper_download_timeout_seconds,
-        )
+        self._downloader = downloader_for(settings)
         self._by_model: dict[str, Processor] = {}
         self._lock = threading.Lock()
 
@@ -64,12 +61,7 @@ def build_consumer(settings: Settings) -> Consumer:
         retry_backoff_seconds=settings.retry_backoff_seconds,
         retry_backoff_max_seconds=settings.retry_backoff_max_seconds,
     ))
-    topology = Topology(
-        jobs_queue=settings.jobs_queue, results_queue=settings.results_queue,
-        dead_letter_exchange=settings.dead_letter_exchange, dead_letter_queue=settings.dead_letter_queue,
-        progress_exchange=settings.progress_exchange, delivery_limit=settings.delivery_limit,
-    )
-    return Consumer(url=settings.amqp_url, topology=topology, handler=handler,
+    return Consumer(url=settings.amqp_url, topology=Topology.from_settings(settings), handler=handler,
                     concurrent_jobs=settings.concurrent_jobs, heartbeat_seconds=settings.heartbeat_seconds,
                     reconnect_max_seconds=settings.reconnect_max_seconds, on_settled=metrics.record)
 

@@ -66,8 +66,7 @@ def main() -> int:
     connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
     channel = connection.channel()
     channel.confirm_delivery()
-    topology = Topology(settings.jobs_queue, settings.results_queue, settings.dead_letter_exchange,
-                        settings.dead_letter_queue, settings.progress_exchange, settings.delivery_limit)
+    topology = Topology.from_settings(settings)
     declare(channel, topology)
     reply_to = channel.queue_declare("", exclusive=True).method.queue if args.wait else None
     publish_job(channel, topology, job.model_dump_json(exclude_none=True).encode(), job_id, reply_to=reply_to,

@@ -14,7 +14,7 @@ from worker.config import Settings
 from worker.errors import PermanentError, TranscriptionError
 from worker.formats import FORMATS, render
 from worker.logs import configure_logging
-from worker.model_downloader import get_model_downloader
+from worker.model_downloader import downloader_for
 from worker.processor import Processor
 from worker.transcriber import WhisperTranscriber
 
@@ -40,13 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     options = settings.pipeline_options(parallel=False if args.sequential else (True if args.workers else None),
                                         workers=args.workers)
     try:
-        downloader = get_model_downloader(
-            settings.whisper_models_dir,
-            download_url=settings.whisper_download_url,
-            timeout_seconds=settings.whisper_download_timeout_seconds,
-        )
         transcriber = WhisperTranscriber(
-            downloader.ensure_model_exists(model), max_concurrent_calls=options.concurrent_calls,
+            downloader_for(settings).ensure_model_exists(model), max_concurrent_calls=options.concurrent_calls,
             beam_size=settings.whisper_beam_size,
         )
         processor = Processor(transcriber, model_name=model, options=options)
