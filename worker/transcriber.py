@@ -28,6 +28,7 @@ import contextlib  # noqa: E402
 import queue  # noqa: E402
 import threading  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
+import dataclasses  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Generic, Literal, TypeVar  # noqa: E402
@@ -127,17 +128,14 @@ class _NativeBackend:
         self._states = _BoundedPool(self._context.new_state, max_concurrent_calls)
         self.multilingual = self._context.is_multilingual()
 
-    def transcribe(self, audio: np.ndarray, *, n_threads: int, language: str | None, task: Task, beam_size: int) -> Transcription:
+    def transcribe(self, audio: np.ndarray, *, n_threads: int, language: str, task: Task, beam_size: int) -> Transcription:
         with self._states.borrow() as state:
-            probability = None
-            if language is None and self.multilingual:
-                language, probability = whisper_native.detect_language(self._context, state, audio, n_threads=n_threads)
             result = whisper_native.transcribe(
-                self._context, state, audio, n_threads=n_threads, language=language or "en",
+                self._context, state, audio, n_threads=n_threads, language=language,
                 translate=task == "translate", beam_size=beam_size,
             )
         segments = tuple(Segment(start, end, text.strip()) for start, end, text in result.segments)
-        return Transcription(segments=segments, language=result.language, language_probability=probability)
+        return Transcription(segments=segments, language=result.language)
 
     def detect_language(self, audio: np.ndarray, *, n_threads: int) -> tuple[str, float]:
         with self._states.borrow() as state:
@@ -167,21 +165,17 @@ class _ModelPoolBackend:
             print_progress=False, print_realtime=False,
         )
 
-    def transcribe(self, audio: np.ndarray, *, n_threads: int, language: str | None, task: Task, beam_size: int) -> Transcription:
+    def transcribe(self, audio: np.ndarray, *, n_threads: int, language: str, task: Task, beam_size: int) -> Transcription:
         with self._models.borrow() as model:
-            probability = None
-            if language is None and self.multilingual:
-                (language, probability), _ = model.auto_detect_language(audio, n_threads=n_threads)
-                probability = float(probability)
             # Every decoding parameter is passed on every call: pywhispercpp keeps them on the Model.
             segments = model.transcribe(
-                audio, n_threads=n_threads, language=language or "en", translate=task == "translate",
+                audio, n_threads=n_threads, language=language, translate=task == "translate",
                 no_context=True, suppress_blank=True, suppress_nst=True, single_segment=False,
                 print_progress=False, print_realtime=False, **_sampling(beam_size),
             )
         return Transcription(
             segments=tuple(Segment(s.t0 / 100.0, s.t1 / 100.0, s.text.strip()) for s in segments),
-            language=language or "en", language_probability=probability,
+            language=language,
         )
 
     def detect_language(self, audio: np.ndarray, *, n_threads: int) -> tuple[str, float]:
@@ -238,12 +232,17 @@ class WhisperTranscriber:
     ) -> Transcription:
         """Transcribe 16 kHz mono float32 `audio`. `language=None` detects it (multilingual models)."""
         audio = _as_model_input(audio)
+        n_threads = n_threads or self.n_threads
         try:
-            return self._backend.transcribe(
-                audio, n_threads=n_threads or self.n_threads, language=language, task=task, beam_size=self.beam_size
+            probability = None
+            if language is None and self.multilingual:
+                language, probability = self._backend.detect_language(audio, n_threads=n_threads)
+            result = self._backend.transcribe(
+                audio, n_threads=n_threads, language=language or "en", task=task, beam_size=self.beam_size
             )
         except (whisper_native.NativeCallError, RuntimeError) as exc:
             raise TranscriptionError(f"whisper.cpp failed: {exc}") from exc
+        return dataclasses.replace(result, language_probability=probability)
 
     def detect_language(self, audio: np.ndarray, *, n_threads: int | None = None) -> tuple[str, float]:
         """(language code, probability) from the first 30 s of `audio`; multilingual models only."""
