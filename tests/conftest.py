@@ -5,13 +5,17 @@ the test itself runs on 127.0.0.1.
 """
 
 import re
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from loguru import logger
 
+from worker import local_broker
 from worker.audio import decode_audio
 from worker.model_downloader import ModelDownloader
 from worker.transcriber import WhisperTranscriber
@@ -78,3 +82,17 @@ def log_messages():
     sink_id = logger.add(lambda m: records.append((m.record["level"].name, m.record["message"])), level="DEBUG")
     yield records
     logger.remove(sink_id)
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[str]:
+    """A private rabbitmq-server on 127.0.0.1 shared by the session; yields its AMQP URL.
+
+    Its directory is not under pytest's tmp_path: that is private to root, and the server
+    runs as user rabbitmq.
+    """
+    base = Path(tempfile.mkdtemp(prefix="worker-rabbitmq-"))
+    running = local_broker.start(base)
+    yield running.url
+    running.stop()
+    shutil.rmtree(base, ignore_errors=True)

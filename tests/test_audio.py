@@ -10,7 +10,7 @@ import pytest
 
 from conftest import AUDIO_DIR
 from worker.audio import SAMPLE_RATE, decode_audio, read_wav, write_wav
-from worker.errors import AudioDecodeError
+from worker.errors import AudioDecodeError, AudioTooLong, EmptyAudio, InputNotFound
 
 
 def manifest() -> list[dict]:
@@ -69,17 +69,36 @@ def truncated(tmp_path, name: str, keep: int):
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda d: d / "missing.wav", "no such file"),
-        (lambda d: written(d, "empty.mp3", b""), "empty"),
+        (lambda d: truncated(d, "librivox_shakespeare_sonnet001.mp3", 200_001), "truncated: the file declares 53.3 s"),
         (lambda d: written(d, "notes.mp3", b"not audio at all"), "not decodable audio"),
         (lambda d: truncated(d, "jfk_inaugural_1961.flac", 300_000), "corrupt, truncated"),
         (lambda d: truncated(d, "ljspeech_LJ050-0131.wav", 100_000), "corrupt, truncated"),
         (lambda d: truncated(d, "librivox_sonnet001_first9s_m4a.m4a", 30_000), "corrupt, truncated"),
     ],
-    ids=["missing", "zero-length", "not-audio", "truncated-flac", "truncated-wav", "truncated-m4a"],
+    ids=["truncated-mp3", "not-audio", "truncated-flac", "truncated-wav", "truncated-m4a"],
 )
 def test_bad_input_is_a_typed_error_with_a_clear_message(tmp_path, make, message):
     with pytest.raises(AudioDecodeError, match=message):
+        decode_audio(make(tmp_path))
+
+
+def header_only(path):
+    write_wav(path, np.zeros(0, dtype=np.float32))  # a valid 44-byte WAV header and no frames
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda d: d / "missing.wav", InputNotFound, "no such file"),
+        (lambda d: d, InputNotFound, "not a regular file"),
+        (lambda d: written(d, "empty.mp3", b""), EmptyAudio, "zero bytes"),
+        (lambda d: header_only(d / "header.wav"), EmptyAudio, "no samples"),
+    ],
+    ids=["missing", "directory", "zero-bytes", "wav-header-only"],
+)
+def test_missing_and_empty_input_have_their_own_errors(tmp_path, make, error, message):
+    with pytest.raises(error, match=message):
         decode_audio(make(tmp_path))
 
 
@@ -87,12 +106,12 @@ def test_video_without_sound_has_no_audio_stream(tmp_path):
     video = tmp_path / "silent-film.mp4"
     ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64:rate=5", "-t", "2", str(video))
 
-    with pytest.raises(AudioDecodeError, match="no audio stream"):
+    with pytest.raises(EmptyAudio, match="no audio stream"):
         decode_audio(video)
 
 
 def test_audio_longer_than_the_limit_is_rejected():
-    with pytest.raises(AudioDecodeError, match="longer than the limit of 10 s"):
+    with pytest.raises(AudioTooLong, match="longer than the limit of 10 s"):
         decode_audio(AUDIO_DIR / "jfk_inaugural_1961.flac", max_seconds=10)
 
 

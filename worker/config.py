@@ -4,10 +4,11 @@ Nothing else in `worker/` reads the environment: entry points build one `Setting
 it (or the values it holds) down. Tests build `Settings(...)` directly.
 """
 
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -44,7 +45,8 @@ class Settings(BaseSettings):
 
 
     # --- the service (RabbitMQ) ---
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    # Secret: it usually carries a password, so it never appears in a repr or a log line.
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/%2F")
     jobs_queue: str = "transcription.jobs"
     results_queue: str = "transcription.results"
     dead_letter_exchange: str = "transcription.dlx"
@@ -59,11 +61,21 @@ class Settings(BaseSettings):
     reconnect_max_seconds: float = Field(default=30.0, gt=0)
     input_dir: Path = Path("data/input")
     output_dir: Path = Path("data/output")
+    # Scratch space (downloads, WAV chunks): one directory per worker process, removed on exit;
+    # directories left by a killed worker are swept when the next one starts.
+    work_dir: Path = Path(tempfile.gettempdir()) / "transcription-worker"
     max_download_bytes: int = Field(default=500 * 2**20, gt=0)
+    # Comma-separated hosts that audio and callback URLs may name; empty allows any host.
+    allowed_url_hosts: str = ""
     download_timeout_seconds: float = Field(default=30.0, gt=0)
     callback_timeout_seconds: float = Field(default=10.0, gt=0)
     callback_retries: int = Field(default=3, ge=0)
     metrics_port: int = Field(default=9100, ge=0, le=65535)  # 0 disables /metrics and /healthz
+
+    def url_hosts(self) -> frozenset[str] | None:
+        """ALLOWED_URL_HOSTS as a set of lower-case host names, or None when any host is allowed."""
+        hosts = frozenset(h.strip().lower() for h in self.allowed_url_hosts.split(",") if h.strip())
+        return hosts or None
 
     def pipeline_options(self, *, parallel: bool | None = None, workers: int | None = None) -> "PipelineOptions":
         """The processor's options from these settings (a CLI may override mode and workers)."""

@@ -133,6 +133,7 @@ class Consumer:
             body=body,
             attempt=int(headers.get("x-delivery-count") or 0) + 1,
             published_at=_published_at(headers, properties.timestamp),
+            message_id=properties.message_id,
         )
         self._count(+1)
         self._pool.submit(self._work, connection, channel, method.delivery_tag, properties.reply_to, delivery)

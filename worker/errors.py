@@ -1,14 +1,21 @@
-"""The worker's exception tree.
+"""The worker's exception tree. A failed result's `error.code` is the class name.
 
     WorkerError
     ├── PermanentError          retrying cannot help: report the failure, dead-letter the job
-    │   ├── InvalidJob          the job message is not valid JSON or breaks the contract
-    │   ├── AudioDecodeError    the audio cannot be decoded (not audio, corrupt, empty, too long)
+    │   ├── InvalidJob          the job breaks the contract (schema, unknown language or format)
+    │   │   ├── MalformedJob    the body is not a UTF-8 JSON object of acceptable size
+    │   │   └── InputNotAllowed the input is outside what the worker may read or fetch
+    │   ├── InputNotFound       the input path or URL does not exist (or is not a file)
+    │   ├── InputTooLarge       the download is over MAX_DOWNLOAD_BYTES
+    │   ├── DownloadRejected    the server refused the URL (HTTP 4xx) or redirected too often
+    │   ├── AudioDecodeError    the audio cannot be decoded (not audio, corrupt, truncated)
+    │   │   ├── EmptyAudio      the input holds no audio samples at all
+    │   │   └── AudioTooLong    the audio is longer than MAX_AUDIO_SECONDS
     │   ├── UnknownModel        the model name is not one the worker knows
     │   ├── ModelUnavailable    no source (local file, download, installed package) could provide the model
     │   └── ModelConversionError  a CTranslate2 model could not be converted to ggml
     ├── TransientError          may succeed later: retry with backoff
-    │   ├── DownloadFailed      an HTTP download failed or its content did not verify
+    │   ├── DownloadFailed      an HTTP download failed, stalled or did not verify
     │   ├── CallbackFailed      the job's callback URL did not accept the result
     │   └── BrokerUnavailable   the message broker cannot be reached
     └── TranscriptionError      whisper.cpp failed on audio that decoded fine
@@ -28,11 +35,39 @@ class TransientError(WorkerError):
 
 
 class InvalidJob(PermanentError):
-    """The job message is not valid JSON or violates the job schema."""
+    """The job message violates the job schema."""
+
+
+class MalformedJob(InvalidJob):
+    """The message body is empty, too large, not UTF-8, not JSON, or not a JSON object."""
+
+
+class InputNotAllowed(InvalidJob):
+    """The audio path escapes INPUT_DIR, or the URL's scheme or host is not allowed."""
+
+
+class InputNotFound(PermanentError):
+    """The audio path does not exist or is not a regular file; the URL answered 404/410."""
+
+
+class InputTooLarge(PermanentError):
+    """The audio at the URL is larger than MAX_DOWNLOAD_BYTES."""
+
+
+class DownloadRejected(PermanentError):
+    """The audio URL answered another 4xx status, or redirected in a loop or too often."""
 
 
 class AudioDecodeError(PermanentError):
     """The audio cannot be decoded into samples we can transcribe."""
+
+
+class EmptyAudio(AudioDecodeError):
+    """The input decodes to no samples (a zero-byte file, a WAV header with no frames)."""
+
+
+class AudioTooLong(AudioDecodeError):
+    """The audio is longer than the configured maximum."""
 
 
 class UnknownModel(PermanentError):
@@ -48,7 +83,7 @@ class ModelConversionError(PermanentError):
 
 
 class DownloadFailed(TransientError):
-    """An HTTP download failed, timed out, or did not match its checksum."""
+    """An HTTP download failed, stalled, timed out, or did not match its checksum."""
 
 
 class CallbackFailed(TransientError):

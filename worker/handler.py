@@ -7,7 +7,9 @@ plus a dead-lettered job, transient ones a retry with backoff until the delivery
 """
 
 import os
+import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,10 +18,28 @@ from typing import Literal
 
 from loguru import logger
 
-from worker.errors import InvalidJob, PermanentError, TransientError, WorkerError
+from worker.errors import (
+    CallbackFailed,
+    InputNotAllowed,
+    InputNotFound,
+    InvalidJob,
+    PermanentError,
+    TransientError,
+    WorkerError,
+)
 from worker.formats import render
-from worker.http_io import download_audio, post_callback
-from worker.messages import ErrorInfo, Job, ProgressEvent, Result, SegmentOut, Timings, job_id_of, parse_job
+from worker.http_io import check_url, download_audio, post_callback
+from worker.messages import (
+    JOB_ID_PATTERN,
+    ErrorInfo,
+    Job,
+    ProgressEvent,
+    Result,
+    SegmentOut,
+    Timings,
+    job_id_of,
+    parse_job,
+)
 from worker.processor import Processor, Progress, Transcript
 
 RESULT_MARKER = "result.json"
@@ -34,6 +54,7 @@ class Delivery:
     body: bytes
     attempt: int = 1
     published_at: float | None = None
+    message_id: str | None = None  # the AMQP message id: names the failed result of an unreadable body
 
 
 @dataclass(frozen=True)
@@ -53,6 +74,8 @@ class Outcome:
 class HandlerOptions:
     input_dir: Path
     output_dir: Path
+    work_dir: Path | None = None  # scratch for downloads; None: the system's temp directory
+    allowed_url_hosts: frozenset[str] | None = None  # None: any host
     delivery_limit: int = 5
     max_download_bytes: int = 500 * 2**20
     download_timeout_seconds: float = 30.0
@@ -68,13 +91,17 @@ class JobHandler:
     def __init__(self, processor_for: Callable[[str | None], Processor], options: HandlerOptions) -> None:
         self._processor_for = processor_for
         self.options = options
+        # Completed results whose publish did not happen (the connection dropped first): the
+        # redelivered job is answered from here instead of being transcribed a second time.
+        self._unpublished: dict[str, Result] = {}
+        self._unpublished_lock = threading.Lock()
 
     def handle(self, delivery: Delivery, progress: ProgressSink = lambda event: None) -> Outcome:
         """Never raises for a job's own failure; every path returns an Outcome."""
         try:
             job = parse_job(delivery.body)
         except InvalidJob as exc:
-            job_id = job_id_of(delivery.body) or "unknown"
+            job_id = job_id_of(delivery.body) or _valid_id(delivery.message_id) or "unknown"
             with logger.contextualize(job_id=job_id):
                 logger.info("Rejected job: {}", exc)
                 return Outcome("dead_letter", _failed(job_id, exc, delivery))
@@ -85,9 +112,14 @@ class JobHandler:
         if self.already_completed(job.job_id):
             logger.info("Job {} already has a published result; not transcribing it again", job.job_id)
             return Outcome("ack")
+        with self._unpublished_lock:
+            waiting = self._unpublished.get(job.job_id)
+        if waiting is not None:
+            logger.info("Job {} was transcribed before its connection dropped; publishing that result", job.job_id)
+            return Outcome("complete", waiting.model_copy(update={"attempt": delivery.attempt}))
         logger.info("Processing job {} (attempt {})", job.job_id, delivery.attempt)
         try:
-            return Outcome("complete", self._run(job, delivery, _Emitter(job.job_id, progress)))
+            result = self._run(job, delivery, _Emitter(job.job_id, progress))
         except PermanentError as exc:
             logger.info("Job {} failed permanently: {}", job.job_id, exc)
             return Outcome("dead_letter", _failed(job.job_id, exc, delivery))
@@ -96,6 +128,9 @@ class JobHandler:
         except Exception as exc:  # a bug, or something unforeseen: keep the job, in the dead-letter queue
             logger.exception("Job {} failed with an unexpected error", job.job_id)
             return Outcome("dead_letter", _failed(job.job_id, exc, delivery))
+        with self._unpublished_lock:
+            self._unpublished[job.job_id] = result
+        return Outcome("complete", result)
 
     def _retry_or_give_up(self, job: Job, delivery: Delivery, exc: TransientError) -> Outcome:
         if delivery.attempt >= self.options.delivery_limit:
@@ -108,8 +143,11 @@ class JobHandler:
 
     def _run(self, job: Job, delivery: Delivery, emit: "_Emitter") -> Result:
         started = time.time()
+        self._check_urls(job)
         processor = self._processor_for(job.model)
-        with tempfile.TemporaryDirectory(prefix=f"input-{job.job_id}-") as scratch:
+        if job.language not in (None, "en") and not processor.transcriber.multilingual:
+            raise InvalidJob(f"model {processor.model_name} is English-only; it cannot transcribe {job.language!r}")
+        with tempfile.TemporaryDirectory(prefix=f"input-{job.job_id}-", dir=self.options.work_dir) as scratch:
             download_started = time.perf_counter()
             audio = self._input_path(job, Path(scratch), emit)
             download_seconds = time.perf_counter() - download_started
@@ -127,22 +165,49 @@ class JobHandler:
         )
         result = _completed(job.job_id, transcript, outputs, timings, delivery.attempt)
         if job.callback_url is not None:
-            post_callback(str(job.callback_url), result.model_dump_json(), retries=self.options.callback_retries,
+            result = self._call_back(str(job.callback_url), result)
+        return result
+
+    def _check_urls(self, job: Job) -> None:
+        """Reject a URL the worker may not contact before any work or connection (InputNotAllowed)."""
+        for url in (job.audio.url, job.callback_url):
+            if url is not None:
+                check_url(str(url), self.options.allowed_url_hosts)
+
+    def _call_back(self, url: str, result: Result) -> Result:
+        """POST the result; a callback that stays down costs a warning, never the transcript.
+
+        The result queue is the record of every job: it is published whatever the callback
+        does, so a failed callback neither fails nor retries a finished transcription.
+        """
+        try:
+            post_callback(url, result.model_dump_json(), retries=self.options.callback_retries,
                           timeout_seconds=self.options.callback_timeout_seconds)
+        except CallbackFailed as exc:
+            logger.warning("Job {}: {}; the result is still published", result.job_id, exc)
+            return result.model_copy(update={"warnings": [*result.warnings, str(exc)]})
         return result
 
     def _input_path(self, job: Job, scratch: Path, emit: "_Emitter") -> Path:
         if job.audio.path is not None:
-            root = self.options.input_dir.resolve()
-            path = (root / job.audio.path).resolve()
-            if not path.is_relative_to(root):  # a symlink inside INPUT_DIR pointing out of it
-                raise InvalidJob(f"audio path escapes INPUT_DIR: {job.audio.path}")
-            return path
+            return self._local_input(job.audio.path)
         emit("downloading")
         dest = scratch / "input"
         download_audio(str(job.audio.url), dest, max_bytes=self.options.max_download_bytes,
-                       timeout_seconds=self.options.download_timeout_seconds)
+                       timeout_seconds=self.options.download_timeout_seconds,
+                       allowed_hosts=self.options.allowed_url_hosts)
         return dest
+
+    def _local_input(self, relative: str) -> Path:
+        root = self.options.input_dir.resolve()
+        path = (root / relative).resolve()
+        if not path.is_relative_to(root):  # a symlink inside INPUT_DIR pointing out of it
+            raise InputNotAllowed(f"audio path escapes INPUT_DIR: {relative}")
+        if not path.exists():
+            raise InputNotFound(f"audio path not found in INPUT_DIR: {relative}")
+        if not path.is_file():
+            raise InputNotFound(f"audio path is not a regular file: {relative}")
+        return path
 
     def _write_outputs(self, job: Job, transcript: Transcript) -> dict[str, str]:
         directory = self.options.output_dir / job.job_id
@@ -163,6 +228,8 @@ class JobHandler:
         directory = self.options.output_dir / result.job_id
         directory.mkdir(parents=True, exist_ok=True)
         _write_atomically(directory / RESULT_MARKER, result.model_dump_json(indent=2))
+        with self._unpublished_lock:
+            self._unpublished.pop(result.job_id, None)
 
 
 @dataclass(frozen=True)
@@ -183,6 +250,10 @@ def _write_atomically(path: Path, text: str) -> Path:
     staged.write_text(text, encoding="utf-8")
     os.replace(staged, path)
     return path
+
+
+def _valid_id(value: str | None) -> str | None:
+    return value if value and re.fullmatch(JOB_ID_PATTERN, value) else None
 
 
 def error_code(exc: BaseException) -> str:

@@ -29,10 +29,12 @@ class LocalBroker:
     base_dir: Path
     port: int
     pid: int
+    user: str = "guest"
+    password: str = "guest"
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+        return f"amqp://{self.user}:{self.password}@127.0.0.1:{self.port}/%2F"
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the broker's process group and wait for it."""
@@ -88,11 +90,19 @@ def reachable(url: str, timeout: float = 2.0) -> bool:
         pika_logger.setLevel(level)
 
 
-def start(base_dir: Path, *, timeout: float = 90.0) -> LocalBroker:
-    """Start a private broker and wait until it accepts AMQP connections."""
+def start(base_dir: Path, *, port: int | None = None, user: str = "guest", password: str = "guest",
+          timeout: float = 90.0) -> LocalBroker:
+    """Start a private broker and wait until it accepts AMQP connections.
+
+    Starting again with the same `base_dir` and `port` restarts the same node, with the
+    durable queues and persistent messages it had. Other credentials than guest's become
+    the node's default user when it first starts.
+    """
     base_dir = Path(base_dir).resolve()
-    port = free_port()
+    port = port or free_port()
     env = _environment(base_dir, port)
+    if (user, password) != ("guest", "guest"):
+        (base_dir / "rabbitmq.conf").write_text(f"default_user = {user}\ndefault_pass = {password}\n")
     as_rabbitmq = os.geteuid() == 0
     if as_rabbitmq:
         owner = pwd.getpwnam("rabbitmq")
@@ -101,7 +111,7 @@ def start(base_dir: Path, *, timeout: float = 90.0) -> LocalBroker:
     log = open(base_dir / "server.out", "ab")
     process = subprocess.Popen([SERVER], env=env, cwd=base_dir, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True, user="rabbitmq" if as_rabbitmq else None)
-    broker = LocalBroker(base_dir=base_dir, port=port, pid=process.pid)
+    broker = LocalBroker(base_dir=base_dir, port=port, pid=process.pid, user=user, password=password)
     deadline = time.monotonic() + timeout
     while not reachable(broker.url, timeout=1.0):
         if process.poll() is not None or time.monotonic() > deadline:

@@ -3,16 +3,29 @@
 A job is validated once, here, at the edge (`parse_job`); everything after trusts it.
 """
 
+import json
+import re
 from datetime import datetime, timezone
-from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator, model_validator
+from pydantic import AnyUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from worker.errors import InvalidJob
+from worker.errors import InvalidJob, MalformedJob
 from worker.formats import Format
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+
+# A job is a small JSON document; anything bigger is a mistake or an attack, and is
+# rejected before it is parsed.
+MAX_JOB_BYTES = 64 * 1024
+
+# whisper.cpp's language codes, in its own order (whisper_lang_str(0..whisper_lang_max_id()));
+# tests/test_messages.py checks this list against the installed libwhisper.
+LANGUAGES = frozenset(
+    "en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no th ur hr bg lt la "
+    "mi ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr pa si km sn yo so af oc ka be "
+    "tg sd gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt haw ln ha ba jw su yue".split()
+)
 
 
 class _Strict(BaseModel):
@@ -20,26 +33,20 @@ class _Strict(BaseModel):
 
 
 class AudioSource(_Strict):
-    """Exactly one of `url` (http/https) or `path` (relative to INPUT_DIR, no escapes)."""
+    """Exactly one of `url` (http/https) or `path` (relative to INPUT_DIR, no escapes).
 
-    url: HttpUrl | None = None
-    path: str | None = None
+    What a URL or path may point at (scheme, host, staying inside INPUT_DIR) is checked by the
+    handler before it touches either, so that those refusals carry their own error code.
+    """
+
+    url: AnyUrl | None = None
+    path: Annotated[str, Field(min_length=1)] | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "AudioSource":
         if (self.url is None) == (self.path is None):
             raise ValueError("audio needs exactly one of 'url' or 'path'")
         return self
-
-    @field_validator("path")
-    @classmethod
-    def _relative_inside(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        pure = PurePosixPath(value)
-        if not value or pure.is_absolute() or ".." in pure.parts or "\\" in value:
-            raise ValueError("path must be relative to INPUT_DIR, without '..'")
-        return value
 
 
 class Job(_Strict):
@@ -51,12 +58,16 @@ class Job(_Strict):
     language: str | None = Field(default=None, description="language code, or 'auto' / null to detect")
     task: Literal["transcribe", "translate"] = "transcribe"
     formats: tuple[Format, ...] = ("json",)
-    callback_url: HttpUrl | None = None
+    callback_url: AnyUrl | None = None
 
     @field_validator("language")
     @classmethod
-    def _auto_is_none(cls, value: str | None) -> str | None:
-        return None if value in (None, "", "auto") else value.lower()
+    def _known_language(cls, value: str | None) -> str | None:
+        if value in (None, "", "auto"):
+            return None
+        if value.lower() not in LANGUAGES:
+            raise ValueError(f"{value!r} is not a language code whisper knows (e.g. 'en', 'de', or 'auto')")
+        return value.lower()
 
 
 class ErrorInfo(_Strict):
@@ -95,6 +106,8 @@ class Result(_Strict):
     outputs: dict[str, str] | None = None
     timings: Timings = Field(default_factory=Timings)
     error: ErrorInfo | None = None
+    # Problems that did not fail the job, e.g. a callback URL that stayed down.
+    warnings: list[str] = Field(default_factory=list)
     finished_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
 
 
@@ -107,9 +120,14 @@ class ProgressEvent(_Strict):
 
 
 def parse_job(body: bytes) -> Job:
-    """The job in a message body; raises InvalidJob (permanent) for bad JSON or schema violations."""
+    """The job in a message body.
+
+    Raises MalformedJob when the body is not a UTF-8 JSON object of at most MAX_JOB_BYTES,
+    InvalidJob when it is one but breaks the schema (both permanent).
+    """
+    document = _json_object(body)
     try:
-        return Job.model_validate_json(body)
+        return Job.model_validate(document)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors(include_url=False)
@@ -117,12 +135,28 @@ def parse_job(body: bytes) -> Job:
         raise InvalidJob(f"invalid job: {problems}") from None
 
 
+def _json_object(body: bytes) -> dict:
+    if not body:
+        raise MalformedJob("invalid job: the message body is empty")
+    if len(body) > MAX_JOB_BYTES:
+        raise MalformedJob(f"invalid job: the message body is {len(body)} bytes, over the limit of {MAX_JOB_BYTES}")
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise MalformedJob(f"invalid job: the message body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except ValueError as exc:
+        raise MalformedJob(f"invalid job: the message body is not JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise MalformedJob(f"invalid job: the message body is a JSON {type(document).__name__}, not an object")
+    return document
+
+
 def job_id_of(body: bytes) -> str | None:
     """Best-effort job id from a body that failed validation (for the failed result)."""
+    if len(body) > MAX_JOB_BYTES:
+        return None
     try:
-        import json
-
         value = json.loads(body).get("job_id")
     except (ValueError, AttributeError):
         return None
-    return value if isinstance(value, str) and value else None
+    return value if isinstance(value, str) and re.fullmatch(JOB_ID_PATTERN, value) else None

@@ -63,7 +63,7 @@ def main() -> int:
     configure_logging(settings.log_level)
     job_id = args.job_id or uuid.uuid4().hex
     job = build_job(args, settings, job_id)
-    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
     channel = connection.channel()
     channel.confirm_delivery()
     topology = Topology.from_settings(settings)
