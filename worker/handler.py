@@ -199,6 +199,8 @@ class JobHandler:
         return dest
 
     def _local_input(self, relative: str) -> Path:
+        if os.path.isabs(relative):  # even one inside INPUT_DIR: the contract is a relative path
+            raise InputNotAllowed(f"audio path must be relative to INPUT_DIR: {relative}")
         root = self.options.input_dir.resolve()
         path = (root / relative).resolve()
         if not path.is_relative_to(root):  # a symlink inside INPUT_DIR pointing out of it
