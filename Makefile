@@ -37,8 +37,9 @@ run: install system-deps models
 	@set -e; mkdir -p $(RUN_DIR); \
 	 export INPUT_DIR=$${INPUT_DIR:-$(RUN_DIR)/input} OUTPUT_DIR=$${OUTPUT_DIR:-$(RUN_DIR)/output}; \
 	 url=$${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2F}; broker=""; \
-	 if ! $(BIN)/python -c "import sys; from worker.local_broker import reachable; sys.exit(not reachable('$$url'))"; then \
-	   echo "No broker at $$url: starting a private rabbitmq-server"; \
+	 shown() { echo "$$1" | sed -E 's#(://[^:/@]*):[^@]*@#\1:***@#'; }; \
+	 if ! $(BIN)/python -c "import sys; from worker.local_broker import reachable; sys.exit(not reachable(sys.argv[1]))" "$$url"; then \
+	   echo "No broker at $$(shown $$url): starting a private rabbitmq-server"; \
 	   broker=$$(mktemp -d /tmp/worker-rabbitmq-XXXXXX); url=$$($(BIN)/python -m worker.local_broker start $$broker); \
 	 fi; export AMQP_URL=$$url; \
 	 $(BIN)/python cmd/consumer/main.py & consumer=$$!; \
@@ -46,7 +47,7 @@ run: install system-deps models
 	   [ -z "$$broker" ] || { $(BIN)/python -m worker.local_broker stop $$broker; rm -rf $$broker; }; }; \
 	 trap 'cleanup; exit 0' INT TERM; \
 	 $(BIN)/python cmd/enqueue/main.py $(AUDIO) --wait --format txt --timeout 600 || true; \
-	 echo "Serving jobs on $$AMQP_URL (Ctrl-C to stop)"; wait $$consumer; cleanup
+	 echo "Serving jobs on $$(shown $$AMQP_URL) (Ctrl-C to stop)"; wait $$consumer; cleanup
 
 test: install system-deps
 	$(BIN)/python -m pytest
