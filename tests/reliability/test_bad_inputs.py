@@ -8,7 +8,6 @@ import collections
 import functools
 import http.server
 import json
-import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -18,7 +17,6 @@ import numpy as np
 import pytest
 
 from worker.audio import write_wav
-from worker.messages import Result
 
 from .conftest import LEDGER, Client, Service, WorkerProcess, completed_ids, new_topology, stop_and_check
 
