@@ -85,6 +85,11 @@ def bad_input_service(broker, tmp_path_factory, audio_dir) -> Iterator[tuple[Ser
     stop_and_check(svc)
 
 
+def scratch_files(svc: Service) -> list[Path]:
+    """Files under WORK_DIR other than the live worker's lock: must be none between jobs."""
+    return [p for p in svc.work_dir.rglob("*") if p.is_file() and p.name != ".owner.lock"]
+
+
 def job(job_id: str, **fields) -> dict:
     return {"job_id": job_id, **fields}
 
@@ -159,6 +164,7 @@ def test_a_bad_input_fails_with_its_code_and_is_dead_lettered(bad_input_service,
         assert seen[f"/{GOOD}"] == 0  # refused before any connection
     if case == "redirect-to-host-not-allowed":
         assert seen["/redirect-out"] == 1 and seen[f"/{GOOD}"] == 0
+    assert scratch_files(svc) == []
     LEDGER.bad_inputs.append(case)
 
 
@@ -167,7 +173,7 @@ def test_silence_is_valid_and_gives_an_empty_transcript(bad_input_service):
     client.enqueue(path_job("silence", "silence.wav"))
     (result,) = client.results(lambda rs: bool(rs), alive=lambda: worker.wait_for("Consuming"))
     assert (result.job_id, result.status, result.text, result.segments) == ("silence", "completed", "", [])
-    assert client.depth(svc.topology.dead_letter_queue) == 0
+    assert client.depth(svc.topology.dead_letter_queue) == 0 and scratch_files(svc) == []
     LEDGER.account({"silence"}, completed_ids([result]))
 
 
@@ -183,4 +189,4 @@ def test_the_worker_still_transcribes_after_every_bad_input(bad_input_service, d
     assert worker.process.poll() is None and worker.log().count("Consuming") == 1  # never crashed or reconnected
     assert client.depth(svc.topology.jobs_queue) == 0 and client.depth(svc.topology.dead_letter_queue) == 0
     LEDGER.account({"good-path", "good-url"}, completed_ids(results))
-    assert "Traceback" not in worker.log()
+    assert "Traceback" not in worker.log() and scratch_files(svc) == []

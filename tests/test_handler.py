@@ -1,0 +1,63 @@
+"""JobHandler without a broker: the per-message policy on a real transcriber and real audio."""
+
+import json
+import shutil
+
+import pytest
+
+from worker.errors import InputNotAllowed
+from worker.handler import Delivery, HandlerOptions, JobHandler
+from worker.http_io import check_url
+from worker.processor import PipelineOptions, Processor
+
+
+@pytest.fixture
+def handler(transcriber, tmp_path, audio_dir) -> JobHandler:
+    (tmp_path / "in").mkdir()
+    shutil.copyfile(audio_dir / "jfk_inaugural_1961.flac", tmp_path / "in" / "jfk.flac")
+    (tmp_path / "work").mkdir()
+    processor = Processor(transcriber, model_name="tiny.en", options=PipelineOptions(workers=2),
+                          work_root=tmp_path / "work")
+    return JobHandler(lambda model: processor, HandlerOptions(input_dir=tmp_path / "in", output_dir=tmp_path / "out",
+                                                               work_dir=tmp_path / "work"))
+
+
+def test_a_result_whose_publish_was_lost_is_reused_not_recomputed(handler, log_messages, tmp_path):
+    body = json.dumps({"job_id": "dropped", "audio": {"path": "jfk.flac"}}).encode()
+
+    first = handler.handle(Delivery(body=body))
+    # The connection dropped before `first` was published: the broker redelivers the job.
+    second = handler.handle(Delivery(body=body, attempt=2))
+
+    assert first.action == second.action == "complete"
+    assert second.result.text == first.result.text and "ask not" in first.result.text.lower()
+    assert second.result.attempt == 2
+    assert sum(m.startswith("Processing job dropped") for _, m in log_messages) == 1  # transcribed once
+    handler.mark_published(second.result)
+    assert handler.handle(Delivery(body=body, attempt=3)).action == "ack"  # published: nothing more to do
+    assert list((tmp_path / "work").iterdir()) == []  # no scratch left behind
+
+
+def test_an_unreadable_body_is_named_by_its_message_id(handler):
+    outcome = handler.handle(Delivery(body=b"\x00\x01", message_id="upload-77"))
+
+    assert (outcome.action, outcome.result.job_id, outcome.error.code) == ("dead_letter", "upload-77", "MalformedJob")
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed", "message"),
+    [
+        ("file:///etc/passwd", None, "scheme 'file' is not allowed"),
+        ("ftp://127.0.0.1/a.mp3", None, "scheme 'ftp' is not allowed"),
+        ("http:///a.mp3", None, "no host"),
+        ("http://localhost:8000/a.mp3", frozenset({"127.0.0.1"}), "'localhost' is not in ALLOWED_URL_HOSTS"),
+    ],
+)
+def test_urls_are_checked_before_any_connection(url, allowed, message):
+    with pytest.raises(InputNotAllowed, match=message):
+        check_url(url, allowed)
+
+
+def test_an_allowed_host_passes_in_any_case():
+    check_url("https://MEDIA.example.org/a.mp3", frozenset({"media.example.org"}))
+    check_url("http://127.0.0.1:9/a.mp3", None)
