@@ -335,3 +335,23 @@ def _get(url: str) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+
+
+def test_a_queue_declared_with_other_arguments_is_reported_as_a_configuration_error(channel, topology, transcriber,
+                                                                                     dirs, broker, log_messages):
+    # The channel fixture declared the jobs queue with delivery limit 3; this worker wants 5.
+    processor = Processor(transcriber, model_name="tiny.en", options=PipelineOptions(workers=2))
+    consumer = Consumer(url=broker, topology=dataclasses.replace(topology, delivery_limit=5),
+                        handler=JobHandler(lambda model: processor, dirs))
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+
+    deadline = time.monotonic() + 30
+    while not any(level == "ERROR" for level, _ in log_messages) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    consumer.stop()
+    thread.join(30)
+
+    errors = [m for level, m in log_messages if level == "ERROR"]
+    assert errors and "refused the topology" in errors[0] and "PRECONDITION_FAILED" in errors[0]
+    assert "DELIVERY_LIMIT" in errors[0] and consumer.connections >= 1 and not thread.is_alive()

@@ -49,6 +49,10 @@ def _published_at(headers: dict, timestamp: int | None) -> float | None:
     return float(timestamp) if timestamp else None
 
 
+def _is_precondition_failed(exc: Exception) -> bool:
+    return isinstance(exc, pika.exceptions.ChannelClosedByBroker) and exc.reply_code == 406
+
+
 class Consumer:
     """Pulls jobs, runs them on a pool, settles them on the connection thread."""
 
@@ -84,7 +88,14 @@ class Consumer:
                 self.connected.clear()
                 if self._stopping.is_set():
                     break
-                logger.warning("Broker unavailable ({}); reconnecting in {:.0f} s", exc or type(exc).__name__, delay)
+                if _is_precondition_failed(exc):
+                    # A configuration error, not an outage: say so, and keep trying, so that
+                    # the worker recovers once the queue or the settings are put right.
+                    logger.error("The broker refused the topology ({}): a queue exists with other arguments; align "
+                                 "DELIVERY_LIMIT and the queue names with it, or delete it; reconnecting in {:.0f} s",
+                                 exc, delay)
+                else:
+                    logger.warning("Broker unavailable ({}); reconnecting in {:.0f} s", exc or type(exc).__name__, delay)
                 self._stopping.wait(delay)
                 delay = min(delay * 2, self._reconnect_max)
         self._pool.shutdown(wait=True)

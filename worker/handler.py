@@ -28,6 +28,7 @@ from worker.errors import (
     WorkerError,
 )
 from worker.formats import render
+from worker.fsutil import write_atomically
 from worker.http_io import check_url, download_audio, post_callback
 from worker.messages import (
     JOB_ID_PATTERN,
@@ -217,7 +218,7 @@ class JobHandler:
         outputs = {}
         for fmt in job.formats:
             text = render(fmt, text=transcript.text, segments=transcript.segments, document=transcript.document())
-            outputs[fmt] = str(_write_atomically(directory / f"transcript.{fmt}", text))
+            outputs[fmt] = str(write_atomically(directory / f"transcript.{fmt}", text))
         return outputs
 
     # --- idempotency: a marker written once the result is published ---
@@ -229,7 +230,7 @@ class JobHandler:
         """Called by the consumer after the broker confirmed a completed result."""
         directory = self.options.output_dir / result.job_id
         directory.mkdir(parents=True, exist_ok=True)
-        _write_atomically(directory / RESULT_MARKER, result.model_dump_json(indent=2))
+        write_atomically(directory / RESULT_MARKER, result.model_dump_json(indent=2))
         with self._unpublished_lock:
             self._unpublished.pop(result.job_id, None)
 
@@ -245,13 +246,6 @@ class _Emitter:
         done, total = (progress.chunks_done, progress.chunks_total) if progress else (0, 0)
         percent = round(progress.percent, 1) if progress else 0.0
         self.sink(ProgressEvent(job_id=self.job_id, stage=stage, chunks_done=done, chunks_total=total, percent=percent))
-
-
-def _write_atomically(path: Path, text: str) -> Path:
-    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    staged.write_text(text, encoding="utf-8")
-    os.replace(staged, path)
-    return path
 
 
 def _valid_id(value: str | None) -> str | None:

@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from worker import ggml_convert
 from worker.errors import DownloadFailed, ModelConversionError, ModelUnavailable, UnknownModel
+from worker.fsutil import write_atomically
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -154,10 +155,7 @@ class Sidecar:
             return None
 
     def write(self, model_path: Path) -> None:
-        target = self.path_for(model_path)
-        staged = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        staged.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(staged, target)
+        write_atomically(self.path_for(model_path), json.dumps(asdict(self), indent=2) + "\n")
 
 
 def file_digests(path: Path) -> tuple[str, str]:
