@@ -166,3 +166,19 @@ def test_work_directory_is_removed_after_success(transcriber, jfk, tmp_path):
 def test_more_workers_than_the_transcriber_allows_is_refused(transcriber):
     with pytest.raises(ValueError, match="concurrent calls"):
         processor(transcriber, workers=transcriber.max_concurrent_calls + 1)
+
+
+def test_speech_whisper_skips_at_the_end_of_a_chunk_is_transcribed_again(transcriber, audio_dir, log_messages):
+    # A real case: after this LibriSpeech sentence tiny.en ends its window with a lone timestamp
+    # and would skip the 14 s of sonnet that follow in the same chunk.
+    sentence = decode_audio(audio_dir / "ls_dev-clean_1272-128104-0000_leopard.wav")
+    sonnet = decode_audio(audio_dir / "librivox_shakespeare_sonnet001.mp3")[: 14 * SAMPLE_RATE]
+    audio = np.concatenate([sentence, np.zeros(SAMPLE_RATE // 2, dtype=np.float32), sonnet])
+
+    transcript = Processor(transcriber, model_name="tiny.en", options=PipelineOptions(workers=2)).process_samples(audio)
+
+    text = normalize(transcript.text)
+    assert transcript.chunks == 1
+    assert "welcome his gospel" in text and "from fairest creatures we desire increase" in text
+    assert any("transcribing the rest" in m for _, m in log_messages)  # heard by the recovery, not by luck
+    assert [s.start for s in transcript.segments] == sorted(s.start for s in transcript.segments)

@@ -85,6 +85,12 @@ def voiced_frames(levels: np.ndarray, options: ChunkingOptions) -> np.ndarray:
     return levels > threshold
 
 
+def voiced_seconds_after(samples: np.ndarray, seconds: float, options: ChunkingOptions) -> float:
+    """How many seconds of `samples` after `seconds` are voiced (threshold adapted to `samples`)."""
+    voiced = voiced_frames(frame_db(samples), options)
+    return float(voiced[_frames(max(seconds, 0.0)):].sum()) * FRAME / SAMPLE_RATE
+
+
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """[start, end) index pairs of the True runs in a boolean array."""
     padded = np.concatenate(([False], mask, [False]))

@@ -19,7 +19,7 @@ import numpy as np
 from loguru import logger
 
 from worker.audio import SAMPLE_RATE, decode_audio, read_wav, write_wav
-from worker.chunking import Chunk, ChunkingOptions, split
+from worker.chunking import Chunk, ChunkingOptions, split, voiced_seconds_after
 from worker.errors import TranscriptionError, WorkerError
 from worker.transcriber import Segment, Task, WhisperTranscriber, threads_per_call
 
@@ -55,6 +55,15 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+
+# whisper sometimes closes a window early: it ends its last segment with a lone timestamp and
+# skips the rest of the window, speech included (seen with tiny.en: 16 s of a sonnet dropped
+# after the sentence before it). When at least UNHEARD_SECONDS of voiced audio follow the last
+# segment (allowing HEARD_SLACK_SECONDS for imprecise end times), that tail is transcribed again
+# on its own, at most TAIL_PASSES times per chunk.
+UNHEARD_SECONDS = 2.0
+HEARD_SLACK_SECONDS = 1.0
+TAIL_PASSES = 2
 
 
 @dataclass(frozen=True)
@@ -181,11 +190,31 @@ class Processor:
                           threads: int) -> list[Segment]:
         logger.info("Starting transcription: {}", chunk.name)
         started = time.perf_counter()
-        result = self.transcriber.transcribe(read_wav(path), language=language, task=task, n_threads=threads)
+        segments = self._transcribe_audio(read_wav(path), chunk.name, language, task, threads)
         elapsed = time.perf_counter() - started
         logger.debug("Finished {} ({:.1f} s of audio) in {:.2f} s (RTF {:.3f})", chunk.name, chunk.seconds,
                      elapsed, elapsed / max(chunk.seconds, 1e-9))
-        return [_absolute(segment, chunk) for segment in result.segments if segment.text]
+        return [_absolute(segment, chunk) for segment in segments]
+
+    def _transcribe_audio(self, audio: np.ndarray, name: str, language: str | None, task: Task,
+                          threads: int) -> list[Segment]:
+        """Segments of one chunk's audio, with any speech whisper skipped at the end transcribed again."""
+        segments: list[Segment] = []
+        offset = 0.0
+        for attempt in range(1 + TAIL_PASSES):
+            result = self.transcriber.transcribe(audio[round(offset * SAMPLE_RATE):], language=language, task=task,
+                                                 n_threads=threads)
+            heard = [_shifted(s, offset) for s in result.segments if s.text]
+            if not heard or (segments and heard[-1].end <= offset):
+                break
+            segments += heard
+            offset = heard[-1].end
+            unheard = voiced_seconds_after(audio, offset + HEARD_SLACK_SECONDS, self.options.chunking)
+            if unheard < UNHEARD_SECONDS or attempt == TAIL_PASSES:
+                break
+            logger.debug("{}: whisper stopped at {:.1f} s with {:.1f} s of speech after it; transcribing the rest",
+                         name, offset, unheard)
+        return segments
 
     def _log_summary(self, t: Transcript, threads: int) -> None:
         mode = "parallel" if self.options.parallel else "sequential"
@@ -201,6 +230,10 @@ def _write_chunk(work_dir: Path, samples: np.ndarray, chunk: Chunk) -> Path:
     path = work_dir / chunk.name
     write_wav(path, samples[chunk.start:chunk.end])
     return path
+
+
+def _shifted(segment: Segment, seconds: float) -> Segment:
+    return Segment(start=segment.start + seconds, end=segment.end + seconds, text=segment.text)
 
 
 def _absolute(segment: Segment, chunk: Chunk) -> Segment:
