@@ -326,6 +326,28 @@ def test_metrics_and_health_endpoints(broker):
         server.server_close()
 
 
+def test_failures_are_counted_by_error_code_and_callback_failures_apart():
+    from prometheus_client import REGISTRY
+
+    from worker import metrics
+    from worker.handler import Outcome
+    from worker.messages import ErrorInfo
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = (value("transcription_job_errors_total", code="InputNotFound"),
+              value("transcription_callback_failures_total"))
+    metrics.record(Outcome("dead_letter", Result(job_id="m-1", status="failed",
+                                                 error=ErrorInfo(code="InputNotFound", message="gone"))))
+    metrics.record(Outcome("complete", Result(job_id="m-2", status="completed", text="hi", chunks=1,
+                                              warnings=["callback to http://127.0.0.1:9/ failed after 4 attempts"])))
+
+    after = (value("transcription_job_errors_total", code="InputNotFound"),
+             value("transcription_callback_failures_total"))
+    assert (after[0] - before[0], after[1] - before[1]) == (1.0, 1.0)
+
+
 def _get(url: str) -> tuple[int, str]:
     import urllib.error
     import urllib.request

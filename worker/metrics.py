@@ -15,6 +15,9 @@ JOB_SECONDS = Histogram("transcription_job_seconds", "Wall time of completed job
 REAL_TIME_FACTOR = Histogram("transcription_real_time_factor", "Transcription seconds per audio second",
                              buckets=(0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5))
 CHUNKS = Histogram("transcription_chunks", "Chunks per completed job", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+ERRORS = Counter("transcription_job_errors_total", "Failed or retried job attempts, by error code", ["code"])
+CALLBACK_FAILURES = Counter("transcription_callback_failures_total",
+                            "Completed jobs whose callback URL did not accept the result")
 IN_FLIGHT = Gauge("transcription_jobs_in_flight", "Jobs being processed now")
 
 
@@ -23,6 +26,10 @@ def record(outcome: Outcome) -> None:
     status = {"complete": "completed", "dead_letter": "failed", "retry": "retried", "ack": "duplicate"}[outcome.action]
     JOBS.labels(status=status).inc()
     result = outcome.result
+    if outcome.error is not None:
+        ERRORS.labels(code=outcome.error.code).inc()
+    if result is not None and result.warnings:
+        CALLBACK_FAILURES.inc()
     if outcome.action == "complete" and result is not None:
         JOB_SECONDS.observe(result.timings.total_seconds)
         if result.timings.real_time_factor is not None:
