@@ -111,8 +111,8 @@ class Consumer:
 
     def stop(self) -> None:
         """Graceful: stop taking jobs, finish the ones in flight, then close."""
+        self._stopping.set()  # first: a signal handler that interrupts the log call must see it
         logger.info("Stopping: no new jobs; finishing {} in flight", self._in_flight)
-        self._stopping.set()
 
     # --- connection thread ---
 

@@ -75,8 +75,8 @@ def on_signal(consumer: Consumer, signum: int, _frame) -> None:
     if consumer.stopping:
         logger.warning("Second {}: exiting now; the broker requeues the job in flight", signal.Signals(signum).name)
         os._exit(0)
+    consumer.stop()  # before logging, so that a second signal arriving meanwhile counts as the second
     logger.info("{} received: finishing the job in flight, then exiting", signal.Signals(signum).name)
-    consumer.stop()
 
 
 def main() -> int:
