@@ -33,6 +33,8 @@ models: install
 
 # The service end to end: a broker (a private one when none answers at AMQP_URL), the consumer,
 # the sample enqueued and its transcript printed; then it keeps serving until Ctrl-C.
+# The consumer runs in a session of its own (setsid), so that Ctrl-C reaches it once, as the
+# SIGTERM of cleanup: a second signal would make it exit without finishing its job.
 run: install system-deps models
 	@set -e; mkdir -p $(RUN_DIR); \
 	 export INPUT_DIR=$${INPUT_DIR:-$(RUN_DIR)/input} OUTPUT_DIR=$${OUTPUT_DIR:-$(RUN_DIR)/output}; \
@@ -42,7 +44,7 @@ run: install system-deps models
 	   echo "No broker at $$(shown $$url): starting a private rabbitmq-server"; \
 	   broker=$$(mktemp -d /tmp/worker-rabbitmq-XXXXXX); url=$$($(BIN)/python -m worker.local_broker start $$broker); \
 	 fi; export AMQP_URL=$$url; \
-	 $(BIN)/python cmd/consumer/main.py & consumer=$$!; \
+	 setsid $(BIN)/python cmd/consumer/main.py & consumer=$$!; \
 	 cleanup() { set +e; kill -TERM $$consumer 2>/dev/null; wait $$consumer 2>/dev/null; \
 	   [ -z "$$broker" ] || { $(BIN)/python -m worker.local_broker stop $$broker; rm -rf $$broker; }; }; \
 	 trap 'cleanup; exit 0' INT TERM; \
