@@ -8,6 +8,7 @@ import pytest
 from worker.errors import InputNotAllowed
 from worker.handler import Delivery, HandlerOptions, JobHandler
 from worker.http_io import check_url
+from worker.messages import Result
 from worker.processor import PipelineOptions, Processor
 
 
@@ -61,3 +62,12 @@ def test_urls_are_checked_before_any_connection(url, allowed, message):
 def test_an_allowed_host_passes_in_any_case():
     check_url("https://MEDIA.example.org/a.mp3", frozenset({"media.example.org"}))
     check_url("http://127.0.0.1:9/a.mp3", None)
+
+
+def test_a_marker_that_cannot_be_written_does_not_raise(handler, tmp_path, log_messages):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "blocked").write_text("a file where the job's directory should be")
+
+    handler.mark_published(Result(job_id="blocked", status="completed", text="hi"))
+
+    assert any("marker could not be written" in m for level, m in log_messages if level == "ERROR")

@@ -227,12 +227,20 @@ class JobHandler:
         return (self.options.output_dir / job_id / RESULT_MARKER).is_file()
 
     def mark_published(self, result: Result) -> None:
-        """Called by the consumer after the broker confirmed a completed result."""
-        directory = self.options.output_dir / result.job_id
-        directory.mkdir(parents=True, exist_ok=True)
-        write_atomically(directory / RESULT_MARKER, result.model_dump_json(indent=2))
+        """Called by the consumer after the broker confirmed a completed result.
+
+        Never raises: the result is already published, so the job must be acked whatever
+        happens here. Without the marker (a full disk, say) a redelivery would only be
+        transcribed again, which costs time, never a job.
+        """
         with self._unpublished_lock:
             self._unpublished.pop(result.job_id, None)
+        directory = self.options.output_dir / result.job_id
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            write_atomically(directory / RESULT_MARKER, result.model_dump_json(indent=2))
+        except OSError as exc:
+            logger.error("Job {}: result published, but its marker could not be written: {}", result.job_id, exc)
 
 
 @dataclass(frozen=True)
