@@ -377,3 +377,28 @@ def test_a_queue_declared_with_other_arguments_is_reported_as_a_configuration_er
     errors = [m for level, m in log_messages if level == "ERROR"]
     assert errors and "refused the topology" in errors[0] and "PRECONDITION_FAILED" in errors[0]
     assert "DELIVERY_LIMIT" in errors[0] and consumer.connections >= 1 and not thread.is_alive()
+
+
+def test_a_bug_while_settling_requeues_the_job_and_the_worker_keeps_consuming(channel, topology, transcriber, dirs,
+                                                                               broker, log_messages):
+    class FlakyMarker(JobHandler):
+        calls = 0
+
+        def mark_published(self, result: Result) -> None:
+            FlakyMarker.calls += 1
+            if FlakyMarker.calls == 1:
+                raise RuntimeError("simulated bug after publishing")
+            super().mark_published(result)
+
+    processor = Processor(transcriber, model_name="tiny.en", options=PipelineOptions(workers=2))
+    running = RunningConsumer(Consumer(url=broker, topology=topology, handler=FlakyMarker(lambda m: processor, dirs)))
+    try:
+        enqueue(channel, topology, {"job_id": "settle-bug", "audio": {"path": "jfk_inaugural_1961.flac"}})
+        first = Result.model_validate_json(next_message(channel, topology.results_queue)[1])
+        second = Result.model_validate_json(next_message(channel, topology.results_queue)[1])
+    finally:
+        running.stop()
+
+    assert (first.job_id, second.job_id, second.attempt) == ("settle-bug", "settle-bug", 2)  # requeued, not lost
+    assert any("Settling a job failed" in m for _, m in log_messages)
+    assert queue_depth(channel, topology.jobs_queue) == 0 and (dirs.output_dir / "settle-bug" / "result.json").is_file()

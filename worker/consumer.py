@@ -160,6 +160,11 @@ class Consumer:
         except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
             logger.error("Broker refused the result ({}); requeueing the job", exc)
             channel.basic_nack(tag, requeue=True)
+        except _CONNECTION_ERRORS:
+            raise  # the connection is gone: reconnect; the broker redelivers the job
+        except Exception:  # a bug while settling: keep consuming; the delivery limit bounds the retries
+            logger.exception("Settling a job failed; requeueing it")
+            channel.basic_nack(tag, requeue=True)
         finally:
             self._count(-1)
 

@@ -92,8 +92,8 @@ class JobHandler:
     def __init__(self, processor_for: Callable[[str | None], Processor], options: HandlerOptions) -> None:
         self._processor_for = processor_for
         self.options = options
-        # Completed results whose publish did not happen (the connection dropped first): the
-        # redelivered job is answered from here instead of being transcribed a second time.
+        # Completed results whose publish did not happen (the connection dropped first, or
+        # settling failed): the redelivered job is answered from here, not transcribed again.
         self._unpublished: dict[str, Result] = {}
         self._unpublished_lock = threading.Lock()
 
@@ -116,7 +116,7 @@ class JobHandler:
         with self._unpublished_lock:
             waiting = self._unpublished.get(job.job_id)
         if waiting is not None:
-            logger.info("Job {} was transcribed before its connection dropped; publishing that result", job.job_id)
+            logger.info("Job {} was transcribed, but its result was never published; publishing it now", job.job_id)
             return Outcome("complete", waiting.model_copy(update={"attempt": delivery.attempt}))
         logger.info("Processing job {} (attempt {})", job.job_id, delivery.attempt)
         try:
