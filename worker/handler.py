@@ -44,6 +44,7 @@ from worker.messages import (
 from worker.processor import Processor, Progress, Transcript
 
 RESULT_MARKER = "result.json"
+MAX_UNPUBLISHED = 64  # results kept for redeliveries after a lost publish (oldest dropped first)
 
 ProgressSink = Callable[[ProgressEvent], None]
 
@@ -131,6 +132,9 @@ class JobHandler:
             return Outcome("dead_letter", _failed(job.job_id, exc, delivery))
         with self._unpublished_lock:
             self._unpublished[job.job_id] = result
+            # Bounded: an entry whose redelivery went to another worker is never claimed here.
+            while len(self._unpublished) > MAX_UNPUBLISHED:
+                self._unpublished.pop(next(iter(self._unpublished)))
         return Outcome("complete", result)
 
     def _retry_or_give_up(self, job: Job, delivery: Delivery, exc: TransientError) -> Outcome:
