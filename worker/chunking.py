@@ -85,9 +85,8 @@ def voiced_frames(levels: np.ndarray, options: ChunkingOptions) -> np.ndarray:
     return levels > threshold
 
 
-def voiced_seconds_after(samples: np.ndarray, seconds: float, options: ChunkingOptions) -> float:
-    """How many seconds of `samples` after `seconds` are voiced (threshold adapted to `samples`)."""
-    voiced = voiced_frames(frame_db(samples), options)
+def voiced_seconds_after(voiced: np.ndarray, seconds: float) -> float:
+    """How many seconds of a `voiced_frames` mask lie after `seconds`."""
     return float(voiced[_frames(max(seconds, 0.0)):].sum()) * FRAME / SAMPLE_RATE
 
 

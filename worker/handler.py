@@ -7,7 +7,6 @@ plus a dead-lettered job, transient ones a retry with backoff until the delivery
 """
 
 import os
-import re
 import tempfile
 import threading
 import time
@@ -21,7 +20,6 @@ from loguru import logger
 from worker.errors import (
     CallbackFailed,
     InputNotAllowed,
-    InputNotFound,
     InvalidJob,
     PermanentError,
     TransientError,
@@ -31,7 +29,6 @@ from worker.formats import render
 from worker.fsutil import write_atomically
 from worker.http_io import check_url, download_audio, post_callback
 from worker.messages import (
-    JOB_ID_PATTERN,
     ErrorInfo,
     Job,
     ProgressEvent,
@@ -40,6 +37,7 @@ from worker.messages import (
     Timings,
     job_id_of,
     parse_job,
+    valid_job_id,
 )
 from worker.processor import Processor, Progress, Transcript
 
@@ -103,7 +101,7 @@ class JobHandler:
         try:
             job = parse_job(delivery.body)
         except InvalidJob as exc:
-            job_id = job_id_of(delivery.body) or _valid_id(delivery.message_id) or "unknown"
+            job_id = job_id_of(delivery.body) or valid_job_id(delivery.message_id) or "unknown"
             with logger.contextualize(job_id=job_id):
                 logger.info("Rejected job: {}", exc)
                 return Outcome("dead_letter", _failed(job_id, exc, delivery))
@@ -210,11 +208,7 @@ class JobHandler:
         path = (root / relative).resolve()
         if not path.is_relative_to(root):  # a symlink inside INPUT_DIR pointing out of it
             raise InputNotAllowed(f"audio path escapes INPUT_DIR: {relative}")
-        if not path.exists():
-            raise InputNotFound(f"audio path not found in INPUT_DIR: {relative}")
-        if not path.is_file():
-            raise InputNotFound(f"audio path is not a regular file: {relative}")
-        return path
+        return path  # missing, or not a regular file: decode_audio raises InputNotFound
 
     def _write_outputs(self, job: Job, transcript: Transcript) -> dict[str, str]:
         directory = self.options.output_dir / job.job_id
@@ -258,10 +252,6 @@ class _Emitter:
         done, total = (progress.chunks_done, progress.chunks_total) if progress else (0, 0)
         percent = round(progress.percent, 1) if progress else 0.0
         self.sink(ProgressEvent(job_id=self.job_id, stage=stage, chunks_done=done, chunks_total=total, percent=percent))
-
-
-def _valid_id(value: str | None) -> str | None:
-    return value if value and re.fullmatch(JOB_ID_PATTERN, value) else None
 
 
 def error_code(exc: BaseException) -> str:

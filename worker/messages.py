@@ -159,4 +159,9 @@ def job_id_of(body: bytes) -> str | None:
         value = json.loads(body).get("job_id")
     except (ValueError, AttributeError):
         return None
+    return valid_job_id(value)
+
+
+def valid_job_id(value: object) -> str | None:
+    """`value` when it is a job id the contract allows, else None."""
     return value if isinstance(value, str) and re.fullmatch(JOB_ID_PATTERN, value) else None

@@ -19,7 +19,7 @@ import numpy as np
 from loguru import logger
 
 from worker.audio import SAMPLE_RATE, decode_audio, read_wav, write_wav
-from worker.chunking import Chunk, ChunkingOptions, split, voiced_seconds_after
+from worker.chunking import Chunk, ChunkingOptions, frame_db, split, voiced_frames, voiced_seconds_after
 from worker.errors import TranscriptionError, WorkerError
 from worker.transcriber import Segment, Task, WhisperTranscriber, threads_per_call
 
@@ -201,6 +201,7 @@ class Processor:
         """Segments of one chunk's audio, with any speech whisper skipped at the end transcribed again."""
         segments: list[Segment] = []
         offset = 0.0
+        voiced = voiced_frames(frame_db(audio), self.options.chunking)  # threshold adapted to this chunk
         for attempt in range(1 + TAIL_PASSES):
             result = self.transcriber.transcribe(audio[round(offset * SAMPLE_RATE):], language=language, task=task,
                                                  n_threads=threads)
@@ -209,7 +210,7 @@ class Processor:
                 break
             segments += heard
             offset = heard[-1].end
-            unheard = voiced_seconds_after(audio, offset + HEARD_SLACK_SECONDS, self.options.chunking)
+            unheard = voiced_seconds_after(voiced, offset + HEARD_SLACK_SECONDS)
             if unheard < UNHEARD_SECONDS or attempt == TAIL_PASSES:
                 break
             logger.debug("{}: whisper stopped at {:.1f} s with {:.1f} s of speech after it; transcribing the rest",
