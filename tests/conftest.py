@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from loguru import logger
 
-from worker import local_broker
-from worker.audio import decode_audio
-from worker.model_downloader import ModelDownloader
-from worker.transcriber import WhisperTranscriber
+from worker.devtools import local_broker
+from worker.media.audio import decode_audio
+from worker.engine.models import ModelDownloader
+from worker.engine.transcriber import WhisperTranscriber
 
 ROOT = Path(__file__).resolve().parent.parent
 AUDIO_DIR = ROOT.parent / "shared" / "audio"

@@ -3,7 +3,7 @@
 import json
 
 from worker.formats import render, timestamp, to_srt, to_vtt
-from worker.transcriber import Segment
+from worker.engine.transcriber import Segment
 
 SEGMENTS = (Segment(0.0, 2.5, " Hello there."), Segment(2.5, 2.5, ""), Segment(3661.0004, 3662.9996, "Later on."))
 

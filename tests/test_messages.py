@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from worker import whisper_native
+from worker.engine.libwhisper import context
 from worker.errors import InvalidJob, MalformedJob
 from worker.messages import LANGUAGES, MAX_JOB_BYTES, job_id_of, parse_job
 
@@ -66,7 +66,7 @@ def test_language_codes_are_case_insensitive_and_auto_means_detect():
 
 
 def test_the_language_table_is_libwhispers():
-    lib = whisper_native.open_library()
+    lib = context.open_library()
     assert LANGUAGES == {lib.whisper_lang_str(i).decode() for i in range(lib.whisper_lang_max_id() + 1)}
 
 

@@ -1,18 +1,16 @@
 """Runtime configuration, read from the environment (and `.env`) once, in the entry points.
 
-Nothing else in `worker/` reads the environment: entry points build one `Settings` and pass
-it (or the values it holds) down. Tests build `Settings(...)` directly.
+Nothing else in `worker/` reads the environment or takes `Settings`: entry points build one and
+hand it to `worker.wiring`, which turns it into the objects (a leaf: this module imports nothing
+of the worker). Tests build `Settings(...)` directly.
 """
 
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-if TYPE_CHECKING:
-    from worker.processor import PipelineOptions
 
 DEFAULT_DOWNLOAD_URL = "https://huggingface.co/ggerganov/whisper.cpp/resolve/main"
 
@@ -42,7 +40,6 @@ class Settings(BaseSettings):
     # Base URL that serves ggml-<name>.bin; empty disables downloading entirely.
     whisper_download_url: str = DEFAULT_DOWNLOAD_URL
     whisper_download_timeout_seconds: float = Field(default=30.0, gt=0)
-
 
     # --- the service (RabbitMQ) ---
     # Secret: it usually carries a password, so it never appears in a repr or a log line.
@@ -76,16 +73,3 @@ class Settings(BaseSettings):
         """ALLOWED_URL_HOSTS as a set of lower-case host names, or None when any host is allowed."""
         hosts = frozenset(h.strip().lower() for h in self.allowed_url_hosts.split(",") if h.strip())
         return hosts or None
-
-    def pipeline_options(self, *, parallel: bool | None = None, workers: int | None = None) -> "PipelineOptions":
-        """The processor's options from these settings (a CLI may override mode and workers)."""
-        from worker.chunking import ChunkingOptions
-        from worker.processor import PipelineOptions
-
-        return PipelineOptions(
-            parallel=self.use_parallel_transcription if parallel is None else parallel,
-            workers=workers or self.max_parallel_workers,
-            threads=self.whisper_threads,
-            max_audio_seconds=self.max_audio_seconds,
-            chunking=ChunkingOptions(max_seconds=self.chunk_max_seconds),
-        )

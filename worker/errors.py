@@ -16,8 +16,7 @@
     │   └── ModelConversionError  a CTranslate2 model could not be converted to ggml
     ├── TransientError          may succeed later: retry with backoff
     │   ├── DownloadFailed      an HTTP download failed, stalled or did not verify
-    │   ├── CallbackFailed      the job's callback URL did not accept the result
-    │   └── BrokerUnavailable   the message broker cannot be reached
+    │   └── CallbackFailed      the job's callback URL did not accept the result
     └── TranscriptionError      whisper.cpp failed on audio that decoded fine
 """
 
@@ -89,9 +88,6 @@ class DownloadFailed(TransientError):
 class CallbackFailed(TransientError):
     """The job's callback URL did not accept the result in time."""
 
-
-class BrokerUnavailable(TransientError):
-    """The message broker cannot be reached."""
 
 
 class TranscriptionError(WorkerError):

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from worker.accuracy import normalize
-from worker.audio import SAMPLE_RATE, decode_audio
+from worker.devtools.accuracy import normalize
+from worker.media.audio import SAMPLE_RATE, decode_audio
 
 ROOT = Path(__file__).resolve().parents[2]
 AUDIO_DIR = ROOT.parent / "shared" / "audio"

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from worker.audio import SAMPLE_RATE, write_wav
-from worker.chunking import split
+from worker.media.audio import SAMPLE_RATE, write_wav
+from worker.media.chunking import split
 
 from bench_common import MODELS_DIR, ROOT, Recording, RowResult, proc_cpu_seconds, proc_status_mb
 
@@ -44,7 +44,7 @@ class E2EContext:
 
 
 def _topology():
-    from worker.publisher import Topology
+    from worker.service.publisher import Topology
 
     return Topology(jobs_queue="bench.jobs", results_queue="bench.results", dead_letter_exchange="bench.dlx",
                     dead_letter_queue="bench.jobs.dead", progress_exchange="bench.progress", delivery_limit=5)
@@ -76,7 +76,7 @@ def wait_until_consuming(ctx: E2EContext, timeout: float = 180.0) -> None:
 def run_job(ctx: E2EContext, relative_path: str, model: str, timeout: float):
     """Enqueue one job as cmd/enqueue does; (Result, seconds from publish to result, publish time.time())."""
     from worker.messages import Job, Result
-    from worker.publisher import publish_job
+    from worker.service.publisher import publish_job
 
     job_id = uuid.uuid4().hex
     job = Job.model_validate({"job_id": job_id, "audio": {"path": relative_path}, "model": model})
@@ -100,8 +100,8 @@ def e2e_context(model: str) -> Iterator[E2EContext]:
     """Broker, worker and channel; stopped and removed afterwards, whatever happens."""
     import pika
 
-    from worker import local_broker
-    from worker.publisher import declare
+    from worker.devtools import local_broker
+    from worker.service.publisher import declare
 
     broker_dir, work_dir = Path(tempfile.mkdtemp(prefix="worker-rabbitmq-")), Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     broker = worker = connection = None

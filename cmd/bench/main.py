@@ -44,17 +44,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-# Every row runs with the OpenMP policy the worker uses, so only the design differs between rows.
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+# Every row runs with the OpenMP policy the worker uses (set by importing worker.engine, before any
+# row loads libwhisper or CTranslate2), so only the design differs between rows.
+import worker.engine  # noqa: E402,F401
 
 import numpy as np  # noqa: E402
 from loguru import logger  # noqa: E402
 
-from worker.accuracy import normalize, wer  # noqa: E402
-from worker.audio import SAMPLE_RATE, decode_audio  # noqa: E402
-from worker.chunking import split  # noqa: E402
+from worker.devtools.accuracy import normalize, wer  # noqa: E402
+from worker.media.audio import SAMPLE_RATE, decode_audio  # noqa: E402
+from worker.media.chunking import split  # noqa: E402
 from worker.logs import configure_logging  # noqa: E402
-from worker.model_downloader import ModelDownloader  # noqa: E402
+from worker.engine.models import ModelDownloader  # noqa: E402
+from worker import wiring  # noqa: E402
+from worker.config import Settings  # noqa: E402
+from worker.pipeline import PipelineOptions  # noqa: E402
 
 from bench_common import (  # noqa: E402  (this script's directory: the rest of the benchmark)
     AUDIO_DIR,
@@ -81,18 +85,20 @@ from bench_e2e import row_e2e  # noqa: E402
 # --- rows 1-5 and mem: run inside a child process ----------------------------------------------
 
 
+def _offline_settings() -> Settings:
+    """The worker's settings with the project's models directory and no downloads."""
+    return Settings(whisper_models_dir=MODELS_DIR, whisper_download_url="")
+
+
 def _offline_model_path(model: str) -> Path:
     return ModelDownloader(MODELS_DIR, download_url="").ensure_model_exists(model)
 
 
 def row_pipeline(samples: np.ndarray, model: str, *, parallel: bool, workers: int) -> dict[str, Any]:
     """Rows 1-2: the model checked once per process, one shared transcriber, one Processor."""
-    from worker.processor import PipelineOptions, Processor
-    from worker.transcriber import WhisperTranscriber
-
     started = time.perf_counter()
-    transcriber = WhisperTranscriber(_offline_model_path(model), max_concurrent_calls=workers if parallel else 1)
-    processor = Processor(transcriber, model_name=model, options=PipelineOptions(parallel=parallel, workers=workers))
+    processor = wiring.processor(_offline_settings(), model, PipelineOptions(parallel=parallel, workers=workers))
+    transcriber = processor.transcriber
     load = time.perf_counter() - started
     transcript, wall, cpu = timed(lambda: processor.process_samples(samples))
     return {"wall": wall, "cpu": cpu, "load": load, "text": transcript.text,
@@ -102,7 +108,7 @@ def row_pipeline(samples: np.ndarray, model: str, *, parallel: bool, workers: in
 
 def row_before(samples: np.ndarray, model: str) -> dict[str, Any]:
     """Row 3: what the worker used to do for every chunk (validation and model load inside the timing)."""
-    from worker.transcriber import WhisperTranscriber
+    from worker.engine.transcriber import WhisperTranscriber
 
     chunks = split(samples)
 
@@ -154,7 +160,7 @@ def row_faster_whisper(samples: np.ndarray, compute_type: str) -> dict[str, Any]
 
 def row_memory(samples: np.ndarray, model_path: Path) -> dict[str, Any]:
     """Resident memory of one shared transcriber after 1, then 2, then 4 concurrent calls."""
-    from worker.transcriber import WhisperTranscriber
+    from worker.engine.transcriber import WhisperTranscriber
 
     transcriber = WhisperTranscriber(model_path, max_concurrent_calls=4)
     clip = samples[: int(MEMORY_SLICE_SECONDS * SAMPLE_RATE)]
@@ -373,12 +379,8 @@ def wer_main(args: argparse.Namespace) -> int:
     """Per-file WER of the pipeline (parallel, 2 workers) and of whole-file whisper.cpp, plus the aggregate."""
     from pywhispercpp.model import Model
 
-    from worker.processor import PipelineOptions, Processor
-    from worker.transcriber import WhisperTranscriber
-
     path = _offline_model_path(args.model)
-    processor = Processor(WhisperTranscriber(path, max_concurrent_calls=2), model_name=args.model,
-                          options=PipelineOptions(parallel=True, workers=2))
+    processor = wiring.processor(_offline_settings(), args.model, PipelineOptions(parallel=True, workers=2))
     raw = Model(str(path), n_threads=os.cpu_count(), print_progress=False, redirect_whispercpp_logs_to=None)
     files = []
     for name in args.files or manifest_files():

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pika
 
+from worker import wiring
 from worker.config import Settings
 from worker.logs import configure_logging
 from worker.messages import Job, Result
-from worker.publisher import Topology, declare, publish_job
+from worker.service.publisher import declare, publish_job
 
 
 def parse_args() -> argparse.Namespace:
@@ -66,7 +67,7 @@ def main() -> int:
     connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
     channel = connection.channel()
     channel.confirm_delivery()
-    topology = Topology.from_settings(settings)
+    topology = wiring.topology(settings)
     declare(channel, topology)
     reply_to = channel.queue_declare("", exclusive=True).method.queue if args.wait else None
     publish_job(channel, topology, job.model_dump_json(exclude_none=True).encode(), job_id, reply_to=reply_to,

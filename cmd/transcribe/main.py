@@ -10,13 +10,11 @@ from pathlib import Path
 
 from loguru import logger
 
+from worker import wiring
 from worker.config import Settings
 from worker.errors import PermanentError, TranscriptionError
 from worker.formats import FORMATS, render
 from worker.logs import configure_logging
-from worker.model_downloader import downloader_for
-from worker.processor import Processor
-from worker.transcriber import WhisperTranscriber
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,14 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     configure_logging(settings.log_level)
     model = args.model or settings.whisper_model
-    options = settings.pipeline_options(parallel=False if args.sequential else (True if args.workers else None),
-                                        workers=args.workers)
+    options = wiring.pipeline_options(settings, parallel=False if args.sequential else (True if args.workers else None),
+                                      workers=args.workers)
     try:
-        transcriber = WhisperTranscriber(
-            downloader_for(settings).ensure_model_exists(model), max_concurrent_calls=options.concurrent_calls,
-            beam_size=settings.whisper_beam_size,
-        )
-        processor = Processor(transcriber, model_name=model, options=options)
+        processor = wiring.processor(settings, model, options)
         transcript = processor.process_file(args.audio, language=args.language, task=args.task)
     except (PermanentError, TranscriptionError) as exc:
         logger.error("{}", exc)

@@ -22,9 +22,9 @@ import pika
 import pytest
 
 from conftest import MODELS_DIR, ROOT
-from worker import local_broker
+from worker.devtools import local_broker
 from worker.messages import Result
-from worker.publisher import Topology, declare, publish_job
+from worker.service.publisher import Topology, declare, publish_job
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker.audio import write_wav
+from worker.media.audio import write_wav
 
 from .conftest import LEDGER, Client, Service, WorkerProcess, completed_ids, new_topology, stop_and_check
 

@@ -10,9 +10,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from worker.local_broker import free_port
+from worker.devtools.local_broker import free_port
 from worker.messages import Result
-from worker.model_downloader import Sidecar, file_digests
+from worker.engine.models import Sidecar, file_digests
 
 from .conftest import LEDGER, assert_no_secret, completed_ids
 

@@ -12,10 +12,10 @@ import pytest
 from loguru import logger
 
 from conftest import normalize
-from worker.audio import SAMPLE_RATE, decode_audio
-from worker.chunking import _runs
+from worker.media.audio import SAMPLE_RATE, decode_audio
+from worker.media.chunking import _runs
 from worker.errors import TranscriptionError
-from worker.processor import PipelineOptions, Processor, Progress
+from worker.pipeline import PipelineOptions, Processor, Progress
 
 LJ = "ljspeech_LJ001-0001_to_0032_concat"
 

@@ -55,10 +55,6 @@ class Chunk:
         return self.start / SAMPLE_RATE
 
     @property
-    def end_seconds(self) -> float:
-        return self.end / SAMPLE_RATE
-
-    @property
     def seconds(self) -> float:
         return (self.end - self.start) / SAMPLE_RATE
 

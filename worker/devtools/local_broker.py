@@ -4,8 +4,8 @@ Debian's rabbitmq-server refuses to run as root, so as root it runs as user `rab
 data, log and HOME (Erlang cookie) directories of its own under `base_dir`, a free AMQP port
 and a free distribution port: it never touches a system broker.
 
-    python -m worker.local_broker start DIR    # prints the AMQP URL, leaves the broker running
-    python -m worker.local_broker stop DIR
+    python -m worker.devtools.local_broker start DIR    # prints the AMQP URL, leaves the broker running
+    python -m worker.devtools.local_broker stop DIR
 """
 
 import logging

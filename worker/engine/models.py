@@ -14,12 +14,9 @@ Concurrency: one `ModelDownloader` per process (`get_model_downloader`); a lock 
 name makes concurrent threads wait for a single download/conversion, and a lock file next
 to the model makes processes sharing a models volume do the same.
 
-CLI (an entry point, so it reads Settings):
-    python -m worker.model_downloader ensure NAME
-    python -m worker.model_downloader convert CT2_DIR OUT.bin
+By hand: `cmd/models/main.py ensure NAME` and `cmd/models/main.py convert CT2_DIR OUT.bin`.
 """
 
-import argparse
 import contextlib
 import functools
 import hashlib
@@ -34,19 +31,15 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import requests
 from filelock import FileLock
 from loguru import logger
 from tqdm import tqdm
 
-from worker import ggml_convert
+from worker.engine import ggml_convert
 from worker.errors import DownloadFailed, ModelConversionError, ModelUnavailable, UnknownModel
-from worker.fsutil import write_atomically
-
-if TYPE_CHECKING:
-    from worker.config import Settings
+from worker.files import write_atomically
 
 _CHUNK_BYTES = 1 << 20
 _LOG_EVERY_SECONDS = 5.0
@@ -371,40 +364,3 @@ def _mib(size: int | None) -> str:
 def get_model_downloader(models_dir: Path, *, download_url: str, timeout_seconds: float = 30.0) -> ModelDownloader:
     """The process-wide ModelDownloader for this configuration (created on first use)."""
     return ModelDownloader(Path(models_dir), download_url=download_url, timeout_seconds=timeout_seconds)
-
-
-def downloader_for(settings: "Settings") -> ModelDownloader:
-    """The process-wide ModelDownloader configured by `settings` (for entry points)."""
-    return get_model_downloader(settings.whisper_models_dir, download_url=settings.whisper_download_url,
-                                timeout_seconds=settings.whisper_download_timeout_seconds)
-
-
-def _main(argv: list[str] | None = None) -> int:
-    from worker.config import Settings
-    from worker.logs import configure_logging
-
-    parser = argparse.ArgumentParser(prog="python -m worker.model_downloader", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    ensure = commands.add_parser("ensure", help="validate, download or convert a model; print its path")
-    ensure.add_argument("name", choices=sorted(MODEL_CONFIGS))
-    convert = commands.add_parser("convert", help="convert a CTranslate2 Whisper model directory to ggml")
-    convert.add_argument("ct2_dir", type=Path)
-    convert.add_argument("out", type=Path)
-    args = parser.parse_args(argv)
-
-    settings = Settings()
-    configure_logging(settings.log_level)
-    try:
-        if args.command == "ensure":
-            print(downloader_for(settings).ensure_model_exists(args.name))
-        else:
-            source = ggml_convert.Ct2Source.from_dir(args.ct2_dir)
-            print(convert_to(source, args.out, origin=str(args.ct2_dir.resolve())).path)
-    except (ModelUnavailable, ModelConversionError) as exc:
-        logger.error("{}", exc)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

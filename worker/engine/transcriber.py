@@ -6,7 +6,7 @@ Design (why it looks like this):
   costs a full copy of the weights and a load each time (this is what made the old parallel
   mode slower than sequential).
 - whisper.cpp's own answer is one context plus one `whisper_state` per concurrent call. The
-  "native" backend does exactly that through `worker.whisper_native` (ctypes over the
+  "native" backend does exactly that through `worker.engine.libwhisper.context` (ctypes over the
   libwhisper that the pinned pywhispercpp wheel ships): one copy of the weights, a small
   state per call, states reused from a bounded pool.
 - The ctypes route depends on the by-value `whisper_full_params` layout, so it is verified at
@@ -17,29 +17,24 @@ Design (why it looks like this):
 - The ctypes calls release the GIL, so calls on separate states really run in parallel.
 """
 
+# OMP_WAIT_POLICY is set by `worker.engine` (this package's __init__), before the imports below.
+import contextlib
 import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, Literal, TypeVar
 
-# OpenMP threads that spin while idle steal the CPU from the other concurrent calls (a decode
-# step went from 6 ms to 745 ms here). libgomp reads this once, when the library loads,
-# so it must be set before pywhispercpp or libwhisper is imported. An operator's value wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+import numpy as np
+import _pywhispercpp  # the binding; loads the bundled libwhisper and its libgomp)
+from loguru import logger
+from pywhispercpp.model import Model
 
-import contextlib  # noqa: E402
-import queue  # noqa: E402
-import threading  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
-import dataclasses  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Generic, Literal, TypeVar  # noqa: E402
-
-import numpy as np  # noqa: E402
-import _pywhispercpp  # noqa: E402  (the binding; loads the bundled libwhisper and its libgomp)
-from loguru import logger  # noqa: E402
-from pywhispercpp.model import Model  # noqa: E402
-
-from worker import whisper_native  # noqa: E402
-from worker.errors import TranscriptionError  # noqa: E402
+from worker.engine.libwhisper import context as libwhisper
+from worker.errors import TranscriptionError
 
 Task = Literal["transcribe", "translate"]
 Backend = Literal["auto", "native", "pool"]
@@ -122,15 +117,15 @@ class _NativeBackend:
     name = "native"
 
     def __init__(self, model_path: Path, max_concurrent_calls: int) -> None:
-        lib = whisper_native.open_library()  # locates, loads, checks the ABI, forwards logs
+        lib = libwhisper.open_library()  # locates, loads, checks the ABI, forwards logs
         # flash attention on, as pywhispercpp's default context params have it: same output either way.
-        self._context = whisper_native.NativeContext(lib, model_path, flash_attn=True)
+        self._context = libwhisper.NativeContext(lib, model_path, flash_attn=True)
         self._states = _BoundedPool(self._context.new_state, max_concurrent_calls)
         self.multilingual = self._context.is_multilingual()
 
     def transcribe(self, audio: np.ndarray, *, n_threads: int, language: str, task: Task, beam_size: int) -> Transcription:
         with self._states.borrow() as state:
-            result = whisper_native.transcribe(
+            result = libwhisper.transcribe(
                 self._context, state, audio, n_threads=n_threads, language=language,
                 translate=task == "translate", beam_size=beam_size,
             )
@@ -139,7 +134,7 @@ class _NativeBackend:
 
     def detect_language(self, audio: np.ndarray, *, n_threads: int) -> tuple[str, float]:
         with self._states.borrow() as state:
-            return whisper_native.detect_language(self._context, state, audio, n_threads=n_threads)
+            return libwhisper.detect_language(self._context, state, audio, n_threads=n_threads)
 
     def close(self) -> None:
         for state in self._states.created:
@@ -240,7 +235,7 @@ class WhisperTranscriber:
             result = self._backend.transcribe(
                 audio, n_threads=n_threads, language=language or "en", task=task, beam_size=self.beam_size
             )
-        except (whisper_native.NativeCallError, RuntimeError) as exc:
+        except (libwhisper.NativeCallError, RuntimeError) as exc:
             raise TranscriptionError(f"whisper.cpp failed: {exc}") from exc
         return dataclasses.replace(result, language_probability=probability)
 
@@ -265,7 +260,7 @@ def _make_backend(model_path: Path, max_calls: int, beam_size: int, backend: Bac
         return _ModelPoolBackend(model_path, max_calls, beam_size)
     try:
         return _NativeBackend(model_path, max_calls)
-    except (whisper_native.NativeABIError, OSError) as exc:
+    except (libwhisper.NativeABIError, OSError) as exc:
         if backend == "native":
             raise
         logger.warning(

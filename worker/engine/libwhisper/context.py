@@ -19,7 +19,7 @@ Thread-safety contract:
   state raises ``RuntimeError`` instead of corrupting memory);
 * ``NativeContext.close()`` closes its remaining states first (waiting for running calls).
 
-The struct layouts live in ``worker.whisper_abi``; ``check_abi`` verifies them against the
+The struct layouts live in ``worker.engine.libwhisper.structs``; ``check_abi`` verifies them against the
 loaded library at start-up (``open_library`` does it); never skip it, a silent layout mismatch
 means memory corruption, not an exception.
 """
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
-from worker.whisper_abi import (
+from worker.engine.libwhisper.structs import (
     MAX_BEAM_SIZE,
     WHISPER_SAMPLING_BEAM_SEARCH,
     WHISPER_SAMPLING_GREEDY,
@@ -43,7 +43,7 @@ from worker.whisper_abi import (
     WhisperContextParams,
     WhisperFullParams,
 )
-from worker.whisper_lib import FloatPtr, open_library
+from worker.engine.libwhisper.loader import FloatPtr, open_library
 
 # The API transcriber.py uses; NativeABIError and open_library are re-exported from the
 # modules that define them.
@@ -87,11 +87,6 @@ class NativeState:
     def context(self) -> NativeContext:
         """The context this state was created from (and may only be used with)."""
         return self._context
-
-    @property
-    def closed(self) -> bool:
-        """True once the native state has been freed."""
-        return self._handle is None
 
     def acquire(self) -> int:
         """Take exclusive use of the state and return its handle; pair with ``release``.

@@ -1,25 +1,21 @@
-"""Topology and publishing on a pika channel (with consumer.py, the only importers of pika).
+"""Topology and publishing on a pika channel (with the consumer, the only importers of pika).
 
 Every function here runs on the connection's thread: pika channels are not thread-safe.
 """
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from worker.messages import ProgressEvent, Result
 
-if TYPE_CHECKING:
-    from worker.config import Settings
-
 JSON = "application/json"
 
 
 @dataclass(frozen=True)
 class Topology:
-    """Names of everything the worker declares (from Settings)."""
+    """Names of everything the worker declares."""
 
     jobs_queue: str
     results_queue: str
@@ -27,14 +23,6 @@ class Topology:
     dead_letter_queue: str
     progress_exchange: str
     delivery_limit: int
-
-    @classmethod
-    def from_settings(cls, settings: "Settings") -> "Topology":
-        return cls(
-            jobs_queue=settings.jobs_queue, results_queue=settings.results_queue,
-            dead_letter_exchange=settings.dead_letter_exchange, dead_letter_queue=settings.dead_letter_queue,
-            progress_exchange=settings.progress_exchange, delivery_limit=settings.delivery_limit,
-        )
 
 
 def declare(channel: BlockingChannel, t: Topology) -> None:

@@ -26,8 +26,9 @@ from worker.errors import (
     WorkerError,
 )
 from worker.formats import render
-from worker.fsutil import write_atomically
-from worker.http_io import check_url, download_audio, post_callback
+from worker.files import write_atomically
+from worker.service.callbacks import post_callback
+from worker.service.inputs import check_url, download_audio
 from worker.messages import (
     ErrorInfo,
     Job,
@@ -39,7 +40,7 @@ from worker.messages import (
     parse_job,
     valid_job_id,
 )
-from worker.processor import Processor, Progress, Transcript
+from worker.pipeline import Processor, Progress, Transcript
 
 RESULT_MARKER = "result.json"
 MAX_UNPUBLISHED = 64  # results kept for redeliveries after a lost publish (oldest dropped first)

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import ROOT
 from worker.errors import ModelUnavailable, UnknownModel
-from worker.model_downloader import MODEL_CONFIGS, ModelConfig, ModelDownloader, Sidecar, file_digests
+from worker.engine.models import MODEL_CONFIGS, ModelConfig, ModelDownloader, Sidecar, file_digests
 
 
 def converted_copy(tiny_en_path: Path, directory: Path) -> Path:
@@ -87,7 +87,7 @@ def test_eight_threads_ensuring_a_missing_model_convert_it_once(tmp_path, log_me
 
 def test_two_processes_sharing_a_models_dir_convert_once(tmp_path):
     env = {**os.environ, "WHISPER_MODELS_DIR": str(tmp_path), "WHISPER_DOWNLOAD_URL": "", "LOG_LEVEL": "INFO"}
-    command = [sys.executable, "-m", "worker.model_downloader", "ensure", "tiny.en"]
+    command = [sys.executable, "cmd/models/main.py", "ensure", "tiny.en"]
     procs = [subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outputs = [p.communicate(timeout=300) for p in procs]

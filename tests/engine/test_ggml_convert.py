@@ -5,7 +5,7 @@ import struct
 import numpy as np
 import pytest
 
-from worker import ggml_convert
+from worker.engine import ggml_convert
 from worker.errors import ModelConversionError
 
 

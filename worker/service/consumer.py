@@ -27,10 +27,10 @@ import pika.exceptions
 from loguru import logger
 from pika.adapters.blocking_connection import BlockingChannel
 
-from worker import publisher
-from worker.handler import Delivery, JobHandler, Outcome
+from worker.service import publisher
+from worker.service.jobs import Delivery, JobHandler, Outcome
 from worker.messages import ProgressEvent
-from worker.publisher import Topology
+from worker.service.publisher import Topology
 
 _CONNECTION_ERRORS = (
     pika.exceptions.AMQPConnectionError,
@@ -71,9 +71,7 @@ class Consumer:
         self._stopping = threading.Event()
         self._in_flight = 0
         self._count_lock = threading.Lock()  # job threads decrement too, when a connection was lost
-        self._connection: pika.BlockingConnection | None = None
         self.connected = threading.Event()
-        self.connections = 0  # successful connects, for health checks and tests
 
     # --- lifecycle ---
 
@@ -118,8 +116,6 @@ class Consumer:
 
     def _consume(self) -> None:
         connection = pika.BlockingConnection(self._parameters)
-        self._connection = connection
-        self.connections += 1
         try:
             channel = connection.channel()
             channel.confirm_delivery()

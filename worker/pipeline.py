@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
-from worker.audio import SAMPLE_RATE, decode_audio, read_wav, write_wav
-from worker.chunking import Chunk, ChunkingOptions, frame_db, split, voiced_frames, voiced_seconds_after
+from worker.media.audio import SAMPLE_RATE, decode_audio, read_wav, write_wav
+from worker.media.chunking import Chunk, ChunkingOptions, frame_db, split, voiced_frames, voiced_seconds_after
 from worker.errors import TranscriptionError, WorkerError
-from worker.transcriber import Segment, Task, WhisperTranscriber, threads_per_call
+from worker.engine.transcriber import Segment, Task, WhisperTranscriber, threads_per_call
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,12 @@ import pika
 import pytest
 
 from conftest import MODELS_DIR, ROOT
-from worker import local_broker
-from worker.consumer import Consumer
-from worker.handler import HandlerOptions, JobHandler
+from worker.devtools import local_broker
+from worker.service.consumer import Consumer
+from worker.service.jobs import HandlerOptions, JobHandler
 from worker.messages import Result
-from worker.processor import PipelineOptions, Processor
-from worker.publisher import Topology, declare, publish_job
+from worker.pipeline import PipelineOptions, Processor
+from worker.service.publisher import Topology, declare, publish_job
 
 
 @pytest.fixture
@@ -309,8 +309,7 @@ def test_an_audio_url_over_the_download_limit_fails_permanently(channel, topolog
 
 
 def test_metrics_and_health_endpoints(broker):
-    from worker import metrics
-
+    from worker.service import metrics
     port = local_broker.free_port()
     healthy = threading.Event()
     server = metrics.serve(port, healthy.is_set)
@@ -329,8 +328,8 @@ def test_metrics_and_health_endpoints(broker):
 def test_failures_are_counted_by_error_code_and_callback_failures_apart():
     from prometheus_client import REGISTRY
 
-    from worker import metrics
-    from worker.handler import Outcome
+    from worker.service import metrics
+    from worker.service.jobs import Outcome
     from worker.messages import ErrorInfo
 
     def value(name: str, **labels: str) -> float:

@@ -1,20 +1,17 @@
-"""HTTP at the job's edges: fetching audio from a URL and POSTing the result to a callback URL.
+"""A job's audio from a URL, and the rules every URL a job names must follow.
 
-Every URL a job names is checked before any connection is made (`check_url`): http or https
+Every URL a job names (audio or callback) is checked before any connection is made (`check_url`): http or https
 only, and, when ALLOWED_URL_HOSTS is set, one of those hosts. Redirects are followed by hand so
 that each hop gets the same check: an allowed host cannot bounce the worker somewhere else.
 """
 
-import time
 from collections.abc import Collection
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from loguru import logger
 
 from worker.errors import (
-    CallbackFailed,
     DownloadFailed,
     DownloadRejected,
     InputNotAllowed,
@@ -93,21 +90,3 @@ def _stream_to(response: requests.Response, dest: Path, max_bytes: int, url: str
                 raise InputTooLarge(f"audio at {url} is over the limit of {max_bytes} bytes")
             out.write(block)
     return size
-
-
-def post_callback(url: str, payload: str, *, timeout_seconds: float, retries: int) -> None:
-    """POST the result JSON to `url`, retrying with backoff; raises CallbackFailed at the end."""
-    last_error = ""
-    for attempt in range(retries + 1):
-        if attempt:
-            time.sleep(min(2.0**attempt * 0.25, 5.0))
-        try:
-            response = requests.post(url, data=payload, headers={"Content-Type": "application/json"},
-                                     timeout=timeout_seconds, allow_redirects=False)
-            if response.status_code < 300:
-                return
-            last_error = f"HTTP {response.status_code}"
-        except requests.RequestException as exc:
-            last_error = str(exc)
-        logger.warning("Callback to {} failed (attempt {} of {}): {}", url, attempt + 1, retries + 1, last_error)
-    raise CallbackFailed(f"callback to {url} failed after {retries + 1} attempts: {last_error}")

@@ -6,10 +6,10 @@ import shutil
 import pytest
 
 from worker.errors import InputNotAllowed
-from worker.handler import Delivery, HandlerOptions, JobHandler
-from worker.http_io import check_url
+from worker.service.jobs import Delivery, HandlerOptions, JobHandler
+from worker.service.inputs import check_url
 from worker.messages import Result
-from worker.processor import PipelineOptions, Processor
+from worker.pipeline import PipelineOptions, Processor
 
 
 @pytest.fixture

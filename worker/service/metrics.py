@@ -7,7 +7,7 @@ from http.server import ThreadingHTTPServer
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.exposition import MetricsHandler
 
-from worker.handler import Outcome
+from worker.service.jobs import Outcome
 
 JOBS = Counter("transcription_jobs_total", "Jobs settled, by outcome", ["status"])
 JOB_SECONDS = Histogram("transcription_job_seconds", "Wall time of completed jobs",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import AUDIO_DIR
-from worker.audio import SAMPLE_RATE, decode_audio, read_wav, write_wav
+from worker.media.audio import SAMPLE_RATE, decode_audio, read_wav, write_wav
 from worker.errors import AudioDecodeError, AudioTooLong, EmptyAudio, InputNotFound
 
 

@@ -1,8 +1,8 @@
 """Locating, loading and declaring the libwhisper shipped inside the pywhispercpp wheel (ctypes).
 
-`whisper_native` builds on this: `open_library()` returns a CDLL whose every function used
+`context` builds on this: `open_library()` returns a CDLL whose every function used
 there has its restype/argtypes declared, whose struct layouts were checked against
-`worker.whisper_abi`, and whose log output goes to loguru at DEBUG.
+`worker.engine.libwhisper.structs`, and whose log output goes to loguru at DEBUG.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from loguru import logger
 
-from worker.whisper_abi import NativeABIError, WhisperContextParams, WhisperFullParams, check_abi
+from worker.engine.libwhisper.structs import NativeABIError, WhisperContextParams, WhisperFullParams, check_abi
 
 # enum ggml_log_level, used only to label forwarded log lines.
 _GGML_LOG_LEVELS = {0: "none", 1: "debug", 2: "info", 3: "warn", 4: "error", 5: "cont"}

@@ -1,8 +1,8 @@
-"""Normalisation and WER (worker/accuracy.py): pure functions, no model."""
+"""Normalisation and WER (worker/devtools/accuracy.py): pure functions, no model."""
 
 import pytest
 
-from worker.accuracy import normalize, wer
+from worker.devtools.accuracy import normalize, wer
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,132 @@
+"""Settings in, objects out: the one place that turns configuration into the worker's parts.
+
+Entry points build `Settings`, configure logging and call one of these; nothing below this module
+takes `Settings` or reads the environment. The chain it builds, once per process and model:
+
+    ModelDownloader (cached) -> model file -> WhisperTranscriber (shared) -> Processor (the pipeline)
+"""
+
+import dataclasses
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from worker.config import Settings
+from worker.engine.models import ModelDownloader, get_model_downloader
+from worker.engine.transcriber import WhisperTranscriber, available_cpus
+from worker.media.chunking import ChunkingOptions
+from worker.pipeline import PipelineOptions, Processor
+from worker.service.consumer import Consumer
+from worker.service.jobs import HandlerOptions, JobHandler, Outcome
+from worker.service.publisher import Topology
+
+
+def topology(settings: Settings) -> Topology:
+    return Topology(
+        jobs_queue=settings.jobs_queue,
+        results_queue=settings.results_queue,
+        dead_letter_exchange=settings.dead_letter_exchange,
+        dead_letter_queue=settings.dead_letter_queue,
+        progress_exchange=settings.progress_exchange,
+        delivery_limit=settings.delivery_limit,
+    )
+
+
+def pipeline_options(settings: Settings, *, parallel: bool | None = None, workers: int | None = None) -> PipelineOptions:
+    """The pipeline's options (a CLI may override the mode and the number of workers)."""
+    return PipelineOptions(
+        parallel=settings.use_parallel_transcription if parallel is None else parallel,
+        workers=workers or settings.max_parallel_workers,
+        threads=settings.whisper_threads,
+        max_audio_seconds=settings.max_audio_seconds,
+        chunking=ChunkingOptions(max_seconds=settings.chunk_max_seconds),
+    )
+
+
+def model_downloader(settings: Settings) -> ModelDownloader:
+    """The process-wide ModelDownloader for these settings."""
+    return get_model_downloader(
+        settings.whisper_models_dir,
+        download_url=settings.whisper_download_url,
+        timeout_seconds=settings.whisper_download_timeout_seconds,
+    )
+
+
+def processor(
+    settings: Settings,
+    model: str,
+    options: PipelineOptions,
+    *,
+    concurrent_calls: int | None = None,
+    work_root: Path | None = None,
+) -> Processor:
+    """Model file -> one shared transcriber -> a pipeline over it.
+
+    `concurrent_calls` sizes the transcriber's state pool (default: what `options` runs at once).
+    UnknownModel / ModelUnavailable when the model cannot be provided.
+    """
+    path = model_downloader(settings).ensure_model_exists(model)
+    transcriber = WhisperTranscriber(
+        path,
+        max_concurrent_calls=concurrent_calls or options.concurrent_calls,
+        beam_size=settings.whisper_beam_size,
+    )
+    return Processor(transcriber, model_name=model, options=options, work_root=work_root)
+
+
+class Processors:
+    """One Processor (and so one WhisperTranscriber) per model, created on first use, per process."""
+
+    def __init__(self, settings: Settings, work_dir: Path) -> None:
+        self._settings = settings
+        self._work_dir = work_dir
+        # Each of the jobs that run at once gets an equal share of the CPUs.
+        self._options = dataclasses.replace(
+            pipeline_options(settings), cpus=max(1, available_cpus() // settings.concurrent_jobs)
+        )
+        self._by_model: dict[str, Processor] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, model: str | None) -> Processor:
+        name = model or self._settings.whisper_model
+        with self._lock:
+            if name not in self._by_model:
+                self._by_model[name] = processor(
+                    self._settings,
+                    name,
+                    self._options,
+                    concurrent_calls=self._options.concurrent_calls * self._settings.concurrent_jobs,
+                    work_root=self._work_dir,
+                )
+            return self._by_model[name]
+
+
+def handler_options(settings: Settings, work_dir: Path) -> HandlerOptions:
+    return HandlerOptions(
+        input_dir=settings.input_dir,
+        output_dir=settings.output_dir,
+        work_dir=work_dir,
+        allowed_url_hosts=settings.url_hosts(),
+        delivery_limit=settings.delivery_limit,
+        max_download_bytes=settings.max_download_bytes,
+        download_timeout_seconds=settings.download_timeout_seconds,
+        callback_timeout_seconds=settings.callback_timeout_seconds,
+        callback_retries=settings.callback_retries,
+        retry_backoff_seconds=settings.retry_backoff_seconds,
+        retry_backoff_max_seconds=settings.retry_backoff_max_seconds,
+    )
+
+
+def consumer(settings: Settings, work_dir: Path, *, on_settled: Callable[[Outcome], None]) -> Consumer:
+    """The worker service; the default model is loaded first, so a broken model fails at start-up."""
+    processors = Processors(settings, work_dir)
+    processors(None)
+    return Consumer(
+        url=settings.amqp_url.get_secret_value(),
+        topology=topology(settings),
+        handler=JobHandler(processors, handler_options(settings, work_dir)),
+        concurrent_jobs=settings.concurrent_jobs,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        reconnect_max_seconds=settings.reconnect_max_seconds,
+        on_settled=on_settled,
+    )
