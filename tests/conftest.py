@@ -16,9 +16,9 @@ import pytest
 from loguru import logger
 
 from worker.devtools import local_broker
-from worker.media.audio import decode_audio
 from worker.engine.models import ModelDownloader
 from worker.engine.transcriber import WhisperTranscriber
+from worker.media.audio import decode_audio
 
 ROOT = Path(__file__).resolve().parent.parent
 AUDIO_DIR = ROOT.parent / "shared" / "audio"

@@ -6,14 +6,18 @@ import subprocess
 import sys
 
 import jiwer
-
 from conftest import MODELS_DIR, ROOT, normalize, reference
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "WHISPER_MODELS_DIR": str(MODELS_DIR), "WHISPER_DOWNLOAD_URL": "", "LOG_LEVEL": "INFO"}
     return subprocess.run(
-        [sys.executable, "cmd/transcribe/main.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "cmd/transcribe/main.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 

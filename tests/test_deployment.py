@@ -1,7 +1,6 @@
 """docker-compose.yml and the Dockerfile, checked by reading them (no Docker engine runs here)."""
 
 import yaml
-
 from conftest import ROOT
 
 

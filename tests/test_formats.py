@@ -2,8 +2,8 @@
 
 import json
 
-from worker.formats import render, timestamp, to_srt, to_vtt
 from worker.engine.transcriber import Segment
+from worker.formats import render, timestamp, to_srt, to_vtt
 
 SEGMENTS = (Segment(0.0, 2.5, " Hello there."), Segment(2.5, 2.5, ""), Segment(3661.0004, 3662.9996, "Later on."))
 
@@ -16,8 +16,7 @@ def test_timestamps_follow_each_spec():
 
 def test_srt_numbers_cues_from_one_and_skips_empty_text():
     assert to_srt(SEGMENTS) == (
-        "1\n00:00:00,000 --> 00:00:02,500\nHello there.\n\n"
-        "2\n01:01:01,000 --> 01:01:03,000\nLater on.\n"
+        "1\n00:00:00,000 --> 00:00:02,500\nHello there.\n\n2\n01:01:01,000 --> 01:01:03,000\nLater on.\n"
     )
 
 

@@ -17,7 +17,13 @@ def body(**changes) -> bytes:
 
 def test_a_minimal_job_gets_the_documented_defaults():
     job = parse_job(body())
-    assert (job.job_id, job.audio.path, job.language, job.task, job.formats) == ("a-1", "a.flac", None, "transcribe", ("json",))
+    assert (job.job_id, job.audio.path, job.language, job.task, job.formats) == (
+        "a-1",
+        "a.flac",
+        None,
+        "transcribe",
+        ("json",),
+    )
 
 
 @pytest.mark.parametrize(
@@ -51,8 +57,18 @@ def test_a_body_that_is_not_a_json_object_is_malformed(raw, message):
         (body(task="summarise"), "task: Input should be 'transcribe' or 'translate'"),
         (body(job_id="../etc"), "job_id: String should match pattern"),
     ],
-    ids=["no-job-id", "url-and-path", "neither", "unknown-field", "job-id-int", "formats-str", "unknown-format",
-         "unknown-language", "unknown-task", "job-id-path"],
+    ids=[
+        "no-job-id",
+        "url-and-path",
+        "neither",
+        "unknown-field",
+        "job-id-int",
+        "formats-str",
+        "unknown-format",
+        "unknown-language",
+        "unknown-task",
+        "job-id-path",
+    ],
 )
 def test_schema_violations_are_invalid_jobs_naming_the_field(raw, message):
     with pytest.raises(InvalidJob, match=message) as caught:

@@ -9,12 +9,12 @@ import difflib
 import jiwer
 import numpy as np
 import pytest
+from conftest import normalize
 from loguru import logger
 
-from conftest import normalize
+from worker.errors import TranscriptionError
 from worker.media.audio import SAMPLE_RATE, decode_audio
 from worker.media.chunking import _runs
-from worker.errors import TranscriptionError
 from worker.pipeline import PipelineOptions, Processor, Progress
 
 LJ = "ljspeech_LJ001-0001_to_0032_concat"
@@ -31,7 +31,9 @@ def lj_reference(audio_dir) -> str:
 
 
 def processor(transcriber, *, parallel: bool = True, workers: int = 2, **kwargs) -> Processor:
-    return Processor(transcriber, model_name="tiny.en", options=PipelineOptions(parallel=parallel, workers=workers), **kwargs)
+    return Processor(
+        transcriber, model_name="tiny.en", options=PipelineOptions(parallel=parallel, workers=workers), **kwargs
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,7 @@ def reference_sentences(reference: str, sentence_texts: list[str]) -> list[list[
             assigned[block.a + k] = owner[block.b + k]
     sentences: list[list[str]] = [[] for _ in sentence_texts]
     current = 0
-    for word, index in zip(ref_words, assigned):
+    for word, index in zip(ref_words, assigned, strict=True):
         current = index if index is not None else current
         sentences[current].append(word)
     return sentences
@@ -74,10 +76,10 @@ def reference_sentences(reference: str, sentence_texts: list[str]) -> list[list[
 
 def test_each_sentence_is_found_where_it_was_spoken(transcriber, lj, lj_reference, lj_parallel):
     times = sentence_times(lj)
-    alone = [transcriber.transcribe(lj[int(s * SAMPLE_RATE):int(e * SAMPLE_RATE)]).text for s, e in times]
+    alone = [transcriber.transcribe(lj[int(s * SAMPLE_RATE) : int(e * SAMPLE_RATE)]).text for s, e in times]
     sentences = reference_sentences(lj_reference, alone)
 
-    for (start, end), words, isolated in zip(times, sentences, alone):
+    for (start, end), words, isolated in zip(times, sentences, alone, strict=True):
         # Judge timing, not recognition: only the words the model gets right on this sentence alone.
         recognised = [w for w in words if w in set(normalize(isolated).split())]
         overlapping = [seg for seg in lj_parallel.segments if seg.start < end and seg.end > start]
@@ -120,8 +122,11 @@ def test_progress_reports_every_chunk_once_as_it_finishes(transcriber, audio_dir
         started_when_reported.append(len(started))
 
     samples = decode_audio(audio_dir / "librivox_shakespeare_sonnet001.mp3")
-    sink = logger.add(lambda m: started.append(m.record["message"]), level="INFO",
-                      filter=lambda r: r["message"].startswith("Starting transcription"))
+    sink = logger.add(
+        lambda m: started.append(m.record["message"]),
+        level="INFO",
+        filter=lambda r: r["message"].startswith("Starting transcription"),
+    )
     try:
         result = processor(transcriber, parallel=False).process_samples(samples, progress=record)
     finally:
@@ -148,7 +153,7 @@ def test_a_failing_chunk_fails_the_job_naming_it_and_cleans_up(transcriber, lj, 
     def break_later_chunks(progress: Progress) -> None:
         # A real failure, not a stub: chunk files not yet started are destroyed on disk. (The
         # chunk after the one just done may already be running, so the damage starts after it.)
-        for wav in sorted(tmp_path.glob("job-*/chunk_*.wav"))[progress.chunks_done + 1:]:
+        for wav in sorted(tmp_path.glob("job-*/chunk_*.wav"))[progress.chunks_done + 1 :]:
             wav.write_bytes(b"garbage")
 
     job = processor(transcriber, parallel=False, work_root=tmp_path)

@@ -1,23 +1,23 @@
 """The worker's exception tree. A failed result's `error.code` is the class name.
 
-    WorkerError
-    ├── PermanentError          retrying cannot help: report the failure, dead-letter the job
-    │   ├── InvalidJob          the job breaks the contract (schema, unknown language or format)
-    │   │   ├── MalformedJob    the body is not a UTF-8 JSON object of acceptable size
-    │   │   └── InputNotAllowed the input is outside what the worker may read or fetch
-    │   ├── InputNotFound       the input path or URL does not exist (or is not a file)
-    │   ├── InputTooLarge       the download is over MAX_DOWNLOAD_BYTES
-    │   ├── DownloadRejected    the server refused the URL (HTTP 4xx) or redirected too often
-    │   ├── AudioDecodeError    the audio cannot be decoded (not audio, corrupt, truncated)
-    │   │   ├── EmptyAudio      the input holds no audio samples at all
-    │   │   └── AudioTooLong    the audio is longer than MAX_AUDIO_SECONDS
-    │   ├── UnknownModel        the model name is not one the worker knows
-    │   ├── ModelUnavailable    no source (local file, download, installed package) could provide the model
-    │   └── ModelConversionError  a CTranslate2 model could not be converted to ggml
-    ├── TransientError          may succeed later: retry with backoff
-    │   ├── DownloadFailed      an HTTP download failed, stalled or did not verify
-    │   └── CallbackFailed      the job's callback URL did not accept the result
-    └── TranscriptionError      whisper.cpp failed on audio that decoded fine
+WorkerError
+├── PermanentError          retrying cannot help: report the failure, dead-letter the job
+│   ├── InvalidJob          the job breaks the contract (schema, unknown language or format)
+│   │   ├── MalformedJob    the body is not a UTF-8 JSON object of acceptable size
+│   │   └── InputNotAllowed the input is outside what the worker may read or fetch
+│   ├── InputNotFound       the input path or URL does not exist (or is not a file)
+│   ├── InputTooLarge       the download is over MAX_DOWNLOAD_BYTES
+│   ├── DownloadRejected    the server refused the URL (HTTP 4xx) or redirected too often
+│   ├── AudioDecodeError    the audio cannot be decoded (not audio, corrupt, truncated)
+│   │   ├── EmptyAudio      the input holds no audio samples at all
+│   │   └── AudioTooLong    the audio is longer than MAX_AUDIO_SECONDS
+│   ├── UnknownModel        the model name is not one the worker knows
+│   ├── ModelUnavailable    no source (local file, download, installed package) could provide the model
+│   └── ModelConversionError  a CTranslate2 model could not be converted to ggml
+├── TransientError          may succeed later: retry with backoff
+│   ├── DownloadFailed      an HTTP download failed, stalled or did not verify
+│   └── CallbackFailed      the job's callback URL did not accept the result
+└── TranscriptionError      whisper.cpp failed on audio that decoded fine
 """
 
 
@@ -87,7 +87,6 @@ class DownloadFailed(TransientError):
 
 class CallbackFailed(TransientError):
     """The job's callback URL did not accept the result in time."""
-
 
 
 class TranscriptionError(WorkerError):

@@ -5,7 +5,7 @@ A job is validated once, here, at the edge (`parse_job`); everything after trust
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import AnyUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -108,7 +108,7 @@ class Result(_Strict):
     error: ErrorInfo | None = None
     # Problems that did not fail the job, e.g. a callback URL that stayed down.
     warnings: list[str] = Field(default_factory=list)
-    finished_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    finished_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 class ProgressEvent(_Strict):

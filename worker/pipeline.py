@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
+from worker.engine.transcriber import Segment, Task, WhisperTranscriber, threads_per_call
+from worker.errors import TranscriptionError, WorkerError
 from worker.media.audio import SAMPLE_RATE, decode_audio, read_wav, write_wav
 from worker.media.chunking import Chunk, ChunkingOptions, frame_db, split, voiced_frames, voiced_seconds_after
-from worker.errors import TranscriptionError, WorkerError
-from worker.engine.transcriber import Segment, Task, WhisperTranscriber, threads_per_call
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,14 @@ class Transcript:
 class Processor:
     """Runs the pipeline for one job at a time per call; safe to call from several threads."""
 
-    def __init__(self, transcriber: WhisperTranscriber, *, model_name: str, options: PipelineOptions,
-                 work_root: Path | None = None) -> None:
+    def __init__(
+        self,
+        transcriber: WhisperTranscriber,
+        *,
+        model_name: str,
+        options: PipelineOptions,
+        work_root: Path | None = None,
+    ) -> None:
         if options.concurrent_calls > transcriber.max_concurrent_calls:
             raise ValueError(
                 f"{options.workers} workers need a transcriber for {options.workers} concurrent calls "
@@ -112,17 +118,31 @@ class Processor:
         self.options = options
         self.work_root = work_root
 
-    def process_file(self, path: Path, *, language: str | None = None, task: Task = "transcribe",
-                     progress: ProgressCallback | None = None) -> Transcript:
+    def process_file(
+        self,
+        path: Path,
+        *,
+        language: str | None = None,
+        task: Task = "transcribe",
+        progress: ProgressCallback | None = None,
+    ) -> Transcript:
         """Decode `path` and transcribe it. Raises AudioDecodeError or TranscriptionError."""
         started = time.perf_counter()
         samples = decode_audio(path, max_seconds=self.options.max_audio_seconds)
         decode_seconds = time.perf_counter() - started
-        return self.process_samples(samples, language=language, task=task, progress=progress,
-                                    decode_seconds=decode_seconds)
+        return self.process_samples(
+            samples, language=language, task=task, progress=progress, decode_seconds=decode_seconds
+        )
 
-    def process_samples(self, samples: np.ndarray, *, language: str | None = None, task: Task = "transcribe",
-                        progress: ProgressCallback | None = None, decode_seconds: float = 0.0) -> Transcript:
+    def process_samples(
+        self,
+        samples: np.ndarray,
+        *,
+        language: str | None = None,
+        task: Task = "transcribe",
+        progress: ProgressCallback | None = None,
+        decode_seconds: float = 0.0,
+    ) -> Transcript:
         """Transcribe 16 kHz mono samples through WAV chunks in a per-job work directory."""
         started = time.perf_counter()
         chunks = split(samples, self.options.chunking)
@@ -152,28 +172,38 @@ class Processor:
         calls = max(1, min(self.options.concurrent_calls, n_chunks))
         return threads_per_call(calls, cpus=self.options.cpus or None, requested=self.options.threads)
 
-    def _language(self, samples: np.ndarray, chunks: list[Chunk], language: str | None,
-                  threads: int) -> tuple[str | None, float | None]:
+    def _language(
+        self, samples: np.ndarray, chunks: list[Chunk], language: str | None, threads: int
+    ) -> tuple[str | None, float | None]:
         # Detect once per job, on the first chunk, so every chunk is decoded in the same language.
         if language is not None or not chunks:
             return language, None
         if not self.transcriber.multilingual:
             return "en", None
         first = chunks[0]
-        detected, probability = self.transcriber.detect_language(samples[first.start:first.end], n_threads=threads)
+        detected, probability = self.transcriber.detect_language(samples[first.start : first.end], n_threads=threads)
         logger.info("Detected language {} (p={:.2f})", detected, probability)
         return detected, probability
 
-    def _run(self, chunks: list[Chunk], paths: list[Path], language: str | None, task: Task, threads: int,
-             progress: ProgressCallback | None, total_seconds: float) -> list[list[Segment]]:
+    def _run(
+        self,
+        chunks: list[Chunk],
+        paths: list[Path],
+        language: str | None,
+        task: Task,
+        threads: int,
+        progress: ProgressCallback | None,
+        total_seconds: float,
+    ) -> list[list[Segment]]:
         results: list[list[Segment]] = [[] for _ in chunks]
         done, done_seconds = 0, 0.0
         with ThreadPoolExecutor(max_workers=self.options.concurrent_calls, thread_name_prefix="chunk") as pool:
             # Each task runs in a copy of this thread's context, so log lines keep the job id.
             futures: dict[Future, Chunk] = {
-                pool.submit(contextvars.copy_context().run, self._transcribe_chunk, chunk, path, language, task,
-                            threads): chunk
-                for chunk, path in zip(chunks, paths)
+                pool.submit(
+                    contextvars.copy_context().run, self._transcribe_chunk, chunk, path, language, task, threads
+                ): chunk
+                for chunk, path in zip(chunks, paths, strict=True)
             }
             pending = set(futures)
             while pending:
@@ -186,25 +216,33 @@ class Processor:
                         progress(Progress(done, len(chunks), done_seconds, total_seconds))
         return results
 
-    def _transcribe_chunk(self, chunk: Chunk, path: Path, language: str | None, task: Task,
-                          threads: int) -> list[Segment]:
+    def _transcribe_chunk(
+        self, chunk: Chunk, path: Path, language: str | None, task: Task, threads: int
+    ) -> list[Segment]:
         logger.info("Starting transcription: {}", chunk.name)
         started = time.perf_counter()
         segments = self._transcribe_audio(read_wav(path), chunk.name, language, task, threads)
         elapsed = time.perf_counter() - started
-        logger.debug("Finished {} ({:.1f} s of audio) in {:.2f} s (RTF {:.3f})", chunk.name, chunk.seconds,
-                     elapsed, elapsed / max(chunk.seconds, 1e-9))
+        logger.debug(
+            "Finished {} ({:.1f} s of audio) in {:.2f} s (RTF {:.3f})",
+            chunk.name,
+            chunk.seconds,
+            elapsed,
+            elapsed / max(chunk.seconds, 1e-9),
+        )
         return [_absolute(segment, chunk) for segment in segments]
 
-    def _transcribe_audio(self, audio: np.ndarray, name: str, language: str | None, task: Task,
-                          threads: int) -> list[Segment]:
+    def _transcribe_audio(
+        self, audio: np.ndarray, name: str, language: str | None, task: Task, threads: int
+    ) -> list[Segment]:
         """Segments of one chunk's audio, with any speech whisper skipped at the end transcribed again."""
         segments: list[Segment] = []
         offset = 0.0
         voiced = voiced_frames(frame_db(audio), self.options.chunking)  # threshold adapted to this chunk
         for attempt in range(1 + TAIL_PASSES):
-            result = self.transcriber.transcribe(audio[round(offset * SAMPLE_RATE):], language=language, task=task,
-                                                 n_threads=threads)
+            result = self.transcriber.transcribe(
+                audio[round(offset * SAMPLE_RATE) :], language=language, task=task, n_threads=threads
+            )
             heard = [_shifted(s, offset) for s in result.segments if s.text]
             if not heard or (segments and heard[-1].end <= offset):
                 break
@@ -213,8 +251,12 @@ class Processor:
             unheard = voiced_seconds_after(voiced, offset + HEARD_SLACK_SECONDS)
             if unheard < UNHEARD_SECONDS or attempt == TAIL_PASSES:
                 break
-            logger.debug("{}: whisper stopped at {:.1f} s with {:.1f} s of speech after it; transcribing the rest",
-                         name, offset, unheard)
+            logger.debug(
+                "{}: whisper stopped at {:.1f} s with {:.1f} s of speech after it; transcribing the rest",
+                name,
+                offset,
+                unheard,
+            )
         return segments
 
     def _log_summary(self, t: Transcript, threads: int) -> None:
@@ -222,14 +264,19 @@ class Processor:
         logger.info(
             "Transcribed {:.1f} s of audio in {:.2f} s (real-time factor {:.3f}): {} chunks, mode {}, "
             "workers {}, threads per call {}",
-            t.duration_seconds, t.transcribe_seconds, t.real_time_factor, t.chunks, mode,
-            self.options.concurrent_calls, threads,
+            t.duration_seconds,
+            t.transcribe_seconds,
+            t.real_time_factor,
+            t.chunks,
+            mode,
+            self.options.concurrent_calls,
+            threads,
         )
 
 
 def _write_chunk(work_dir: Path, samples: np.ndarray, chunk: Chunk) -> Path:
     path = work_dir / chunk.name
-    write_wav(path, samples[chunk.start:chunk.end])
+    write_wav(path, samples[chunk.start : chunk.end])
     return path
 
 

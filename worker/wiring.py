@@ -32,7 +32,9 @@ def topology(settings: Settings) -> Topology:
     )
 
 
-def pipeline_options(settings: Settings, *, parallel: bool | None = None, workers: int | None = None) -> PipelineOptions:
+def pipeline_options(
+    settings: Settings, *, parallel: bool | None = None, workers: int | None = None
+) -> PipelineOptions:
     """The pipeline's options (a CLI may override the mode and the number of workers)."""
     return PipelineOptions(
         parallel=settings.use_parallel_transcription if parallel is None else parallel,

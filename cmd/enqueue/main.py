@@ -70,8 +70,14 @@ def main() -> int:
     topology = wiring.topology(settings)
     declare(channel, topology)
     reply_to = channel.queue_declare("", exclusive=True).method.queue if args.wait else None
-    publish_job(channel, topology, job.model_dump_json(exclude_none=True).encode(), job_id, reply_to=reply_to,
-                published_at=time.time())
+    publish_job(
+        channel,
+        topology,
+        job.model_dump_json(exclude_none=True).encode(),
+        job_id,
+        reply_to=reply_to,
+        published_at=time.time(),
+    )
     print(f"enqueued job {job_id}", file=sys.stderr)
     if not args.wait:
         connection.close()

@@ -1,7 +1,7 @@
 """Provide a whisper.cpp model by hand: validate, download or convert it; or convert a CTranslate2 directory.
 
-    python cmd/models/main.py ensure NAME                 (prints the model file's path)
-    python cmd/models/main.py convert CT2_DIR OUT.bin
+python cmd/models/main.py ensure NAME                 (prints the model file's path)
+python cmd/models/main.py convert CT2_DIR OUT.bin
 """
 
 import argparse

@@ -1,7 +1,7 @@
 """Transcribe one local audio file (any format ffmpeg reads) through the chunked pipeline, no broker.
 
-    python cmd/transcribe/main.py AUDIO [--format txt|srt|vtt|json] [--model NAME]
-                                  [--language xx] [--task transcribe|translate] [--sequential | --workers N]
+python cmd/transcribe/main.py AUDIO [--format txt|srt|vtt|json] [--model NAME]
+                              [--language xx] [--task transcribe|translate] [--sequential | --workers N]
 """
 
 import argparse
@@ -35,16 +35,18 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     configure_logging(settings.log_level)
     model = args.model or settings.whisper_model
-    options = wiring.pipeline_options(settings, parallel=False if args.sequential else (True if args.workers else None),
-                                      workers=args.workers)
+    options = wiring.pipeline_options(
+        settings, parallel=False if args.sequential else (True if args.workers else None), workers=args.workers
+    )
     try:
         processor = wiring.processor(settings, model, options)
         transcript = processor.process_file(args.audio, language=args.language, task=args.task)
     except (PermanentError, TranscriptionError) as exc:
         logger.error("{}", exc)
         return 2
-    sys.stdout.write(render(args.format, text=transcript.text, segments=transcript.segments,
-                            document=transcript.document()))
+    sys.stdout.write(
+        render(args.format, text=transcript.text, segments=transcript.segments, document=transcript.document())
+    )
     return 0
 
 

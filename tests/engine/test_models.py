@@ -16,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
-from worker.errors import ModelUnavailable, UnknownModel
+
 from worker.engine.models import MODEL_CONFIGS, ModelConfig, ModelDownloader, Sidecar, file_digests
+from worker.errors import ModelUnavailable, UnknownModel
 
 
 def converted_copy(tiny_en_path: Path, directory: Path) -> Path:
@@ -88,8 +88,10 @@ def test_eight_threads_ensuring_a_missing_model_convert_it_once(tmp_path, log_me
 def test_two_processes_sharing_a_models_dir_convert_once(tmp_path):
     env = {**os.environ, "WHISPER_MODELS_DIR": str(tmp_path), "WHISPER_DOWNLOAD_URL": "", "LOG_LEVEL": "INFO"}
     command = [sys.executable, "cmd/models/main.py", "ensure", "tiny.en"]
-    procs = [subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=300) for p in procs]
 
     assert [p.returncode for p in procs] == [0, 0]
@@ -105,13 +107,27 @@ def test_unknown_model_is_a_clear_error(tmp_path):
 
 def test_model_with_no_source_names_what_was_tried(tmp_path):
     downloader = ModelDownloader(tmp_path, download_url="")
-    with pytest.raises(ModelUnavailable, match=r"download: downloads are disabled.*package: no installed package carries small"):
+    with pytest.raises(
+        ModelUnavailable, match=r"download: downloads are disabled.*package: no installed package carries small"
+    ):
         downloader.ensure_model_exists("small")
 
 
 def test_every_standard_model_is_listed_with_a_sha1():
-    for name in ("tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",
-                 "large-v3", "large-v3-turbo", "large-v3-q5_0", "large-v3-turbo-q5_0"):
+    for name in (
+        "tiny",
+        "tiny.en",
+        "base",
+        "base.en",
+        "small",
+        "small.en",
+        "medium",
+        "medium.en",
+        "large-v3",
+        "large-v3-turbo",
+        "large-v3-q5_0",
+        "large-v3-turbo-q5_0",
+    ):
         assert len(MODEL_CONFIGS[name].sha1) == 40
         assert MODEL_CONFIGS[name].filename == f"ggml-{name}.bin"
 

@@ -6,10 +6,10 @@ from concurrent.futures import ThreadPoolExecutor
 import jiwer
 import numpy as np
 import pytest
-
 from conftest import normalize, reference
-from worker.media.audio import decode_audio
+
 from worker.engine.transcriber import WhisperTranscriber, threads_per_call
+from worker.media.audio import decode_audio
 
 CLIPS = (
     "jfk_inaugural_1961.flac",

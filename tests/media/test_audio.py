@@ -7,10 +7,10 @@ import wave
 
 import numpy as np
 import pytest
-
 from conftest import AUDIO_DIR
-from worker.media.audio import SAMPLE_RATE, decode_audio, read_wav, write_wav
+
 from worker.errors import AudioDecodeError, AudioTooLong, EmptyAudio, InputNotFound
+from worker.media.audio import SAMPLE_RATE, decode_audio, read_wav, write_wav
 
 
 def manifest() -> list[dict]:
@@ -49,8 +49,18 @@ def ffmpeg(*args: str) -> None:
 
 def test_audio_track_of_a_video_file_decodes(tmp_path):
     video = tmp_path / "talk.mp4"
-    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64:rate=5", "-i", str(AUDIO_DIR / "jfk_inaugural_1961.flac"),
-           "-shortest", "-c:a", "aac", str(video))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=64x64:rate=5",
+        "-i",
+        str(AUDIO_DIR / "jfk_inaugural_1961.flac"),
+        "-shortest",
+        "-c:a",
+        "aac",
+        str(video),
+    )
 
     assert abs(decode_audio(video).size / SAMPLE_RATE - 11.0) < 0.2
 

@@ -1,5 +1,7 @@
 """Silence-aligned chunking, on synthetic signals with known pauses and on real speech."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -45,7 +47,7 @@ def test_cuts_fall_in_pauses_and_chunks_fit_one_window():
 
     assert len(chunks) >= 4
     assert all(c.seconds <= 29.0 for c in chunks)
-    for before, after in zip(chunks, chunks[1:]):
+    for before, after in itertools.pairwise(chunks):
         assert in_pause(before.end / SAMPLE_RATE, pauses) and in_pause(after.start_seconds, pauses)
     assert [c.index for c in chunks] == list(range(len(chunks)))
     assert [c.name for c in chunks[:2]] == ["chunk_0000.wav", "chunk_0001.wav"]
@@ -80,7 +82,7 @@ def test_speech_without_any_pause_is_still_cut_within_the_limit():
 
     assert all(c.seconds <= 29.0 for c in chunks)
     assert chunks[0].start == 0 and chunks[-1].end == samples.size
-    assert all(a.end == b.start for a, b in zip(chunks, chunks[1:]))  # nothing lost between cuts
+    assert all(a.end == b.start for a, b in itertools.pairwise(chunks))  # nothing lost between cuts
 
 
 @pytest.mark.parametrize("max_seconds", [10.0, 20.0])
@@ -96,6 +98,6 @@ def test_real_speech_is_cut_only_where_it_is_quiet(audio_dir):
     chunks = split(samples)
 
     assert len(chunks) >= 8
-    for before, after in zip(chunks, chunks[1:]):
+    for before, _after in itertools.pairwise(chunks):
         window = samples[before.end - 800 : before.end + 800]  # 100 ms around the cut
         assert 20 * np.log10(np.sqrt(np.mean(window**2)) + 1e-10) < -40

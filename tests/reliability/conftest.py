@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pika
 import pytest
-
 from conftest import MODELS_DIR, ROOT
+
 from worker.devtools import local_broker
 from worker.messages import Result
 from worker.service.publisher import Topology, declare, publish_job
@@ -30,6 +30,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # --- the figures the suite prints at the end (and README's "Reliability" section quotes) ---
+
 
 @dataclass
 class Ledger:
@@ -59,14 +60,18 @@ def pytest_terminal_summary(terminalreporter) -> None:
     terminalreporter.write_sep("=", "reliability")
     write(f"faults survived: {len(ledger.faults_survived)} ({', '.join(ledger.faults_survived)})")
     if ledger.jobs_under_load:
-        write(f"jobs under load: {ledger.jobs_under_load}, 2 worker processes, "
-              f"{ledger.load_jobs_per_minute:.1f} jobs/min")
+        write(
+            f"jobs under load: {ledger.jobs_under_load}, 2 worker processes, {ledger.load_jobs_per_minute:.1f} jobs/min"
+        )
     write(f"bad inputs tried: {len(ledger.bad_inputs)}, each failed with its error code and dead-lettered")
-    write(f"jobs checked for exactly one result: {ledger.jobs_checked}; lost = {ledger.lost}, "
-          f"duplicated = {ledger.duplicated}")
+    write(
+        f"jobs checked for exactly one result: {ledger.jobs_checked}; lost = {ledger.lost}, "
+        f"duplicated = {ledger.duplicated}"
+    )
 
 
 # --- worker processes ---
+
 
 class WorkerProcess:
     """`python cmd/consumer/main.py` with its output in a log file."""
@@ -74,8 +79,9 @@ class WorkerProcess:
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         with open(log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "cmd/consumer/main.py"], cwd=ROOT, env=env,
-                                            stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [sys.executable, "cmd/consumer/main.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
 
     @property
     def pid(self) -> int:
@@ -88,7 +94,9 @@ class WorkerProcess:
         """Wait until `text` has appeared `count` times in the log; fails if the worker exits first."""
         deadline = time.monotonic() + timeout
         while self.log().count(text) < count:
-            assert self.process.poll() is None, f"worker exited ({self.process.returncode}) first:\n{self.log()[-3000:]}"
+            assert self.process.poll() is None, (
+                f"worker exited ({self.process.returncode}) first:\n{self.log()[-3000:]}"
+            )
             assert time.monotonic() < deadline, f"{text!r} x{count} not logged in {timeout} s:\n{self.log()[-3000:]}"
             time.sleep(0.1)
 
@@ -115,6 +123,7 @@ class WorkerProcess:
 
 # --- the test's own broker client ---
 
+
 class Client:
     """Publishes jobs and reads results and dead letters, as upstream and downstream services do."""
 
@@ -135,8 +144,14 @@ class Client:
         method, properties, body = self.channel.basic_get(queue, auto_ack=True)
         return None if method is None else (properties, body)
 
-    def collect(self, queue: str, until: Callable[[list], bool], *, timeout: float = 300.0,
-                alive: Callable[[], None] = lambda: None) -> list[tuple[pika.BasicProperties, bytes]]:
+    def collect(
+        self,
+        queue: str,
+        until: Callable[[list], bool],
+        *,
+        timeout: float = 300.0,
+        alive: Callable[[], None] = lambda: None,
+    ) -> list[tuple[pika.BasicProperties, bytes]]:
         """Messages taken from `queue` until `until(messages)` holds; fails after `timeout`."""
         messages: list = []
         deadline = time.monotonic() + timeout
@@ -182,6 +197,7 @@ def completed_ids(results: list[Result]) -> list[str]:
 
 # --- one service under test: topology, directories, workers ---
 
+
 @dataclass
 class Service:
     broker_url: str
@@ -205,13 +221,23 @@ class Service:
     def env(self, **overrides: str | int | float) -> dict[str, str]:
         t = self.topology
         env = {
-            **os.environ, "LOG_LEVEL": "INFO", "AMQP_URL": self.broker_url, "JOBS_QUEUE": t.jobs_queue,
-            "RESULTS_QUEUE": t.results_queue, "DEAD_LETTER_EXCHANGE": t.dead_letter_exchange,
-            "DEAD_LETTER_QUEUE": t.dead_letter_queue, "PROGRESS_EXCHANGE": t.progress_exchange,
-            "DELIVERY_LIMIT": str(t.delivery_limit), "INPUT_DIR": str(self.input_dir),
-            "OUTPUT_DIR": str(self.output_dir), "WORK_DIR": str(self.work_dir),
-            "WHISPER_MODELS_DIR": str(self.models_dir), "WHISPER_DOWNLOAD_URL": "", "METRICS_PORT": "0",
-            "RETRY_BACKOFF_SECONDS": "0.2", "RECONNECT_MAX_SECONDS": "2",
+            **os.environ,
+            "LOG_LEVEL": "INFO",
+            "AMQP_URL": self.broker_url,
+            "JOBS_QUEUE": t.jobs_queue,
+            "RESULTS_QUEUE": t.results_queue,
+            "DEAD_LETTER_EXCHANGE": t.dead_letter_exchange,
+            "DEAD_LETTER_QUEUE": t.dead_letter_queue,
+            "PROGRESS_EXCHANGE": t.progress_exchange,
+            "DELIVERY_LIMIT": str(t.delivery_limit),
+            "INPUT_DIR": str(self.input_dir),
+            "OUTPUT_DIR": str(self.output_dir),
+            "WORK_DIR": str(self.work_dir),
+            "WHISPER_MODELS_DIR": str(self.models_dir),
+            "WHISPER_DOWNLOAD_URL": "",
+            "METRICS_PORT": "0",
+            "RETRY_BACKOFF_SECONDS": "0.2",
+            "RECONNECT_MAX_SECONDS": "2",
         }
         env.update({key.upper(): str(value) for key, value in overrides.items()})
         return env
@@ -233,9 +259,14 @@ class Service:
 
 def new_topology(delivery_limit: int = 3) -> Topology:
     tag = uuid.uuid4().hex[:8]
-    return Topology(jobs_queue=f"jobs.{tag}", results_queue=f"results.{tag}", dead_letter_exchange=f"dlx.{tag}",
-                    dead_letter_queue=f"dead.{tag}", progress_exchange=f"progress.{tag}",
-                    delivery_limit=delivery_limit)
+    return Topology(
+        jobs_queue=f"jobs.{tag}",
+        results_queue=f"results.{tag}",
+        dead_letter_exchange=f"dlx.{tag}",
+        dead_letter_queue=f"dead.{tag}",
+        progress_exchange=f"progress.{tag}",
+        delivery_limit=delivery_limit,
+    )
 
 
 def stop_and_check(service: Service) -> None:
@@ -255,6 +286,7 @@ def service(broker, tmp_path, audio_dir) -> Iterator[Service]:
 
 
 # --- a broker of the test's own, for faults that stop or delay the broker ---
+
 
 class OwnBroker:
     """A private rabbitmq-server that a test may stop and start again on the same port."""

@@ -117,8 +117,11 @@ CASES = [
     ("unknown-model", job("unknown-model", audio={"path": GOOD}, model="huge-v9"), "UnknownModel"),
     ("unknown-format", job("unknown-format", audio={"path": GOOD}, formats=["docx"]), "InvalidJob"),
     ("unknown-language", job("unknown-language", audio={"path": GOOD}, language="xx"), "InvalidJob"),
-    ("language-for-english-model", job("language-for-english-model", audio={"path": GOOD}, language="de"),
-     "InvalidJob"),
+    (
+        "language-for-english-model",
+        job("language-for-english-model", audio={"path": GOOD}, language="de"),
+        "InvalidJob",
+    ),
     ("absolute-path", lambda svc, url: path_job("absolute-path", str(svc.input_dir / GOOD)), "InputNotAllowed"),
     ("dotdot-escape", path_job("dotdot-escape", "../../../etc/passwd"), "InputNotAllowed"),
     ("symlink-outside", path_job("symlink-outside", "outside.flac"), "InputNotAllowed"),
@@ -130,10 +133,16 @@ CASES = [
     ("http-404", lambda svc, url: url_job("http-404", f"{url}/status/404"), "InputNotFound"),
     ("http-500", lambda svc, url: url_job("http-500", f"{url}/status/500"), "DownloadFailed"),
     ("redirect-loop", lambda svc, url: url_job("redirect-loop", f"{url}/loop"), "DownloadRejected"),
-    ("host-not-allowed", lambda svc, url: url_job("host-not-allowed", url.replace("127.0.0.1", "localhost") + f"/{GOOD}"),
-     "InputNotAllowed"),
-    ("redirect-to-host-not-allowed", lambda svc, url: url_job("redirect-to-host-not-allowed", f"{url}/redirect-out"),
-     "InputNotAllowed"),
+    (
+        "host-not-allowed",
+        lambda svc, url: url_job("host-not-allowed", url.replace("127.0.0.1", "localhost") + f"/{GOOD}"),
+        "InputNotAllowed",
+    ),
+    (
+        "redirect-to-host-not-allowed",
+        lambda svc, url: url_job("redirect-to-host-not-allowed", f"{url}/redirect-out"),
+        "InputNotAllowed",
+    ),
     ("text-renamed-mp3", path_job("text-renamed-mp3", "notes.mp3"), "AudioDecodeError"),
     ("truncated-mp3", path_job("truncated-mp3", "truncated.mp3"), "AudioDecodeError"),
     ("zero-byte-file", path_job("zero-byte-file", "empty.mp3"), "EmptyAudio"),
@@ -150,7 +159,9 @@ def test_a_bad_input_fails_with_its_code_and_is_dead_lettered(bad_input_service,
         body = body(svc, base_url)
 
     client.enqueue(body, message_id=case)
-    dead = client.collect(svc.topology.dead_letter_queue, lambda ms: bool(ms), alive=lambda: worker.wait_for("Consuming"))
+    dead = client.collect(
+        svc.topology.dead_letter_queue, lambda ms: bool(ms), alive=lambda: worker.wait_for("Consuming")
+    )
     results = client.results(lambda rs: bool(rs), timeout=30)
 
     (properties, dead_body), (result,) = dead[0], results

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from worker.devtools.local_broker import free_port
-from worker.messages import Result
 from worker.engine.models import Sidecar, file_digests
+from worker.messages import Result
 
 from .conftest import LEDGER, assert_no_secret, completed_ids
 
@@ -135,8 +135,9 @@ def test_a_callback_that_is_down_or_slow_does_not_cost_the_result(service, audio
         down = f"http://127.0.0.1:{free_port()}/done"  # nothing listens there
         client.enqueue({"job_id": "cb-down", "audio": {"path": SHORT}, "callback_url": down})
         client.enqueue({"job_id": "cb-slow", "audio": {"path": SHORT}, "callback_url": f"{slow}/done"})
-        results = client.results(lambda rs: {"cb-down", "cb-slow"} <= set(completed_ids(rs)),
-                                 alive=lambda: worker.wait_for("Consuming"))
+        results = client.results(
+            lambda rs: {"cb-down", "cb-slow"} <= set(completed_ids(rs)), alive=lambda: worker.wait_for("Consuming")
+        )
 
     results += results_of(client, client.drain(service.topology.results_queue))
     LEDGER.account({"cb-down", "cb-slow"}, completed_ids(results))
@@ -209,12 +210,16 @@ def test_a_stalled_or_oversized_download_fails_clearly(service):
     with http_server(BadDownloads) as server:
         client.enqueue({"job_id": "stall", "audio": {"url": f"{server}/stall"}})
         client.enqueue({"job_id": "unannounced", "audio": {"url": f"{server}/unannounced"}})
-        dead = client.collect(service.topology.dead_letter_queue, lambda ms: len(ms) == 2,
-                              alive=lambda: worker.wait_for("Consuming"))
+        dead = client.collect(
+            service.topology.dead_letter_queue, lambda ms: len(ms) == 2, alive=lambda: worker.wait_for("Consuming")
+        )
 
     reasons = {p.headers["x-job-id"]: (p.headers["x-error-code"], p.headers["x-error-message"]) for p, _ in dead}
     assert reasons["stall"][0] == "DownloadFailed" and "timed out" in reasons["stall"][1]
-    assert reasons["unannounced"] == ("InputTooLarge", f"audio at {server}/unannounced is over the limit of 100000 bytes")
+    assert reasons["unannounced"] == (
+        "InputTooLarge",
+        f"audio at {server}/unannounced is over the limit of 100000 bytes",
+    )
     results = results_of(client, client.drain(service.topology.results_queue))
     failed = {r.job_id: r.error.code for r in results if r.status == "failed"}
     assert failed["unannounced"] == "InputTooLarge" and failed["stall"] == "DownloadFailed"

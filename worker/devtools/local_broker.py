@@ -90,8 +90,9 @@ def reachable(url: str, timeout: float = 2.0) -> bool:
         pika_logger.setLevel(level)
 
 
-def start(base_dir: Path, *, port: int | None = None, user: str = "guest", password: str = "guest",
-          timeout: float = 90.0) -> LocalBroker:
+def start(
+    base_dir: Path, *, port: int | None = None, user: str = "guest", password: str = "guest", timeout: float = 90.0
+) -> LocalBroker:
     """Start a private broker and wait until it accepts AMQP connections.
 
     Starting again with the same `base_dir` and `port` restarts the same node, with the
@@ -109,8 +110,15 @@ def start(base_dir: Path, *, port: int | None = None, user: str = "guest", passw
         for path in [base_dir, *base_dir.rglob("*")]:
             os.chown(path, owner.pw_uid, owner.pw_gid)
     log = open(base_dir / "server.out", "ab")
-    process = subprocess.Popen([SERVER], env=env, cwd=base_dir, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True, user="rabbitmq" if as_rabbitmq else None)
+    process = subprocess.Popen(
+        [SERVER],
+        env=env,
+        cwd=base_dir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        user="rabbitmq" if as_rabbitmq else None,
+    )
     broker = LocalBroker(base_dir=base_dir, port=port, pid=process.pid, user=user, password=password)
     deadline = time.monotonic() + timeout
     while not reachable(broker.url, timeout=1.0):

@@ -92,7 +92,7 @@ class ConversionResult:
 
 
 def _numbered_parts(directory: Path, prefix: str) -> tuple[Path, ...]:
-    parts = sorted(directory.glob(prefix + "*"), key=lambda p: int(p.name[len(prefix):] or 0))
+    parts = sorted(directory.glob(prefix + "*"), key=lambda p: int(p.name[len(prefix) :] or 0))
     if not parts:
         raise ModelConversionError(f"no model.bin or {prefix}N in {directory}")
     return tuple(parts)
@@ -320,8 +320,7 @@ def token_bytes(tokens: Sequence[str]) -> list[bytes]:
     """Turn BPE token spellings back into the raw bytes whisper.cpp's vocabulary holds."""
     table = _unicode_to_bytes()
     return [
-        bytes(table[ch] for ch in token) if all(ch in table for ch in token) else token.encode()
-        for token in tokens
+        bytes(table[ch] for ch in token) if all(ch in table for ch in token) else token.encode() for token in tokens
     ]
 
 

@@ -330,8 +330,13 @@ def convert_to(source: ggml_convert.Ct2Source, path: Path, *, origin: str) -> gg
         result = ggml_convert.convert(source, staging)
         os.replace(staging, path)
     Sidecar(size=result.size, sha256=result.sha256, source=f"converted from {origin}").write(path)
-    logger.info("Converted {} in {:.1f} s ({:.1f} MiB, sha256 {})", path, time.monotonic() - started,
-                result.size / 2**20, result.sha256)
+    logger.info(
+        "Converted {} in {:.1f} s ({:.1f} MiB, sha256 {})",
+        path,
+        time.monotonic() - started,
+        result.size / 2**20,
+        result.sha256,
+    )
     return result
 
 
@@ -339,9 +344,10 @@ def _write_stream(chunks: Iterator[bytes], dest: Path, expected: int | None, lab
     """Write chunks to `dest`, hashing as we go; a bar on a terminal, a log line every few seconds."""
     sha1, sha256 = hashlib.sha1(), hashlib.sha256()
     size, last_log = 0, time.monotonic()
-    with open(dest, "wb") as out, tqdm(
-        total=expected, unit="B", unit_scale=True, desc=dest.name, disable=not sys.stderr.isatty()
-    ) as bar:
+    with (
+        open(dest, "wb") as out,
+        tqdm(total=expected, unit="B", unit_scale=True, desc=dest.name, disable=not sys.stderr.isatty()) as bar,
+    ):
         for chunk in chunks:
             out.write(chunk)
             sha1.update(chunk)
@@ -360,7 +366,7 @@ def _mib(size: int | None) -> str:
     return "?" if size is None else f"{size / 2**20:.1f}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_model_downloader(models_dir: Path, *, download_url: str, timeout_seconds: float = 30.0) -> ModelDownloader:
     """The process-wide ModelDownloader for this configuration (created on first use)."""
     return ModelDownloader(Path(models_dir), download_url=download_url, timeout_seconds=timeout_seconds)

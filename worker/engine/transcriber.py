@@ -19,17 +19,17 @@ Design (why it looks like this):
 
 # OMP_WAIT_POLICY is set by `worker.engine` (this package's __init__), before the imports below.
 import contextlib
+import dataclasses
 import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Literal, TypeVar
 
+import _pywhispercpp  # the binding; loads the bundled libwhisper and its libgomp
 import numpy as np
-import _pywhispercpp  # the binding; loads the bundled libwhisper and its libgomp)
 from loguru import logger
 from pywhispercpp.model import Model
 
@@ -123,11 +123,18 @@ class _NativeBackend:
         self._states = _BoundedPool(self._context.new_state, max_concurrent_calls)
         self.multilingual = self._context.is_multilingual()
 
-    def transcribe(self, audio: np.ndarray, *, n_threads: int, language: str, task: Task, beam_size: int) -> Transcription:
+    def transcribe(
+        self, audio: np.ndarray, *, n_threads: int, language: str, task: Task, beam_size: int
+    ) -> Transcription:
         with self._states.borrow() as state:
             result = libwhisper.transcribe(
-                self._context, state, audio, n_threads=n_threads, language=language,
-                translate=task == "translate", beam_size=beam_size,
+                self._context,
+                state,
+                audio,
+                n_threads=n_threads,
+                language=language,
+                translate=task == "translate",
+                beam_size=beam_size,
             )
         segments = tuple(Segment(start, end, text.strip()) for start, end, text in result.segments)
         return Transcription(segments=segments, language=result.language)
@@ -156,17 +163,30 @@ class _ModelPoolBackend:
 
     def _load(self) -> Model:
         return Model(
-            self._path, params_sampling_strategy=self._strategy, redirect_whispercpp_logs_to=None,
-            print_progress=False, print_realtime=False,
+            self._path,
+            params_sampling_strategy=self._strategy,
+            redirect_whispercpp_logs_to=None,
+            print_progress=False,
+            print_realtime=False,
         )
 
-    def transcribe(self, audio: np.ndarray, *, n_threads: int, language: str, task: Task, beam_size: int) -> Transcription:
+    def transcribe(
+        self, audio: np.ndarray, *, n_threads: int, language: str, task: Task, beam_size: int
+    ) -> Transcription:
         with self._models.borrow() as model:
             # Every decoding parameter is passed on every call: pywhispercpp keeps them on the Model.
             segments = model.transcribe(
-                audio, n_threads=n_threads, language=language, translate=task == "translate",
-                no_context=True, suppress_blank=True, suppress_nst=True, single_segment=False,
-                print_progress=False, print_realtime=False, **_sampling(beam_size),
+                audio,
+                n_threads=n_threads,
+                language=language,
+                translate=task == "translate",
+                no_context=True,
+                suppress_blank=True,
+                suppress_nst=True,
+                single_segment=False,
+                print_progress=False,
+                print_realtime=False,
+                **_sampling(beam_size),
             )
         return Transcription(
             segments=tuple(Segment(s.t0 / 100.0, s.t1 / 100.0, s.text.strip()) for s in segments),
@@ -211,7 +231,10 @@ class WhisperTranscriber:
         self._backend = _make_backend(self.model_path, self.max_concurrent_calls, beam_size, backend)
         logger.info(
             "WhisperTranscriber ready: model {}, backend {}, up to {} concurrent calls x {} threads",
-            self.model_path.name, self._backend.name, self.max_concurrent_calls, self.n_threads,
+            self.model_path.name,
+            self._backend.name,
+            self.max_concurrent_calls,
+            self.n_threads,
         )
 
     @property
@@ -255,7 +278,9 @@ def _as_model_input(audio: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
-def _make_backend(model_path: Path, max_calls: int, beam_size: int, backend: Backend) -> "_NativeBackend | _ModelPoolBackend":
+def _make_backend(
+    model_path: Path, max_calls: int, beam_size: int, backend: Backend
+) -> "_NativeBackend | _ModelPoolBackend":
     if backend == "pool":
         return _ModelPoolBackend(model_path, max_calls, beam_size)
     try:
@@ -265,6 +290,8 @@ def _make_backend(model_path: Path, max_calls: int, beam_size: int, backend: Bac
             raise
         logger.warning(
             "whisper.cpp states via ctypes are unavailable ({}); falling back to a pool of up to {} "
-            "pywhispercpp Models (one copy of the weights per concurrent call)", exc, max_calls,
+            "pywhispercpp Models (one copy of the weights per concurrent call)",
+            exc,
+            max_calls,
         )
         return _ModelPoolBackend(model_path, max_calls, beam_size)

@@ -49,10 +49,28 @@ def _run_ffmpeg(path: Path, max_seconds: float | None) -> tuple[bytes, str]:
     # holding hours of samples in memory.
     limit = ["-t", f"{max_seconds + 1:.3f}"] if max_seconds is not None else []
     command = [
-        "ffmpeg", "-nostdin", "-hide_banner", "-nostats", "-xerror", "-threads", "0",
+        "ffmpeg",
+        "-nostdin",
+        "-hide_banner",
+        "-nostats",
+        "-xerror",
+        "-threads",
+        "0",
         # "file:" keeps a name such as "a:b.wav" from being read as a protocol.
-        "-i", f"file:{path}", "-map", "0:a:0", *limit,
-        "-f", "s16le", "-acodec", "pcm_s16le", "-ac", "1", "-ar", str(SAMPLE_RATE), "-",
+        "-i",
+        f"file:{path}",
+        "-map",
+        "0:a:0",
+        *limit,
+        "-f",
+        "s16le",
+        "-acodec",
+        "pcm_s16le",
+        "-ac",
+        "1",
+        "-ar",
+        str(SAMPLE_RATE),
+        "-",
     ]
     done = subprocess.run(command, capture_output=True)
     report = done.stderr.decode(errors="replace").replace(str(path), path.name)

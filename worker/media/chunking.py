@@ -83,14 +83,14 @@ def voiced_frames(levels: np.ndarray, options: ChunkingOptions) -> np.ndarray:
 
 def voiced_seconds_after(voiced: np.ndarray, seconds: float) -> float:
     """How many seconds of a `voiced_frames` mask lie after `seconds`."""
-    return float(voiced[_frames(max(seconds, 0.0)):].sum()) * FRAME / SAMPLE_RATE
+    return float(voiced[_frames(max(seconds, 0.0)) :].sum()) * FRAME / SAMPLE_RATE
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """[start, end) index pairs of the True runs in a boolean array."""
     padded = np.concatenate(([False], mask, [False]))
     edges = np.flatnonzero(np.diff(padded.astype(np.int8)))
-    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
 def speech_spans(voiced: np.ndarray, options: ChunkingOptions) -> list[tuple[int, int]]:
@@ -118,7 +118,9 @@ def _cut_frame(levels: np.ndarray, voiced: np.ndarray, lo: int, hi: int, options
     return lo + int(np.argmin(levels[lo:hi]))
 
 
-def _split_span(start: int, end: int, levels: np.ndarray, voiced: np.ndarray, options: ChunkingOptions) -> list[tuple[int, int]]:
+def _split_span(
+    start: int, end: int, levels: np.ndarray, voiced: np.ndarray, options: ChunkingOptions
+) -> list[tuple[int, int]]:
     """Cut one long speech span into pieces of at most max_seconds, at pauses."""
     limit, search = _frames(options.max_seconds), _frames(options.search_seconds)
     pieces = []

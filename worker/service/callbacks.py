@@ -15,8 +15,13 @@ def post_callback(url: str, payload: str, *, timeout_seconds: float, retries: in
         if attempt:
             time.sleep(min(2.0**attempt * 0.25, 5.0))
         try:
-            response = requests.post(url, data=payload, headers={"Content-Type": "application/json"},
-                                     timeout=timeout_seconds, allow_redirects=False)
+            response = requests.post(
+                url,
+                data=payload,
+                headers={"Content-Type": "application/json"},
+                timeout=timeout_seconds,
+                allow_redirects=False,
+            )
             if response.status_code < 300:
                 return
             last_error = f"HTTP {response.status_code}"

@@ -27,9 +27,9 @@ import pika.exceptions
 from loguru import logger
 from pika.adapters.blocking_connection import BlockingChannel
 
+from worker.messages import ProgressEvent
 from worker.service import publisher
 from worker.service.jobs import Delivery, JobHandler, Outcome
-from worker.messages import ProgressEvent
 from worker.service.publisher import Topology
 
 _CONNECTION_ERRORS = (
@@ -56,9 +56,17 @@ def _is_precondition_failed(exc: Exception) -> bool:
 class Consumer:
     """Pulls jobs, runs them on a pool, settles them on the connection thread."""
 
-    def __init__(self, *, url: str, topology: Topology, handler: JobHandler, concurrent_jobs: int = 1,
-                 heartbeat_seconds: int = 60, reconnect_max_seconds: float = 30.0,
-                 on_settled: Callable[[Outcome], None] = lambda outcome: None) -> None:
+    def __init__(
+        self,
+        *,
+        url: str,
+        topology: Topology,
+        handler: JobHandler,
+        concurrent_jobs: int = 1,
+        heartbeat_seconds: int = 60,
+        reconnect_max_seconds: float = 30.0,
+        on_settled: Callable[[Outcome], None] = lambda outcome: None,
+    ) -> None:
         self._parameters = pika.URLParameters(url)
         self._parameters.heartbeat = heartbeat_seconds
         self._parameters.blocked_connection_timeout = 300
@@ -72,6 +80,7 @@ class Consumer:
         self._in_flight = 0
         self._count_lock = threading.Lock()  # job threads decrement too, when a connection was lost
         self.connected = threading.Event()
+        self.connections = 0  # successful connects since start; more than 1 means it reconnected
 
     # --- lifecycle ---
 
@@ -89,11 +98,16 @@ class Consumer:
                 if _is_precondition_failed(exc):
                     # A configuration error, not an outage: say so, and keep trying, so that
                     # the worker recovers once the queue or the settings are put right.
-                    logger.error("The broker refused the topology ({}): a queue exists with other arguments; align "
-                                 "DELIVERY_LIMIT and the queue names with it, or delete it; reconnecting in {:.0f} s",
-                                 exc, delay)
+                    logger.error(
+                        "The broker refused the topology ({}): a queue exists with other arguments; align "
+                        "DELIVERY_LIMIT and the queue names with it, or delete it; reconnecting in {:.0f} s",
+                        exc,
+                        delay,
+                    )
                 else:
-                    logger.warning("Broker unavailable ({}); reconnecting in {:.0f} s", exc or type(exc).__name__, delay)
+                    logger.warning(
+                        "Broker unavailable ({}); reconnecting in {:.0f} s", exc or type(exc).__name__, delay
+                    )
                 self._stopping.wait(delay)
                 delay = min(delay * 2, self._reconnect_max)
         self._pool.shutdown(wait=True)
@@ -116,6 +130,7 @@ class Consumer:
 
     def _consume(self) -> None:
         connection = pika.BlockingConnection(self._parameters)
+        self.connections += 1
         try:
             channel = connection.channel()
             channel.confirm_delivery()
@@ -134,7 +149,9 @@ class Consumer:
             if connection.is_open:
                 connection.close()
 
-    def _on_message(self, connection: pika.BlockingConnection, channel: BlockingChannel, method, properties, body: bytes) -> None:
+    def _on_message(
+        self, connection: pika.BlockingConnection, channel: BlockingChannel, method, properties, body: bytes
+    ) -> None:
         headers = properties.headers or {}
         delivery = Delivery(
             body=body,
@@ -169,7 +186,9 @@ class Consumer:
         if outcome.action == "complete":
             publisher.publish_result(channel, t, outcome.result, reply_to=reply_to)
             self._handler.mark_published(outcome.result)
-            self._publish_progress(channel, ProgressEvent(job_id=outcome.result.job_id, stage="completed", percent=100.0))
+            self._publish_progress(
+                channel, ProgressEvent(job_id=outcome.result.job_id, stage="completed", percent=100.0)
+            )
             channel.basic_ack(tag)
         elif outcome.action == "dead_letter":
             publisher.publish_result(channel, t, outcome.result, reply_to=reply_to)
@@ -186,8 +205,14 @@ class Consumer:
 
     # --- job threads ---
 
-    def _work(self, connection: pika.BlockingConnection, channel: BlockingChannel, tag: int,
-              reply_to: str | None, delivery: Delivery) -> None:
+    def _work(
+        self,
+        connection: pika.BlockingConnection,
+        channel: BlockingChannel,
+        tag: int,
+        reply_to: str | None,
+        delivery: Delivery,
+    ) -> None:
         def progress(event: ProgressEvent) -> None:
             self._threadsafe(connection, functools.partial(self._publish_progress, channel, event))
 
@@ -211,4 +236,3 @@ class Consumer:
         except _CONNECTION_ERRORS:
             logger.warning("Connection lost while a job ran; the broker will redeliver it")
             return False
-

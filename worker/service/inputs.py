@@ -35,8 +35,9 @@ def check_url(url: str, allowed_hosts: Collection[str] | None) -> None:
         raise InputNotAllowed(f"host {host!r} is not in ALLOWED_URL_HOSTS: {url}")
 
 
-def download_audio(url: str, dest: Path, *, max_bytes: int, timeout_seconds: float,
-                   allowed_hosts: Collection[str] | None = None) -> int:
+def download_audio(
+    url: str, dest: Path, *, max_bytes: int, timeout_seconds: float, allowed_hosts: Collection[str] | None = None
+) -> int:
     """Stream `url` into `dest`; returns the size.
 
     Permanent: InputNotAllowed (scheme/host, also on a redirect), InputNotFound (404/410),
@@ -57,8 +58,9 @@ def _follow(url: str, allowed_hosts: Collection[str] | None, timeout_seconds: fl
     """The final response for `url` after at most MAX_REDIRECTS checked redirects."""
     for _ in range(MAX_REDIRECTS + 1):
         check_url(url, allowed_hosts)
-        response = requests.get(url, stream=True, allow_redirects=False,
-                                timeout=(min(10.0, timeout_seconds), timeout_seconds))
+        response = requests.get(
+            url, stream=True, allow_redirects=False, timeout=(min(10.0, timeout_seconds), timeout_seconds)
+        )
         if response.is_redirect:
             response.close()
             url = urljoin(url, response.headers["Location"])

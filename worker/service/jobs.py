@@ -25,10 +25,8 @@ from worker.errors import (
     TransientError,
     WorkerError,
 )
-from worker.formats import render
 from worker.files import write_atomically
-from worker.service.callbacks import post_callback
-from worker.service.inputs import check_url, download_audio
+from worker.formats import render
 from worker.messages import (
     ErrorInfo,
     Job,
@@ -41,6 +39,8 @@ from worker.messages import (
     valid_job_id,
 )
 from worker.pipeline import Processor, Progress, Transcript
+from worker.service.callbacks import post_callback
+from worker.service.inputs import check_url, download_audio
 
 RESULT_MARKER = "result.json"
 MAX_UNPUBLISHED = 64  # results kept for redeliveries after a lost publish (oldest dropped first)
@@ -140,8 +140,9 @@ class JobHandler:
         if delivery.attempt >= self.options.delivery_limit:
             logger.warning("Job {} failed on its last attempt ({}): {}", job.job_id, delivery.attempt, exc)
             return Outcome("dead_letter", _failed(job.job_id, exc, delivery))
-        delay = min(self.options.retry_backoff_seconds * 2 ** (delivery.attempt - 1),
-                    self.options.retry_backoff_max_seconds)
+        delay = min(
+            self.options.retry_backoff_seconds * 2 ** (delivery.attempt - 1), self.options.retry_backoff_max_seconds
+        )
         logger.warning("Job {} failed (attempt {}), retrying in {:.1f} s: {}", job.job_id, delivery.attempt, delay, exc)
         return Outcome("retry", _failed(job.job_id, exc, delivery), retry_delay=delay)
 
@@ -156,8 +157,9 @@ class JobHandler:
             audio = self._input_path(job, Path(scratch), emit)
             download_seconds = time.perf_counter() - download_started
             emit("decoding")
-            transcript = processor.process_file(audio, language=job.language, task=job.task,
-                                                progress=lambda p: emit("transcribing", p))
+            transcript = processor.process_file(
+                audio, language=job.language, task=job.task, progress=lambda p: emit("transcribing", p)
+            )
         outputs = self._write_outputs(job, transcript)
         timings = Timings(
             queue_wait_seconds=max(0.0, started - delivery.published_at) if delivery.published_at else None,
@@ -185,8 +187,12 @@ class JobHandler:
         does, so a failed callback neither fails nor retries a finished transcription.
         """
         try:
-            post_callback(url, result.model_dump_json(), retries=self.options.callback_retries,
-                          timeout_seconds=self.options.callback_timeout_seconds)
+            post_callback(
+                url,
+                result.model_dump_json(),
+                retries=self.options.callback_retries,
+                timeout_seconds=self.options.callback_timeout_seconds,
+            )
         except CallbackFailed as exc:
             logger.warning("Job {}: {}; the result is still published", result.job_id, exc)
             return result.model_copy(update={"warnings": [*result.warnings, str(exc)]})
@@ -197,9 +203,13 @@ class JobHandler:
             return self._local_input(job.audio.path)
         emit("downloading")
         dest = scratch / "input"
-        download_audio(str(job.audio.url), dest, max_bytes=self.options.max_download_bytes,
-                       timeout_seconds=self.options.download_timeout_seconds,
-                       allowed_hosts=self.options.allowed_url_hosts)
+        download_audio(
+            str(job.audio.url),
+            dest,
+            max_bytes=self.options.max_download_bytes,
+            timeout_seconds=self.options.download_timeout_seconds,
+            allowed_hosts=self.options.allowed_url_hosts,
+        )
         return dest
 
     def _local_input(self, relative: str) -> Path:
@@ -260,14 +270,26 @@ def error_code(exc: BaseException) -> str:
 
 
 def _failed(job_id: str, exc: BaseException, delivery: Delivery) -> Result:
-    return Result(job_id=job_id, status="failed", attempt=delivery.attempt,
-                  error=ErrorInfo(code=error_code(exc), message=str(exc) or type(exc).__name__))
+    return Result(
+        job_id=job_id,
+        status="failed",
+        attempt=delivery.attempt,
+        error=ErrorInfo(code=error_code(exc), message=str(exc) or type(exc).__name__),
+    )
 
 
 def _completed(job_id: str, t: Transcript, outputs: dict[str, str], timings: Timings, attempt: int) -> Result:
     return Result(
-        job_id=job_id, status="completed", attempt=attempt, text=t.text,
+        job_id=job_id,
+        status="completed",
+        attempt=attempt,
+        text=t.text,
         segments=[SegmentOut(start=s.start, end=s.end, text=s.text) for s in t.segments],
-        language=t.language, language_probability=t.language_probability, duration_seconds=t.duration_seconds,
-        model=t.model, chunks=t.chunks, outputs=outputs, timings=timings,
+        language=t.language,
+        language_probability=t.language_probability,
+        duration_seconds=t.duration_seconds,
+        model=t.model,
+        chunks=t.chunks,
+        outputs=outputs,
+        timings=timings,
     )

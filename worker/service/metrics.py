@@ -10,15 +10,23 @@ from prometheus_client.exposition import MetricsHandler
 from worker.service.jobs import Outcome
 
 JOBS = Counter("transcription_jobs_total", "Jobs settled, by outcome", ["status"])
-JOB_SECONDS = Histogram("transcription_job_seconds", "Wall time of completed jobs",
-                        buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600))
-REAL_TIME_FACTOR = Histogram("transcription_real_time_factor", "Transcription seconds per audio second",
-                             buckets=(0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5))
+JOB_SECONDS = Histogram(
+    "transcription_job_seconds", "Wall time of completed jobs", buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+)
+REAL_TIME_FACTOR = Histogram(
+    "transcription_real_time_factor",
+    "Transcription seconds per audio second",
+    buckets=(0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5),
+)
 CHUNKS = Histogram("transcription_chunks", "Chunks per completed job", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 ERRORS = Counter("transcription_job_errors_total", "Failed or retried job attempts, by error code", ["code"])
-CALLBACK_FAILURES = Counter("transcription_callback_failures_total",
-                            "Completed jobs whose callback URL did not accept the result")
+CALLBACK_FAILURES = Counter(
+    "transcription_callback_failures_total", "Completed jobs whose callback URL did not accept the result"
+)
 IN_FLIGHT = Gauge("transcription_jobs_in_flight", "Jobs being processed now")
+BROKER_CONNECTS = Gauge(
+    "transcription_broker_connects", "Connections made to the broker since start (over 1: reconnected)"
+)
 
 
 def record(outcome: Outcome) -> None:

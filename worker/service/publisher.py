@@ -51,8 +51,11 @@ def declare(channel: BlockingChannel, t: Topology) -> None:
 
 def _properties(job_id: str, *, headers: dict | None = None) -> pika.BasicProperties:
     return pika.BasicProperties(
-        content_type=JSON, delivery_mode=pika.DeliveryMode.Persistent, message_id=job_id,
-        correlation_id=job_id, headers=headers,
+        content_type=JSON,
+        delivery_mode=pika.DeliveryMode.Persistent,
+        message_id=job_id,
+        correlation_id=job_id,
+        headers=headers,
     )
 
 
@@ -76,18 +79,30 @@ def dead_letter(channel: BlockingChannel, t: Topology, body: bytes, result: Resu
         "x-error-message": (error.message if error else "")[:1000],
         "x-attempts": result.attempt,
     }
-    channel.basic_publish(t.dead_letter_exchange, t.jobs_queue, body, _properties(result.job_id, headers=headers),
-                          mandatory=True)
+    channel.basic_publish(
+        t.dead_letter_exchange, t.jobs_queue, body, _properties(result.job_id, headers=headers), mandatory=True
+    )
 
 
 def publish_progress(channel: BlockingChannel, t: Topology, event: ProgressEvent) -> None:
     """Progress is advisory: fanned out on a topic exchange, routing key = job id."""
-    channel.basic_publish(t.progress_exchange, event.job_id, event.model_dump_json().encode(),
-                          pika.BasicProperties(content_type=JSON, correlation_id=event.job_id))
+    channel.basic_publish(
+        t.progress_exchange,
+        event.job_id,
+        event.model_dump_json().encode(),
+        pika.BasicProperties(content_type=JSON, correlation_id=event.job_id),
+    )
 
 
-def publish_job(channel: BlockingChannel, t: Topology, body: bytes, job_id: str, *, reply_to: str | None = None,
-                published_at: float | None = None) -> None:
+def publish_job(
+    channel: BlockingChannel,
+    t: Topology,
+    body: bytes,
+    job_id: str,
+    *,
+    reply_to: str | None = None,
+    published_at: float | None = None,
+) -> None:
     """What an upstream API does: a persistent JSON job on the jobs queue (used by cmd/enqueue).
 
     `published_at` (epoch seconds) goes in the AMQP timestamp, which holds whole seconds only,

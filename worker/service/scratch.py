@@ -55,8 +55,12 @@ def sweep(root: Path) -> list[Path]:
             shutil.rmtree(candidate, ignore_errors=True)
             removed.append(candidate)
     if removed:
-        logger.info("Removed {} scratch director{} left by stopped workers: {}", len(removed),
-                    "y" if len(removed) == 1 else "ies", ", ".join(p.name for p in removed))
+        logger.info(
+            "Removed {} scratch director{} left by stopped workers: {}",
+            len(removed),
+            "y" if len(removed) == 1 else "ies",
+            ", ".join(p.name for p in removed),
+        )
     return removed
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
+from worker.engine.libwhisper.loader import FloatPtr, open_library
 from worker.engine.libwhisper.structs import (
     MAX_BEAM_SIZE,
     WHISPER_SAMPLING_BEAM_SEARCH,
@@ -43,12 +44,19 @@ from worker.engine.libwhisper.structs import (
     WhisperContextParams,
     WhisperFullParams,
 )
-from worker.engine.libwhisper.loader import FloatPtr, open_library
 
 # The API transcriber.py uses; NativeABIError and open_library are re-exported from the
 # modules that define them.
-__all__ = ["NativeABIError", "NativeCallError", "NativeContext", "NativeResult", "NativeState", "detect_language",
-           "open_library", "transcribe"]
+__all__ = [
+    "NativeABIError",
+    "NativeCallError",
+    "NativeContext",
+    "NativeResult",
+    "NativeState",
+    "detect_language",
+    "open_library",
+    "transcribe",
+]
 
 
 class NativeCallError(RuntimeError):
@@ -394,9 +402,7 @@ def transcribe(
         state.release()
 
 
-def detect_language(
-    ctx: NativeContext, state: NativeState, audio: np.ndarray, *, n_threads: int
-) -> tuple[str, float]:
+def detect_language(ctx: NativeContext, state: NativeState, audio: np.ndarray, *, n_threads: int) -> tuple[str, float]:
     """Detect the spoken language from the first 30 s of ``audio``.
 
     Returns ``(language code, probability)``.  Multilingual models only (``ValueError``
@@ -422,4 +428,3 @@ def detect_language(
     finally:
         state.release()
     return lib.whisper_lang_str(lang_id).decode("ascii"), float(probs[lang_id])
-

@@ -14,7 +14,6 @@ from typing import Any
 
 from loguru import logger
 
-
 EXPECTED_VERSION = "1.8.5"
 SAMPLE_RATE = 16_000
 
@@ -35,6 +34,7 @@ SIZEOF_CONTEXT_PARAMS = 48
 
 # FLT_MAX: the 1.8.5 default of whisper_vad_params.max_speech_duration_s (i.e. "no limit").
 _FLT_MAX = 3.4028234663852886e38
+
 
 class NativeABIError(Exception):
     """The loaded libwhisper does not match the version/struct layout this module was written for."""
@@ -174,6 +174,7 @@ class WhisperFullParams(ctypes.Structure):
         ("vad_model_path", ctypes.c_char_p),
         ("vad_params", WhisperVadParams),
     ]
+
 
 # --------------------------------------------------------------------------------------
 # ABI verification
