@@ -8,6 +8,8 @@ import sys
 import jiwer
 from conftest import MODELS_DIR, ROOT, normalize, reference
 
+from worker.engine.models import DEFAULT_VARIANTS
+
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "WHISPER_MODELS_DIR": str(MODELS_DIR), "WHISPER_DOWNLOAD_URL": "", "LOG_LEVEL": "INFO"}
@@ -28,7 +30,7 @@ def test_json_output_for_jfk_flac(tiny_en_path, audio_dir):
     result = json.loads(proc.stdout)
     assert set(result) >= {"text", "segments", "language", "duration_seconds", "model"}
     assert jiwer.wer(normalize(reference(audio_dir, "jfk_inaugural_1961.flac")), normalize(result["text"])) == 0
-    assert result["model"] == "tiny.en" and result["language"] == "en"
+    assert result["model"] == DEFAULT_VARIANTS["tiny.en"] and result["language"] == "en"
     assert abs(result["duration_seconds"] - 11.0) < 0.05
     assert all(set(s) == {"start", "end", "text"} for s in result["segments"])
     assert "Initializing shared WhisperTranscriber instance..." in proc.stderr
@@ -39,7 +41,7 @@ def test_base_model_reports_english_for_jfk_mp3(base_path, audio_dir):
 
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert result["model"] == "base" and result["language"] == "en"
+    assert result["model"] == DEFAULT_VARIANTS["base"] and result["language"] == "en"
     assert "ask not what your country can do for you" in normalize(result["text"])
 
 

@@ -30,13 +30,21 @@ class Settings(BaseSettings):
 
     # Longest input accepted; longer audio is a permanent error.
     max_audio_seconds: float = Field(default=4 * 3600.0, gt=0)
-    # Chunk length cap: a little under whisper's 30 s window, so each chunk is one encoder pass.
-    chunk_max_seconds: float = Field(default=29.0, ge=5.0, le=30.0)
+    # Chunk length cap: each chunk is one encoder pass. 24 s (not 29) so that every chunk fits a
+    # fitted encoder context of 1280 frames (WHISPER_FIT_AUDIO_CTX), measured in docs/performance.md.
+    chunk_max_seconds: float = Field(default=24.0, ge=5.0, le=30.0)
+    # Submit a job's longest chunks first (shorter ones then fill the gaps at the end).
+    longest_chunks_first: bool = False  # measured within noise (docs/performance.md): left off
 
     # Threads per whisper call; 0 picks cpu_count // concurrent calls (at least 1).
     whisper_threads: int = Field(default=0, ge=0)
     # 1 = greedy decoding (fastest); >1 = beam search with that many beams.
     whisper_beam_size: int = Field(default=1, ge=1, le=16)
+    # Encode only the frames a chunk needs (rounded up to 256 of 20 ms) instead of always 30 s.
+    whisper_fit_audio_ctx: bool = True
+    whisper_audio_ctx_margin: int = Field(default=64, ge=0, le=1280)  # extra frames past the audio
+    # Re-decode hotter when a decode looks bad (whisper.cpp's default); off: greedy and deterministic.
+    whisper_temperature_fallback: bool = False
     # Base URL that serves ggml-<name>.bin; empty disables downloading entirely.
     whisper_download_url: str = DEFAULT_DOWNLOAD_URL
     whisper_download_timeout_seconds: float = Field(default=30.0, gt=0)

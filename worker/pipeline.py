@@ -33,6 +33,8 @@ class PipelineOptions:
     threads: int = 0  # per whisper call; 0 = CPUs / concurrent calls
     cpus: int = 0  # CPUs this pipeline may use; 0 = all (a worker running N jobs at once gives each 1/N)
     max_audio_seconds: float | None = 4 * 3600.0
+    # Start the longest chunks first, so that no long one is left running alone at the end.
+    longest_first: bool = False
     chunking: ChunkingOptions = field(default_factory=ChunkingOptions)
 
     @property
@@ -199,11 +201,12 @@ class Processor:
         done, done_seconds = 0, 0.0
         with ThreadPoolExecutor(max_workers=self.options.concurrent_calls, thread_name_prefix="chunk") as pool:
             # Each task runs in a copy of this thread's context, so log lines keep the job id.
+            order = sorted(zip(chunks, paths, strict=True), key=lambda pair: -pair[0].seconds)
             futures: dict[Future, Chunk] = {
                 pool.submit(
                     contextvars.copy_context().run, self._transcribe_chunk, chunk, path, language, task, threads
                 ): chunk
-                for chunk, path in zip(chunks, paths, strict=True)
+                for chunk, path in (order if self.options.longest_first else zip(chunks, paths, strict=True))
             }
             pending = set(futures)
             while pending:

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from worker.config import Settings
-from worker.engine.models import ModelDownloader, get_model_downloader
-from worker.engine.transcriber import WhisperTranscriber, available_cpus
+from worker.engine.models import ModelDownloader, get_model_downloader, resolve_model
+from worker.engine.transcriber import DecodingOptions, WhisperTranscriber, available_cpus
 from worker.media.chunking import ChunkingOptions
 from worker.pipeline import PipelineOptions, Processor
 from worker.service.consumer import Consumer
@@ -41,6 +41,7 @@ def pipeline_options(
         workers=workers or settings.max_parallel_workers,
         threads=settings.whisper_threads,
         max_audio_seconds=settings.max_audio_seconds,
+        longest_first=settings.longest_chunks_first,
         chunking=ChunkingOptions(max_seconds=settings.chunk_max_seconds),
     )
 
@@ -67,13 +68,22 @@ def processor(
     `concurrent_calls` sizes the transcriber's state pool (default: what `options` runs at once).
     UnknownModel / ModelUnavailable when the model cannot be provided.
     """
-    path = model_downloader(settings).ensure_model_exists(model)
+    name, path = model_downloader(settings).provide(model)
     transcriber = WhisperTranscriber(
         path,
         max_concurrent_calls=concurrent_calls or options.concurrent_calls,
         beam_size=settings.whisper_beam_size,
+        decoding=decoding_options(settings),
     )
-    return Processor(transcriber, model_name=model, options=options, work_root=work_root)
+    return Processor(transcriber, model_name=name, options=options, work_root=work_root)
+
+
+def decoding_options(settings: Settings) -> DecodingOptions:
+    return DecodingOptions(
+        fit_audio_ctx=settings.whisper_fit_audio_ctx,
+        audio_ctx_margin=settings.whisper_audio_ctx_margin,
+        temperature_fallback=settings.whisper_temperature_fallback,
+    )
 
 
 class Processors:
@@ -91,16 +101,17 @@ class Processors:
 
     def __call__(self, model: str | None) -> Processor:
         name = model or self._settings.whisper_model
+        key = resolve_model(name)  # "tiny.en" and its default variant share one transcriber
         with self._lock:
-            if name not in self._by_model:
-                self._by_model[name] = processor(
+            if key not in self._by_model:
+                self._by_model[key] = processor(
                     self._settings,
                     name,
                     self._options,
                     concurrent_calls=self._options.concurrent_calls * self._settings.concurrent_jobs,
                     work_root=self._work_dir,
                 )
-            return self._by_model[name]
+            return self._by_model[key]
 
 
 def handler_options(settings: Settings, work_dir: Path) -> HandlerOptions:

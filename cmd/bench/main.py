@@ -35,6 +35,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import bench_levers
 import numpy as np
 from bench_common import (
     AUDIO_DIR,
@@ -181,9 +183,17 @@ def row_faster_whisper(samples: np.ndarray, compute_type: str) -> dict[str, Any]
 
 
 def row_memory(samples: np.ndarray, model_path: Path) -> dict[str, Any]:
-    """Resident memory of one shared transcriber after 1, then 2, then 4 concurrent calls."""
+    """Resident memory of one shared transcriber after 1, then 2, then 4 concurrent calls, and
+    what whisper.cpp says one state allocates (its log lines at state creation)."""
     from worker.engine.transcriber import WhisperTranscriber
 
+    buffers: dict[str, float] = {}
+
+    def state_sizes(message) -> None:  # "whisper_init_state: kv cross size =    9.44 MB"
+        if match := re.search(r"whisper_init_state: (.+?)\s*=\s*([\d.]+) MB", message.record["message"]):
+            buffers[re.sub(r"\s+", " ", match.group(1).replace(" size", "")).strip()] = float(match.group(2))
+
+    sink = logger.add(state_sizes, level="DEBUG")
     transcriber = WhisperTranscriber(model_path, max_concurrent_calls=4)
     clip = samples[: int(MEMORY_SLICE_SECONDS * SAMPLE_RATE)]
     rss = {"loaded": proc_status_mb("self", "VmRSS")}
@@ -191,8 +201,10 @@ def row_memory(samples: np.ndarray, model_path: Path) -> dict[str, Any]:
         with ThreadPoolExecutor(max_workers=calls) as pool:
             list(pool.map(lambda _: transcriber.transcribe(clip, n_threads=1), range(calls)))
         rss[str(calls)] = proc_status_mb("self", "VmRSS")
+    logger.remove(sink)
     return {
         "details": {
+            "state_buffers_mb": buffers,
             "backend": transcriber.backend,
             "slice_seconds": round(clip.size / SAMPLE_RATE, 2),
             "rss_mb": {k: round(v, 1) for k, v in rss.items()},
@@ -202,6 +214,8 @@ def row_memory(samples: np.ndarray, model_path: Path) -> dict[str, Any]:
 
 
 def child_work(key: str, samples: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    if key.startswith("L:"):
+        return bench_levers.child_row(key, samples)
     model_path = Path(args.model_path)
     work: dict[str, Callable[[], dict[str, Any]]] = {
         "seq": lambda: row_pipeline(samples, args.model, parallel=False, workers=1),
@@ -413,6 +427,9 @@ def extra_lines(summary: dict[str, Any]) -> list[str]:
             f"call): loaded {rss['loaded']:.0f} MB; 1 call {rss['1']:.0f} MB; 2 calls {rss['2']:.0f} MB; "
             f"4 calls {rss['4']:.0f} MB; 4 calls / 1 call = {m['ratio_4_to_1']:.2f}."
         )
+        if buffers := m.get("state_buffers_mb"):
+            listed = ", ".join(f"{name} {mb:g}" for name, mb in buffers.items())
+            lines.append(f"- One whisper_state allocates (whisper.cpp's own figures, MB): {listed}.")
     return lines
 
 
@@ -550,6 +567,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     parser.add_argument("--wer", action="store_true", help="score every reference in ../shared/audio instead")
+    parser.add_argument("--levers", action="store_true", help="each whisper.cpp lever on/off vs faster-whisper")
+    parser.add_argument("--models", default="tiny.en,base", help="models for --levers (comma-separated)")
+    parser.add_argument("--runs", type=int, default=2, help="runs of every --levers row (the minimum is kept)")
+    parser.add_argument("--lever-rows", help="only these --levers rows, e.g. default,fw-int8 (default: all)")
     parser.add_argument(
         "--files",
         type=lambda s: [f for f in s.split(",") if f],
@@ -571,11 +592,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def levers_main(args: argparse.Namespace) -> int:
+    """`--levers`: each lever on/off against the defaults and faster-whisper, per model."""
+    files = args.files or [f for f in manifest_files() if counts_for_wer(f)]
+    recording = build_recording(files, args.min_minutes * 60)
+    models = [m for m in args.models.split(",") if m]
+    with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
+        samples_path = Path(scratch) / "samples.npy"
+        np.save(samples_path, recording.samples)
+        tables = bench_levers.run_levers(
+            models,
+            args.runs,
+            recording,
+            lambda key: run_in_child(key, samples_path, Path("-"), args),
+            [r for r in (args.lever_rows or "").split(",") if r],
+        )
+    if args.json:
+        print(json.dumps({"recording": recording.describe(), "cpus": os.cpu_count(), "levers": tables}, indent=2))
+    else:
+        print("\n".join(recording_lines(recording)) + bench_levers.levers_markdown(tables, args.runs))
+    return 0
+
+
 def main() -> int:
     args = parse_args()
     if args.child:
         return child_main(args)
     configure_logging("WARNING")
+    if args.levers:
+        return levers_main(args)
     return wer_main(args) if args.wer else bench_main(args)
 
 

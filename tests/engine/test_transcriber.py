@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from conftest import normalize, reference
 
-from worker.engine.transcriber import WhisperTranscriber, threads_per_call
+from worker.engine.libwhisper import context as libwhisper
+from worker.engine.transcriber import DecodingOptions, WhisperTranscriber, threads_per_call
 from worker.media.audio import decode_audio
+from worker.media.chunking import split
 
 CLIPS = (
     "jfk_inaugural_1961.flac",
@@ -94,3 +96,72 @@ def test_abi_mismatch_falls_back_to_a_model_pool_with_a_warning(tiny_en_path, jf
         fallback.close()
     warning = [m for level, m in log_messages if level == "WARNING" and "falling back to a pool" in m]
     assert warning and "9.9.9" in warning[0]
+
+
+# --- the encoder context fitted to each chunk, and determinism -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def lj_chunks(audio_dir) -> list[np.ndarray]:
+    samples = decode_audio(audio_dir / "ljspeech_LJ001-0001_to_0032_concat.wav")
+    return [samples[c.start : c.end] for c in split(samples)]
+
+
+def test_fitted_contexts_are_multiples_of_256_and_long_audio_gets_the_full_context():
+    options = DecodingOptions()
+    assert options.audio_ctx(16000 * 5) == 512  # 250 frames + 64 of margin, rounded up
+    assert options.audio_ctx(16000 * 24) == 1280
+    assert options.audio_ctx(16000 * 25) == 0  # 1314 frames: over 1280, the full 1500
+    assert DecodingOptions(fit_audio_ctx=False).audio_ctx(16000 * 5) == 0
+
+
+def test_a_chunk_gives_the_same_text_whatever_ran_before_and_however_many_run_at_once(tiny_en_path, lj_chunks):
+    """One thread per call: forward order, reverse order (each on one reused state), two at once."""
+    fitted = WhisperTranscriber(tiny_en_path, max_concurrent_calls=2, n_threads=1)
+    assert len({fitted.decoding.audio_ctx(c.size) for c in lj_chunks}) >= 3  # the lever is really in play
+    one = functools.partial(fitted.transcribe, n_threads=1)
+
+    forward = [one(c) for c in lj_chunks]
+    backward = [one(c) for c in reversed(lj_chunks)][::-1]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        concurrent = list(pool.map(one, lj_chunks))
+
+    assert backward == forward
+    assert concurrent == forward
+
+
+def test_the_trap_the_rounding_avoids_is_real(tiny_en_path, lj_chunks):
+    """Unrounded contexts with flash attention read K/V rows that earlier calls left on the state:
+    the same chunks in reverse order come out differently (whisper.cpp 1.8.5). If this ever fails,
+    whisper.cpp masks its padding now, and the 256-frame rounding could go."""
+    lib = libwhisper.open_library()
+    with libwhisper.NativeContext(lib, tiny_en_path, flash_attn=True) as ctx, ctx.new_state() as state:
+
+        def run(audio: np.ndarray) -> tuple:
+            audio_ctx = -(-audio.size * 50 // 16000) + 64  # fitted but not rounded to 256
+            return libwhisper.transcribe(
+                ctx,
+                state,
+                audio,
+                n_threads=1,
+                language="en",
+                translate=False,
+                beam_size=1,
+                audio_ctx=audio_ctx,
+                temperature_fallback=False,
+            ).segments
+
+        forward = [run(c) for c in lj_chunks]
+        backward = [run(c) for c in reversed(lj_chunks)][::-1]
+    assert backward != forward
+
+
+# --- quantized models --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["tiny.en-q4_0", "tiny.en-q5_0", "tiny.en-q8_0", "base-q4_0", "base-q8_0"])
+def test_each_quantized_variant_transcribes_jfk(offline_downloader, name, jfk, audio_dir):
+    path = offline_downloader.ensure_model_exists(name)
+    assert path.stat().st_size < 0.6 * offline_downloader.ensure_model_exists(name.split("-")[0]).stat().st_size
+    result = WhisperTranscriber(path, n_threads=2).transcribe(jfk)
+    assert jiwer.wer(normalize(reference(audio_dir, "jfk_inaugural_1961.flac")), normalize(result.text)) == 0

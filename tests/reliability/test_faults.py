@@ -151,12 +151,13 @@ def test_a_callback_that_is_down_or_slow_does_not_cost_the_result(service, audio
     client.close()
 
 
-def test_a_corrupted_model_file_is_detected_and_replaced(service, audio_dir, tiny_en_path):
+def test_a_corrupted_model_file_is_detected_and_replaced(service, audio_dir, offline_downloader):
+    _, in_use = offline_downloader.provide("tiny.en")  # the file WHISPER_MODEL=tiny.en stands for
     service.models_dir = service.root / "models"
     service.models_dir.mkdir()
-    model = service.models_dir / tiny_en_path.name
-    shutil.copyfile(tiny_en_path, model)
-    shutil.copyfile(Sidecar.path_for(tiny_en_path), Sidecar.path_for(model))
+    model = service.models_dir / in_use.name
+    shutil.copyfile(in_use, model)
+    shutil.copyfile(Sidecar.path_for(in_use), Sidecar.path_for(model))
     shutil.copyfile(audio_dir / SHORT, service.input_dir / SHORT)
     client = service.client()
 

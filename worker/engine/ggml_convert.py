@@ -13,10 +13,16 @@ where `str` is u16 length (including a trailing NUL) followed by the bytes.
 whisper.cpp ggml file, little endian:
     u32 magic "ggml", 11 x i32 hparams, i32 n_mel, i32 n_fft, n_mel*n_fft f32 mel filters,
     i32 n_tokens, n_tokens x (i32 length, bytes),
-    tensors: i32 rank, i32 name length, i32 type (0 f32, 1 f16), rank x i32 dims (fastest first),
-    name bytes, data.
+    tensors: i32 rank, i32 name length, i32 type (0 f32, 1 f16, or a ggml block type), rank x i32
+    dims (fastest first), name bytes, data.
+
+A quantized file (`quantization="q4_0"`, ...) follows whisper.cpp's quantize tool: every 2-D
+weight, the token embedding included, in the block format; conv weights (3-D) stay f16; conv
+biases, positional embeddings, norms and 1-D biases stay f32; the hparams' ftype becomes
+1000 * GGML_QNT_VERSION + the file type. whisper.cpp's loader expects exactly these types.
 """
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -28,6 +34,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from worker.engine.quantize import BLOCK, GGML_QNT_VERSION, GGML_QNT_VERSION_FACTOR, QUANT_TYPES, QuantType
 from worker.errors import ModelConversionError
 
 GGML_MAGIC = 0x67676D6C
@@ -341,19 +348,33 @@ class _HashingWriter:
         self.size += len(data)
 
 
-def _write_tensor(out: _HashingWriter, name: str, array: np.ndarray) -> None:
-    as_f32 = array.ndim < 2 or name in _F32_TENSORS
-    data = np.ascontiguousarray(array, dtype=np.float32 if as_f32 else np.float16)
+def _encode_tensor(name: str, array: np.ndarray, quant: QuantType | None) -> tuple[int, bytes]:
+    """The tensor's ggml type and bytes: f32, f16, or `quant`'s blocks for the 2-D weights."""
+    if array.ndim < 2 or name in _F32_TENSORS:
+        return GGML_F32, np.ascontiguousarray(array, dtype=np.float32).tobytes()
+    if quant is None or array.ndim != 2:  # conv weights (3-D) stay f16 in every file type
+        return GGML_F16, np.ascontiguousarray(array, dtype=np.float16).tobytes()
+    if array.shape[1] % BLOCK:
+        raise ModelConversionError(f"{name}: rows of {array.shape[1]} values cannot be cut into blocks of {BLOCK}")
+    return quant.ggml_type, quant.quantize(array)
+
+
+def _write_tensor(out: _HashingWriter, name: str, array: np.ndarray, quant: QuantType | None) -> None:
+    ggml_type, data = _encode_tensor(name, array, quant)
     encoded = name.encode()
-    out.write(struct.pack("<iii", data.ndim, len(encoded), GGML_F32 if as_f32 else GGML_F16))
-    out.write(struct.pack(f"<{data.ndim}i", *reversed(data.shape)))
+    out.write(struct.pack("<iii", array.ndim, len(encoded), ggml_type))
+    out.write(struct.pack(f"<{array.ndim}i", *reversed(array.shape)))
     out.write(encoded)
-    out.write(data.tobytes())
+    out.write(data)
 
 
-def write_ggml(out: BinaryIO, variables: dict[str, np.ndarray], tokens: Sequence[str]) -> tuple[HParams, str, int]:
+def write_ggml(
+    out: BinaryIO, variables: dict[str, np.ndarray], tokens: Sequence[str], quant: QuantType | None = None
+) -> tuple[HParams, str, int]:
     """Write the ggml file for these CTranslate2 variables; returns (hparams, sha256, size)."""
     hp = hparams_from(variables)
+    if quant is not None:
+        hp = dataclasses.replace(hp, ftype=GGML_QNT_VERSION * GGML_QNT_VERSION_FACTOR + quant.ftype)
     writer = _HashingWriter(out)
     writer.write(struct.pack("<I", GGML_MAGIC))
     writer.write(struct.pack("<11i", *(getattr(hp, f) for f in HParams.__dataclass_fields__)))
@@ -367,17 +388,21 @@ def write_ggml(out: BinaryIO, variables: dict[str, np.ndarray], tokens: Sequence
     for raw in regular:
         writer.write(struct.pack("<i", len(raw)) + raw)
     for name, array in whisper_tensors(variables, hp):
-        _write_tensor(writer, name, array)
+        _write_tensor(writer, name, array, quant)
     return hp, writer.sha256.hexdigest(), writer.size
 
 
-def convert(source: Ct2Source, out_path: Path) -> ConversionResult:
-    """Convert `source` into the ggml file `out_path` (written in place; callers stage it)."""
+def convert(source: Ct2Source, out_path: Path, *, quantization: str = "f16") -> ConversionResult:
+    """Convert `source` into the ggml file `out_path` (written in place; callers stage it).
+
+    `quantization`: "f16" (the weights as CTranslate2 holds them) or one of QUANT_TYPES.
+    """
+    quant = None if quantization == "f16" else QUANT_TYPES[quantization]
     try:
         variables = read_ct2_variables(source.model_parts)
         tokens = read_vocabulary(source.vocabulary)
         with open(out_path, "wb") as out:
-            hp, sha256, size = write_ggml(out, variables, tokens)
+            hp, sha256, size = write_ggml(out, variables, tokens, quant)
     except (KeyError, ValueError, OSError) as exc:
         raise ModelConversionError(f"cannot convert {source.model_parts[0].parent}: {exc!r}") from exc
     return ConversionResult(path=out_path, size=size, sha256=sha256, hparams=hp)

@@ -24,6 +24,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import struct
 import sys
 import tempfile
 import threading
@@ -38,6 +39,7 @@ from loguru import logger
 from tqdm import tqdm
 
 from worker.engine import ggml_convert
+from worker.engine.quantize import FILE_TYPES, GGML_QNT_VERSION_FACTOR
 from worker.errors import DownloadFailed, ModelConversionError, ModelUnavailable, UnknownModel
 from worker.files import write_atomically
 
@@ -47,10 +49,19 @@ _LOG_EVERY_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One whisper.cpp model: its file name and the SHA-1 whisper.cpp publishes for it."""
+    """One whisper.cpp model file and what proves a copy of it valid.
+
+    `sha1`: what whisper.cpp publishes for its download (None where it publishes none: such a
+    download is checked for its ggml header and file type instead). `packaged` + `quantization`:
+    the installed CTranslate2 model this file is converted from, and the format it is written in;
+    `sha256`: what our conversion of the pinned package gives (the conversion is deterministic).
+    """
 
     name: str
-    sha1: str
+    sha1: str | None = None
+    quantization: str = "f16"
+    packaged: str | None = None
+    sha256: str | None = None
 
     @property
     def filename(self) -> str:
@@ -61,13 +72,67 @@ class ModelConfig:
         return ".en" not in self.name
 
 
-# Published in whisper.cpp's models/README.md; files are served as <base URL>/ggml-<name>.bin.
+# Published in whisper.cpp's models/README.md (SHA-1) and download script (the quantized tiny and
+# base files, without checksums); files are served as <base URL>/ggml-<name>.bin. Variants of the
+# packaged models carry the SHA-256 of our conversion.
 MODEL_CONFIGS: dict[str, ModelConfig] = {
     c.name: c
     for c in (
+        ModelConfig(
+            "tiny.en",
+            "c78c86eb1a8faa21b369bcd33207cc90d64ae9df",
+            packaged="tiny.en",
+            sha256="b08d51efe51289ef4b19e9309c054a506b308ab62fbce87f94eaf87bcbf33009",
+        ),
+        ModelConfig(
+            "tiny.en-q4_0",
+            quantization="q4_0",
+            packaged="tiny.en",
+            sha256="3b6dd48d0a497b6b194f40d6f9969e1c92ec33b464111a4c1febdbee38c2aa80",
+        ),
+        ModelConfig(
+            "tiny.en-q5_0",
+            quantization="q5_0",
+            packaged="tiny.en",
+            sha256="ef202baea13a9625603322e33987a8952084866eb8f1248c52afc485de3e0844",
+        ),
+        ModelConfig(
+            "tiny.en-q8_0",
+            quantization="q8_0",
+            packaged="tiny.en",
+            sha256="caa561c4750b82096acc921896235870aaf356b637305f37510dd7fbf21b7851",
+        ),
+        ModelConfig(
+            "base",
+            "465707469ff3a37a2b9b8d8f89f2f99de7299dac",
+            packaged="base",
+            sha256="52d8215506fbdef99554aa880fc44b41e3f03194398cdb65933bfc992b8a390f",
+        ),
+        ModelConfig(
+            "base-q4_0",
+            quantization="q4_0",
+            packaged="base",
+            sha256="87e57cc51031ea6e97c636f17fc72199bec4391072638c9a1c2c223eccf70ddc",
+        ),
+        ModelConfig(
+            "base-q5_0",
+            quantization="q5_0",
+            packaged="base",
+            sha256="b0c1caaf4624ad5141b432f111c6aa1104e96b16c03abedf7a7615b6885911d8",
+        ),
+        ModelConfig(
+            "base-q8_0",
+            quantization="q8_0",
+            packaged="base",
+            sha256="075951db1782e5e3bb87b5932148ab6c5a4d3a26bdf696da4519405b93f7b0c3",
+        ),
+        ModelConfig("tiny-q5_1", quantization="q5_1"),
+        ModelConfig("tiny-q8_0", quantization="q8_0"),
+        ModelConfig("tiny.en-q5_1", quantization="q5_1"),
+        ModelConfig("base-q5_1", quantization="q5_1"),
+        ModelConfig("base.en-q5_1", quantization="q5_1"),
+        ModelConfig("base.en-q8_0", quantization="q8_0"),
         ModelConfig("tiny", "bd577a113a864445d4c299885e0cb97d4ba92b5f"),
-        ModelConfig("tiny.en", "c78c86eb1a8faa21b369bcd33207cc90d64ae9df"),
-        ModelConfig("base", "465707469ff3a37a2b9b8d8f89f2f99de7299dac"),
         ModelConfig("base.en", "137c40403d78fd54d454da0f9bd998f78703390c"),
         ModelConfig("small", "55356645c2b361a969dfd0ef2c5a50d530afd8d5"),
         ModelConfig("small.en", "db8a495a91d927739e50b3fc1cc4c6b8f6c2d022"),
@@ -76,13 +141,32 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
         ModelConfig("medium.en", "8c30f0e44ce9560643ebd10bbe50cd20eafd3723"),
         ModelConfig("large-v1", "b1caaf735c4cc1429223d5a74f0f4d0b9b59a299"),
         ModelConfig("large-v2", "0f4c8e34f21cf1a914c59d8b3ce882345ad349d6"),
-        ModelConfig("large-v2-q5_0", "00e39f2196344e901b3a2bd5814807a769bd1630"),
+        ModelConfig("large-v2-q5_0", "00e39f2196344e901b3a2bd5814807a769bd1630", quantization="q5_0"),
         ModelConfig("large-v3", "ad82bf6a9043ceed055076d0fd39f5f186ff8062"),
-        ModelConfig("large-v3-q5_0", "e6e2ed78495d403bef4b7cff42ef4aaadcfea8de"),
+        ModelConfig("large-v3-q5_0", "e6e2ed78495d403bef4b7cff42ef4aaadcfea8de", quantization="q5_0"),
         ModelConfig("large-v3-turbo", "4af2b29d7ec73d781377bfd1758ca957a807e941"),
-        ModelConfig("large-v3-turbo-q5_0", "e050f7970618a659205450ad97eb95a18d69c9ee"),
+        ModelConfig("large-v3-turbo-q5_0", "e050f7970618a659205450ad97eb95a18d69c9ee", quantization="q5_0"),
     )
 }
+
+# What a bare name gets: the variant measured fastest at a word error rate within 0.5 points of
+# faster-whisper int8's (docs/performance.md). `<name>-f16` pins the unquantized file.
+DEFAULT_VARIANTS: dict[str, str] = {"tiny.en": "tiny.en-q8_0", "base": "base-q4_0"}
+
+
+def resolve_model(name: str) -> str:
+    """The table name a requested model name stands for (a bare name -> its default variant)."""
+    if name in DEFAULT_VARIANTS:
+        return DEFAULT_VARIANTS[name]
+    if name.endswith("-f16") and name.removesuffix("-f16") in MODEL_CONFIGS:
+        return name.removesuffix("-f16")
+    return name
+
+
+def model_names() -> list[str]:
+    """Every name a job, `--model` or WHISPER_MODEL may give."""
+    pinned = [f"{name}-f16" for name in DEFAULT_VARIANTS]
+    return sorted({*MODEL_CONFIGS, *pinned})
 
 
 @dataclass(frozen=True)
@@ -172,7 +256,7 @@ def validation_problem(path: Path, config: ModelConfig) -> str | None:
     sha1, sha256 = file_digests(path)
     if sidecar is not None and sidecar.sha256 == sha256:
         return None
-    if sha1 == config.sha1:
+    if sha1 == config.sha1 or sha256 == config.sha256:
         return None
     return "checksum mismatch (corrupt, or not the file its sidecar describes)"
 
@@ -222,6 +306,18 @@ class ModelDownloader:
             with self._guard:
                 self._validated[name] = path
             return path
+
+    def provide(self, requested: str) -> tuple[str, Path]:
+        """(table name, valid file) for a name a user gave: a bare name gets its default variant,
+        or the unquantized file when no source can provide that variant (with a warning)."""
+        name = resolve_model(requested)
+        try:
+            return name, self.ensure_model_exists(name)
+        except ModelUnavailable as exc:
+            if DEFAULT_VARIANTS.get(requested) != name:
+                raise
+            logger.warning("Model {}: default variant {} unavailable ({}); using {}", requested, name, exc, requested)
+            return requested, self.ensure_model_exists(requested)
 
     def _config(self, name: str) -> ModelConfig:
         try:
@@ -273,12 +369,16 @@ class ModelDownloader:
     def _download(self, config: ModelConfig, path: Path) -> None:
         if not self.download_url:
             raise ModelUnavailable("downloads are disabled (WHISPER_DOWNLOAD_URL is empty)")
+        if config.sha1 is None and config.packaged is not None:
+            raise ModelUnavailable("not published by whisper.cpp; made by conversion only")
         url = f"{self.download_url}/{config.filename}"
         logger.info("Downloading model {} from {}", config.name, url)
         with _staged(path) as staging:
             size, sha1, sha256 = self._fetch(url, staging)
-            if sha1 != config.sha1:
+            if config.sha1 is not None and sha1 != config.sha1:
                 raise DownloadFailed(f"{url}: SHA-1 {sha1} does not match the published {config.sha1}")
+            if config.sha1 is None:  # nothing published to compare with: at least the right kind of file
+                _check_header(staging, config, url)
             os.replace(staging, path)
         Sidecar(size=size, sha256=sha256, source=url).write(path)
         logger.info("Downloaded model {} to {} ({:.1f} MiB)", config.name, path, size / 2**20)
@@ -300,13 +400,13 @@ class ModelDownloader:
     # --- source 2: a CTranslate2 model in an installed package ---
 
     def _convert_packaged(self, config: ModelConfig, path: Path) -> None:
-        packaged = self._packaged.get(config.name)
+        packaged = self._packaged.get(config.packaged) if config.packaged else None
         source = packaged.locate() if packaged else None
         if source is None:
             carriers = ", ".join(f"{n} ({p.describe()})" for n, p in self._packaged.items())
             raise ModelUnavailable(f"no installed package carries {config.name} (packaged models: {carriers})")
         logger.info("Converting model {} from {} ({})", config.name, packaged.describe(), source.model_parts[0].parent)
-        convert_to(source, path, origin=packaged.describe())
+        convert_to(source, path, origin=packaged.describe(), quantization=config.quantization)
 
 
 @contextlib.contextmanager
@@ -323,11 +423,26 @@ def _staged(path: Path) -> Iterator[Path]:
         staging.unlink(missing_ok=True)
 
 
-def convert_to(source: ggml_convert.Ct2Source, path: Path, *, origin: str) -> ggml_convert.ConversionResult:
+def _check_header(path: Path, config: ModelConfig, url: str) -> None:
+    """A download with no published checksum must at least be a ggml file of the expected type."""
+    with open(path, "rb") as f:
+        header = f.read(4 * 12)
+    if len(header) < 48 or struct.unpack_from("<I", header)[0] != ggml_convert.GGML_MAGIC:
+        raise DownloadFailed(f"{url}: not a ggml model file")
+    ftype = struct.unpack_from("<i", header, 44)[0] % GGML_QNT_VERSION_FACTOR
+    if ftype != FILE_TYPES.get(config.quantization):
+        raise DownloadFailed(
+            f"{url}: file type {ftype}, expected {config.quantization} ({FILE_TYPES.get(config.quantization)})"
+        )
+
+
+def convert_to(
+    source: ggml_convert.Ct2Source, path: Path, *, origin: str, quantization: str = "f16"
+) -> ggml_convert.ConversionResult:
     """Convert a CTranslate2 model into `path` atomically and record its sidecar."""
     started = time.monotonic()
     with _staged(path) as staging:
-        result = ggml_convert.convert(source, staging)
+        result = ggml_convert.convert(source, staging, quantization=quantization)
         os.replace(staging, path)
     Sidecar(size=result.size, sha256=result.sha256, source=f"converted from {origin}").write(path)
     logger.info(

@@ -64,6 +64,42 @@ class Transcription:
         return " ".join(s.text.strip() for s in self.segments if s.text.strip())
 
 
+# The encoder's context, in frames of 20 ms (whisper's 30 s window is 1500 of them).
+FRAMES_PER_SECOND = 50
+FULL_AUDIO_CTX = 1500
+# With flash attention whisper.cpp pads the encoder's and the cross-attention's K/V to a multiple
+# of 256 frames and masks none of the padding, so a context that is not such a multiple reads rows
+# that earlier calls on the same state left there (whisper.cpp 1.8.5, whisper_build_graph_encoder /
+# _cross / _decoder): the text would depend on what the state did before. A multiple of 256 reads
+# only rows it wrote itself. 1536 is over the model's 1500, so fitted contexts stop at 1280.
+AUDIO_CTX_STEP = 256
+MAX_FITTED_AUDIO_CTX = 1280
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """How each whisper.cpp call runs (the levers measured in cmd/bench).
+
+    `fit_audio_ctx`: encode only as many frames as the call's audio needs (plus `audio_ctx_margin`
+    frames, rounded up to 256) instead of always 30 s; audio too long for 1280 frames gets the full
+    context on states that never see a fitted one. `temperature_fallback`: re-decode at rising
+    temperatures when a decode looks bad (whisper.cpp's default); sampling then draws from a
+    generator whisper.cpp seeds once per state, so the text would depend on the state's history.
+    """
+
+    fit_audio_ctx: bool = True
+    audio_ctx_margin: int = 64
+    temperature_fallback: bool = False
+
+    def audio_ctx(self, n_samples: int, sample_rate: int = 16000) -> int:
+        """The encoder context for this much audio: a multiple of 256, or 0 for the full 1500."""
+        if not self.fit_audio_ctx:
+            return 0
+        frames = -(-n_samples * FRAMES_PER_SECOND // sample_rate) + self.audio_ctx_margin
+        fitted = -(-frames // AUDIO_CTX_STEP) * AUDIO_CTX_STEP
+        return fitted if fitted <= MAX_FITTED_AUDIO_CTX else 0
+
+
 def available_cpus() -> int:
     """CPUs this process may run on (respects affinity masks and cpusets)."""
     return len(os.sched_getaffinity(0))
@@ -112,21 +148,30 @@ class _BoundedPool(Generic[T]):
 
 
 class _NativeBackend:
-    """One whisper.cpp context; one whisper_state per concurrent call."""
+    """One whisper.cpp context; one whisper_state per concurrent call.
+
+    Two pools of states, so that no state ever mixes encoder layouts (see AUDIO_CTX_STEP): fitted
+    contexts (multiples of 256) on one, the full 1500 frames and language detection (which
+    encodes with the context of the state's previous call) on the other, created only when needed.
+    """
 
     name = "native"
 
-    def __init__(self, model_path: Path, max_concurrent_calls: int) -> None:
+    def __init__(self, model_path: Path, max_concurrent_calls: int, decoding: DecodingOptions) -> None:
         lib = libwhisper.open_library()  # locates, loads, checks the ABI, forwards logs
-        # flash attention on, as pywhispercpp's default context params have it: same output either way.
+        # Flash attention on, as pywhispercpp has it: a smaller encoder buffer per state (and the
+        # 256-frame padding that DecodingOptions.audio_ctx respects).
         self._context = libwhisper.NativeContext(lib, model_path, flash_attn=True)
-        self._states = _BoundedPool(self._context.new_state, max_concurrent_calls)
+        self._decoding = decoding
+        self._fitted = _BoundedPool(self._context.new_state, max_concurrent_calls)
+        self._full = _BoundedPool(self._context.new_state, max_concurrent_calls)
         self.multilingual = self._context.is_multilingual()
 
     def transcribe(
         self, audio: np.ndarray, *, n_threads: int, language: str, task: Task, beam_size: int
     ) -> Transcription:
-        with self._states.borrow() as state:
+        audio_ctx = self._decoding.audio_ctx(audio.size)
+        with (self._fitted if audio_ctx else self._full).borrow() as state:
             result = libwhisper.transcribe(
                 self._context,
                 state,
@@ -135,16 +180,18 @@ class _NativeBackend:
                 language=language,
                 translate=task == "translate",
                 beam_size=beam_size,
+                audio_ctx=audio_ctx,
+                temperature_fallback=self._decoding.temperature_fallback,
             )
         segments = tuple(Segment(start, end, text.strip()) for start, end, text in result.segments)
         return Transcription(segments=segments, language=result.language)
 
     def detect_language(self, audio: np.ndarray, *, n_threads: int) -> tuple[str, float]:
-        with self._states.borrow() as state:
+        with self._full.borrow() as state:
             return libwhisper.detect_language(self._context, state, audio, n_threads=n_threads)
 
     def close(self) -> None:
-        for state in self._states.created:
+        for state in self._fitted.created + self._full.created:
             state.close()
         self._context.close()
 
@@ -154,8 +201,9 @@ class _ModelPoolBackend:
 
     name = "pool"
 
-    def __init__(self, model_path: Path, max_concurrent_calls: int, beam_size: int) -> None:
+    def __init__(self, model_path: Path, max_concurrent_calls: int, beam_size: int, decoding: DecodingOptions) -> None:
         self._path = str(model_path)
+        self._decoding = decoding
         self._strategy = 1 if beam_size > 1 else 0  # fixed per Model at construction by pywhispercpp
         self._models = _BoundedPool(self._load, max_concurrent_calls)
         with self._models.borrow() as model:  # load one now, so a bad file fails at start-up
@@ -186,6 +234,10 @@ class _ModelPoolBackend:
                 single_segment=False,
                 print_progress=False,
                 print_realtime=False,
+                # Always the full context: a Model is one state, so a fitted one could not be kept
+                # apart from the full-length calls (see _NativeBackend).
+                audio_ctx=0,
+                temperature_inc=0.2 if self._decoding.temperature_fallback else 0.0,
                 **_sampling(beam_size),
             )
         return Transcription(
@@ -221,6 +273,7 @@ class WhisperTranscriber:
         max_concurrent_calls: int = 1,
         n_threads: int | None = None,
         beam_size: int = 1,
+        decoding: DecodingOptions = DecodingOptions(),
         backend: Backend = "auto",
     ) -> None:
         logger.info("Initializing shared WhisperTranscriber instance...")
@@ -228,7 +281,8 @@ class WhisperTranscriber:
         self.max_concurrent_calls = max(1, max_concurrent_calls)
         self.n_threads = n_threads or threads_per_call(self.max_concurrent_calls)
         self.beam_size = beam_size
-        self._backend = _make_backend(self.model_path, self.max_concurrent_calls, beam_size, backend)
+        self.decoding = decoding
+        self._backend = _make_backend(self.model_path, self.max_concurrent_calls, beam_size, decoding, backend)
         logger.info(
             "WhisperTranscriber ready: model {}, backend {}, up to {} concurrent calls x {} threads",
             self.model_path.name,
@@ -279,12 +333,12 @@ def _as_model_input(audio: np.ndarray) -> np.ndarray:
 
 
 def _make_backend(
-    model_path: Path, max_calls: int, beam_size: int, backend: Backend
+    model_path: Path, max_calls: int, beam_size: int, decoding: DecodingOptions, backend: Backend
 ) -> "_NativeBackend | _ModelPoolBackend":
     if backend == "pool":
-        return _ModelPoolBackend(model_path, max_calls, beam_size)
+        return _ModelPoolBackend(model_path, max_calls, beam_size, decoding)
     try:
-        return _NativeBackend(model_path, max_calls)
+        return _NativeBackend(model_path, max_calls, decoding)
     except (libwhisper.NativeABIError, OSError) as exc:
         if backend == "native":
             raise
@@ -294,4 +348,4 @@ def _make_backend(
             exc,
             max_calls,
         )
-        return _ModelPoolBackend(model_path, max_calls, beam_size)
+        return _ModelPoolBackend(model_path, max_calls, beam_size, decoding)

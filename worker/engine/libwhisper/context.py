@@ -299,6 +299,8 @@ def _build_params(
     no_context: bool,
     suppress_blank: bool,
     suppress_nst: bool,
+    audio_ctx: int,
+    temperature_fallback: bool,
 ) -> WhisperFullParams:
     """Defaults for the chosen strategy plus our overrides; temperature fallback untouched."""
     strategy = WHISPER_SAMPLING_GREEDY if beam_size == 1 else WHISPER_SAMPLING_BEAM_SEARCH
@@ -316,6 +318,9 @@ def _build_params(
     params.detect_language = False  # True would stop after detection and return no text
     params.suppress_blank = suppress_blank
     params.suppress_nst = suppress_nst
+    params.audio_ctx = audio_ctx  # encoder frames (20 ms each); 0 = the full 1500 (30 s)
+    if not temperature_fallback:
+        params.temperature_inc = 0.0  # one decode at temperature 0, never re-decoded hotter
     if strategy == WHISPER_SAMPLING_BEAM_SEARCH:
         params.beam_search.beam_size = beam_size
     return params
@@ -361,6 +366,8 @@ def transcribe(
     no_context: bool = True,
     suppress_blank: bool = True,
     suppress_nst: bool = True,
+    audio_ctx: int = 0,
+    temperature_fallback: bool = True,
 ) -> NativeResult:
     """Run ``whisper_full_with_state`` on ``audio`` using ``state`` and the weights of ``ctx``.
 
@@ -390,6 +397,8 @@ def transcribe(
         no_context=no_context,
         suppress_blank=suppress_blank,
         suppress_nst=suppress_nst,
+        audio_ctx=audio_ctx,
+        temperature_fallback=temperature_fallback,
     )
     handle = state.acquire()
     try:
