@@ -19,7 +19,7 @@ ENV WHISPER_MODELS_DIR=/app/whisper/models \
 RUN mkdir -p /app/whisper/models /data/input /data/output
 
 EXPOSE 9100
-# /healthz answers 200 while the worker is connected to the broker.
+# /healthz answers 200 while the worker is consuming jobs, 503 otherwise.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
   CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:9100/healthz', timeout=4).status != 200)"
 # Exec form: the worker is PID 1 and gets SIGTERM from `docker stop` (graceful: finishes its job).

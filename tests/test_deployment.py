@@ -3,6 +3,9 @@
 import yaml
 from conftest import ROOT
 
+from worker.config import Settings
+from worker.devtools import local_broker
+
 
 def test_compose_runs_a_healthy_broker_and_a_scalable_worker():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -15,6 +18,17 @@ def test_compose_runs_a_healthy_broker_and_a_scalable_worker():
     assert "models:/app/whisper/models" in worker["volumes"]
     assert worker["environment"]["AMQP_URL"].startswith("amqp://") and "@rabbitmq:" in worker["environment"]["AMQP_URL"]
     assert set(compose["volumes"]) >= {"models", "rabbitmq-data"}
+
+
+def test_the_broker_gets_a_consumer_timeout_above_the_longest_job():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    mounts = dict(v.rsplit(":", 2)[:2] for v in compose["services"]["rabbitmq"]["volumes"] if v.startswith("./"))
+    source = next(src for src, dst in mounts.items() if dst == "/etc/rabbitmq/conf.d/20-transcription.conf")
+    conf = dict(
+        line.split(" = ") for line in (ROOT / source).read_text().splitlines() if line and not line.startswith("#")
+    )
+    assert int(conf["consumer_timeout"]) >= 1000 * Settings().max_audio_seconds
+    assert local_broker.DEFAULT_CONFIG == conf  # `make run`'s private broker gets the same
 
 
 def test_dockerfile_has_ffmpeg_and_execs_the_consumer():

@@ -300,8 +300,9 @@ class OwnBroker:
     def url(self) -> str:
         return f"amqp://{self.user}:{self.password}@127.0.0.1:{self.port}/%2F"
 
-    def start(self) -> None:
-        self.running = local_broker.start(self.base, port=self.port, user=self.user, password=self.password)
+    def start(self, **settings) -> None:
+        """`settings`: local_broker.start's `config` and `advanced` (broker settings of the test's own)."""
+        self.running = local_broker.start(self.base, port=self.port, user=self.user, password=self.password, **settings)
 
     def stop(self) -> None:
         if self.running is not None:

@@ -7,6 +7,8 @@ import http.server
 import shutil
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -227,3 +229,80 @@ def test_a_stalled_or_oversized_download_fails_clearly(service):
     assert [r.attempt for r in results if r.job_id == "stall"][-1] == 2  # retried up to DELIVERY_LIMIT
     LEDGER.faults_survived += ["download stalls", "download over MAX_DOWNLOAD_BYTES"]
     client.close()
+
+
+# The broker checks consumer timeouts on its channel tick (60 s by default): 1 s here, so that a
+# 3 s consumer_timeout bites within seconds, as 30 min does in production.
+SHORT_CONSUMER_TIMEOUT = {
+    "config": {"consumer_timeout": "3000"},
+    "advanced": "[{rabbit, [{channel_tick_interval, 1000}]}].\n",
+}
+
+
+def test_a_job_longer_than_the_consumer_timeout_completes_once_and_the_worker_serves_on(
+    own_broker, own_service, audio_dir
+):
+    own_broker.start(**SHORT_CONSUMER_TIMEOUT)
+    own_service.topology = dataclasses.replace(own_service.topology, delivery_limit=20)  # see README
+    shutil.copyfile(audio_dir / LONG, own_service.input_dir / LONG)
+    shutil.copyfile(audio_dir / SHORT, own_service.input_dir / SHORT)
+    client = own_service.client()
+    worker = own_service.start_worker(max_parallel_workers=1, whisper_threads=1)  # a job of 10 s or more
+    worker.wait_for("Consuming")
+
+    client.enqueue({"job_id": "held-1", "audio": {"path": LONG}})
+    worker.wait_for("The broker closed the channel")  # the consumer timeout, while transcribing
+    worker.wait_for("Consuming", count=2)  # ... and the worker subscribed again
+    results = exactly_one_completed(client, "held-1", worker)
+    assert results[0].duration_seconds > 230
+    log = worker.log()
+    assert log.count("Processing job held-1") == 1  # transcribed once; redeliveries got that result
+    assert "its result was never published; publishing it now" in log
+
+    client.enqueue({"job_id": "after-1", "audio": {"path": SHORT}})  # the worker still serves
+    exactly_one_completed(client, "after-1", worker)
+    LEDGER.faults_survived.append("job longer than the broker's consumer_timeout")
+    client.close()
+
+
+def test_a_cancelled_consumer_subscribes_again(own_broker, own_service, audio_dir):
+    own_broker.start()
+    shutil.copyfile(audio_dir / SHORT, own_service.input_dir / SHORT)
+    worker = own_service.start_worker()
+    worker.wait_for("Consuming")
+    client = own_service.client()
+
+    client.channel.queue_delete(own_service.topology.jobs_queue)  # an operator's mistake
+    worker.wait_for("The broker cancelled the consumer")
+    worker.wait_for("Consuming", count=2)  # declared the queue again, and subscribed
+
+    client.enqueue({"job_id": "resubscribed-1", "audio": {"path": SHORT}})
+    exactly_one_completed(client, "resubscribed-1", worker)
+    LEDGER.faults_survived.append("consumer cancelled by the broker")
+    client.close()
+
+
+def test_healthz_answers_503_while_the_worker_is_not_consuming(own_broker, own_service, audio_dir):
+    own_broker.start()
+    client = own_service.client()
+    jobs = own_service.topology.jobs_queue
+    # The jobs queue exists with other arguments: the worker connects but cannot subscribe.
+    client.channel.queue_delete(jobs)
+    client.channel.queue_declare(jobs, durable=True, arguments={"x-queue-type": "quorum", "x-delivery-limit": 99})
+    port = free_port()
+    worker = own_service.start_worker(metrics_port=port)
+    worker.wait_for("refused the topology")
+    assert healthz(port) == 503
+
+    client.channel.queue_delete(jobs)  # put right
+    worker.wait_for("Consuming")
+    assert healthz(port) == 200
+    client.close()
+
+
+def healthz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code

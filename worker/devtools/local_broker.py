@@ -22,6 +22,9 @@ from pathlib import Path
 import pika
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+# What deploy/rabbitmq/20-transcription.conf gives the compose broker (tests/test_deployment.py
+# checks they agree): a consumer_timeout above the longest job.
+DEFAULT_CONFIG = {"consumer_timeout": "21600000"}
 
 
 @dataclass(frozen=True)
@@ -91,19 +94,34 @@ def reachable(url: str, timeout: float = 2.0) -> bool:
 
 
 def start(
-    base_dir: Path, *, port: int | None = None, user: str = "guest", password: str = "guest", timeout: float = 90.0
+    base_dir: Path,
+    *,
+    port: int | None = None,
+    user: str = "guest",
+    password: str = "guest",
+    timeout: float = 90.0,
+    config: dict[str, str] | None = None,
+    advanced: str | None = None,
 ) -> LocalBroker:
     """Start a private broker and wait until it accepts AMQP connections.
 
     Starting again with the same `base_dir` and `port` restarts the same node, with the
     durable queues and persistent messages it had. Other credentials than guest's become
-    the node's default user when it first starts.
+    the node's default user when it first starts. `config`: more rabbitmq.conf settings (say
+    `consumer_timeout`); `advanced`: an advanced.config term (say a shorter `channel_tick_interval`,
+    the period of the broker's consumer-timeout check).
     """
     base_dir = Path(base_dir).resolve()
     port = port or free_port()
     env = _environment(base_dir, port)
+    settings = dict(config or {})
     if (user, password) != ("guest", "guest"):
-        (base_dir / "rabbitmq.conf").write_text(f"default_user = {user}\ndefault_pass = {password}\n")
+        settings.update(default_user=user, default_pass=password)
+    if settings:
+        (base_dir / "rabbitmq.conf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
+    if advanced is not None:
+        (base_dir / "advanced.config").write_text(advanced)
+        env["RABBITMQ_ADVANCED_CONFIG_FILE"] = str(base_dir / "advanced.config")
     as_rabbitmq = os.geteuid() == 0
     if as_rabbitmq:
         owner = pwd.getpwnam("rabbitmq")
@@ -160,7 +178,7 @@ def _main(argv: list[str]) -> int:
     base_dir = Path(argv[1])
     base_dir.mkdir(parents=True, exist_ok=True)
     if argv[0] == "start":
-        print(start(base_dir).url)
+        print(start(base_dir, config=DEFAULT_CONFIG).url)
         return 0
     state = base_dir / "broker.json"
     if state.is_file():

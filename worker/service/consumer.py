@@ -13,6 +13,12 @@ Thread model (the reason for this module's shape):
   than it is running, so other workers get the rest.
 - If the connection drops, unacked jobs go back to the queue (the broker does that); the
   consumer reconnects with capped exponential backoff, never in a busy loop.
+- If the broker closes the channel (a delivery held past its `consumer_timeout`) or cancels the
+  consumer (the queue was deleted, or moved on failover) while the connection stays up, the
+  worker is no longer consuming: it says so, drops the connection and connects, declares and
+  subscribes again. A job still running from the old channel finishes; its result is kept and
+  published when the broker redelivers the job (JobHandler), not computed again.
+- `connected` is set only while consuming: /healthz answers 503 otherwise.
 - `stop()` (first SIGTERM/SIGINT): cancel consumption, let the jobs in flight finish and settle,
   then close. `abort()` (second signal): close at once; unacked jobs are requeued by the broker.
 """
@@ -53,6 +59,10 @@ def _is_precondition_failed(exc: Exception) -> bool:
     return isinstance(exc, pika.exceptions.ChannelClosedByBroker) and exc.reply_code == 406
 
 
+class _NotConsuming(Exception):
+    """The broker closed our channel or cancelled our consumer; the connection is still up."""
+
+
 class Consumer:
     """Pulls jobs, runs them on a pool, settles them on the connection thread."""
 
@@ -90,6 +100,10 @@ class Consumer:
         while not self._stopping.is_set():
             try:
                 self._consume()
+                delay = 1.0
+            except _NotConsuming as exc:
+                self.connected.clear()
+                logger.error("{}; connecting and subscribing again", exc)
                 delay = 1.0
             except _CONNECTION_ERRORS as exc:
                 self.connected.clear()
@@ -136,11 +150,14 @@ class Consumer:
             channel.confirm_delivery()
             publisher.declare(channel, self._topology)
             channel.basic_qos(prefetch_count=self._concurrent_jobs)
+            cancelled = threading.Event()
+            channel.add_on_cancel_callback(lambda _frame: cancelled.set())
             tag = channel.basic_consume(self._topology.jobs_queue, functools.partial(self._on_message, connection))
             self.connected.set()
             logger.info("Consuming {} ({} job(s) at a time)", self._topology.jobs_queue, self._concurrent_jobs)
             while not self._stopping.is_set():
                 connection.process_data_events(time_limit=1)
+                self._check_consuming(channel, cancelled)
             channel.basic_cancel(tag)
             while self._in_flight:  # keep heartbeats and settlements going while jobs finish
                 connection.process_data_events(time_limit=1)
@@ -148,6 +165,16 @@ class Consumer:
             self.connected.clear()
             if connection.is_open:
                 connection.close()
+
+    def _check_consuming(self, channel: BlockingChannel, cancelled: threading.Event) -> None:
+        """Raise _NotConsuming when the broker took our channel or consumer away."""
+        if channel.is_closed:
+            raise _NotConsuming(
+                f"The broker closed the channel with {self._in_flight} job(s) unsettled (a delivery held "
+                "longer than the broker's consumer_timeout? see README)"
+            )
+        if cancelled.is_set():
+            raise _NotConsuming(f"The broker cancelled the consumer of {self._topology.jobs_queue} (queue deleted?)")
 
     def _on_message(
         self, connection: pika.BlockingConnection, channel: BlockingChannel, method, properties, body: bytes

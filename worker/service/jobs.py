@@ -95,6 +95,9 @@ class JobHandler:
         # Completed results whose publish did not happen (the connection dropped first, or
         # settling failed): the redelivered job is answered from here, not transcribed again.
         self._unpublished: dict[str, Result] = {}
+        # Jobs being processed now: a redelivery of one (its channel was closed under it) waits for
+        # that run's result instead of transcribing the same audio a second time.
+        self._running: dict[str, threading.Event] = {}
         self._unpublished_lock = threading.Lock()
 
     def handle(self, delivery: Delivery, progress: ProgressSink = lambda event: None) -> Outcome:
@@ -115,9 +118,23 @@ class JobHandler:
             return Outcome("ack")
         with self._unpublished_lock:
             waiting = self._unpublished.get(job.job_id)
+            running = self._running.get(job.job_id)
+            if waiting is None and running is None:
+                self._running[job.job_id] = threading.Event()
         if waiting is not None:
             logger.info("Job {} was transcribed, but its result was never published; publishing it now", job.job_id)
             return Outcome("complete", waiting.model_copy(update={"attempt": delivery.attempt}))
+        if running is not None:
+            logger.info("Job {} is still being processed from an earlier delivery; waiting for that run", job.job_id)
+            running.wait()
+            return self._handle_job(job, delivery, progress)
+        try:
+            return self._process(job, delivery, progress)
+        finally:
+            with self._unpublished_lock:
+                self._running.pop(job.job_id).set()
+
+    def _process(self, job: Job, delivery: Delivery, progress: ProgressSink) -> Outcome:
         logger.info("Processing job {} (attempt {})", job.job_id, delivery.attempt)
         try:
             result = self._run(job, delivery, _Emitter(job.job_id, progress))
