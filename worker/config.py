@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     whisper_audio_ctx_margin: int = Field(default=64, ge=0, le=1280)  # extra frames past the audio
     # Re-decode hotter when a decode looks bad (whisper.cpp's default); off: greedy and deterministic.
     whisper_temperature_fallback: bool = False
+    # No timestamp tokens (segments then span whole chunks): measured, off (docs/performance.md).
+    whisper_no_timestamps: bool = False
     # Base URL that serves ggml-<name>.bin; empty disables downloading entirely.
     whisper_download_url: str = DEFAULT_DOWNLOAD_URL
     whisper_download_timeout_seconds: float = Field(default=30.0, gt=0)

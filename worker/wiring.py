@@ -83,6 +83,7 @@ def decoding_options(settings: Settings) -> DecodingOptions:
         fit_audio_ctx=settings.whisper_fit_audio_ctx,
         audio_ctx_margin=settings.whisper_audio_ctx_margin,
         temperature_fallback=settings.whisper_temperature_fallback,
+        no_timestamps=settings.whisper_no_timestamps,
     )
 
 

@@ -90,6 +90,9 @@ class DecodingOptions:
     fit_audio_ctx: bool = True
     audio_ctx_margin: int = 64
     temperature_fallback: bool = False
+    # No timestamp tokens: a call's text comes back as one segment spanning its audio (a chunk's
+    # subtitles would be one cue). Measured as a lever, off by default.
+    no_timestamps: bool = False
 
     def audio_ctx(self, n_samples: int, sample_rate: int = 16000) -> int:
         """The encoder context for this much audio: a multiple of 256, or 0 for the full 1500."""
@@ -182,8 +185,13 @@ class _NativeBackend:
                 beam_size=beam_size,
                 audio_ctx=audio_ctx,
                 temperature_fallback=self._decoding.temperature_fallback,
+                no_timestamps=self._decoding.no_timestamps,
             )
         segments = tuple(Segment(start, end, text.strip()) for start, end, text in result.segments)
+        if self._decoding.no_timestamps and segments:
+            # whisper.cpp's times are meaningless without timestamp tokens: the call's audio it is.
+            text = " ".join(s.text for s in segments if s.text)
+            segments = (Segment(0.0, round(audio.size / 16000, 2), text),)
         return Transcription(segments=segments, language=result.language)
 
     def detect_language(self, audio: np.ndarray, *, n_threads: int) -> tuple[str, float]:

@@ -301,6 +301,7 @@ def _build_params(
     suppress_nst: bool,
     audio_ctx: int,
     temperature_fallback: bool,
+    no_timestamps: bool,
 ) -> WhisperFullParams:
     """Defaults for the chosen strategy plus our overrides; temperature fallback untouched."""
     strategy = WHISPER_SAMPLING_GREEDY if beam_size == 1 else WHISPER_SAMPLING_BEAM_SEARCH
@@ -319,6 +320,7 @@ def _build_params(
     params.suppress_blank = suppress_blank
     params.suppress_nst = suppress_nst
     params.audio_ctx = audio_ctx  # encoder frames (20 ms each); 0 = the full 1500 (30 s)
+    params.no_timestamps = no_timestamps  # no timestamp tokens: one segment per call
     if not temperature_fallback:
         params.temperature_inc = 0.0  # one decode at temperature 0, never re-decoded hotter
     if strategy == WHISPER_SAMPLING_BEAM_SEARCH:
@@ -368,6 +370,7 @@ def transcribe(
     suppress_nst: bool = True,
     audio_ctx: int = 0,
     temperature_fallback: bool = True,
+    no_timestamps: bool = False,
 ) -> NativeResult:
     """Run ``whisper_full_with_state`` on ``audio`` using ``state`` and the weights of ``ctx``.
 
@@ -399,6 +402,7 @@ def transcribe(
         suppress_nst=suppress_nst,
         audio_ctx=audio_ctx,
         temperature_fallback=temperature_fallback,
+        no_timestamps=no_timestamps,
     )
     handle = state.acquire()
     try:
