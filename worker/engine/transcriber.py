@@ -64,6 +64,7 @@ class Transcription:
         return " ".join(s.text.strip() for s in self.segments if s.text.strip())
 
 
+SAMPLE_RATE = 16000  # what whisper.cpp takes: 16 kHz mono float32
 # The encoder's context, in frames of 20 ms (whisper's 30 s window is 1500 of them).
 FRAMES_PER_SECOND = 50
 FULL_AUDIO_CTX = 1500
@@ -94,7 +95,7 @@ class DecodingOptions:
     # subtitles would be one cue). Measured as a lever, off by default.
     no_timestamps: bool = False
 
-    def audio_ctx(self, n_samples: int, sample_rate: int = 16000) -> int:
+    def audio_ctx(self, n_samples: int, sample_rate: int = SAMPLE_RATE) -> int:
         """The encoder context for this much audio: a multiple of 256, or 0 for the full 1500."""
         if not self.fit_audio_ctx:
             return 0
@@ -188,10 +189,6 @@ class _NativeBackend:
                 no_timestamps=self._decoding.no_timestamps,
             )
         segments = tuple(Segment(start, end, text.strip()) for start, end, text in result.segments)
-        if self._decoding.no_timestamps and segments:
-            # whisper.cpp's times are meaningless without timestamp tokens: the call's audio it is.
-            text = " ".join(s.text for s in segments if s.text)
-            segments = (Segment(0.0, round(audio.size / 16000, 2), text),)
         return Transcription(segments=segments, language=result.language)
 
     def detect_language(self, audio: np.ndarray, *, n_threads: int) -> tuple[str, float]:
@@ -246,6 +243,7 @@ class _ModelPoolBackend:
                 # apart from the full-length calls (see _NativeBackend).
                 audio_ctx=0,
                 temperature_inc=0.2 if self._decoding.temperature_fallback else 0.0,
+                no_timestamps=self._decoding.no_timestamps,
                 **_sampling(beam_size),
             )
         return Transcription(
@@ -322,6 +320,11 @@ class WhisperTranscriber:
             )
         except (libwhisper.NativeCallError, RuntimeError) as exc:
             raise TranscriptionError(f"whisper.cpp failed: {exc}") from exc
+        if self.decoding.no_timestamps and result.segments:
+            # whisper.cpp's times are meaningless without timestamp tokens (either backend): the
+            # text spans the call's audio.
+            seconds = round(audio.size / SAMPLE_RATE, 2)
+            result = dataclasses.replace(result, segments=(Segment(0.0, seconds, result.text),))
         return dataclasses.replace(result, language_probability=probability)
 
     def detect_language(self, audio: np.ndarray, *, n_threads: int | None = None) -> tuple[str, float]:
