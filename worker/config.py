@@ -77,7 +77,18 @@ class Settings(BaseSettings):
     download_timeout_seconds: float = Field(default=30.0, gt=0)
     callback_timeout_seconds: float = Field(default=10.0, gt=0)
     callback_retries: int = Field(default=3, ge=0)
-    metrics_port: int = Field(default=9100, ge=0, le=65535)  # 0 disables /metrics and /healthz
+    # Several workers on one host need one port each. 0 disables /metrics and /healthz.
+    metrics_port: int = Field(default=9100, ge=0, le=65535)
+
+    # --- fan-out: a long job's chunks transcribed by every worker (README, "Fan-out") ---
+    # Jobs with more audio than this are split by the worker that took them and their chunks put on
+    # CHUNKS_QUEUE for all workers; 0 turns fan-out off (no chunk queue, every job in-process).
+    fanout_min_seconds: float = Field(default=600.0, ge=0)
+    chunks_queue: str = "transcription.chunks"
+    chunks_dead_letter_queue: str = "transcription.chunks.dead"
+    # A fanned-out job is retried when no chunk result came back for this long; its gather queue
+    # expires this long after its coordinator is gone.
+    fanout_gather_timeout_seconds: float = Field(default=3600.0, gt=0)
 
     def url_hosts(self) -> frozenset[str] | None:
         """ALLOWED_URL_HOSTS as a set of lower-case host names, or None when any host is allowed."""

@@ -4,7 +4,10 @@ WorkerError
 ├── PermanentError          retrying cannot help: report the failure, dead-letter the job
 │   ├── InvalidJob          the job breaks the contract (schema, unknown language or format)
 │   │   ├── MalformedJob    the body is not a UTF-8 JSON object of acceptable size
-│   │   └── InputNotAllowed the input is outside what the worker may read or fetch
+│   │   ├── InputNotAllowed the input is outside what the worker may read or fetch
+│   │   └── InvalidChunkTask  a fanned-out chunk task breaks the chunk contract
+│   ├── UnknownJob          a chunk task names a job that is not being gathered (ended, or never was)
+│   ├── ChunkFailed         a chunk of a fanned-out job failed (its cause in the message)
 │   ├── InputNotFound       the input path or URL does not exist (or is not a file)
 │   ├── InputTooLarge       the download is over MAX_DOWNLOAD_BYTES
 │   ├── DownloadRejected    the server refused the URL (HTTP 4xx) or redirected too often
@@ -16,7 +19,8 @@ WorkerError
 │   └── ModelConversionError  a CTranslate2 model could not be converted to ggml
 ├── TransientError          may succeed later: retry with backoff
 │   ├── DownloadFailed      an HTTP download failed, stalled or did not verify
-│   └── CallbackFailed      the job's callback URL did not accept the result
+│   ├── CallbackFailed      the job's callback URL did not accept the result
+│   └── GatherTimeout       a fanned-out job's chunk results stopped coming back
 └── TranscriptionError      whisper.cpp failed on audio that decoded fine
 """
 
@@ -43,6 +47,18 @@ class MalformedJob(InvalidJob):
 
 class InputNotAllowed(InvalidJob):
     """The audio path escapes INPUT_DIR, or the URL's scheme or host is not allowed."""
+
+
+class InvalidChunkTask(InvalidJob):
+    """A chunk task's headers or audio break the chunk contract (worker/messages.py)."""
+
+
+class UnknownJob(PermanentError):
+    """A chunk task for a job whose coordinator gathers no more (it ended) or never existed."""
+
+
+class ChunkFailed(PermanentError):
+    """A chunk of a fanned-out job failed on the worker that took it, or killed every worker that tried."""
 
 
 class InputNotFound(PermanentError):
@@ -87,6 +103,10 @@ class DownloadFailed(TransientError):
 
 class CallbackFailed(TransientError):
     """The job's callback URL did not accept the result in time."""
+
+
+class GatherTimeout(TransientError):
+    """No chunk result of a fanned-out job came back for FANOUT_GATHER_TIMEOUT_SECONDS."""
 
 
 class TranscriptionError(WorkerError):

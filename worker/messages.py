@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import AnyUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from worker.errors import InvalidJob, MalformedJob
+from worker.errors import InvalidChunkTask, InvalidJob, MalformedJob
 from worker.formats import Format
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
@@ -165,3 +165,66 @@ def job_id_of(body: bytes) -> str | None:
 def valid_job_id(value: object) -> str | None:
     """`value` when it is a job id the contract allows, else None."""
     return value if isinstance(value, str) and re.fullmatch(JOB_ID_PATTERN, value) else None
+
+
+# --- fan-out: chunk tasks to any worker, chunk results back to the job's coordinator ---
+
+
+class ChunkTask(_Strict):
+    """What a worker needs to transcribe one chunk of a fanned-out job.
+
+    Carried in the AMQP headers of a chunk task (names: `x-` + field, `_` as `-`); the body is the
+    chunk's audio as 16 kHz mono FLAC, and `reply_to` names the job's gather queue.
+    """
+
+    job_id: Annotated[str, Field(pattern=JOB_ID_PATTERN)]
+    index: Annotated[int, Field(ge=0)]
+    start: Annotated[int, Field(ge=0)]  # samples from the start of the job's audio
+    end: int
+    chunks_total: Annotated[int, Field(ge=1)]
+    model: Annotated[str, Field(min_length=1, max_length=100)]
+    language: str | None = None
+    task: Literal["transcribe", "translate"] = "transcribe"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ChunkTask":
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        if self.index >= self.chunks_total:
+            raise ValueError("index must be below chunks_total")
+        if self.language is not None and self.language not in LANGUAGES:
+            raise ValueError(f"{self.language!r} is not a language code whisper knows")
+        return self
+
+    def headers(self) -> dict:
+        return {"x-" + name.replace("_", "-"): value for name, value in self.model_dump().items() if value is not None}
+
+
+def parse_chunk_task(headers: dict | None) -> ChunkTask:
+    """The chunk task in a message's headers; InvalidChunkTask when they break the contract."""
+    # Other headers (the broker's x-delivery-count, x-death of a replayed dead letter) are not ours.
+    fields = {
+        name: value.decode(errors="replace") if isinstance(value, bytes) else value
+        for name in ChunkTask.model_fields
+        if (value := (headers or {}).get("x-" + name.replace("_", "-"))) is not None
+    }
+    try:
+        return ChunkTask.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'headers'}: {e['msg']}" for e in exc.errors())
+        raise InvalidChunkTask(f"invalid chunk task: {problems}") from None
+
+
+class GatherMessage(_Strict):
+    """A message on a job's gather queue: one chunk's result, or the coordinator's scatter record."""
+
+    kind: Literal["chunk", "scattered"]
+    job_id: str
+    index: int | None = None  # chunk
+    status: Literal["completed", "failed"] = "completed"  # chunk
+    segments: list[SegmentOut] = Field(default_factory=list)  # chunk: absolute times
+    error: ErrorInfo | None = None  # chunk, when failed
+    worker: str | None = None  # chunk: who transcribed it
+    seconds: float = 0.0  # chunk: transcription wall time
+    chunks: int | None = None  # scattered: how many chunk tasks were published
+    at: float | None = None  # scattered: when (epoch seconds)

@@ -9,7 +9,7 @@ each chunk's true start offset added to its segment times.
 import contextvars
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +20,17 @@ from loguru import logger
 
 from worker.engine.transcriber import Segment, Task, WhisperTranscriber, threads_per_call
 from worker.errors import TranscriptionError, WorkerError
-from worker.media.audio import SAMPLE_RATE, decode_audio, read_wav, write_wav
-from worker.media.chunking import Chunk, ChunkingOptions, frame_db, split, voiced_frames, voiced_seconds_after
+from worker.media.audio import SAMPLE_RATE, Audio, InMemoryAudio, decode_to_file, read_wav, write_wav
+from worker.media.chunking import (
+    LEVEL_BLOCK,
+    Chunk,
+    ChunkingOptions,
+    block_levels,
+    frame_db,
+    split_levels,
+    voiced_frames,
+    voiced_seconds_after,
+)
 
 
 @dataclass(frozen=True)
@@ -129,12 +138,9 @@ class Processor:
         progress: ProgressCallback | None = None,
     ) -> Transcript:
         """Decode `path` and transcribe it. Raises AudioDecodeError or TranscriptionError."""
-        started = time.perf_counter()
-        samples = decode_audio(path, max_seconds=self.options.max_audio_seconds)
-        decode_seconds = time.perf_counter() - started
-        return self.process_samples(
-            samples, language=language, task=task, progress=progress, decode_seconds=decode_seconds
-        )
+        with tempfile.TemporaryDirectory(prefix="job-", dir=self.work_root) as work_dir:
+            prepared = self.prepare(path, Path(work_dir), language=language)
+            return self.assemble(prepared, self.transcribe_chunks(prepared, task, progress, Path(work_dir)))
 
     def process_samples(
         self,
@@ -143,30 +149,70 @@ class Processor:
         language: str | None = None,
         task: Task = "transcribe",
         progress: ProgressCallback | None = None,
-        decode_seconds: float = 0.0,
     ) -> Transcript:
-        """Transcribe 16 kHz mono samples through WAV chunks in a per-job work directory."""
-        started = time.perf_counter()
-        chunks = split(samples, self.options.chunking)
-        threads = self.threads_for(len(chunks))
-        language, probability = self._language(samples, chunks, language, threads)
+        """Transcribe 16 kHz mono samples already in memory (clips, tests, benchmarks)."""
         with tempfile.TemporaryDirectory(prefix="job-", dir=self.work_root) as work_dir:
-            paths = [_write_chunk(Path(work_dir), samples, chunk) for chunk in chunks]
-            per_chunk = self._run(chunks, paths, language, task, threads, progress, samples.size / SAMPLE_RATE)
+            prepared = self.prepare_audio(InMemoryAudio(samples), language=language)
+            return self.assemble(prepared, self.transcribe_chunks(prepared, task, progress, Path(work_dir)))
+
+    def prepare(self, path: Path, work_dir: Path, *, language: str | None = None) -> "Prepared":
+        """Decode `path` into a PCM file in `work_dir`, split it, settle its language."""
+        started = time.perf_counter()
+        audio = decode_to_file(path, work_dir / "audio.pcm", max_seconds=self.options.max_audio_seconds)
+        return self.prepare_audio(audio, language=language, started=started)
+
+    def prepare_audio(self, audio: Audio, *, language: str | None = None, started: float | None = None) -> "Prepared":
+        """Split decoded audio into chunks (from its frame levels, read in blocks) and settle its language."""
+        started = time.perf_counter() if started is None else started
+        decoded = time.perf_counter()
+        chunks = split_levels(block_levels(_blocks(audio)), audio.n_samples, self.options.chunking)
+        threads = self.threads_for(len(chunks))
+        language, probability = self._language(audio, chunks, language, threads)
+        return Prepared(audio, chunks, language, probability, threads, decoded - started, started)
+
+    def transcribe_chunks(
+        self, prepared: "Prepared", task: Task, progress: ProgressCallback | None, work_dir: Path
+    ) -> list[list[Segment]]:
+        """In-process mode: every chunk as a WAV file in `work_dir`, transcribed on this process's pool."""
+        paths = [_write_chunk(work_dir, prepared.audio, chunk) for chunk in prepared.chunks]
+        return self._run(
+            prepared.chunks, paths, prepared.language, task, prepared.threads, progress, prepared.duration_seconds
+        )
+
+    def assemble(self, prepared: "Prepared", per_chunk: list[list[Segment]]) -> Transcript:
+        """One transcript from every chunk's segments (absolute times), in chunk order."""
         segments = tuple(s for chunk_segments in per_chunk for s in chunk_segments)
+        language = prepared.language
         transcript = Transcript(
             text=" ".join(s.text for s in segments if s.text),
             segments=segments,
-            language=language if chunks or language else (None if self.transcriber.multilingual else "en"),
-            language_probability=probability,
-            duration_seconds=samples.size / SAMPLE_RATE,
+            language=language if prepared.chunks or language else (None if self.transcriber.multilingual else "en"),
+            language_probability=prepared.language_probability,
+            duration_seconds=prepared.duration_seconds,
             model=self.model_name,
-            chunks=len(chunks),
-            decode_seconds=decode_seconds,
-            transcribe_seconds=time.perf_counter() - started,
+            chunks=len(prepared.chunks),
+            decode_seconds=prepared.decode_seconds,
+            transcribe_seconds=time.perf_counter() - prepared.started - prepared.decode_seconds,
         )
-        self._log_summary(transcript, threads)
+        self._log_summary(transcript, prepared.threads)
         return transcript
+
+    def transcribe_chunk(
+        self, samples: np.ndarray, chunk: Chunk, language: str | None, task: Task, threads: int
+    ) -> list[Segment]:
+        """One chunk's samples -> its segments in absolute time (also what a fanned-out chunk task runs)."""
+        logger.info("Starting transcription: {}", chunk.name)
+        started = time.perf_counter()
+        segments = self._transcribe_audio(samples, chunk.name, language, task, threads)
+        elapsed = time.perf_counter() - started
+        logger.debug(
+            "Finished {} ({:.1f} s of audio) in {:.2f} s (RTF {:.3f})",
+            chunk.name,
+            chunk.seconds,
+            elapsed,
+            elapsed / max(chunk.seconds, 1e-9),
+        )
+        return [_absolute(segment, chunk) for segment in segments]
 
     def threads_for(self, n_chunks: int) -> int:
         """Threads per whisper call: sequential mode gives its one call every CPU; parallel mode
@@ -175,7 +221,7 @@ class Processor:
         return threads_per_call(calls, cpus=self.options.cpus or None, requested=self.options.threads)
 
     def _language(
-        self, samples: np.ndarray, chunks: list[Chunk], language: str | None, threads: int
+        self, audio: Audio, chunks: list[Chunk], language: str | None, threads: int
     ) -> tuple[str | None, float | None]:
         # Detect once per job, on the first chunk, so every chunk is decoded in the same language.
         if language is not None or not chunks:
@@ -183,7 +229,7 @@ class Processor:
         if not self.transcriber.multilingual:
             return "en", None
         first = chunks[0]
-        detected, probability = self.transcriber.detect_language(samples[first.start : first.end], n_threads=threads)
+        detected, probability = self.transcriber.detect_language(audio.read(first.start, first.end), n_threads=threads)
         logger.info("Detected language {} (p={:.2f})", detected, probability)
         return detected, probability
 
@@ -222,18 +268,7 @@ class Processor:
     def _transcribe_chunk(
         self, chunk: Chunk, path: Path, language: str | None, task: Task, threads: int
     ) -> list[Segment]:
-        logger.info("Starting transcription: {}", chunk.name)
-        started = time.perf_counter()
-        segments = self._transcribe_audio(read_wav(path), chunk.name, language, task, threads)
-        elapsed = time.perf_counter() - started
-        logger.debug(
-            "Finished {} ({:.1f} s of audio) in {:.2f} s (RTF {:.3f})",
-            chunk.name,
-            chunk.seconds,
-            elapsed,
-            elapsed / max(chunk.seconds, 1e-9),
-        )
-        return [_absolute(segment, chunk) for segment in segments]
+        return self.transcribe_chunk(read_wav(path), chunk, language, task, threads)
 
     def _transcribe_audio(
         self, audio: np.ndarray, name: str, language: str | None, task: Task, threads: int
@@ -277,9 +312,31 @@ class Processor:
         )
 
 
-def _write_chunk(work_dir: Path, samples: np.ndarray, chunk: Chunk) -> Path:
+@dataclass(frozen=True)
+class Prepared:
+    """A job decoded and split, ready for its chunks to be transcribed here or fanned out."""
+
+    audio: Audio
+    chunks: list[Chunk]
+    language: str | None
+    language_probability: float | None
+    threads: int  # per whisper call
+    decode_seconds: float
+    started: float  # perf_counter() when the job's decoding began
+
+    @property
+    def duration_seconds(self) -> float:
+        return self.audio.n_samples / SAMPLE_RATE
+
+
+def _blocks(audio: Audio) -> Iterator[np.ndarray]:
+    for start in range(0, audio.n_samples, LEVEL_BLOCK):
+        yield audio.read(start, start + LEVEL_BLOCK)
+
+
+def _write_chunk(work_dir: Path, audio: Audio, chunk: Chunk) -> Path:
     path = work_dir / chunk.name
-    write_wav(path, samples[chunk.start : chunk.end])
+    write_wav(path, audio.read(chunk.start, chunk.end))
     return path
 
 

@@ -16,7 +16,9 @@ from worker.engine.models import ModelDownloader, get_model_downloader, resolve_
 from worker.engine.transcriber import DecodingOptions, WhisperTranscriber, available_cpus
 from worker.media.chunking import ChunkingOptions
 from worker.pipeline import PipelineOptions, Processor
+from worker.service.chunks import ChunkHandler, ChunkOutcome
 from worker.service.consumer import Consumer
+from worker.service.fanout import FanOut, FanOutOptions
 from worker.service.jobs import HandlerOptions, JobHandler, Outcome
 from worker.service.publisher import Topology
 
@@ -29,6 +31,8 @@ def topology(settings: Settings) -> Topology:
         dead_letter_queue=settings.dead_letter_queue,
         progress_exchange=settings.progress_exchange,
         delivery_limit=settings.delivery_limit,
+        chunks_queue=(settings.chunks_queue or None) if settings.fanout_min_seconds > 0 else None,
+        chunks_dead_letter_queue=settings.chunks_dead_letter_queue,
     )
 
 
@@ -100,6 +104,11 @@ class Processors:
         self._by_model: dict[str, Processor] = {}
         self._lock = threading.Lock()
 
+    @property
+    def whisper_calls(self) -> int:
+        """Whisper calls this process runs at once (its transcribers' states): also its chunk task slots."""
+        return self._options.concurrent_calls * self._settings.concurrent_jobs
+
     def __call__(self, model: str | None) -> Processor:
         name = model or self._settings.whisper_model
         key = resolve_model(name)  # "tiny.en" and its default variant share one transcriber
@@ -109,7 +118,7 @@ class Processors:
                     self._settings,
                     name,
                     self._options,
-                    concurrent_calls=self._options.concurrent_calls * self._settings.concurrent_jobs,
+                    concurrent_calls=self.whisper_calls,
                     work_root=self._work_dir,
                 )
             return self._by_model[key]
@@ -131,16 +140,42 @@ def handler_options(settings: Settings, work_dir: Path) -> HandlerOptions:
     )
 
 
-def consumer(settings: Settings, work_dir: Path, *, on_settled: Callable[[Outcome], None]) -> Consumer:
+def fanout(settings: Settings) -> FanOut | None:
+    """The coordinator's side of fan-out, or None when FANOUT_MIN_SECONDS is 0."""
+    t = topology(settings)
+    if t.chunks_queue is None:
+        return None
+    return FanOut(
+        url=settings.amqp_url.get_secret_value(),
+        topology=t,
+        options=FanOutOptions(
+            min_seconds=settings.fanout_min_seconds, gather_timeout_seconds=settings.fanout_gather_timeout_seconds
+        ),
+        heartbeat_seconds=settings.heartbeat_seconds,
+    )
+
+
+def consumer(
+    settings: Settings,
+    work_dir: Path,
+    *,
+    on_settled: Callable[[Outcome], None],
+    on_chunk_settled: Callable[[ChunkOutcome], None] = lambda outcome: None,
+) -> Consumer:
     """The worker service; the default model is loaded first, so a broken model fails at start-up."""
     processors = Processors(settings, work_dir)
     processors(None)
+    t = topology(settings)
+    chunks = ChunkHandler(processors, gather_queue=t.gather_queue, delivery_limit=settings.delivery_limit)
     return Consumer(
         url=settings.amqp_url.get_secret_value(),
-        topology=topology(settings),
-        handler=JobHandler(processors, handler_options(settings, work_dir)),
+        topology=t,
+        handler=JobHandler(processors, handler_options(settings, work_dir), scatter=fanout(settings)),
         concurrent_jobs=settings.concurrent_jobs,
         heartbeat_seconds=settings.heartbeat_seconds,
         reconnect_max_seconds=settings.reconnect_max_seconds,
         on_settled=on_settled,
+        chunk_handler=chunks,
+        chunk_slots=processors.whisper_calls,
+        on_chunk_settled=on_chunk_settled,
     )

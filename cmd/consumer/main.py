@@ -33,13 +33,28 @@ def main() -> int:
     settings = Settings()
     configure_logging(settings.log_level)
     with WorkDir.claim(settings.work_dir) as work_dir:
-        consumer = wiring.consumer(settings, work_dir.path, on_settled=metrics.record)
+        consumer = wiring.consumer(
+            settings, work_dir.path, on_settled=metrics.record, on_chunk_settled=metrics.record_chunk
+        )
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, functools.partial(on_signal, consumer))
         metrics.IN_FLIGHT.set_function(lambda: consumer.in_flight)
         metrics.BROKER_CONNECTS.set_function(lambda: consumer.connections)
+        topology = wiring.topology(settings)
+        metrics.watch_queue_depths(
+            consumer.queue_depths, [q for q in (topology.jobs_queue, topology.chunks_queue) if q]
+        )
         if settings.metrics_port:
-            metrics.serve(settings.metrics_port, consumer.connected.is_set)
+            try:
+                metrics.serve(settings.metrics_port, consumer.connected.is_set)
+            except OSError as exc:
+                logger.error(
+                    "METRICS_PORT {} cannot be served ({}): each worker on a host needs a port of its own "
+                    "(or METRICS_PORT=0)",
+                    settings.metrics_port,
+                    exc.strerror,
+                )
+                return 2
         consumer.run()
     return 0
 

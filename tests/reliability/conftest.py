@@ -230,6 +230,8 @@ class Service:
             "DEAD_LETTER_QUEUE": t.dead_letter_queue,
             "PROGRESS_EXCHANGE": t.progress_exchange,
             "DELIVERY_LIMIT": str(t.delivery_limit),
+            "CHUNKS_QUEUE": t.chunks_queue or "",
+            "CHUNKS_DEAD_LETTER_QUEUE": t.chunks_dead_letter_queue,
             "INPUT_DIR": str(self.input_dir),
             "OUTPUT_DIR": str(self.output_dir),
             "WORK_DIR": str(self.work_dir),
@@ -266,6 +268,8 @@ def new_topology(delivery_limit: int = 3) -> Topology:
         dead_letter_queue=f"dead.{tag}",
         progress_exchange=f"progress.{tag}",
         delivery_limit=delivery_limit,
+        chunks_queue=f"chunks.{tag}",
+        chunks_dead_letter_queue=f"chunks.dead.{tag}",
     )
 
 

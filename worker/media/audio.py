@@ -1,17 +1,27 @@
-"""Decode any audio ffmpeg reads into 16 kHz mono float32 samples (the only module that runs ffmpeg).
+"""Decode any audio ffmpeg reads into 16 kHz mono samples (the only module that runs ffmpeg).
 
 One ffmpeg process per input, as openai-whisper's `load_audio` does: ffmpeg demuxes, decodes,
-downmixes and resamples (its resampler is band-limited) straight to 16 kHz mono s16le on a
-pipe. Its input report on stderr carries the duration the container declares, which is how
-a truncated file is told apart from a short one.
+downmixes and resamples (its resampler is band-limited) straight to 16 kHz mono s16le. Its input
+report on stderr carries the duration the container declares, which is how a truncated file is
+told apart from a short one.
+
+A job's audio goes to a PCM file in its work directory (`decode_to_file`), never into memory as a
+whole: 16 kHz s16le is 1.9 MB per audio minute, and a 4-hour recording held as float32, plus the
+copies made on the way, took gigabytes. Readers take blocks or one chunk's samples from the file,
+so a worker's memory depends on chunk size and concurrency, not on the recording's length.
 """
 
+import io
 import re
 import subprocess
+import tempfile
 import wave
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
+import soundfile
 
 from worker.errors import AudioDecodeError, AudioTooLong, EmptyAudio, InputNotFound
 
@@ -24,8 +34,61 @@ _VIDEO_STREAM = re.compile(r"^\s*Stream #0:\d+.*: Video: .*$", re.MULTILINE)
 _DURATION = re.compile(r"^\s*Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)", re.MULTILINE)
 
 
-def decode_audio(path: Path, *, max_seconds: float | None = None) -> np.ndarray:
-    """Samples of `path` as 16 kHz mono float32 in [-1, 1].
+class Audio(Protocol):
+    """16 kHz mono samples read piecewise, as float32 in [-1, 1]."""
+
+    @property
+    def n_samples(self) -> int: ...
+
+    def read(self, start: int, end: int) -> np.ndarray: ...
+
+
+class PcmFile:
+    """Decoded audio on disk (16 kHz mono s16le), read one range at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.n_samples = path.stat().st_size // 2
+
+    @property
+    def seconds(self) -> float:
+        return self.n_samples / SAMPLE_RATE
+
+    def read(self, start: int, end: int) -> np.ndarray:
+        start, end = max(0, start), min(end, self.n_samples)
+        with open(self.path, "rb") as pcm:
+            pcm.seek(2 * start)
+            data = pcm.read(2 * max(0, end - start))
+        return _float(data)
+
+    def blocks(self, size: int) -> Iterator[np.ndarray]:
+        """Consecutive blocks of `size` samples (the last one shorter), as float32."""
+        with open(self.path, "rb") as pcm:
+            while data := pcm.read(2 * size):
+                yield _float(data)
+
+
+class InMemoryAudio:
+    """Samples already in memory (short clips, tests, benchmarks) behind the same interface."""
+
+    def __init__(self, samples: np.ndarray) -> None:
+        self.samples = samples
+        self.n_samples = samples.size
+
+    def read(self, start: int, end: int) -> np.ndarray:
+        return self.samples[max(0, start) : end]
+
+    def blocks(self, size: int) -> Iterator[np.ndarray]:
+        for start in range(0, self.n_samples, size):
+            yield self.samples[start : start + size]
+
+
+def _float(pcm: bytes) -> np.ndarray:
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def decode_to_file(path: Path, dest: Path, *, max_seconds: float | None = None) -> PcmFile:
+    """Decode `path` into the PCM file `dest`.
 
     Raises InputNotFound for a missing path or a directory, EmptyAudio for input with no
     samples, AudioTooLong beyond `max_seconds`, and AudioDecodeError for anything that is
@@ -38,13 +101,20 @@ def decode_audio(path: Path, *, max_seconds: float | None = None) -> np.ndarray:
         raise InputNotFound(f"{path.name}: not a regular file")
     if path.stat().st_size == 0:
         raise EmptyAudio(f"{path.name}: the file is empty (zero bytes)")
-    pcm, report = _run_ffmpeg(path, max_seconds)
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
-    _check(path.name, samples.size / SAMPLE_RATE, _declared_seconds(report), max_seconds)
-    return samples
+    report = _run_ffmpeg(path, dest, max_seconds)
+    audio = PcmFile(dest)
+    _check(path.name, audio.seconds, _declared_seconds(report), max_seconds)
+    return audio
 
 
-def _run_ffmpeg(path: Path, max_seconds: float | None) -> tuple[bytes, str]:
+def decode_audio(path: Path, *, max_seconds: float | None = None) -> np.ndarray:
+    """All samples of `path` in memory, as 16 kHz mono float32 (for clips; jobs use decode_to_file)."""
+    with tempfile.TemporaryDirectory(prefix="decode-") as scratch:
+        audio = decode_to_file(path, Path(scratch) / "audio.pcm", max_seconds=max_seconds)
+        return audio.read(0, audio.n_samples)
+
+
+def _run_ffmpeg(path: Path, dest: Path, max_seconds: float | None) -> str:
     # Decode one second past the limit at most: enough to tell it is too long, without
     # holding hours of samples in memory.
     limit = ["-t", f"{max_seconds + 1:.3f}"] if max_seconds is not None else []
@@ -70,15 +140,17 @@ def _run_ffmpeg(path: Path, max_seconds: float | None) -> tuple[bytes, str]:
         "1",
         "-ar",
         str(SAMPLE_RATE),
-        "-",
+        "-y",
+        f"file:{dest}",
     ]
-    done = subprocess.run(command, capture_output=True)
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     report = done.stderr.decode(errors="replace").replace(str(path), path.name)
     if done.returncode != 0:
+        dest.unlink(missing_ok=True)
         if "matches no streams" in report:
             raise EmptyAudio(f"{path.name}: no audio stream")
         raise AudioDecodeError(f"{path.name}: not decodable audio: corrupt, truncated or not audio ({_reason(report)})")
-    return done.stdout, report
+    return report
 
 
 def _check(name: str, seconds: float, declared: float | None, max_seconds: float | None) -> None:
@@ -115,7 +187,7 @@ def _reason(report: str) -> str:
 
 def write_wav(path: Path, samples: np.ndarray) -> None:
     """Write float samples as a 16 kHz mono 16-bit WAV (lossless for what decode_audio returns)."""
-    pcm = np.clip(np.round(samples * 32768.0), -32768, 32767).astype("<i2")
+    pcm = _pcm16(samples)
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
@@ -132,4 +204,28 @@ def read_wav(path: Path) -> np.ndarray:
             pcm = wav.readframes(wav.getnframes())
     except (wave.Error, EOFError) as exc:
         raise AudioDecodeError(f"{Path(path).name}: unreadable WAV ({exc})") from None
-    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    return _float(pcm)
+
+
+def encode_flac(samples: np.ndarray) -> bytes:
+    """Samples as 16-bit 16 kHz mono FLAC: lossless for what the decoder returns, about half the bytes."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, _pcm16(samples), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def decode_flac(data: bytes) -> np.ndarray:
+    """Samples of a 16 kHz mono FLAC written by encode_flac; AudioDecodeError for anything else."""
+    try:
+        pcm, rate = soundfile.read(io.BytesIO(data), dtype="int16", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise AudioDecodeError(f"chunk audio is not FLAC ({exc})") from None
+    if rate != SAMPLE_RATE or pcm.shape[1] != 1:
+        raise AudioDecodeError(f"chunk audio must be 16 kHz mono, not {rate} Hz with {pcm.shape[1]} channel(s)")
+    if pcm.shape[0] == 0:
+        raise EmptyAudio("chunk audio has no samples")
+    return pcm[:, 0].astype(np.float32) / 32768.0
+
+
+def _pcm16(samples: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(samples * 32768.0), -32768, 32767).astype("<i2")

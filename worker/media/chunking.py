@@ -13,6 +13,7 @@ span too long for one chunk is cut at the longest pause inside the last `search_
 of the allowed window (or, if there is no pause at all, at the quietest frame there).
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +66,19 @@ def frame_db(samples: np.ndarray) -> np.ndarray:
     frames = samples[: n * FRAME].astype(np.float64).reshape(n, FRAME)
     rms = np.sqrt(np.mean(frames**2, axis=1))
     return 20 * np.log10(np.maximum(rms, 1e-10))
+
+
+# Samples per block when levels are computed piecewise: one minute, a whole number of frames.
+LEVEL_BLOCK = FRAME * 50 * 60
+
+
+def block_levels(blocks: Iterable[np.ndarray]) -> np.ndarray:
+    """frame_db of a recording read in blocks of a whole number of frames (equal to frame_db of it all).
+
+    A recording's levels are 50 floats per second (24 kB per audio minute): the silence search needs
+    the whole recording's (its threshold adapts to all of it), never its samples at once.
+    """
+    return np.concatenate([np.zeros(0), *(frame_db(block) for block in blocks)])
 
 
 def voiced_frames(levels: np.ndarray, options: ChunkingOptions) -> np.ndarray:
@@ -146,7 +160,11 @@ def _pack(spans: list[tuple[int, int]], options: ChunkingOptions) -> list[tuple[
 
 def split(samples: np.ndarray, options: ChunkingOptions = ChunkingOptions()) -> list[Chunk]:
     """Chunks covering the speech in `samples`, in order; [] when there is no speech at all."""
-    levels = frame_db(samples)
+    return split_levels(frame_db(samples), samples.size, options)
+
+
+def split_levels(levels: np.ndarray, n_samples: int, options: ChunkingOptions = ChunkingOptions()) -> list[Chunk]:
+    """Chunks of a recording of `n_samples` samples, from its frame levels alone."""
     voiced = voiced_frames(levels, options)
     pieces = [
         piece
@@ -156,6 +174,6 @@ def split(samples: np.ndarray, options: ChunkingOptions = ChunkingOptions()) -> 
     chunks = []
     for index, (start, end) in enumerate(_pack(pieces, options)):
         # The last frame boundary may fall short of the real end: keep the tail samples.
-        end_sample = samples.size if end == levels.size else end * FRAME
+        end_sample = n_samples if end == levels.size else end * FRAME
         chunks.append(Chunk(index=index, start=start * FRAME, end=end_sample))
     return chunks

@@ -19,14 +19,20 @@ Thread model (the reason for this module's shape):
   subscribes again. A job still running from the old channel finishes; its result is kept and
   published when the broker redelivers the job (JobHandler), not computed again.
 - `connected` is set only while consuming: /healthz answers 503 otherwise.
+- Fan-out (when the topology has a chunk queue): a second channel consumes chunk tasks onto a pool
+  of `chunk_slots` threads (the process's whisper states); their replies go to the job's gather
+  queue, then the task is acked. Chunk tasks come before new jobs: while this worker holds any, its
+  jobs consumer is cancelled, so a job already started (fanned out) finishes before new ones begin
+  here; it subscribes again a second after the last chunk task settles.
 - `stop()` (first SIGTERM/SIGINT): cancel consumption, let the jobs in flight finish and settle,
   then close. `abort()` (second signal): close at once; unacked jobs are requeued by the broker.
 """
 
 import functools
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pika
 import pika.exceptions
@@ -35,8 +41,13 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from worker.messages import ProgressEvent
 from worker.service import publisher
+from worker.service.chunks import ChunkDelivery, ChunkHandler, ChunkOutcome
 from worker.service.jobs import Delivery, JobHandler, Outcome
 from worker.service.publisher import Topology
+
+# Subscribe to jobs again only once no chunk task has been held for this long.
+_CHUNK_QUIET_SECONDS = 1.0
+_DEPTH_EVERY_SECONDS = 5.0
 
 _CONNECTION_ERRORS = (
     pika.exceptions.AMQPConnectionError,
@@ -63,6 +74,10 @@ class _NotConsuming(Exception):
     """The broker closed our channel or cancelled our consumer; the connection is still up."""
 
 
+def _delivery_attempt(headers: dict) -> int:
+    return int(headers.get("x-delivery-count") or 0) + 1
+
+
 class Consumer:
     """Pulls jobs, runs them on a pool, settles them on the connection thread."""
 
@@ -76,6 +91,9 @@ class Consumer:
         heartbeat_seconds: int = 60,
         reconnect_max_seconds: float = 30.0,
         on_settled: Callable[[Outcome], None] = lambda outcome: None,
+        chunk_handler: ChunkHandler | None = None,
+        chunk_slots: int = 1,
+        on_chunk_settled: Callable[[ChunkOutcome], None] = lambda outcome: None,
     ) -> None:
         self._parameters = pika.URLParameters(url)
         self._parameters.heartbeat = heartbeat_seconds
@@ -86,6 +104,15 @@ class Consumer:
         self._reconnect_max = reconnect_max_seconds
         self._on_settled = on_settled
         self._pool = ThreadPoolExecutor(max_workers=concurrent_jobs, thread_name_prefix="job")
+        self._chunk_handler = chunk_handler if topology.chunks_queue else None
+        self._chunk_slots = chunk_slots
+        self._on_chunk_settled = on_chunk_settled
+        self._chunk_pool = ThreadPoolExecutor(max_workers=chunk_slots, thread_name_prefix="chunk-task")
+        self._chunks_in_flight = 0
+        self._last_chunk = 0.0
+        self._probe: BlockingChannel | None = None
+        self._depth_at = 0.0
+        self.queue_depths: dict[str, int] = {}  # ready messages per queue, sampled every few seconds
         self._stopping = threading.Event()
         self._in_flight = 0
         self._count_lock = threading.Lock()  # job threads decrement too, when a connection was lost
@@ -125,6 +152,7 @@ class Consumer:
                 self._stopping.wait(delay)
                 delay = min(delay * 2, self._reconnect_max)
         self._pool.shutdown(wait=True)
+        self._chunk_pool.shutdown(wait=True)
         logger.info("Consumer stopped")
 
     @property
@@ -145,6 +173,7 @@ class Consumer:
     def _consume(self) -> None:
         connection = pika.BlockingConnection(self._parameters)
         self.connections += 1
+        self._probe = None
         try:
             channel = connection.channel()
             channel.confirm_delivery()
@@ -152,29 +181,89 @@ class Consumer:
             channel.basic_qos(prefetch_count=self._concurrent_jobs)
             cancelled = threading.Event()
             channel.add_on_cancel_callback(lambda _frame: cancelled.set())
-            tag = channel.basic_consume(self._topology.jobs_queue, functools.partial(self._on_message, connection))
+            chunks = self._subscribe_chunks(connection, cancelled)
+            tag = self._subscribe_jobs(connection, channel)
             self.connected.set()
             logger.info("Consuming {} ({} job(s) at a time)", self._topology.jobs_queue, self._concurrent_jobs)
             while not self._stopping.is_set():
                 connection.process_data_events(time_limit=1)
                 self._check_consuming(channel, cancelled)
-            channel.basic_cancel(tag)
-            while self._in_flight:  # keep heartbeats and settlements going while jobs finish
+                self._check_consuming(chunks, cancelled)
+                tag = self._prefer_chunks(connection, channel, tag)
+                self._sample_depths(connection)
+            if tag is not None:
+                channel.basic_cancel(tag)
+            if chunks is not None:
+                chunks.basic_cancel(self._topology.chunks_queue)
+            while self._in_flight or self._chunks_in_flight:  # heartbeats and settlements while work finishes
                 connection.process_data_events(time_limit=1)
         finally:
             self.connected.clear()
             if connection.is_open:
                 connection.close()
 
-    def _check_consuming(self, channel: BlockingChannel, cancelled: threading.Event) -> None:
+    def _subscribe_jobs(self, connection: pika.BlockingConnection, channel: BlockingChannel) -> str:
+        return channel.basic_consume(self._topology.jobs_queue, functools.partial(self._on_message, connection))
+
+    def _subscribe_chunks(
+        self, connection: pika.BlockingConnection, cancelled: threading.Event
+    ) -> BlockingChannel | None:
+        if self._chunk_handler is None:
+            return None
+        chunks = connection.channel()
+        chunks.confirm_delivery()
+        chunks.basic_qos(prefetch_count=self._chunk_slots)
+        chunks.add_on_cancel_callback(lambda _frame: cancelled.set())
+        chunks.basic_consume(
+            self._topology.chunks_queue,
+            functools.partial(self._on_chunk, connection),
+            consumer_tag=self._topology.chunks_queue,
+        )
+        logger.info("Consuming {} ({} chunk task(s) at a time)", self._topology.chunks_queue, self._chunk_slots)
+        return chunks
+
+    def _prefer_chunks(
+        self, connection: pika.BlockingConnection, channel: BlockingChannel, tag: str | None
+    ) -> str | None:
+        """Cancel the jobs consumer while chunk tasks are held; subscribe again once they are done."""
+        if self._chunks_in_flight and tag is not None:
+            channel.basic_cancel(tag)  # deliveries not yet dispatched go back to the queue
+            logger.debug("Serving chunk tasks: not taking new jobs until they are done")
+            return None
+        quiet = time.monotonic() - self._last_chunk >= _CHUNK_QUIET_SECONDS
+        if tag is None and not self._chunks_in_flight and quiet:
+            return self._subscribe_jobs(connection, channel)
+        return tag
+
+    def _sample_depths(self, connection: pika.BlockingConnection) -> None:
+        """Ready messages on the jobs and chunk queues, for /metrics (autoscalers read the broker's own)."""
+        if time.monotonic() - self._depth_at < _DEPTH_EVERY_SECONDS:
+            return
+        self._depth_at = time.monotonic()
+        for queue in filter(None, (self._topology.jobs_queue, self._topology.chunks_queue)):
+            try:
+                self.queue_depths[queue] = publisher.queue_depth(self._probe_channel(connection), queue)
+            except pika.exceptions.ChannelClosedByBroker:
+                self._probe = None  # the queue is gone: the consumer's cancel is handled elsewhere
+
+    def _probe_channel(self, connection: pika.BlockingConnection) -> BlockingChannel:
+        """A channel for passive declares, which close their channel when the queue is missing."""
+        if self._probe is None or not self._probe.is_open:
+            self._probe = connection.channel()
+        return self._probe
+
+    def _check_consuming(self, channel: BlockingChannel | None, cancelled: threading.Event) -> None:
         """Raise _NotConsuming when the broker took our channel or consumer away."""
+        if channel is None:
+            return
         if channel.is_closed:
             raise _NotConsuming(
-                f"The broker closed the channel with {self._in_flight} job(s) unsettled (a delivery held "
-                "longer than the broker's consumer_timeout? see README)"
+                f"The broker closed the channel with {self._in_flight} job(s) and {self._chunks_in_flight} chunk "
+                "task(s) unsettled (a delivery held longer than the broker's consumer_timeout? see README)"
             )
         if cancelled.is_set():
-            raise _NotConsuming(f"The broker cancelled the consumer of {self._topology.jobs_queue} (queue deleted?)")
+            queues = " or ".join(filter(None, (self._topology.jobs_queue, self._topology.chunks_queue)))
+            raise _NotConsuming(f"The broker cancelled the consumer of {queues} (queue deleted?)")
 
     def _on_message(
         self, connection: pika.BlockingConnection, channel: BlockingChannel, method, properties, body: bytes
@@ -182,7 +271,7 @@ class Consumer:
         headers = properties.headers or {}
         delivery = Delivery(
             body=body,
-            attempt=int(headers.get("x-delivery-count") or 0) + 1,
+            attempt=_delivery_attempt(headers),
             published_at=_published_at(headers, properties.timestamp),
             message_id=properties.message_id,
         )
@@ -217,10 +306,12 @@ class Consumer:
                 channel, ProgressEvent(job_id=outcome.result.job_id, stage="completed", percent=100.0)
             )
             channel.basic_ack(tag)
+            publisher.delete_gather(channel, t, outcome.result.job_id)  # a fanned-out job's chunk results
         elif outcome.action == "dead_letter":
             publisher.publish_result(channel, t, outcome.result, reply_to=reply_to)
             publisher.dead_letter(channel, t, body, outcome.result)
             channel.basic_ack(tag)
+            publisher.delete_gather(channel, t, outcome.result.job_id)
         elif outcome.action == "retry":
             channel.basic_nack(tag, requeue=True)
         else:
@@ -229,6 +320,77 @@ class Consumer:
     def _publish_progress(self, channel: BlockingChannel, event: ProgressEvent) -> None:
         if channel.is_open:
             publisher.publish_progress(channel, self._topology, event)
+
+    # --- chunk tasks (fan-out) ---
+
+    def _on_chunk(
+        self, connection: pika.BlockingConnection, channel: BlockingChannel, method, properties, body: bytes
+    ) -> None:
+        headers = properties.headers or {}
+        delivery = ChunkDelivery(
+            body=body, headers=headers, reply_to=properties.reply_to, attempt=_delivery_attempt(headers)
+        )
+        self._count_chunks(+1)
+        self._chunk_pool.submit(self._work_chunk, connection, channel, method.delivery_tag, delivery)
+
+    def _work_chunk(
+        self, connection: pika.BlockingConnection, channel: BlockingChannel, tag: int, delivery: ChunkDelivery
+    ) -> None:
+        outcome = self._chunk_handler.handle(delivery, functools.partial(self._gathering, connection))
+        settle = functools.partial(self._settle_chunk, channel, tag, delivery, outcome)
+        if not self._threadsafe(connection, settle):
+            self._count_chunks(-1)
+
+    def _gathering(self, connection: pika.BlockingConnection, queue: str) -> bool:
+        """Whether a gather queue exists (asked on the connection thread); True when the broker cannot say."""
+        answer: Future[bool] = Future()
+
+        def probe() -> None:
+            try:
+                publisher.queue_depth(self._probe_channel(connection), queue)
+                answer.set_result(True)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                self._probe = None
+                answer.set_result(exc.reply_code != 404)
+            except Exception:
+                answer.set_result(True)
+
+        if not self._threadsafe(connection, probe):
+            return True
+        try:
+            return answer.result(timeout=30)
+        except TimeoutError:
+            return True
+
+    def _settle_chunk(self, channel: BlockingChannel, tag: int, delivery: ChunkDelivery, outcome: ChunkOutcome) -> None:
+        """Reply to the gather queue, dead-letter a bad task, ack; runs on the connection thread."""
+        try:
+            if not channel.is_open:
+                logger.warning("Channel closed before the chunk task settled; the broker will redeliver it")
+                return
+            if outcome.reply is not None and delivery.reply_to:
+                try:
+                    publisher.publish_gather(channel, delivery.reply_to, outcome.reply)
+                except pika.exceptions.UnroutableError:
+                    logger.warning("Job {} ended while its chunk ran; the chunk's result is dropped", outcome.job_id)
+            if outcome.action == "dead_letter" and outcome.error is not None:
+                publisher.dead_letter_chunk(
+                    channel, self._topology, delivery.body, delivery.headers, outcome.job_id, outcome.error
+                )
+            channel.basic_ack(tag)
+            self._on_chunk_settled(outcome)
+        except _CONNECTION_ERRORS:
+            raise
+        except Exception:  # a bug while settling: the task comes back; its delivery count bounds the retries
+            logger.exception("Settling a chunk task failed; requeueing it")
+            channel.basic_nack(tag, requeue=True)
+        finally:
+            self._count_chunks(-1)
+
+    def _count_chunks(self, delta: int) -> None:
+        with self._count_lock:
+            self._chunks_in_flight += delta
+            self._last_chunk = time.monotonic()
 
     # --- job threads ---
 

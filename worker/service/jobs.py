@@ -6,6 +6,7 @@ Errors are caught here and only here (per message): permanent ones become a fail
 plus a dead-lettered job, transient ones a retry with backoff until the delivery limit.
 """
 
+import functools
 import os
 import tempfile
 import threading
@@ -13,10 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from loguru import logger
 
+from worker.engine.transcriber import Segment, Task
 from worker.errors import (
     CallbackFailed,
     InputNotAllowed,
@@ -38,7 +40,7 @@ from worker.messages import (
     parse_job,
     valid_job_id,
 )
-from worker.pipeline import Processor, Progress, Transcript
+from worker.pipeline import Prepared, Processor, Progress, ProgressCallback, Transcript
 from worker.service.callbacks import post_callback
 from worker.service.inputs import check_url, download_audio
 
@@ -86,12 +88,29 @@ class HandlerOptions:
     retry_backoff_max_seconds: float = 60.0
 
 
+class Scatter(Protocol):
+    """Fan-out (worker/service/fanout.py): a long job's chunks transcribed across the workers."""
+
+    def wanted(self, prepared: Prepared) -> bool: ...
+
+    def run(
+        self, job_id: str, prepared: Prepared, processor: Processor, task: Task, progress: ProgressCallback | None
+    ) -> list[list[Segment]]: ...
+
+
 class JobHandler:
     """Runs jobs: fetch input, transcribe, write outputs, call back; returns an Outcome."""
 
-    def __init__(self, processor_for: Callable[[str | None], Processor], options: HandlerOptions) -> None:
+    def __init__(
+        self,
+        processor_for: Callable[[str | None], Processor],
+        options: HandlerOptions,
+        *,
+        scatter: Scatter | None = None,
+    ) -> None:
         self._processor_for = processor_for
         self.options = options
+        self._scatter = scatter
         # Completed results whose publish did not happen (the connection dropped first, or
         # settling failed): the redelivered job is answered from here, not transcribed again.
         self._unpublished: dict[str, Result] = {}
@@ -174,9 +193,13 @@ class JobHandler:
             audio = self._input_path(job, Path(scratch), emit)
             download_seconds = time.perf_counter() - download_started
             emit("decoding")
-            transcript = processor.process_file(
-                audio, language=job.language, task=job.task, progress=lambda p: emit("transcribing", p)
-            )
+            prepared = processor.prepare(audio, Path(scratch), language=job.language)
+            on_chunk: ProgressCallback = functools.partial(emit, "transcribing")
+            if self._scatter is not None and self._scatter.wanted(prepared):
+                per_chunk = self._scatter.run(job.job_id, prepared, processor, job.task, on_chunk)
+            else:
+                per_chunk = processor.transcribe_chunks(prepared, job.task, on_chunk, Path(scratch))
+            transcript = processor.assemble(prepared, per_chunk)
         outputs = self._write_outputs(job, transcript)
         timings = Timings(
             queue_wait_seconds=max(0.0, started - delivery.published_at) if delivery.published_at else None,

@@ -7,6 +7,7 @@ from http.server import ThreadingHTTPServer
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.exposition import MetricsHandler
 
+from worker.service.chunks import ChunkOutcome
 from worker.service.jobs import Outcome
 
 JOBS = Counter("transcription_jobs_total", "Jobs settled, by outcome", ["status"])
@@ -27,6 +28,34 @@ IN_FLIGHT = Gauge("transcription_jobs_in_flight", "Jobs being processed now")
 BROKER_CONNECTS = Gauge(
     "transcription_broker_connects", "Connections made to the broker since start (over 1: reconnected)"
 )
+
+CHUNK_TASKS = Counter(
+    "transcription_chunk_tasks_total",
+    "Chunk tasks of fanned-out jobs settled by this worker: completed, failed (dead-lettered), orphaned (job ended)",
+    ["status"],
+)
+CHUNK_REDELIVERED = Counter(
+    "transcription_chunk_tasks_redelivered_total", "Chunk tasks this worker received again (a worker stopped on them)"
+)
+QUEUE_DEPTH = Gauge(
+    "transcription_queue_depth", "Messages ready on the jobs and chunk queues (sampled every 5 s)", ["queue"]
+)
+
+
+def record_chunk(outcome: ChunkOutcome) -> None:
+    """Count a settled chunk task (on the connection thread)."""
+    status = {"reply": "completed", "dead_letter": "failed", "drop": "orphaned"}[outcome.action]
+    CHUNK_TASKS.labels(status=status).inc()
+    if outcome.attempt > 1:
+        CHUNK_REDELIVERED.inc()
+    if outcome.error is not None:
+        ERRORS.labels(code=outcome.error.code).inc()
+
+
+def watch_queue_depths(depths: dict[str, int], queues: list[str]) -> None:
+    """Export the consumer's sampled queue depths."""
+    for queue in queues:
+        QUEUE_DEPTH.labels(queue=queue).set_function(lambda queue=queue: depths.get(queue, 0))
 
 
 def record(outcome: Outcome) -> None:

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from worker.messages import ProgressEvent, Result
+from worker.messages import ChunkTask, ErrorInfo, GatherMessage, ProgressEvent, Result
 
 JSON = "application/json"
+FLAC = "audio/flac"
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,13 @@ class Topology:
     dead_letter_queue: str
     progress_exchange: str
     delivery_limit: int
+    # Fan-out (None: off): chunk tasks of long jobs, served by every worker, and their dead letters.
+    chunks_queue: str | None = None
+    chunks_dead_letter_queue: str = ""
+
+    def gather_queue(self, job_id: str) -> str:
+        """The queue where a fanned-out job's chunk results come back to its coordinator."""
+        return f"{self.chunks_queue}.gather.{job_id}"
 
 
 def declare(channel: BlockingChannel, t: Topology) -> None:
@@ -47,6 +55,78 @@ def declare(channel: BlockingChannel, t: Topology) -> None:
     )
     channel.queue_declare(t.results_queue, durable=True, arguments={"x-queue-type": "quorum"})
     channel.exchange_declare(t.progress_exchange, exchange_type="topic", durable=True)
+    if t.chunks_queue:
+        _declare_chunks(channel, t)
+
+
+def _declare_chunks(channel: BlockingChannel, t: Topology) -> None:
+    """The chunk queue: quorum, dead-lettered like jobs. Its broker-side delivery limit is one above the
+    worker's own, which fails a chunk that killed every worker that took it before the broker would
+    drop it silently (a quorum queue also counts consumer_timeout and scale-in requeues)."""
+    channel.queue_declare(t.chunks_dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"})
+    channel.queue_bind(t.chunks_dead_letter_queue, t.dead_letter_exchange, routing_key=t.chunks_queue)
+    channel.queue_declare(
+        t.chunks_queue,
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": t.dead_letter_exchange,
+            "x-dead-letter-routing-key": t.chunks_queue,
+            "x-delivery-limit": t.delivery_limit + 1,
+        },
+    )
+
+
+def declare_gather(channel: BlockingChannel, queue: str, *, expires_seconds: float) -> int:
+    """Declare a job's gather queue; returns how many messages it already holds (a previous coordinator's).
+
+    Durable, so that finished chunk results outlive a coordinator or broker restart; it expires once
+    no coordinator has used it for `expires_seconds` (a job that never came back leaves nothing).
+    """
+    ok = channel.queue_declare(
+        queue, durable=True, arguments={"x-queue-type": "classic", "x-expires": int(expires_seconds * 1000)}
+    )
+    return ok.method.message_count
+
+
+def delete_gather(channel: BlockingChannel, t: Topology, job_id: str) -> None:
+    """Drop a job's gather queue once its result is published (deleting a missing queue is a no-op)."""
+    if t.chunks_queue:
+        channel.queue_delete(t.gather_queue(job_id))
+
+
+def queue_depth(channel: BlockingChannel, queue: str) -> int:
+    """Messages ready in `queue` (a passive declare: raises ChannelClosedByBroker 404 when it is missing)."""
+    return channel.queue_declare(queue, passive=True).method.message_count
+
+
+def publish_chunk_task(channel: BlockingChannel, t: Topology, task: ChunkTask, audio: bytes, *, reply_to: str) -> None:
+    """A chunk task: FLAC in the body, the task in the headers; confirmed like every persistent message."""
+    properties = pika.BasicProperties(
+        content_type=FLAC,
+        delivery_mode=pika.DeliveryMode.Persistent,
+        message_id=f"{task.job_id}/{task.index}",
+        correlation_id=task.job_id,
+        reply_to=reply_to,
+        headers=task.headers(),
+    )
+    channel.basic_publish("", t.chunks_queue, audio, properties, mandatory=True)
+
+
+def publish_gather(channel: BlockingChannel, queue: str, message: GatherMessage) -> None:
+    """To a gather queue; UnroutableError when it is gone (the job ended)."""
+    channel.basic_publish("", queue, message.model_dump_json().encode(), _properties(message.job_id), mandatory=True)
+
+
+def dead_letter_chunk(
+    channel: BlockingChannel, t: Topology, body: bytes, headers: dict | None, job_id: str, error: ErrorInfo
+) -> None:
+    """Put a chunk task in the chunks' dead-letter queue, its own headers kept, the reason added."""
+    headers = {**(headers or {}), "x-error-code": error.code, "x-error-message": error.message[:1000]}
+    properties = pika.BasicProperties(
+        content_type=FLAC, delivery_mode=pika.DeliveryMode.Persistent, correlation_id=job_id, headers=headers
+    )
+    channel.basic_publish(t.dead_letter_exchange, t.chunks_queue, body, properties, mandatory=True)
 
 
 def _properties(job_id: str, *, headers: dict | None = None) -> pika.BasicProperties:

@@ -1,0 +1,257 @@
+"""Fan-out across real worker processes on a real rabbitmq-server: a long job's chunks go out as
+chunk tasks, any worker transcribes them, the coordinator gathers them; kills, poison and bad
+chunk tasks lose nothing and leave nothing on the broker.
+"""
+
+import collections
+import dataclasses
+import re
+import shutil
+import time
+
+import numpy as np
+import pika
+import pika.exceptions
+import pytest
+
+from worker.media.audio import encode_flac
+from worker.messages import ChunkTask, GatherMessage, ProgressEvent, Result
+from worker.service.publisher import declare_gather
+
+from .conftest import LEDGER, Client, Service, WorkerProcess
+from .test_faults import SHORT_CONSUMER_TIMEOUT, exactly_one_completed
+
+LONG = "ljspeech_LJ001-0001_to_0032_concat.wav"  # 231 s: 12 chunks
+SHORT = "jfk_inaugural_1961.flac"
+# One whisper call of one thread per worker: the same decoding in both modes, and chunks spread out.
+FAN = {"fanout_min_seconds": 60, "max_parallel_workers": 1, "whisper_threads": 1, "log_level": "DEBUG"}
+STARTED = re.compile(r"Starting transcription: chunk_(\d{4})\.wav")
+BACK = re.compile(r"Chunk (\d+) back from")
+
+
+def chunk_starts(*workers: WorkerProcess) -> collections.Counter:
+    """How many times each chunk index was started, over the workers' logs."""
+    return collections.Counter(int(i) for w in workers for i in STARTED.findall(w.log()))
+
+
+def coordinator_of(workers: list[WorkerProcess], timeout: float = 60.0) -> WorkerProcess:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for worker in workers:
+            if "Fanning out" in worker.log():
+                return worker
+        time.sleep(0.1)
+    raise AssertionError("no worker fanned the job out")
+
+
+def queue_exists(client: Client, queue: str) -> bool:
+    channel = client.connection.channel()
+    try:
+        channel.queue_declare(queue, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        assert exc.reply_code == 404
+        return False
+    channel.close()
+    return True
+
+
+def assert_broker_clean(client: Client, job_id: str, *, chunk_dead_letters: int = 0) -> None:
+    """Nothing left of the job: its gather queue is gone, no chunk task waits (orphans are dropped)."""
+    t = client.topology
+    deadline = time.monotonic() + 30
+    while (
+        client.depth(t.chunks_queue) or queue_exists(client, t.gather_queue(job_id))
+    ) and time.monotonic() < deadline:
+        client.connection.sleep(0.2)
+    assert client.depth(t.chunks_queue) == 0
+    assert not queue_exists(client, t.gather_queue(job_id))
+    assert len(client.drain(t.chunks_dead_letter_queue, settle_seconds=0)) == chunk_dead_letters
+
+
+def transcribe_in_process(service: Service, client: Client) -> Result:
+    """The single-worker reference: the same audio with fan-out off."""
+    worker = service.start_worker(**{**FAN, "fanout_min_seconds": 0})
+    worker.wait_for("Consuming")
+    client.enqueue({"job_id": "in-process-1", "audio": {"path": LONG}})
+    (result,) = exactly_one_completed(client, "in-process-1", worker)
+    assert "Fanning out" not in worker.log() and "Consuming chunks" not in worker.log()
+    assert worker.stop() == 0
+    return result
+
+
+def test_a_fanned_out_job_has_the_single_worker_text_and_leaves_nothing(service, audio_dir):
+    shutil.copyfile(audio_dir / LONG, service.input_dir / LONG)
+    client = service.client()
+    reference = transcribe_in_process(service, client)
+    progress = client.channel.queue_declare("", exclusive=True).method.queue
+    client.channel.queue_bind(progress, service.topology.progress_exchange, routing_key="fanned-1")
+    workers = [service.start_worker(**FAN) for _ in range(2)]
+    for worker in workers:
+        worker.wait_for("Consuming chunks")
+
+    client.enqueue({"job_id": "fanned-1", "audio": {"path": LONG}})
+    (result,) = exactly_one_completed(client, "fanned-1", workers[0])
+
+    assert reference.chunks == result.chunks == 12
+    assert result.text == reference.text  # greedy decoding: the same text, whichever worker did a chunk
+    assert result.segments == reference.segments
+    starts = chunk_starts(*workers)
+    assert sorted(starts) == list(range(12)) and set(starts.values()) == {1}  # each chunk once
+    assert all(STARTED.search(w.log()) for w in workers), "both workers transcribed chunks"
+    events = [ProgressEvent.model_validate_json(body) for _, body in client.drain(progress)]
+    assert [e.chunks_done for e in events if e.stage == "transcribing"] == list(range(1, 13))
+    assert_broker_clean(client, "fanned-1")
+    client.close()
+
+
+def test_a_chunk_worker_killed_mid_chunk_costs_only_that_chunk(service, audio_dir):
+    shutil.copyfile(audio_dir / LONG, service.input_dir / LONG)
+    client = service.client()
+    workers = [service.start_worker(**FAN) for _ in range(2)]
+    for worker in workers:
+        worker.wait_for("Consuming chunks")
+
+    client.enqueue({"job_id": "chunk-kill-1", "audio": {"path": LONG}})
+    coordinator = coordinator_of(workers)
+    (other,) = [w for w in workers if w is not coordinator]
+    other.wait_for("Starting transcription", count=2)  # its second chunk, mid-way
+    other.kill()
+    (result,) = exactly_one_completed(client, "chunk-kill-1", coordinator)
+
+    assert result.chunks == 12
+    starts = chunk_starts(coordinator, other)
+    assert sorted(starts) == list(range(12))
+    assert sum(starts.values()) <= 13  # the killed chunk again, elsewhere; nothing else twice
+    assert_broker_clean(client, "chunk-kill-1")
+    service.start_worker(**FAN).wait_for("Removed 1 scratch directory")  # a restart sweeps the killed one's
+    LEDGER.faults_survived.append("chunk worker SIGKILL mid-chunk")
+    client.close()
+
+
+def test_a_coordinator_killed_mid_job_is_resumed_without_redoing_finished_chunks(service, audio_dir):
+    shutil.copyfile(audio_dir / LONG, service.input_dir / LONG)
+    client = service.client()
+    first = service.start_worker(**FAN)
+    first.wait_for("Consuming chunks")
+
+    client.enqueue({"job_id": "coord-kill-1", "audio": {"path": LONG}})
+    first.wait_for("back from", count=4)
+    first.kill()
+    finished = {int(i) for i in BACK.findall(first.log())}  # results the coordinator had: on the broker
+    second = service.start_worker(**FAN)
+    (result,) = exactly_one_completed(client, "coord-kill-1", second)
+
+    assert result.attempt == 2 and result.chunks == 12
+    resumed = re.search(r"Resuming: (\d+) of 12 chunk results already on the broker", second.log())
+    assert resumed and int(resumed.group(1)) >= len(finished) >= 4
+    assert "Published" not in second.log()  # the tasks still queued were not sent again
+    assert finished.isdisjoint(chunk_starts(second)), "a finished chunk was transcribed again"
+    assert sorted(chunk_starts(first, second)) == list(range(12))
+    assert_broker_clean(client, "coord-kill-1")
+    LEDGER.faults_survived.append("coordinator SIGKILL mid-job")
+    client.close()
+
+
+def test_a_chunk_that_kills_every_worker_fails_its_job_once_not_forever(service, audio_dir):
+    # DELIVERY_LIMIT=1: one worker dying on a chunk makes it poison (with the default 5, five would).
+    service.topology = dataclasses.replace(service.topology, delivery_limit=1)
+    shutil.copyfile(audio_dir / LONG, service.input_dir / LONG)
+    client = service.client()
+    workers = [service.start_worker(**FAN) for _ in range(2)]
+    for worker in workers:
+        worker.wait_for("Consuming chunks")
+
+    client.enqueue({"job_id": "poison-1", "audio": {"path": LONG}})
+    coordinator = coordinator_of(workers)
+    (other,) = [w for w in workers if w is not coordinator]
+    other.wait_for("Starting transcription")
+    other.kill()
+    service.start_worker(**FAN).wait_for("Removed 1 scratch directory")  # restarted, as an orchestrator would
+
+    (failed,) = client.results(lambda rs: len(rs) == 1, alive=lambda: coordinator.wait_for("Consuming"))
+    assert failed.job_id == "poison-1" and failed.status == "failed"
+    assert failed.error.code == "ChunkFailed" and "stopped before finishing it" in failed.error.message
+    (dead_job,) = client.drain(service.topology.dead_letter_queue)
+    assert dead_job[0].headers["x-error-code"] == "ChunkFailed"
+    assert_broker_clean(client, "poison-1", chunk_dead_letters=1)
+    client.enqueue({"job_id": "after-poison-1", "audio": {"path": LONG}})  # the fleet still serves
+    exactly_one_completed(client, "after-poison-1", coordinator)
+    client.close()
+
+
+def task_headers(job_id: str, **changes) -> dict:
+    task = ChunkTask(job_id=job_id, index=0, start=0, end=16000, chunks_total=1, model="tiny.en", language="en")
+    return {**task.headers(), **changes}
+
+
+def publish_raw(client: Client, body: bytes, headers: dict, reply_to: str | None) -> None:
+    properties = pika.BasicProperties(headers=headers, reply_to=reply_to, delivery_mode=2)
+    client.channel.basic_publish("", client.topology.chunks_queue, body, properties, mandatory=True)
+
+
+@pytest.fixture
+def fan_worker(service: Service) -> WorkerProcess:
+    worker = service.start_worker(**FAN)
+    worker.wait_for("Consuming chunks")
+    return worker
+
+
+def test_bad_chunk_tasks_get_typed_errors_and_the_worker_serves_on(service, fan_worker, audio_dir):
+    shutil.copyfile(audio_dir / SHORT, service.input_dir / SHORT)
+    client = service.client()
+    t = service.topology
+    gather = t.gather_queue("fake-1")
+    declare_gather(client.channel, gather, expires_seconds=60)  # the test plays the coordinator
+    one_second = encode_flac(np.zeros(16000, dtype=np.float32))
+    headers = task_headers("fake-1")
+
+    publish_raw(client, one_second, {k: v for k, v in headers.items() if k != "x-index"}, gather)
+    publish_raw(client, one_second, {**headers, "x-end": -5}, gather)
+    publish_raw(client, b"not flac at all", headers, gather)
+    publish_raw(client, encode_flac(np.zeros(8000, dtype=np.float32)), headers, gather)  # shorter than it says
+    publish_raw(client, one_second, headers, t.jobs_queue)  # a reply_to that is not the job's gather queue
+    publish_raw(client, one_second, task_headers("ghost-1"), t.gather_queue("ghost-1"))  # no such job
+
+    dead = client.collect(t.chunks_dead_letter_queue, lambda ms: len(ms) == 5, timeout=60)
+    codes = sorted(props.headers["x-error-code"] for props, _ in dead)
+    assert codes == ["AudioDecodeError", "InvalidChunkTask", "InvalidChunkTask", "InvalidChunkTask", "InvalidChunkTask"]
+    replies = [GatherMessage.model_validate_json(body) for _, body in client.drain(gather)]
+    assert sorted((r.status, r.error.code) for r in replies) == [
+        ("failed", "AudioDecodeError"),
+        ("failed", "InvalidChunkTask"),
+    ]
+    fan_worker.wait_for("no coordinator gathers job ghost-1")
+    assert "| ghost-1 |" in fan_worker.log()  # logged with the job id
+    client.channel.queue_delete(gather)
+    assert client.depth(t.chunks_queue) == 0
+
+    client.enqueue({"job_id": "after-bad-chunks-1", "audio": {"path": SHORT}})
+    exactly_one_completed(client, "after-bad-chunks-1", fan_worker)
+    LEDGER.bad_inputs += ["chunk task: missing header", "chunk task: end before start", "chunk task: not FLAC",
+                          "chunk task: audio shorter than its span", "chunk task: foreign reply_to",
+                          "chunk task: unknown job"]  # fmt: skip
+    client.close()
+
+
+def test_a_fanned_out_job_longer_than_the_consumer_timeout_completes_once(own_broker, own_service, audio_dir):
+    own_broker.start(**SHORT_CONSUMER_TIMEOUT)  # 3 s: the job, and the coordinator's held results, pass it
+    own_service.topology = dataclasses.replace(own_service.topology, delivery_limit=20)
+    shutil.copyfile(audio_dir / LONG, own_service.input_dir / LONG)
+    shutil.copyfile(audio_dir / SHORT, own_service.input_dir / SHORT)
+    client = own_service.client()
+    worker = own_service.start_worker(**FAN)
+    worker.wait_for("Consuming chunks")
+
+    client.enqueue({"job_id": "fan-held-1", "audio": {"path": LONG}})
+    results = exactly_one_completed(client, "fan-held-1", worker)
+    assert results[0].chunks == 12
+    log = worker.log()
+    assert "The broker closed the channel" in log
+    assert log.count("Processing job fan-held-1") == 1  # transcribed once; the redelivery got that result
+    assert log.count("Fanning out") == 1
+    assert_broker_clean(client, "fan-held-1")
+
+    client.enqueue({"job_id": "fan-after-1", "audio": {"path": SHORT}})  # the worker still serves
+    exactly_one_completed(client, "fan-after-1", worker)
+    LEDGER.faults_survived.append("fanned-out job longer than the broker's consumer_timeout")
+    client.close()
