@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_levers
+import bench_scale
 import numpy as np
 from bench_common import (
     AUDIO_DIR,
@@ -572,6 +573,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=2, help="runs of every --levers row (the minimum is kept)")
     parser.add_argument("--lever-rows", help="only these --levers rows, e.g. default,fw-int8 (default: all)")
     parser.add_argument(
+        "--scale", action="store_true", help="one long job over 1 and 2 pinned workers with fan-out (>= 20 min)"
+    )
+    parser.add_argument(
+        "--memory-minutes",
+        type=lambda s: [float(m) for m in s.split(",") if m],
+        help="peak RSS of cmd/transcribe for recordings this long, e.g. 10,60,240 (with --scale, or alone)",
+    )
+    parser.add_argument(
         "--files",
         type=lambda s: [f for f in s.split(",") if f],
         help="audio files to use instead of the default set (comma-separated names)",
@@ -614,11 +623,28 @@ def levers_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def scale_main(args: argparse.Namespace) -> int:
+    """`--scale` and/or `--memory-minutes`: fan-out over pinned workers; peak memory against length."""
+    files = args.files or [f for f in manifest_files() if counts_for_wer(f)]
+    out = []
+    if args.scale:
+        recording = build_recording(files, max(args.min_minutes, 20.0) * 60)
+        out.append(bench_scale.scale_markdown(bench_scale.run_scale(recording, args.model, args.runs)))
+    if args.memory_minutes:
+        recording = build_recording(files, 0)
+        rows = bench_scale.run_memory(recording, args.model, args.memory_minutes)
+        out.append(bench_scale.memory_markdown(rows, args.model))
+    print("".join(out))
+    return 0
+
+
 def main() -> int:
     args = parse_args()
     if args.child:
         return child_main(args)
     configure_logging("WARNING")
+    if args.scale or args.memory_minutes:
+        return scale_main(args)
     if args.levers:
         return levers_main(args)
     return wer_main(args) if args.wer else bench_main(args)

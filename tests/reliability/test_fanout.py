@@ -5,6 +5,7 @@ chunk tasks lose nothing and leave nothing on the broker.
 
 import collections
 import dataclasses
+import datetime
 import re
 import shutil
 import time
@@ -18,8 +19,8 @@ from worker.media.audio import encode_flac
 from worker.messages import ChunkTask, GatherMessage, ProgressEvent, Result
 from worker.service.publisher import declare_gather
 
-from .conftest import LEDGER, Client, Service, WorkerProcess
-from .test_faults import SHORT_CONSUMER_TIMEOUT, exactly_one_completed
+from .conftest import LEDGER, Client, Service, WorkerProcess, completed_ids
+from .test_faults import SHORT_CONSUMER_TIMEOUT, exactly_one_completed, results_of
 
 LONG = "ljspeech_LJ001-0001_to_0032_concat.wav"  # 231 s: 12 chunks
 SHORT = "jfk_inaugural_1961.flac"
@@ -29,9 +30,14 @@ STARTED = re.compile(r"Starting transcription: chunk_(\d{4})\.wav")
 BACK = re.compile(r"Chunk (\d+) back from")
 
 
-def chunk_starts(*workers: WorkerProcess) -> collections.Counter:
-    """How many times each chunk index was started, over the workers' logs."""
-    return collections.Counter(int(i) for w in workers for i in STARTED.findall(w.log()))
+def stamp(line: str) -> datetime.datetime:
+    return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f")
+
+
+def chunk_starts(*workers: WorkerProcess, job_id: str | None = None) -> collections.Counter:
+    """How many times each chunk index (of `job_id`, or of any job) was started, over the workers' logs."""
+    lines = [line for w in workers for line in w.log().splitlines() if job_id is None or f"| {job_id} |" in line]
+    return collections.Counter(int(m.group(1)) for line in lines if (m := STARTED.search(line)))
 
 
 def coordinator_of(workers: list[WorkerProcess], timeout: float = 60.0) -> WorkerProcess:
@@ -74,30 +80,43 @@ def transcribe_in_process(service: Service, client: Client) -> Result:
     worker.wait_for("Consuming")
     client.enqueue({"job_id": "in-process-1", "audio": {"path": LONG}})
     (result,) = exactly_one_completed(client, "in-process-1", worker)
-    assert "Fanning out" not in worker.log() and "Consuming chunks" not in worker.log()
+    assert "Fanning out" not in worker.log() and "Taking chunk tasks" not in worker.log()
     assert worker.stop() == 0
     return result
 
 
 def test_a_fanned_out_job_has_the_single_worker_text_and_leaves_nothing(service, audio_dir):
     shutil.copyfile(audio_dir / LONG, service.input_dir / LONG)
+    shutil.copyfile(audio_dir / SHORT, service.input_dir / SHORT)
     client = service.client()
     reference = transcribe_in_process(service, client)
     progress = client.channel.queue_declare("", exclusive=True).method.queue
     client.channel.queue_bind(progress, service.topology.progress_exchange, routing_key="fanned-1")
     workers = [service.start_worker(**FAN) for _ in range(2)]
     for worker in workers:
-        worker.wait_for("Consuming chunks")
+        worker.wait_for("Taking chunk tasks")
 
     client.enqueue({"job_id": "fanned-1", "audio": {"path": LONG}})
-    (result,) = exactly_one_completed(client, "fanned-1", workers[0])
+    coordinator_of(workers).wait_for("Published 12 chunk tasks")
+    client.enqueue({"job_id": "next-1", "audio": {"path": SHORT}})  # while fanned-1's chunks are out
+    results = client.results(lambda rs: {"fanned-1", "next-1"} <= set(completed_ids(rs)))
+    results += results_of(client, client.drain(service.topology.results_queue, settle_seconds=2))
+    LEDGER.account({"fanned-1", "next-1"}, completed_ids(results))
+    assert sorted(completed_ids(results)) == ["fanned-1", "next-1"]
+    (result,) = [r for r in results if r.job_id == "fanned-1"]
 
     assert reference.chunks == result.chunks == 12
     assert result.text == reference.text  # greedy decoding: the same text, whichever worker did a chunk
     assert result.segments == reference.segments
-    starts = chunk_starts(*workers)
+    starts = chunk_starts(*workers, job_id="fanned-1")
     assert sorted(starts) == list(range(12)) and set(starts.values()) == {1}  # each chunk once
     assert all(STARTED.search(w.log()) for w in workers), "both workers transcribed chunks"
+    # Chunk tasks before new jobs: next-1 was taken only once fanned-1's chunks had all started.
+    last_chunk = max(
+        stamp(line) for w in workers for line in w.log().splitlines() if STARTED.search(line) and "| fanned-1 |" in line
+    )
+    next_taken = min(stamp(line) for w in workers for line in w.log().splitlines() if "Processing job next-1" in line)
+    assert next_taken > last_chunk
     events = [ProgressEvent.model_validate_json(body) for _, body in client.drain(progress)]
     assert [e.chunks_done for e in events if e.stage == "transcribing"] == list(range(1, 13))
     assert_broker_clean(client, "fanned-1")
@@ -109,7 +128,7 @@ def test_a_chunk_worker_killed_mid_chunk_costs_only_that_chunk(service, audio_di
     client = service.client()
     workers = [service.start_worker(**FAN) for _ in range(2)]
     for worker in workers:
-        worker.wait_for("Consuming chunks")
+        worker.wait_for("Taking chunk tasks")
 
     client.enqueue({"job_id": "chunk-kill-1", "audio": {"path": LONG}})
     coordinator = coordinator_of(workers)
@@ -132,7 +151,7 @@ def test_a_coordinator_killed_mid_job_is_resumed_without_redoing_finished_chunks
     shutil.copyfile(audio_dir / LONG, service.input_dir / LONG)
     client = service.client()
     first = service.start_worker(**FAN)
-    first.wait_for("Consuming chunks")
+    first.wait_for("Taking chunk tasks")
 
     client.enqueue({"job_id": "coord-kill-1", "audio": {"path": LONG}})
     first.wait_for("back from", count=4)
@@ -159,7 +178,7 @@ def test_a_chunk_that_kills_every_worker_fails_its_job_once_not_forever(service,
     client = service.client()
     workers = [service.start_worker(**FAN) for _ in range(2)]
     for worker in workers:
-        worker.wait_for("Consuming chunks")
+        worker.wait_for("Taking chunk tasks")
 
     client.enqueue({"job_id": "poison-1", "audio": {"path": LONG}})
     coordinator = coordinator_of(workers)
@@ -192,7 +211,7 @@ def publish_raw(client: Client, body: bytes, headers: dict, reply_to: str | None
 @pytest.fixture
 def fan_worker(service: Service) -> WorkerProcess:
     worker = service.start_worker(**FAN)
-    worker.wait_for("Consuming chunks")
+    worker.wait_for("Taking chunk tasks")
     return worker
 
 
@@ -228,8 +247,7 @@ def test_bad_chunk_tasks_get_typed_errors_and_the_worker_serves_on(service, fan_
     client.enqueue({"job_id": "after-bad-chunks-1", "audio": {"path": SHORT}})
     exactly_one_completed(client, "after-bad-chunks-1", fan_worker)
     LEDGER.bad_inputs += ["chunk task: missing header", "chunk task: end before start", "chunk task: not FLAC",
-                          "chunk task: audio shorter than its span", "chunk task: foreign reply_to",
-                          "chunk task: unknown job"]  # fmt: skip
+                          "chunk task: audio shorter than its span", "chunk task: foreign reply_to"]  # fmt: skip
     client.close()
 
 
@@ -240,7 +258,7 @@ def test_a_fanned_out_job_longer_than_the_consumer_timeout_completes_once(own_br
     shutil.copyfile(audio_dir / SHORT, own_service.input_dir / SHORT)
     client = own_service.client()
     worker = own_service.start_worker(**FAN)
-    worker.wait_for("Consuming chunks")
+    worker.wait_for("Taking chunk tasks")
 
     client.enqueue({"job_id": "fan-held-1", "audio": {"path": LONG}})
     results = exactly_one_completed(client, "fan-held-1", worker)

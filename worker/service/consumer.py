@@ -111,6 +111,8 @@ class Consumer:
         self._chunks_in_flight = 0
         self._last_chunk = 0.0
         self._probe: BlockingChannel | None = None
+        self._jobs_channel: BlockingChannel | None = None
+        self._jobs_tag: str | None = None  # None while the jobs consumer is paused for chunk tasks
         self._depth_at = 0.0
         self.queue_depths: dict[str, int] = {}  # ready messages per queue, sampled every few seconds
         self._stopping = threading.Event()
@@ -181,18 +183,18 @@ class Consumer:
             channel.basic_qos(prefetch_count=self._concurrent_jobs)
             cancelled = threading.Event()
             channel.add_on_cancel_callback(lambda _frame: cancelled.set())
+            self._jobs_channel, self._jobs_tag = channel, None
             chunks = self._subscribe_chunks(connection, cancelled)
-            tag = self._subscribe_jobs(connection, channel)
+            self._subscribe_jobs(connection)
             self.connected.set()
             logger.info("Consuming {} ({} job(s) at a time)", self._topology.jobs_queue, self._concurrent_jobs)
             while not self._stopping.is_set():
                 connection.process_data_events(time_limit=1)
                 self._check_consuming(channel, cancelled)
                 self._check_consuming(chunks, cancelled)
-                tag = self._prefer_chunks(connection, channel, tag)
+                self._resume_jobs(connection)
                 self._sample_depths(connection)
-            if tag is not None:
-                channel.basic_cancel(tag)
+            self._pause_jobs()
             if chunks is not None:
                 chunks.basic_cancel(self._topology.chunks_queue)
             while self._in_flight or self._chunks_in_flight:  # heartbeats and settlements while work finishes
@@ -202,8 +204,10 @@ class Consumer:
             if connection.is_open:
                 connection.close()
 
-    def _subscribe_jobs(self, connection: pika.BlockingConnection, channel: BlockingChannel) -> str:
-        return channel.basic_consume(self._topology.jobs_queue, functools.partial(self._on_message, connection))
+    def _subscribe_jobs(self, connection: pika.BlockingConnection) -> None:
+        self._jobs_tag = self._jobs_channel.basic_consume(
+            self._topology.jobs_queue, functools.partial(self._on_message, connection)
+        )
 
     def _subscribe_chunks(
         self, connection: pika.BlockingConnection, cancelled: threading.Event
@@ -219,21 +223,21 @@ class Consumer:
             functools.partial(self._on_chunk, connection),
             consumer_tag=self._topology.chunks_queue,
         )
-        logger.info("Consuming {} ({} chunk task(s) at a time)", self._topology.chunks_queue, self._chunk_slots)
+        logger.info("Taking chunk tasks from {} ({} at a time)", self._topology.chunks_queue, self._chunk_slots)
         return chunks
 
-    def _prefer_chunks(
-        self, connection: pika.BlockingConnection, channel: BlockingChannel, tag: str | None
-    ) -> str | None:
-        """Cancel the jobs consumer while chunk tasks are held; subscribe again once they are done."""
-        if self._chunks_in_flight and tag is not None:
-            channel.basic_cancel(tag)  # deliveries not yet dispatched go back to the queue
-            logger.debug("Serving chunk tasks: not taking new jobs until they are done")
-            return None
+    def _pause_jobs(self) -> None:
+        """Stop taking jobs (deliveries not yet dispatched go back to the queue)."""
+        if self._jobs_tag is not None and self._jobs_channel.is_open:
+            self._jobs_channel.basic_cancel(self._jobs_tag)
+            logger.debug("Not taking new jobs (chunk tasks come first, or the worker is stopping)")
+        self._jobs_tag = None
+
+    def _resume_jobs(self, connection: pika.BlockingConnection) -> None:
+        """Take jobs again once no chunk task has been held for a moment."""
         quiet = time.monotonic() - self._last_chunk >= _CHUNK_QUIET_SECONDS
-        if tag is None and not self._chunks_in_flight and quiet:
-            return self._subscribe_jobs(connection, channel)
-        return tag
+        if self._jobs_tag is None and not self._chunks_in_flight and quiet:
+            self._subscribe_jobs(connection)
 
     def _sample_depths(self, connection: pika.BlockingConnection) -> None:
         """Ready messages on the jobs and chunk queues, for /metrics (autoscalers read the broker's own)."""
@@ -331,6 +335,7 @@ class Consumer:
             body=body, headers=headers, reply_to=properties.reply_to, attempt=_delivery_attempt(headers)
         )
         self._count_chunks(+1)
+        self._pause_jobs()  # chunk tasks first: a job already started finishes before this worker takes another
         self._chunk_pool.submit(self._work_chunk, connection, channel, method.delivery_tag, delivery)
 
     def _work_chunk(

@@ -55,6 +55,7 @@ class _Gathered:
     scattered_at: float | None = None
     failure: GatherMessage | None = None
     done_seconds: float = 0.0
+    received_bytes: int = 0
 
 
 class FanOut:
@@ -183,9 +184,9 @@ class FanOut:
         prepared: Prepared,
         progress: ProgressCallback | None,
     ) -> list[list[Segment]]:
-        last_news = time.monotonic()
+        last_news = started = time.monotonic()
         while len(gathered.results) < gathered.total:
-            connection.process_data_events(time_limit=1)
+            connection.process_data_events(time_limit=0.05)
             if channel.is_closed:  # the broker's consumer_timeout on the results held here, or a queue deleted
                 raise pika.exceptions.ChannelClosed(0, "the broker closed the gather channel")
             if self._take(inbox, gathered, prepared, progress):
@@ -201,6 +202,12 @@ class FanOut:
                     f"no chunk result for {self.options.gather_timeout_seconds:g} s "
                     f"({len(gathered.results)} of {gathered.total} back)"
                 )
+        logger.info(
+            "Gathered {} chunk results ({:.1f} kB received) in {:.2f} s",
+            gathered.total,
+            gathered.received_bytes / 1e3,
+            time.monotonic() - started,
+        )
         return [gathered.results[i] for i in range(gathered.total)]
 
     @staticmethod
@@ -208,8 +215,10 @@ class FanOut:
         """Fold the messages received into `gathered`; True when a new chunk result came."""
         news = False
         while inbox:
+            body = inbox.pop(0)
+            gathered.received_bytes += len(body)
             try:
-                message = GatherMessage.model_validate_json(inbox.pop(0))
+                message = GatherMessage.model_validate_json(body)
             except ValueError as exc:
                 logger.error("Ignoring a malformed message on the gather queue: {}", exc)
                 continue
