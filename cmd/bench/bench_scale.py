@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 from bench_common import MODELS_DIR, ROOT, Recording
-from bench_e2e import _quiet_pika, stop_worker
+from bench_e2e import _quiet_pika
 
 from worker.media.audio import SAMPLE_RATE
 
@@ -139,12 +139,14 @@ def run_scale_row(url: str, work: Path, row: dict, model: str) -> dict[str, Any]
         if result.status != "completed":
             raise RuntimeError(f"the job failed: {result.error}")
     finally:
-        for worker in workers:
-            stop_worker(worker)
+        peaks = [_stop_and_peak_mb(worker) for worker in workers]
         connection.close()
-    logs = "".join((work / f"worker-{i}.log").read_text(errors="replace") for i in range(len(workers)))
+    logs = [(work / f"worker-{i}.log").read_text(errors="replace") for i in range(len(workers))]
+    coordinator = next((i for i, log in enumerate(logs) if "Fanning out" in log or "Processing job" in log), 0)
+    logs = "".join(logs)
     published, gathered = _PUBLISHED.search(logs), _GATHERED.search(logs)
     return {
+        "coordinator_peak_rss_mb": peaks[coordinator],
         "latency_seconds": latency,
         "decode_seconds": result.timings.decode_seconds,
         "chunks": result.chunks,
@@ -154,6 +156,22 @@ def run_scale_row(url: str, work: Path, row: dict, model: str) -> dict[str, Any]
         "gather_bytes": round(float(gathered.group(2)) * 1e3) if gathered else 0,
         "chunk_seconds": [float(s) for _i, s in sorted(_BACK.findall(logs), key=lambda m: int(m[0]))],
     }
+
+
+def _stop_and_peak_mb(worker: subprocess.Popen) -> float:
+    """SIGTERM the worker (killed after 60 s) and return its peak RSS from the kernel's accounting."""
+    if worker.poll() is not None:
+        return 0.0
+    worker.terminate()
+    deadline = time.monotonic() + 60
+    while True:
+        pid, status, usage = os.wait4(worker.pid, os.WNOHANG)
+        if pid:
+            worker.returncode = os.waitstatus_to_exitcode(status)
+            return usage.ru_maxrss / 1024
+        if time.monotonic() > deadline:
+            worker.kill()
+        time.sleep(0.1)
 
 
 def makespan(durations: list[float], workers: int) -> float:
@@ -228,9 +246,11 @@ def scale_markdown(report: dict[str, Any]) -> str:
         f"- bytes over the broker per audio minute: {moved / 1e6:.2f} MB (chunk FLAC {one['flac_bytes'] / 1e6:.1f} MB,"
         f" results {one['gather_bytes'] / 1e3:.0f} kB, for {minutes:.1f} min); raw 16-bit PCM would be 1.92 MB",
         f"- same text in all three rows: {texts_equal}",
-        f"- model from the fan-out 1-worker run: serial part {model['serial_seconds']:.1f} s (decode"
-        f" {one['decode_seconds']:.1f} s, scatter {one['scatter_seconds']:.2f} s, gather and publish), chunks"
-        f" {model['parallel_seconds']:.1f} s in all, longest {model['longest_chunk_seconds']:.1f} s",
+        f"- model from the fan-out 1-worker run: serial part S = latency - chunk times = {model['serial_seconds']:.1f} s"
+        f" (decode {one['decode_seconds']:.1f} s; the scatter, {one['scatter_seconds']:.2f} s, overlaps the first"
+        f" chunks), chunks {model['parallel_seconds']:.1f} s in all, longest {model['longest_chunk_seconds']:.1f} s;"
+        f" chunk times summed over the 2-worker run: {sum(two['chunk_seconds']):.1f} s (the same chunks,"
+        " two processes sharing caches, memory bandwidth and the unpinned broker)",
         "- predicted speedup: "
         + ", ".join(f"{n} workers {s:.1f}x" for n, s in model["predicted_speedup"].items())
         + f" (measured for 2: {one['latency_seconds'] / two['latency_seconds']:.2f}x)",
@@ -263,10 +283,42 @@ def run_memory(recording: Recording, model: str, minutes: list[float]) -> list[d
     return rows
 
 
-def memory_markdown(rows: list[dict[str, Any]], model: str) -> str:
+def run_memory_fanout(recording: Recording, model: str, minutes: list[float]) -> list[dict[str, Any]]:
+    """A fanned-out job of each length over two pinned workers; the coordinator's peak RSS."""
+    from worker.devtools import local_broker
+
+    broker_dir, work = Path(tempfile.mkdtemp(prefix="bench-rabbitmq-")), Path(tempfile.mkdtemp(prefix="bench-mem-"))
+    (work / "input").mkdir()
+    rows, broker = [], None
+    try:
+        with _quiet_pika():
+            broker = local_broker.start(broker_dir)
+        for length in minutes:
+            seconds = write_recording_wav(work / "input" / "long.wav", recording, length)
+            started = time.perf_counter()
+            result = run_scale_row(broker.url, work, SCALE_ROWS["fan-out, 2 workers"], model)
+            rss = result["coordinator_peak_rss_mb"]
+            rows.append(
+                {
+                    "minutes": length,
+                    "audio_seconds": seconds,
+                    "peak_rss_mb": rss,
+                    "wall_seconds": time.perf_counter() - started,
+                }
+            )
+            print(f"  fan-out {length:g} min: coordinator peak RSS {rss:.0f} MB", file=sys.stderr)
+    finally:
+        if broker is not None:
+            broker.stop()
+        shutil.rmtree(broker_dir, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def memory_markdown(rows: list[dict[str, Any]], model: str, what: str = "cmd/transcribe, defaults") -> str:
     first = rows[0]["peak_rss_mb"]
     lines = [
-        f"\n## Peak memory against recording length (cmd/transcribe, {model}, defaults)\n",
+        f"\n## Peak memory against recording length ({what}, {model})\n",
         "| audio | peak RSS | vs the shortest | wall |",
         "|---|---|---|---|",
     ]

@@ -634,6 +634,10 @@ def scale_main(args: argparse.Namespace) -> int:
         recording = build_recording(files, 0)
         rows = bench_scale.run_memory(recording, args.model, args.memory_minutes)
         out.append(bench_scale.memory_markdown(rows, args.model))
+        rows = bench_scale.run_memory_fanout(recording, args.model, args.memory_minutes)
+        out.append(
+            bench_scale.memory_markdown(rows, args.model, "the coordinator of a job fanned out over 2 pinned workers")
+        )
     print("".join(out))
     return 0
 
