@@ -54,8 +54,8 @@ native-whisper:
 models: install
 	$(BIN)/python cmd/models/main.py ensure $${WHISPER_MODEL:-tiny.en}
 
-# The service end to end: a broker (a private one when none answers at AMQP_URL), the consumer,
-# the sample enqueued and its transcript printed; then it keeps serving until Ctrl-C.
+# The service end to end: a broker (a private one when none answers at AMQP_URL), the consumer and
+# the HTTP gateway, the sample enqueued and its transcript printed; then it keeps serving until Ctrl-C.
 # The consumer runs in a session of its own (setsid), so that Ctrl-C reaches it once, as the
 # SIGTERM of cleanup: a second signal would make it exit without finishing its job.
 run: install system-deps models
@@ -68,11 +68,13 @@ run: install system-deps models
 	   broker=$$(mktemp -d /tmp/worker-rabbitmq-XXXXXX); url=$$($(BIN)/python -m worker.devtools.local_broker start $$broker); \
 	 fi; export AMQP_URL=$$url; \
 	 setsid $(BIN)/python cmd/consumer/main.py & consumer=$$!; \
-	 cleanup() { set +e; kill -TERM $$consumer 2>/dev/null; wait $$consumer 2>/dev/null; \
+	 setsid $(BIN)/python cmd/gateway/main.py & gateway=$$!; \
+	 cleanup() { set +e; kill -TERM $$consumer $$gateway 2>/dev/null; wait $$consumer $$gateway 2>/dev/null; \
 	   [ -z "$$broker" ] || { $(BIN)/python -m worker.devtools.local_broker stop $$broker; rm -rf $$broker; }; }; \
 	 trap 'cleanup; exit 0' INT TERM; \
 	 $(BIN)/python cmd/enqueue/main.py $(AUDIO) --wait --format txt --timeout 600 || true; \
-	 echo "Serving jobs on $$(shown $$AMQP_URL) (Ctrl-C to stop)"; wait $$consumer; cleanup
+	 echo "Serving jobs on $$(shown $$AMQP_URL), and OpenAI's audio API at http://$${GATEWAY_HOST:-127.0.0.1}:$${GATEWAY_PORT:-8000}/v1 (Ctrl-C to stop)"; \
+	 wait $$consumer; cleanup
 
 # The layers and the lint first (seconds), then the suite.
 test: install system-deps lint

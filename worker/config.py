@@ -90,6 +90,20 @@ class Settings(BaseSettings):
     # expires this long after its coordinator is gone.
     fanout_gather_timeout_seconds: float = Field(default=3600.0, gt=0)
 
+    # --- the HTTP gateway (cmd/gateway): OpenAI's audio API in front of the jobs queue ---
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=8000, ge=1, le=65535)
+    # How workers reach the gateway to fetch uploads (default http://GATEWAY_HOST:GATEWAY_PORT); its host
+    # must be in the workers' ALLOWED_URL_HOSTS when that is set.
+    gateway_public_url: str = ""
+    # Comma-separated API keys (Authorization: Bearer KEY); empty: open, and the gateway says so at start.
+    gateway_api_keys: SecretStr = SecretStr("")
+    gateway_max_upload_bytes: int = Field(default=500 * 2**20, gt=0)
+    # A request waits this long for its result, then gets 504 (the job still completes).
+    gateway_result_timeout_seconds: float = Field(default=600.0, gt=0)
+    gateway_upload_dir: Path = Path(tempfile.gettempdir()) / "transcription-gateway"
+    gateway_upload_ttl_seconds: float = Field(default=6 * 3600.0, gt=0)
+
     def url_hosts(self) -> frozenset[str] | None:
         """ALLOWED_URL_HOSTS as a set of lower-case host names, or None when any host is allowed."""
         hosts = frozenset(h.strip().lower() for h in self.allowed_url_hosts.split(",") if h.strip())

@@ -20,7 +20,8 @@ WorkerError
 ├── TransientError          may succeed later: retry with backoff
 │   ├── DownloadFailed      an HTTP download failed, stalled or did not verify
 │   ├── CallbackFailed      the job's callback URL did not accept the result
-│   └── GatherTimeout       a fanned-out job's chunk results stopped coming back
+│   ├── GatherTimeout       a fanned-out job's chunk results stopped coming back
+│   └── BrokerUnavailable   the gateway cannot reach the broker
 └── TranscriptionError      whisper.cpp failed on audio that decoded fine
 """
 
@@ -111,3 +112,7 @@ class GatherTimeout(TransientError):
 
 class TranscriptionError(WorkerError):
     """whisper.cpp returned an error for audio that decoded fine."""
+
+
+class BrokerUnavailable(TransientError):
+    """The gateway cannot reach the broker, or the broker did not take the job."""

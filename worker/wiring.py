@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from worker.config import Settings
-from worker.engine.models import ModelDownloader, get_model_downloader, resolve_model
+from worker.engine.models import ModelDownloader, get_model_downloader, model_names, resolve_model
 from worker.engine.transcriber import DecodingOptions, WhisperTranscriber, available_cpus
 from worker.media.chunking import ChunkingOptions
 from worker.pipeline import PipelineOptions, Processor
@@ -178,4 +178,27 @@ def consumer(
         chunk_handler=chunks,
         chunk_slots=processors.whisper_calls,
         on_chunk_settled=on_chunk_settled,
+    )
+
+
+def gateway(settings: Settings):
+    """The HTTP gateway's ASGI app (FastAPI behind the upload size limit)."""
+    from worker.gateway.app import GatewayOptions, create_app
+    from worker.gateway.uploads import UploadStore
+
+    keys = frozenset(k.strip() for k in settings.gateway_api_keys.get_secret_value().split(",") if k.strip())
+    options = GatewayOptions(
+        public_url=(settings.gateway_public_url or f"http://{settings.gateway_host}:{settings.gateway_port}").rstrip(
+            "/"
+        ),
+        default_model=settings.whisper_model,
+        models=tuple(model_names()),
+        api_keys=keys,
+        max_upload_bytes=settings.gateway_max_upload_bytes,
+        result_timeout_seconds=settings.gateway_result_timeout_seconds,
+    )
+    uploads = UploadStore(settings.gateway_upload_dir, ttl_seconds=settings.gateway_upload_ttl_seconds)
+    uploads.sweep()
+    return create_app(
+        options, broker_url=settings.amqp_url.get_secret_value(), topology=topology(settings), uploads=uploads
     )

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness import Client, Service, WorkerProcess, completed_ids, new_topology, stop_and_check
 
 from worker.media.audio import write_wav
 
-from .conftest import LEDGER, Client, Service, WorkerProcess, completed_ids, new_topology, stop_and_check
+from .conftest import LEDGER
 
 GOOD = "jfk_inaugural_1961.flac"
 

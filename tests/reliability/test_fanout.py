@@ -14,12 +14,13 @@ import numpy as np
 import pika
 import pika.exceptions
 import pytest
+from harness import Client, Service, WorkerProcess, completed_ids
 
 from worker.media.audio import encode_flac
 from worker.messages import ChunkTask, GatherMessage, ProgressEvent, Result
 from worker.service.publisher import declare_gather
 
-from .conftest import LEDGER, Client, Service, WorkerProcess, completed_ids
+from .conftest import LEDGER
 from .test_faults import SHORT_CONSUMER_TIMEOUT, exactly_one_completed, results_of
 
 LONG = "ljspeech_LJ001-0001_to_0032_concat.wav"  # 231 s: 12 chunks

@@ -12,11 +12,13 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from harness import completed_ids
+
 from worker.devtools.local_broker import free_port
 from worker.engine.models import Sidecar, file_digests
 from worker.messages import Result
 
-from .conftest import LEDGER, assert_no_secret, completed_ids
+from .conftest import LEDGER, assert_no_secret
 
 LONG = "ljspeech_LJ001-0001_to_0032_concat.wav"  # 231 s of speech: a job long enough to interrupt
 SHORT = "jfk_inaugural_1961.flac"

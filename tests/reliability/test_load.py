@@ -4,8 +4,9 @@ import shutil
 import time
 
 import pytest
+from harness import completed_ids
 
-from .conftest import LEDGER, completed_ids
+from .conftest import LEDGER
 
 # Real clips of 2 to 11 s from ../shared/audio, in five formats.
 CLIPS = [

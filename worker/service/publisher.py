@@ -140,14 +140,16 @@ def _properties(job_id: str, *, headers: dict | None = None) -> pika.BasicProper
 
 
 def publish_result(channel: BlockingChannel, t: Topology, result: Result, *, reply_to: str | None) -> None:
-    """Publish to the results queue (and the job's reply_to); returns once the broker confirmed.
-
-    With confirms on, pika raises (UnroutableError, NackError) when the broker did not take it.
+    """Publish to the results queue (and the job's reply_to, if it still exists); returns once the
+    broker confirmed. With confirms on, pika raises (UnroutableError, NackError) when the results
+    queue did not take it.
     """
     body = result.model_dump_json().encode()
     channel.basic_publish("", t.results_queue, body, _properties(result.job_id), mandatory=True)
     if reply_to and reply_to != t.results_queue:
-        channel.basic_publish("", reply_to, body, _properties(result.job_id), mandatory=True)
+        # Best effort: the results queue is the record. A reply queue that is gone (its client left)
+        # must not make the job fail or loop through requeues.
+        channel.basic_publish("", reply_to, body, _properties(result.job_id), mandatory=False)
 
 
 def dead_letter(channel: BlockingChannel, t: Topology, body: bytes, result: Result) -> None:

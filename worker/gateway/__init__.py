@@ -1,0 +1,1 @@
+"""The HTTP gateway: OpenAI's audio API in front of the jobs queue (cmd/gateway)."""

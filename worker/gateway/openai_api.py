@@ -1,0 +1,84 @@
+"""OpenAI's audio API shapes: request fields checked once, results and errors answered in its forms."""
+
+import json
+import zlib
+from typing import Any, Literal
+
+from worker.formats import to_srt, to_vtt
+from worker.messages import Result
+
+ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
+RESPONSE_FORMATS: tuple[str, ...] = ("json", "text", "srt", "vtt", "verbose_json")
+OPENAI_MODEL = "whisper-1"  # what OpenAI clients send: our default model
+
+# A failed job's error code -> (HTTP status, OpenAI error type).
+_STATUS = {
+    "InvalidJob": (400, "invalid_request_error"),
+    "MalformedJob": (400, "invalid_request_error"),
+    "AudioDecodeError": (400, "invalid_request_error"),
+    "EmptyAudio": (400, "invalid_request_error"),
+    "AudioTooLong": (400, "invalid_request_error"),
+    "UnknownModel": (400, "invalid_request_error"),
+    "ModelUnavailable": (503, "server_error"),
+}
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None):
+        super().__init__(message)
+        self.status, self.type, self.code = status, type, code
+
+
+def error_body(message: str, type: str, code: str | None = None, param: str | None = None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": type, "param": param, "code": code}}).encode()
+
+
+def failed(result: Result) -> ApiError:
+    """The ApiError of a failed job (its error code kept as OpenAI's `code`)."""
+    code = result.error.code if result.error else "InternalError"
+    status, kind = _STATUS.get(code, (500, "server_error"))
+    message = result.error.message if result.error else "the transcription failed"
+    return ApiError(status, message, type=kind, code=code)
+
+
+def compression_ratio(text: str) -> float:
+    """As openai-whisper computes it: bytes of the text over bytes of its zlib compression."""
+    data = text.encode()
+    return round(len(data) / len(zlib.compress(data)), 3) if data else 0.0
+
+
+def render(result: Result, fmt: ResponseFormat, task: str) -> tuple[str, str]:
+    """(body, media type) of a completed result in OpenAI's `response_format`."""
+    segments = result.segments or []
+    if fmt == "text":
+        return (result.text or "") + "\n", "text/plain; charset=utf-8"
+    if fmt == "srt":
+        return to_srt(segments), "text/plain; charset=utf-8"
+    if fmt == "vtt":
+        return to_vtt(segments), "text/vtt; charset=utf-8"
+    if fmt == "json":
+        return json.dumps({"text": result.text or ""}), "application/json"
+    return json.dumps(verbose(result, task)), "application/json"
+
+
+def verbose(result: Result, task: str) -> dict[str, Any]:
+    return {
+        "task": task,
+        "language": result.language,
+        "duration": result.duration_seconds,
+        "text": result.text or "",
+        "segments": [
+            {
+                "id": i,
+                "seek": round(s.start * 100),  # in 10 ms frames, as OpenAI's
+                "start": s.start,
+                "end": s.end,
+                "text": s.text,
+                "temperature": 0.0,  # greedy, no fallback
+                "compression_ratio": compression_ratio(s.text),
+            }
+            for i, s in enumerate(result.segments or [])
+        ],
+    }
