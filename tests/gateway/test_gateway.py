@@ -11,16 +11,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import openai
 import pytest
 from conftest import ROOT
 from harness import Service, new_topology, stop_and_check
 
 from worker.devtools.local_broker import free_port
+from worker.media.audio import write_wav
 
 JFK = "jfk_inaugural_1961.flac"
 KEY = "test-key-1"
-MAX_UPLOAD = 3 * 2**20
+MAX_UPLOAD = 64 * 2**20
 
 
 @dataclass
@@ -42,7 +44,7 @@ def gateway(broker, tmp_path_factory) -> Iterator[Gateway]:
     root = tmp_path_factory.mktemp("gateway")
     service = Service(broker_url=broker, root=root, topology=new_topology())
     service.input_dir.mkdir()
-    worker = service.start_worker(allowed_url_hosts="127.0.0.1")
+    workers = [service.start_worker(allowed_url_hosts="127.0.0.1", max_parallel_workers=1) for _ in range(2)]
     port, uploads = free_port(), root / "uploads"
     env = service.env(
         gateway_port=port, gateway_api_keys=KEY, gateway_upload_dir=uploads, gateway_max_upload_bytes=MAX_UPLOAD
@@ -53,7 +55,8 @@ def gateway(broker, tmp_path_factory) -> Iterator[Gateway]:
             [sys.executable, "cmd/gateway/main.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
     gw = Gateway(f"http://127.0.0.1:{port}", process, log_path, uploads)
-    worker.wait_for("Consuming")
+    for worker in workers:
+        worker.wait_for("Consuming")
     deadline = time.monotonic() + 60
     while "Publishing to" not in gw.log():
         assert gw.alive() and time.monotonic() < deadline, gw.log()
@@ -165,3 +168,44 @@ def test_bad_requests_get_openai_errors_and_leave_nothing(gateway, audio_dir, tm
     assert missing.value.code == 404
     assert gateway.alive() and list(gateway.upload_dir.iterdir()) == []
     shutil.rmtree(tmp_path)
+
+
+def rss_mb(pid: int, key: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def test_forty_concurrent_uploads_are_all_answered_and_the_gateway_stays_small(gateway, audio_dir, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = rss_mb(gateway.process.pid)
+    peak = before
+
+    def one(i: int) -> str:
+        with open(audio_dir / JFK, "rb") as audio:
+            client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=KEY, max_retries=0, timeout=600)
+            return client.audio.transcriptions.create(model="whisper-1", file=audio, response_format="text")
+
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        futures = [pool.submit(one, i) for i in range(40)]
+        while not all(f.done() for f in futures):
+            peak = max(peak, rss_mb(gateway.process.pid))
+            time.sleep(0.2)
+        texts = [f.result() for f in futures]
+    assert all("your country" in t.lower() for t in texts)
+    assert gateway.alive() and list(gateway.upload_dir.iterdir()) == []
+    assert peak - before < 100, (before, peak)
+
+
+def test_a_large_upload_streams_to_disk_not_memory(gateway, tmp_path):
+    big = tmp_path / "half-hour-of-silence.wav"
+    write_wav(big, np.zeros(30 * 60 * 16000, dtype=np.float32))  # 57.6 MB, under the limit
+    before = rss_mb(gateway.process.pid)
+    Path(f"/proc/{gateway.process.pid}/clear_refs").write_text("5")  # the kernel's peak RSS starts again
+    status, body = curl(gateway, f"file=@{big}")
+    assert (status, body["text"]) == (200, "")
+    peak = rss_mb(gateway.process.pid, "VmHWM")
+    assert peak - before < big.stat().st_size / 2**20 / 4, (before, peak)  # far from a copy in memory
+    assert list(gateway.upload_dir.iterdir()) == []
