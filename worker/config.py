@@ -101,7 +101,11 @@ class Settings(BaseSettings):
     gateway_max_upload_bytes: int = Field(default=500 * 2**20, gt=0)
     # A request waits this long for its result, then gets 504 (the job still completes).
     gateway_result_timeout_seconds: float = Field(default=600.0, gt=0)
-    gateway_upload_dir: Path = Path(tempfile.gettempdir()) / "transcription-gateway"
+    gateway_upload_dir: Path = Path("data/gateway/uploads")
+    # Async jobs' records: a SQLite file by default; a server database URL for several gateway replicas.
+    gateway_database_url: str = "sqlite:///data/gateway/jobs.sqlite3"
+    # Results of async jobs, for every gateway replica (durable: they outlive a gateway restart).
+    gateway_results_queue: str = "transcription.gateway.results"
     gateway_upload_ttl_seconds: float = Field(default=6 * 3600.0, gt=0)
 
     def url_hosts(self) -> frozenset[str] | None:

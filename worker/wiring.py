@@ -183,14 +183,15 @@ def consumer(
 
 def gateway(settings: Settings):
     """The HTTP gateway's ASGI app (FastAPI behind the upload size limit)."""
+    # Imported here: the worker's entry points need none of the web stack.
     from worker.gateway.app import GatewayOptions, create_app
+    from worker.gateway.store import JobStore
     from worker.gateway.uploads import UploadStore
 
     keys = frozenset(k.strip() for k in settings.gateway_api_keys.get_secret_value().split(",") if k.strip())
+    public_url = settings.gateway_public_url or f"http://{settings.gateway_host}:{settings.gateway_port}"
     options = GatewayOptions(
-        public_url=(settings.gateway_public_url or f"http://{settings.gateway_host}:{settings.gateway_port}").rstrip(
-            "/"
-        ),
+        public_url=public_url.rstrip("/"),
         default_model=settings.whisper_model,
         models=tuple(model_names()),
         api_keys=keys,
@@ -199,6 +200,14 @@ def gateway(settings: Settings):
     )
     uploads = UploadStore(settings.gateway_upload_dir, ttl_seconds=settings.gateway_upload_ttl_seconds)
     uploads.sweep()
+    database = settings.gateway_database_url
+    if database.startswith("sqlite:///"):
+        Path(database.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return create_app(
-        options, broker_url=settings.amqp_url.get_secret_value(), topology=topology(settings), uploads=uploads
+        options,
+        broker_url=settings.amqp_url.get_secret_value(),
+        topology=topology(settings),
+        uploads=uploads,
+        store=JobStore(database),
+        async_results_queue=settings.gateway_results_queue,
     )

@@ -1,10 +1,13 @@
 """The gateway as its users meet it: the official `openai` client and curl against `cmd/gateway/main.py`,
 with a real worker process behind a real rabbitmq-server (everything on 127.0.0.1)."""
 
+import functools
+import http.server
 import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -14,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import openai
 import pytest
+import requests
 from conftest import ROOT
 from harness import Service, new_topology, stop_and_check
 
@@ -21,6 +25,7 @@ from worker.devtools.local_broker import free_port
 from worker.media.audio import write_wav
 
 JFK = "jfk_inaugural_1961.flac"
+LONG = "ljspeech_LJ001-0001_to_0032_concat.wav"  # 231 s: 10 chunks, progress to watch
 KEY = "test-key-1"
 MAX_UPLOAD = 64 * 2**20
 
@@ -28,15 +33,28 @@ MAX_UPLOAD = 64 * 2**20
 @dataclass
 class Gateway:
     url: str
-    process: subprocess.Popen
+    env: dict[str, str]
     log_path: Path
     upload_dir: Path
+    process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """`cmd/gateway/main.py`, until it serves and publishes."""
+        expected = self.log().count("Publishing to") + 1
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "cmd/gateway/main.py"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 60
+        while self.log().count("Publishing to") < expected:
+            assert self.alive() and time.monotonic() < deadline, self.log()
+            time.sleep(0.1)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        return self.process is not None and self.process.poll() is None
 
 
 @pytest.fixture(scope="module")
@@ -49,21 +67,16 @@ def gateway(broker, tmp_path_factory) -> Iterator[Gateway]:
     env = service.env(
         gateway_port=port, gateway_api_keys=KEY, gateway_upload_dir=uploads, gateway_max_upload_bytes=MAX_UPLOAD
     )
-    log_path = root / "gateway.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "cmd/gateway/main.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    gw = Gateway(f"http://127.0.0.1:{port}", process, log_path, uploads)
+    env["GATEWAY_DATABASE_URL"] = f"sqlite:///{root / 'jobs.sqlite3'}"
+    env["GATEWAY_RESULTS_QUEUE"] = f"gateway-results.{port}"
+    shutil.copyfile(ROOT.parent / "shared" / "audio" / LONG, root / LONG)
+    gw = Gateway(f"http://127.0.0.1:{port}", env, root / "gateway.log", uploads)
+    gw.start()
     for worker in workers:
         worker.wait_for("Consuming")
-    deadline = time.monotonic() + 60
-    while "Publishing to" not in gw.log():
-        assert gw.alive() and time.monotonic() < deadline, gw.log()
-        time.sleep(0.1)
     yield gw
-    process.terminate()
-    process.wait(30)
+    gw.process.terminate()
+    gw.process.wait(30)
     stop_and_check(service)
 
 
@@ -208,4 +221,101 @@ def test_a_large_upload_streams_to_disk_not_memory(gateway, tmp_path):
     assert (status, body["text"]) == (200, "")
     peak = rss_mb(gateway.process.pid, "VmHWM")
     assert peak - before < big.stat().st_size / 2**20 / 4, (before, peak)  # far from a copy in memory
+    assert list(gateway.upload_dir.iterdir()) == []
+
+
+# --- async jobs: /v1/jobs, SSE progress, records in the database ---
+
+
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEY}"}
+
+
+def sse_events(url: str, timeout: float = 300) -> list[tuple[str, dict]]:
+    """(event, data) pairs of a Server-Sent Events stream, read until the server ends it."""
+    events, name = [], None
+    with requests.get(url, headers=auth(), stream=True, timeout=timeout) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines(decode_unicode=True):
+            if line.startswith("event:"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                events.append((name, json.loads(line.split(":", 1)[1])))
+    return events
+
+
+def wait_for_state(gateway: Gateway, job_id: str, states: set[str], timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        record = requests.get(f"{gateway.url}/v1/jobs/{job_id}", headers=auth(), timeout=10).json()
+        if record["state"] in states:
+            return record
+        assert time.monotonic() < deadline, record
+        time.sleep(0.2)
+
+
+def test_an_async_upload_job_streams_its_progress_and_completes(gateway):
+    with open(Path(gateway.env["GATEWAY_UPLOAD_DIR"]).parent / LONG, "rb") as audio:
+        response = requests.post(
+            f"{gateway.url}/v1/jobs", headers=auth(), files={"file": audio}, data={"model": "whisper-1"}
+        )
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["state"] == "queued" and response.headers["location"] == f"/v1/jobs/{job['id']}"
+
+    events = sse_events(f"{gateway.url}/v1/jobs/{job['id']}/events")
+    names = [name for name, _ in events]
+    assert names[0] == "state" and names[-1] == "completed"
+    done = [data["chunks_done"] for name, data in events if name == "progress" and data["stage"] == "transcribing"]
+    assert done == sorted(done) and done and done[-1] == events[-1][1]["result"]["chunks"]
+    record = requests.get(f"{gateway.url}/v1/jobs/{job['id']}", headers=auth(), timeout=10).json()
+    assert record["state"] == "completed" and record["progress"]["percent"] == 100.0
+    assert "printing" in record["result"]["text"].lower() and record["result"]["duration_seconds"] > 230
+    assert list(gateway.upload_dir.iterdir()) == []
+
+
+def test_an_async_url_job_and_bad_job_requests(gateway, audio_dir):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(audio_dir))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{JFK}"
+        response = requests.post(f"{gateway.url}/v1/jobs", headers=auth(), json={"url": url}, timeout=10)
+        assert response.status_code == 202, response.text
+        record = wait_for_state(gateway, response.json()["id"], {"completed", "failed"})
+        assert record["state"] == "completed" and "your country" in record["result"]["text"].lower()
+    finally:
+        server.shutdown()
+        server.server_close()
+    bad = {
+        "no such job": ("get", "/v1/jobs/gw-nope", None, 404),
+        "url not http": ("post", "/v1/jobs", {"url": "file:///etc/passwd"}, 400),
+        "unknown field": ("post", "/v1/jobs", {"url": "http://127.0.0.1/a.wav", "speed": 2}, 400),
+        "unknown model": ("post", "/v1/jobs", {"url": "http://127.0.0.1/a.wav", "model": "nope"}, 400),
+        "not JSON": ("post", "/v1/jobs", "{", 400),
+    }
+    for name, (method, path, body, status) in bad.items():
+        kwargs = {"data": body} if isinstance(body, str) else {"json": body}
+        response = requests.request(method, f"{gateway.url}{path}", headers=auth(), timeout=10, **kwargs)
+        assert response.status_code == status, name
+        assert response.json()["error"]["message"], name
+    no_file = requests.post(f"{gateway.url}/v1/jobs", headers=auth(), files={"model": (None, "whisper-1")}, timeout=10)
+    assert no_file.status_code == 400
+    assert requests.get(f"{gateway.url}/v1/jobs/x", timeout=10).status_code == 401
+
+
+def test_a_gateway_restart_mid_job_loses_neither_the_job_nor_its_record(gateway):
+    with open(Path(gateway.env["GATEWAY_UPLOAD_DIR"]).parent / LONG, "rb") as audio:
+        job = requests.post(f"{gateway.url}/v1/jobs", headers=auth(), files={"file": audio}, timeout=30).json()
+    deadline = time.monotonic() + 120
+    while wait_for_state(gateway, job["id"], {"running"})["progress"]["chunks_total"] == 0:  # not transcribing yet
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    gateway.process.kill()
+    gateway.process.wait(30)
+    gateway.start()  # same database, same uploads, same port
+
+    record = wait_for_state(gateway, job["id"], {"completed", "failed"})
+    assert record["state"] == "completed" and record["result"]["duration_seconds"] > 230
+    assert record["created_at"] == job["created_at"]
     assert list(gateway.upload_dir.iterdir()) == []

@@ -1,10 +1,14 @@
-"""The gateway's side of RabbitMQ: publish jobs, receive their results on a reply queue of its own.
+"""The gateway's side of RabbitMQ: publish jobs, receive their results and progress.
 
 One thread owns the pika connection (pika is not thread-safe). Request handlers, on the event loop,
-hand it a job and get a concurrent Future that resolves once the broker confirmed the job; results
-arrive on the gateway's reply queue, correlated by job id, and resolve the waiter registered for
-that id. The reply queue is named per gateway process and expires when the process is gone, so a
-reconnect keeps the replies that arrived meanwhile.
+hand it a job and get a concurrent Future that resolves once the broker confirmed the job. Results
+come back on two queues:
+- the reply queue of this process, for requests that wait for their answer (named per process,
+  expiring when the process is gone, so a reconnect keeps the replies that arrived meanwhile);
+- the durable results queue of all gateway replicas, for async jobs: whichever replica takes a
+  result records it in the shared database, and one that restarts finds them waiting.
+Progress events of every job reach each process (a queue of its own bound to the progress
+exchange), for the job records and the SSE streams.
 """
 
 import threading
@@ -18,7 +22,7 @@ import pika.exceptions
 from loguru import logger
 
 from worker.errors import BrokerUnavailable
-from worker.messages import Result
+from worker.messages import ProgressEvent, Result
 from worker.service import publisher
 from worker.service.publisher import Topology
 
@@ -28,11 +32,23 @@ _REPLY_EXPIRES_MS = 15 * 60 * 1000
 class BrokerClient:
     """Publishes jobs and routes their results to whoever waits for them."""
 
-    def __init__(self, url: str, topology: Topology, on_result: Callable[[Result], None]) -> None:
+    def __init__(
+        self,
+        url: str,
+        topology: Topology,
+        *,
+        async_results_queue: str,
+        on_result: Callable[[Result], None],
+        on_async_result: Callable[[Result], None],
+        on_progress: Callable[[ProgressEvent], None],
+    ) -> None:
         self._parameters = pika.URLParameters(url)
         self._parameters.heartbeat = 30
         self._topology = topology
         self._on_result = on_result
+        self._on_async_result = on_async_result
+        self._on_progress = on_progress
+        self.async_results_queue = async_results_queue
         self.reply_queue = f"transcription.gateway.{uuid.uuid4().hex[:12]}"
         self._connection: pika.BlockingConnection | None = None
         self._channel = None
@@ -47,25 +63,30 @@ class BrokerClient:
         self._stopping.set()
         self._thread.join(timeout=10)
 
-    def publish(self, job_id: str, body: bytes) -> Future:
-        """Hand a job to the connection thread; the future resolves once the broker confirmed it."""
+    def publish(self, job_id: str, body: bytes, *, wait: bool = True) -> Future:
+        """Hand a job to the connection thread; the future resolves once the broker confirmed it.
+
+        `wait`: its result comes to this process's reply queue (a request waits for it), else to the
+        replicas' durable results queue (an async job).
+        """
+        reply_to = self.reply_queue if wait else self.async_results_queue
         done: Future = Future()
         connection = self._connection
         if connection is None or not self.connected.is_set():
             done.set_exception(BrokerUnavailable("the broker is not reachable"))
             return done
         try:
-            connection.add_callback_threadsafe(lambda: self._publish(job_id, body, done))
+            connection.add_callback_threadsafe(lambda: self._publish(job_id, body, reply_to, done))
         except pika.exceptions.AMQPError as exc:
             done.set_exception(BrokerUnavailable(f"the broker is not reachable ({exc})"))
         return done
 
     # --- connection thread ---
 
-    def _publish(self, job_id: str, body: bytes, done: Future) -> None:
+    def _publish(self, job_id: str, body: bytes, reply_to: str, done: Future) -> None:
         try:
             publisher.publish_job(
-                self._channel, self._topology, body, job_id, reply_to=self.reply_queue, published_at=time.time()
+                self._channel, self._topology, body, job_id, reply_to=reply_to, published_at=time.time()
             )
             done.set_result(None)
         except Exception as exc:  # the waiter turns it into a 503
@@ -90,7 +111,13 @@ class BrokerClient:
             channel.confirm_delivery()
             publisher.declare(channel, self._topology)
             channel.queue_declare(self.reply_queue, durable=False, arguments={"x-expires": _REPLY_EXPIRES_MS})
-            channel.basic_consume(self.reply_queue, self._on_reply, auto_ack=True)
+            channel.basic_consume(self.reply_queue, self._reply(self._on_result), auto_ack=True)
+            channel.queue_declare(self.async_results_queue, durable=True, arguments={"x-queue-type": "quorum"})
+            # Acked once recorded: a result is not lost if this process dies while it handles it.
+            channel.basic_consume(self.async_results_queue, self._durable_reply)
+            progress = channel.queue_declare("", exclusive=True).method.queue
+            channel.queue_bind(progress, self._topology.progress_exchange, routing_key="#")
+            channel.basic_consume(progress, self._progress, auto_ack=True)
             self._connection, self._channel = connection, channel
             self.connected.set()
             logger.info("Publishing to {}; results on {}", self._topology.jobs_queue, self.reply_queue)
@@ -102,10 +129,37 @@ class BrokerClient:
             if connection.is_open:
                 connection.close()
 
-    def _on_reply(self, _channel, _method, _properties, body: bytes) -> None:
+    @staticmethod
+    def _reply(handler: Callable[[Result], None]) -> Callable:
+        def on_message(_channel, _method, _properties, body: bytes) -> None:
+            result = _result(body)
+            if result is not None:
+                handler(result)
+
+        return on_message
+
+    def _durable_reply(self, channel, method, _properties, body: bytes) -> None:
+        result = _result(body)
         try:
-            result = Result.model_validate_json(body)
-        except ValueError as exc:
-            logger.error("Ignoring an unreadable result: {}", exc)
+            if result is not None:
+                self._on_async_result(result)
+        except Exception:  # the database is down: the result stays on the queue for a replica (or us) later
+            logger.exception("Recording the result of job {} failed; it is requeued", result.job_id)
+            channel.basic_nack(method.delivery_tag, requeue=True)
             return
-        self._on_result(result)
+        channel.basic_ack(method.delivery_tag)
+
+    def _progress(self, _channel, _method, _properties, body: bytes) -> None:
+        try:
+            event = ProgressEvent.model_validate_json(body)
+        except ValueError:
+            return
+        self._on_progress(event)
+
+
+def _result(body: bytes) -> Result | None:
+    try:
+        return Result.model_validate_json(body)
+    except ValueError as exc:
+        logger.error("Ignoring an unreadable result: {}", exc)
+        return None

@@ -41,38 +41,28 @@ def declare(channel: BlockingChannel, t: Topology) -> None:
     of looping forever.
     """
     channel.exchange_declare(t.dead_letter_exchange, exchange_type="direct", durable=True)
-    channel.queue_declare(t.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"})
-    channel.queue_bind(t.dead_letter_queue, t.dead_letter_exchange, routing_key=t.jobs_queue)
-    channel.queue_declare(
-        t.jobs_queue,
-        durable=True,
-        arguments={
-            "x-queue-type": "quorum",
-            "x-dead-letter-exchange": t.dead_letter_exchange,
-            "x-dead-letter-routing-key": t.jobs_queue,
-            "x-delivery-limit": t.delivery_limit,
-        },
-    )
+    _declare_dead_lettered(channel, t, t.jobs_queue, t.dead_letter_queue, t.delivery_limit)
     channel.queue_declare(t.results_queue, durable=True, arguments={"x-queue-type": "quorum"})
     channel.exchange_declare(t.progress_exchange, exchange_type="topic", durable=True)
     if t.chunks_queue:
-        _declare_chunks(channel, t)
+        # The chunk queue's broker-side limit is one above the worker's own, so that a chunk that killed
+        # every worker that took it is failed by a worker (its job learns why) before the broker drops it.
+        _declare_dead_lettered(channel, t, t.chunks_queue, t.chunks_dead_letter_queue, t.delivery_limit + 1)
 
 
-def _declare_chunks(channel: BlockingChannel, t: Topology) -> None:
-    """The chunk queue: quorum, dead-lettered like jobs. Its broker-side delivery limit is one above the
-    worker's own, which fails a chunk that killed every worker that took it before the broker would
-    drop it silently (a quorum queue also counts consumer_timeout and scale-in requeues)."""
-    channel.queue_declare(t.chunks_dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"})
-    channel.queue_bind(t.chunks_dead_letter_queue, t.dead_letter_exchange, routing_key=t.chunks_queue)
+def _declare_dead_lettered(channel: BlockingChannel, t: Topology, queue: str, dead: str, limit: int) -> None:
+    """A durable quorum queue whose messages go to `dead` (through the dead-letter exchange) after `limit`
+    deliveries; a quorum queue counts every requeue, consumer_timeout and scale-in ones included."""
+    channel.queue_declare(dead, durable=True, arguments={"x-queue-type": "quorum"})
+    channel.queue_bind(dead, t.dead_letter_exchange, routing_key=queue)
     channel.queue_declare(
-        t.chunks_queue,
+        queue,
         durable=True,
         arguments={
             "x-queue-type": "quorum",
             "x-dead-letter-exchange": t.dead_letter_exchange,
-            "x-dead-letter-routing-key": t.chunks_queue,
-            "x-delivery-limit": t.delivery_limit + 1,
+            "x-dead-letter-routing-key": queue,
+            "x-delivery-limit": limit,
         },
     )
 
