@@ -128,3 +128,17 @@ def test_keda_scales_on_jobs_plus_chunks_counting_unacked_messages():
 def test_compose_fans_out_over_scaled_workers():
     worker = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["worker"]
     assert "FANOUT_MIN_SECONDS" in worker["environment"]
+
+
+def test_compose_runs_the_gateway_where_workers_can_fetch_uploads():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    gateway, worker = compose["services"]["gateway"], compose["services"]["worker"]
+    env = gateway["environment"]
+    assert gateway["command"] == ["python", "cmd/gateway/main.py"] and gateway["build"] == "."
+    assert env["GATEWAY_HOST"] == "0.0.0.0" and f"{env['GATEWAY_PORT']}:{env['GATEWAY_PORT']}" in gateway["ports"]
+    assert env["GATEWAY_PUBLIC_URL"] == f"http://gateway:{env['GATEWAY_PORT']}"  # the service name, on the network
+    hosts = worker["environment"]["ALLOWED_URL_HOSTS"]
+    assert hosts == "${ALLOWED_URL_HOSTS:-}"  # any host by default, so the gateway's URLs are allowed
+    database = env["GATEWAY_DATABASE_URL"].removeprefix("sqlite:///")
+    assert any(database.startswith(v.split(":", 1)[1]) for v in gateway["volumes"])  # the records outlive a container
+    assert any(env["GATEWAY_UPLOAD_DIR"].startswith(v.split(":", 1)[1]) for v in gateway["volumes"])
