@@ -26,10 +26,13 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# ffmpeg decodes audio; rabbitmq-server backs the integration tests and `make run`.
+# ffmpeg decodes audio; rabbitmq-server backs the integration tests and `make run`; Debian's chromium
+# and its driver let the tests drive the gateway's web page (browsers cannot be downloaded here).
 system-deps:
 	@missing=""; command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing="$$missing rabbitmq-server"; \
+	 [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	 [ -x /usr/bin/chromedriver ] || missing="$$missing chromium-driver"; \
 	 if [ -n "$$missing" ]; then $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; fi
 
 # Part of `install` (measured in docs/performance.md: 1.25-1.36x here): replace the PyPI wheel's

@@ -304,6 +304,50 @@ def test_an_async_url_job_and_bad_job_requests(gateway, audio_dir):
     assert requests.get(f"{gateway.url}/v1/jobs/x", timeout=10).status_code == 401
 
 
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")  # Debian's packages
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture
+def browser() -> Iterator:
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1400"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(str(CHROMEDRIVER)), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_the_web_page_uploads_shows_progress_and_the_transcript(gateway, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{gateway.url}/")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Transcribe audio"
+    browser.find_element(By.ID, "key").send_keys(KEY + "\t")  # leaving the field loads the model list
+    WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#model option")) > 1)
+    browser.find_element(By.ID, "file").send_keys(str(Path(gateway.env["GATEWAY_UPLOAD_DIR"]).parent / LONG))
+    browser.find_element(By.ID, "start").click()
+
+    seen, deadline = set(), time.monotonic() + 300
+    while browser.find_element(By.ID, "status").text != "Done.":
+        assert not browser.find_element(By.ID, "error").text, browser.find_element(By.ID, "error").text
+        seen.add(float(browser.find_element(By.ID, "progress").get_attribute("value")))
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert any(0 < value < 100 for value in seen), seen  # the bar moved with the chunks, not only at the end
+    rows = browser.find_elements(By.CSS_SELECTOR, "#segments li")
+    assert len(rows) > 10 and rows[0].find_element(By.TAG_NAME, "time").text == "00:00:00"
+    assert "printing" in browser.find_element(By.ID, "segments").text.lower()
+    for fmt in ("txt", "srt", "vtt", "json"):
+        assert browser.find_element(By.ID, f"dl-{fmt}").get_attribute("href").startswith("blob:")
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "gateway-page.png"))
+
+
 def test_a_gateway_restart_mid_job_loses_neither_the_job_nor_its_record(gateway):
     with open(Path(gateway.env["GATEWAY_UPLOAD_DIR"]).parent / LONG, "rb") as audio:
         job = requests.post(f"{gateway.url}/v1/jobs", headers=auth(), files={"file": audio}, timeout=30).json()

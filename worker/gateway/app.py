@@ -13,6 +13,7 @@ import collections
 import secrets
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
@@ -30,6 +31,7 @@ from worker.gateway.store import JobStore, dumps
 from worker.gateway.uploads import BodyLimit, UploadStore
 from worker.messages import LANGUAGES, Job, ProgressEvent, Result
 
+PAGE = Path(__file__).with_name("static") / "index.html"
 AudioFile = Annotated[UploadFile, File()]
 Text = Annotated[str, Form()]
 OptionalText = Annotated[str | None, Form()]
@@ -159,6 +161,11 @@ def create_app(
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not any(secrets.compare_digest(key, k) for k in options.api_keys):
             raise ApiError(401, "invalid API key", code="invalid_api_key")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        """The web page: upload, progress over SSE, transcript, downloads (plain HTML, no build step)."""
+        return FileResponse(PAGE, media_type="text/html")
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
