@@ -16,12 +16,13 @@ import pika.exceptions
 import pytest
 from harness import Client, Service, WorkerProcess, completed_ids
 
+from worker.devtools.local_broker import free_port
 from worker.media.audio import encode_flac
 from worker.messages import ChunkTask, GatherMessage, ProgressEvent, Result
 from worker.service.publisher import declare_gather
 
 from .conftest import LEDGER
-from .test_faults import SHORT_CONSUMER_TIMEOUT, exactly_one_completed, results_of
+from .test_faults import SHORT_CONSUMER_TIMEOUT, exactly_one_completed, healthz, results_of
 
 LONG = "ljspeech_LJ001-0001_to_0032_concat.wav"  # 231 s: 12 chunks
 SHORT = "jfk_inaugural_1961.flac"
@@ -274,3 +275,16 @@ def test_a_fanned_out_job_longer_than_the_consumer_timeout_completes_once(own_br
     exactly_one_completed(client, "fan-after-1", worker)
     LEDGER.faults_survived.append("fanned-out job longer than the broker's consumer_timeout")
     client.close()
+
+
+def test_workers_side_by_side_on_one_host_need_their_own_metrics_port(service):
+    first, second = free_port(), free_port()
+    workers = [service.start_worker(**FAN, metrics_port=port) for port in (first, second)]
+    for worker in workers:
+        worker.wait_for("Taking chunk tasks")
+    assert healthz(first) == healthz(second) == 200
+
+    clash = service.start_worker(**FAN, metrics_port=first)  # an operator's copy-paste
+    assert clash.process.wait(120) == 2
+    assert f"METRICS_PORT {first} cannot be served" in clash.log()
+    assert healthz(first) == 200  # the first worker is untouched
