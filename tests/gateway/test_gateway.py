@@ -363,3 +363,40 @@ def test_a_gateway_restart_mid_job_loses_neither_the_job_nor_its_record(gateway)
     assert record["state"] == "completed" and record["result"]["duration_seconds"] > 230
     assert record["created_at"] == job["created_at"]
     assert list(gateway.upload_dir.iterdir()) == []
+
+
+def test_broker_down_is_503_and_no_result_in_time_is_504(broker, tmp_path, audio_dir):
+    """A gateway whose broker is gone, and one whose jobs nobody takes (no worker on its queue)."""
+    service = Service(broker_url=broker, root=tmp_path, topology=new_topology())
+    dead_broker = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
+    for name, overrides, status, code in (
+        ("no broker", {"amqp_url": dead_broker}, 503, "broker_unavailable"),
+        ("no worker", {"gateway_result_timeout_seconds": 2}, 504, "timeout"),
+    ):
+        port = free_port()
+        env = service.env(gateway_port=port, gateway_upload_dir=tmp_path / name / "uploads", **overrides)
+        env["GATEWAY_DATABASE_URL"] = f"sqlite:///{tmp_path / name / 'jobs.sqlite3'}"
+        with open(tmp_path / f"{name}.log", "wb") as log:
+            process = subprocess.Popen([sys.executable, "cmd/gateway/main.py"], cwd=ROOT, env=env, stdout=log,
+                                       stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    got, body = curl(
+                        Gateway(f"http://127.0.0.1:{port}", env, tmp_path, tmp_path),
+                        f"file=@{audio_dir / JFK}",
+                        key=None,
+                    )
+                    break
+                except (subprocess.CalledProcessError, json.JSONDecodeError):  # not listening yet
+                    assert time.monotonic() < deadline and process.poll() is None
+                    time.sleep(0.2)
+            assert (got, body["error"]["code"]) == (status, code), (name, body)
+            if code == "timeout":
+                assert "gw-" in body["error"]["message"]  # the job id, to find its result later
+            else:
+                assert list((tmp_path / name / "uploads").iterdir()) == []
+        finally:
+            process.terminate()
+            process.wait(30)
