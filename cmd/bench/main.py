@@ -45,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import bench_gateway
 import bench_levers
 import bench_scale
 import numpy as np
@@ -576,6 +577,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--scale", action="store_true", help="one long job over 1 and 2 pinned workers with fan-out (>= 20 min)"
     )
     parser.add_argument(
+        "--gateway", action="store_true", help="the HTTP gateway's overhead against enqueueing directly (>= 12 min)"
+    )
+    parser.add_argument(
         "--memory-minutes",
         type=lambda s: [float(m) for m in s.split(",") if m],
         help="peak RSS of cmd/transcribe for recordings this long, e.g. 10,60,240 (with --scale, or alone)",
@@ -649,6 +653,12 @@ def main() -> int:
     configure_logging("WARNING")
     if args.scale or args.memory_minutes:
         return scale_main(args)
+    if args.gateway:
+        files = args.files or [f for f in manifest_files() if counts_for_wer(f)]
+        recording = build_recording(files, max(args.min_minutes, 12.0) * 60)
+        report = bench_gateway.run_gateway(recording, args.model, args.runs, args.overhead_jobs)
+        print(bench_gateway.gateway_markdown(report))
+        return 0
     if args.levers:
         return levers_main(args)
     return wer_main(args) if args.wer else bench_main(args)
