@@ -56,8 +56,11 @@ class BrokerClient:
         self.connected = threading.Event()
         self._thread = threading.Thread(target=self._run, name="amqp", daemon=True)
 
-    def start(self) -> None:
+    def start(self, wait_seconds: float = 10.0) -> None:
+        """Connect in the background; wait a little for it, so that the first requests find the broker."""
         self._thread.start()
+        if not self.connected.wait(wait_seconds):
+            logger.warning("No broker after {:.0f} s; answering 503 until it comes", wait_seconds)
 
     def stop(self) -> None:
         self._stopping.set()
