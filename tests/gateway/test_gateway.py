@@ -71,13 +71,16 @@ def gateway(broker, tmp_path_factory) -> Iterator[Gateway]:
     env["GATEWAY_RESULTS_QUEUE"] = f"gateway-results.{port}"
     shutil.copyfile(ROOT.parent / "shared" / "audio" / LONG, root / LONG)
     gw = Gateway(f"http://127.0.0.1:{port}", env, root / "gateway.log", uploads)
-    gw.start()
-    for worker in workers:
-        worker.wait_for("Consuming")
-    yield gw
-    gw.process.terminate()
-    gw.process.wait(30)
-    stop_and_check(service)
+    try:
+        gw.start()
+        for worker in workers:
+            worker.wait_for("Consuming")
+        yield gw
+    finally:  # also when start-up failed: no process outlives the module
+        if gw.process is not None:
+            gw.process.terminate()
+            gw.process.wait(30)
+        stop_and_check(service)
 
 
 @pytest.fixture
