@@ -2,11 +2,12 @@
 
 import json
 
+import pika.data
 import pytest
 
 from worker.engine.libwhisper import context
 from worker.errors import InvalidJob, MalformedJob
-from worker.messages import LANGUAGES, MAX_JOB_BYTES, job_id_of, parse_job
+from worker.messages import LANGUAGES, MAX_JOB_BYTES, ChunkTask, job_id_of, parse_chunk_task, parse_job
 
 GOOD = {"job_id": "a-1", "audio": {"path": "a.flac"}}
 
@@ -90,3 +91,25 @@ def test_the_job_id_of_a_bad_body_is_recovered_only_when_valid():
     assert job_id_of(json.dumps({"job_id": "ok-1", "audio": 3}).encode()) == "ok-1"
     assert job_id_of(json.dumps({"job_id": "../x"}).encode()) is None
     assert job_id_of(b"[1, 2]") is None
+
+
+def test_a_job_carries_a_prompt_and_a_temperature_within_bounds():
+    base = {"job_id": "p-1", "audio": {"path": "a.wav"}}
+    job = parse_job(json.dumps({**base, "prompt": "Gutenberg, Caxton", "temperature": 0.2}).encode())
+    assert (job.prompt, job.temperature) == ("Gutenberg, Caxton", 0.2)
+    assert parse_job(json.dumps(base).encode()).temperature == 0.0
+    for bad in ({"prompt": "x" * 2001}, {"temperature": 1.5}, {"temperature": -0.1}, {"prompt": 7}):
+        with pytest.raises(InvalidJob):
+            parse_job(json.dumps({**base, **bad}).encode())
+
+
+def test_a_chunk_task_survives_its_trip_through_amqp_headers():
+    task = ChunkTask(
+        job_id="j-1", index=2, start=16000, end=48000, chunks_total=3, model="tiny.en-q8_0",
+        language="en", task="transcribe", prompt="Gutenberg — Mainz, 1455", temperature=0.3,
+    )  # fmt: skip
+    # Encoded and decoded as pika does on the wire (it takes no floats, and hands strings back as bytes).
+    pieces: list[bytes] = []
+    pika.data.encode_table(pieces, task.headers())
+    received, _ = pika.data.decode_table(b"".join(pieces), 0)
+    assert parse_chunk_task({**received, "x-delivery-count": 1}) == task

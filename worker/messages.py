@@ -18,6 +18,8 @@ JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 # A job is a small JSON document; anything bigger is a mistake or an attack, and is
 # rejected before it is parsed.
 MAX_JOB_BYTES = 64 * 1024
+# whisper keeps at most 224 prompt tokens; a prompt is cut to its last ones. 2000 characters is ample.
+MAX_PROMPT_CHARS = 2000
 
 # whisper.cpp's language codes, in its own order (whisper_lang_str(0..whisper_lang_max_id()));
 # tests/test_messages.py checks this list against the installed libwhisper.
@@ -57,6 +59,10 @@ class Job(_Strict):
     model: str | None = None
     language: str | None = Field(default=None, description="language code, or 'auto' / null to detect")
     task: Literal["transcribe", "translate"] = "transcribe"
+    # Text that conditions the decoder of every chunk (spellings, names, style), as OpenAI's `prompt`.
+    prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] | None = None
+    # 0: greedy, repeatable. Above 0 whisper samples, and the text changes from run to run.
+    temperature: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     formats: tuple[Format, ...] = ("json",)
     callback_url: AnyUrl | None = None
 
@@ -185,6 +191,8 @@ class ChunkTask(_Strict):
     model: Annotated[str, Field(min_length=1, max_length=100)]
     language: str | None = None
     task: Literal["transcribe", "translate"] = "transcribe"
+    prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
 
     @model_validator(mode="after")
     def _consistent(self) -> "ChunkTask":
@@ -197,7 +205,12 @@ class ChunkTask(_Strict):
         return self
 
     def headers(self) -> dict:
-        return {"x-" + name.replace("_", "-"): value for name, value in self.model_dump().items() if value is not None}
+        # pika's field tables take no floats: a float travels as its decimal string (parsed back exactly).
+        return {
+            "x-" + name.replace("_", "-"): repr(value) if isinstance(value, float) else value
+            for name, value in self.model_dump().items()
+            if value is not None
+        }
 
 
 def parse_chunk_task(headers: dict | None) -> ChunkTask:

@@ -136,11 +136,16 @@ class Processor:
         language: str | None = None,
         task: Task = "transcribe",
         progress: ProgressCallback | None = None,
+        prompt: str | None = None,
+        temperature: float = 0.0,
     ) -> Transcript:
         """Decode `path` and transcribe it. Raises AudioDecodeError or TranscriptionError."""
         with tempfile.TemporaryDirectory(prefix="job-", dir=self.work_root) as work_dir:
             prepared = self.prepare(path, Path(work_dir), language=language)
-            return self.assemble(prepared, self.transcribe_chunks(prepared, task, progress, Path(work_dir)))
+            per_chunk = self.transcribe_chunks(
+                prepared, task, progress, Path(work_dir), prompt=prompt, temperature=temperature
+            )
+            return self.assemble(prepared, per_chunk)
 
     def process_samples(
         self,
@@ -171,12 +176,25 @@ class Processor:
         return Prepared(audio, chunks, language, probability, threads, decoded - started, started)
 
     def transcribe_chunks(
-        self, prepared: "Prepared", task: Task, progress: ProgressCallback | None, work_dir: Path
+        self,
+        prepared: "Prepared",
+        task: Task,
+        progress: ProgressCallback | None,
+        work_dir: Path,
+        *,
+        prompt: str | None = None,
+        temperature: float = 0.0,
     ) -> list[list[Segment]]:
         """In-process mode: every chunk as a WAV file in `work_dir`, transcribed on this process's pool."""
         paths = [_write_chunk(work_dir, prepared.audio, chunk) for chunk in prepared.chunks]
         return self._run(
-            prepared.chunks, paths, prepared.language, task, prepared.threads, progress, prepared.duration_seconds
+            prepared.chunks,
+            paths,
+            prepared.language,
+            _Conditioning(task, prompt, temperature),
+            prepared.threads,
+            progress,
+            prepared.duration_seconds,
         )
 
     def assemble(self, prepared: "Prepared", per_chunk: list[list[Segment]]) -> Transcript:
@@ -198,12 +216,22 @@ class Processor:
         return transcript
 
     def transcribe_chunk(
-        self, samples: np.ndarray, chunk: Chunk, language: str | None, task: Task, threads: int
+        self,
+        samples: np.ndarray,
+        chunk: Chunk,
+        language: str | None,
+        task: Task,
+        threads: int,
+        *,
+        prompt: str | None = None,
+        temperature: float = 0.0,
     ) -> list[Segment]:
         """One chunk's samples -> its segments in absolute time (also what a fanned-out chunk task runs)."""
         logger.info("Starting transcription: {}", chunk.name)
         started = time.perf_counter()
-        segments = self._transcribe_audio(samples, chunk.name, language, task, threads)
+        segments = self._transcribe_audio(
+            samples, chunk.name, language, _Conditioning(task, prompt, temperature), threads
+        )
         elapsed = time.perf_counter() - started
         logger.debug(
             "Finished {} ({:.1f} s of audio) in {:.2f} s (RTF {:.3f})",
@@ -238,7 +266,7 @@ class Processor:
         chunks: list[Chunk],
         paths: list[Path],
         language: str | None,
-        task: Task,
+        how: "_Conditioning",
         threads: int,
         progress: ProgressCallback | None,
         total_seconds: float,
@@ -250,7 +278,7 @@ class Processor:
             order = sorted(zip(chunks, paths, strict=True), key=lambda pair: -pair[0].seconds)
             futures: dict[Future, Chunk] = {
                 pool.submit(
-                    contextvars.copy_context().run, self._transcribe_chunk, chunk, path, language, task, threads
+                    contextvars.copy_context().run, self._transcribe_chunk, chunk, path, language, how, threads
                 ): chunk
                 for chunk, path in (order if self.options.longest_first else zip(chunks, paths, strict=True))
             }
@@ -266,12 +294,14 @@ class Processor:
         return results
 
     def _transcribe_chunk(
-        self, chunk: Chunk, path: Path, language: str | None, task: Task, threads: int
+        self, chunk: Chunk, path: Path, language: str | None, how: "_Conditioning", threads: int
     ) -> list[Segment]:
-        return self.transcribe_chunk(read_wav(path), chunk, language, task, threads)
+        return self.transcribe_chunk(
+            read_wav(path), chunk, language, how.task, threads, prompt=how.prompt, temperature=how.temperature
+        )
 
     def _transcribe_audio(
-        self, audio: np.ndarray, name: str, language: str | None, task: Task, threads: int
+        self, audio: np.ndarray, name: str, language: str | None, how: "_Conditioning", threads: int
     ) -> list[Segment]:
         """Segments of one chunk's audio, with any speech whisper skipped at the end transcribed again."""
         segments: list[Segment] = []
@@ -279,7 +309,12 @@ class Processor:
         voiced = voiced_frames(frame_db(audio), self.options.chunking)  # threshold adapted to this chunk
         for attempt in range(1 + TAIL_PASSES):
             result = self.transcriber.transcribe(
-                audio[round(offset * SAMPLE_RATE) :], language=language, task=task, n_threads=threads
+                audio[round(offset * SAMPLE_RATE) :],
+                language=language,
+                task=how.task,
+                n_threads=threads,
+                prompt=how.prompt,
+                temperature=how.temperature,
             )
             heard = [_shifted(s, offset) for s in result.segments if s.text]
             if not heard or (segments and heard[-1].end <= offset):
@@ -310,6 +345,16 @@ class Processor:
             self.options.concurrent_calls,
             threads,
         )
+
+
+@dataclass(frozen=True)
+class _Conditioning:
+    """How every chunk of a job is decoded: the task, and the job's prompt and temperature (each chunk
+    gets the prompt: a chunk is one whisper call, and whisper.cpp prompts a call's first window)."""
+
+    task: Task
+    prompt: str | None = None
+    temperature: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -165,3 +165,24 @@ def test_each_quantized_variant_transcribes_jfk(offline_downloader, name, jfk, a
     assert path.stat().st_size < 0.6 * offline_downloader.ensure_model_exists(name.split("-")[0]).stat().st_size
     result = WhisperTranscriber(path, n_threads=2).transcribe(jfk)
     assert jiwer.wer(normalize(reference(audio_dir, "jfk_inaugural_1961.flac")), normalize(result.text)) == 0
+
+
+def test_a_prompt_steers_the_spelling_of_every_call(transcriber, lj_chunks, tiny_en_path):
+    # LJ001-0010: "...the earliest book printed with movable types, the Gutenberg, or forty-two-line Bible".
+    gutenberg = lj_chunks[1]
+    plain = transcriber.transcribe(gutenberg).text
+    prompted = transcriber.transcribe(gutenberg, prompt="The Gutenberg Bible.").text
+    assert "Gutenberg" not in plain and "Gutenberg" in prompted, (plain[-120:], prompted[-120:])
+    assert transcriber.transcribe(gutenberg).text == plain  # the prompt did not stay on the state
+    pool = WhisperTranscriber(tiny_en_path, max_concurrent_calls=1, backend="pool")
+    assert "Gutenberg" in pool.transcribe(gutenberg, prompt="The Gutenberg Bible.").text  # the fallback too
+
+
+def test_prompt_and_temperature_reach_whisper_full_params(transcriber):
+    params = libwhisper._build_params(
+        transcriber._backend._context.lib,
+        n_threads=1, language=b"en", translate=False, beam_size=1, no_context=True, suppress_blank=True,
+        suppress_nst=True, audio_ctx=0, temperature_fallback=False, no_timestamps=False,
+        initial_prompt=b"Gutenberg", temperature=0.4,
+    )  # fmt: skip
+    assert (params.initial_prompt, round(params.temperature, 6), params.temperature_inc) == (b"Gutenberg", 0.4, 0.0)

@@ -172,7 +172,15 @@ class _NativeBackend:
         self.multilingual = self._context.is_multilingual()
 
     def transcribe(
-        self, audio: np.ndarray, *, n_threads: int, language: str, task: Task, beam_size: int
+        self,
+        audio: np.ndarray,
+        *,
+        n_threads: int,
+        language: str,
+        task: Task,
+        beam_size: int,
+        prompt: str | None = None,
+        temperature: float = 0.0,
     ) -> Transcription:
         audio_ctx = self._decoding.audio_ctx(audio.size)
         with (self._fitted if audio_ctx else self._full).borrow() as state:
@@ -187,6 +195,8 @@ class _NativeBackend:
                 audio_ctx=audio_ctx,
                 temperature_fallback=self._decoding.temperature_fallback,
                 no_timestamps=self._decoding.no_timestamps,
+                prompt=prompt,
+                temperature=temperature,
             )
         segments = tuple(Segment(start, end, text.strip()) for start, end, text in result.segments)
         return Transcription(segments=segments, language=result.language)
@@ -224,7 +234,15 @@ class _ModelPoolBackend:
         )
 
     def transcribe(
-        self, audio: np.ndarray, *, n_threads: int, language: str, task: Task, beam_size: int
+        self,
+        audio: np.ndarray,
+        *,
+        n_threads: int,
+        language: str,
+        task: Task,
+        beam_size: int,
+        prompt: str | None = None,
+        temperature: float = 0.0,
     ) -> Transcription:
         with self._models.borrow() as model:
             # Every decoding parameter is passed on every call: pywhispercpp keeps them on the Model.
@@ -244,6 +262,8 @@ class _ModelPoolBackend:
                 audio_ctx=0,
                 temperature_inc=0.2 if self._decoding.temperature_fallback else 0.0,
                 no_timestamps=self._decoding.no_timestamps,
+                initial_prompt=prompt or "",
+                temperature=temperature,
                 **_sampling(beam_size),
             )
         return Transcription(
@@ -306,9 +326,20 @@ class WhisperTranscriber:
         return self._backend.multilingual
 
     def transcribe(
-        self, audio: np.ndarray, *, language: str | None = None, task: Task = "transcribe", n_threads: int | None = None
+        self,
+        audio: np.ndarray,
+        *,
+        language: str | None = None,
+        task: Task = "transcribe",
+        n_threads: int | None = None,
+        prompt: str | None = None,
+        temperature: float = 0.0,
     ) -> Transcription:
-        """Transcribe 16 kHz mono float32 `audio`. `language=None` detects it (multilingual models)."""
+        """Transcribe 16 kHz mono float32 `audio`. `language=None` detects it (multilingual models).
+
+        `prompt` conditions the decoder (spellings, style); `temperature` > 0 samples instead of taking
+        the likeliest token, so the text is no longer repeatable.
+        """
         audio = _as_model_input(audio)
         n_threads = n_threads or self.n_threads
         try:
@@ -316,7 +347,13 @@ class WhisperTranscriber:
             if language is None and self.multilingual:
                 language, probability = self._backend.detect_language(audio, n_threads=n_threads)
             result = self._backend.transcribe(
-                audio, n_threads=n_threads, language=language or "en", task=task, beam_size=self.beam_size
+                audio,
+                n_threads=n_threads,
+                language=language or "en",
+                task=task,
+                beam_size=self.beam_size,
+                prompt=prompt,
+                temperature=temperature,
             )
         except (libwhisper.NativeCallError, RuntimeError) as exc:
             raise TranscriptionError(f"whisper.cpp failed: {exc}") from exc

@@ -29,7 +29,7 @@ from worker.gateway.broker import BrokerClient
 from worker.gateway.openai_api import OPENAI_MODEL, RESPONSE_FORMATS, ApiError, error_body, failed, render
 from worker.gateway.store import JobStore, dumps
 from worker.gateway.uploads import BodyLimit, UploadStore
-from worker.messages import LANGUAGES, Job, ProgressEvent, Result
+from worker.messages import LANGUAGES, MAX_PROMPT_CHARS, Job, ProgressEvent, Result
 
 PAGE = Path(__file__).with_name("static") / "index.html"
 AudioFile = Annotated[UploadFile, File()]
@@ -209,18 +209,22 @@ def create_app(
                 uploads.delete(token)
             raise ApiError(503, str(exc), type="server_error", code="broker_unavailable") from None
 
-    def new_job(token: str | None, url: str | None, model: str, language: str | None, task: str) -> Job:
+    def new_job(token: str | None, url: str | None, model: str, language: str | None, task: str, **decoding) -> Job:
         audio = {"url": f"{options.public_url}/uploads/{token}"} if token else {"url": url}
-        return Job(job_id=f"gw-{uuid.uuid4().hex}", audio=audio, model=model, language=language or None, task=task)
+        return Job(
+            job_id=f"gw-{uuid.uuid4().hex}", audio=audio, model=model, language=language or None, task=task, **decoding
+        )
 
     async def audio(request: Request, task: str, file: UploadFile, model: str, language: str | None,
-                    response_format: str) -> Response:  # fmt: skip
+                    response_format: str, prompt: str | None, temperature: float) -> Response:  # fmt: skip
         authorize(request)
         if response_format not in RESPONSE_FORMATS:
             raise ApiError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}", code="invalid_field")
         name = check_request(model, language)
+        if prompt and len(prompt) > MAX_PROMPT_CHARS:
+            raise ApiError(400, f"prompt is longer than {MAX_PROMPT_CHARS} characters", code="invalid_field")
         token = store_upload(file)
-        job = new_job(token, None, name, language, task)
+        job = new_job(token, None, name, language, task, prompt=prompt or None, temperature=temperature)
         waiting = waiters.expect(job.job_id, token)
         await publish(job, token, wait=True)
         try:
@@ -231,7 +235,7 @@ def create_app(
                            "still queued or running", type="server_error", code="timeout") from None  # fmt: skip
         if result.status != "completed":
             raise failed(result)
-        body, media_type = render(result, response_format, task)
+        body, media_type = render(result, response_format, task, temperature)
         return Response(body, media_type=media_type, headers={"x-job-id": job.job_id})
 
     # --- async jobs ---
@@ -303,13 +307,6 @@ def create_app(
 
         return EventSourceResponse(stream())
 
-    def unsupported(prompt: str | None, temperature: float) -> None:
-        # Not yet carried by the job contract: refused rather than silently ignored.
-        if prompt:
-            raise ApiError(400, "prompt is not supported yet by this server", code="unsupported_field")
-        if temperature:
-            raise ApiError(400, "only temperature 0 (greedy decoding) is supported", code="unsupported_field")
-
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(
         request: Request,
@@ -320,8 +317,7 @@ def create_app(
         response_format: Text = "json",
         temperature: Temperature = 0.0,
     ) -> Response:
-        unsupported(prompt, temperature)
-        return await audio(request, "transcribe", file, model, language, response_format)
+        return await audio(request, "transcribe", file, model, language, response_format, prompt, temperature)
 
     @app.post("/v1/audio/translations")
     async def translations(
@@ -332,8 +328,7 @@ def create_app(
         response_format: Text = "json",
         temperature: Temperature = 0.0,
     ) -> Response:
-        unsupported(prompt, temperature)
-        return await audio(request, "translate", file, model, None, response_format)
+        return await audio(request, "translate", file, model, None, response_format, prompt, temperature)
 
     return BodyLimit(app, max_bytes=options.max_upload_bytes)
 

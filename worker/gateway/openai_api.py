@@ -49,7 +49,7 @@ def compression_ratio(text: str) -> float:
     return round(len(data) / len(zlib.compress(data)), 3) if data else 0.0
 
 
-def render(result: Result, fmt: ResponseFormat, task: str) -> tuple[str, str]:
+def render(result: Result, fmt: ResponseFormat, task: str, temperature: float = 0.0) -> tuple[str, str]:
     """(body, media type) of a completed result in OpenAI's `response_format`."""
     segments = result.segments or []
     if fmt == "text":
@@ -60,10 +60,10 @@ def render(result: Result, fmt: ResponseFormat, task: str) -> tuple[str, str]:
         return to_vtt(segments), "text/vtt; charset=utf-8"
     if fmt == "json":
         return json.dumps({"text": result.text or ""}), "application/json"
-    return json.dumps(verbose(result, task)), "application/json"
+    return json.dumps(verbose(result, task, temperature)), "application/json"
 
 
-def verbose(result: Result, task: str) -> dict[str, Any]:
+def verbose(result: Result, task: str, temperature: float = 0.0) -> dict[str, Any]:
     return {
         "task": task,
         "language": result.language,
@@ -76,7 +76,7 @@ def verbose(result: Result, task: str) -> dict[str, Any]:
                 "start": s.start,
                 "end": s.end,
                 "text": s.text,
-                "temperature": 0.0,  # greedy, no fallback
+                "temperature": temperature,  # the one asked for: whisper.cpp's fallback is off
                 "compression_ratio": compression_ratio(s.text),
             }
             for i, s in enumerate(result.segments or [])

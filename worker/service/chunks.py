@@ -105,6 +105,8 @@ class ChunkHandler:
                 task.language,
                 task.task,
                 processor.threads_for(task.chunks_total),
+                prompt=task.prompt,
+                temperature=task.temperature,
             )
         except Exception as exc:  # typed or not, the chunk's job fails with it: never a requeue loop
             (logger.error if isinstance(exc, WorkerError) else logger.exception)("Chunk {} failed: {}", task.index, exc)

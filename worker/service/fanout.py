@@ -24,15 +24,20 @@ import pika.exceptions
 from loguru import logger
 from pika.adapters.blocking_connection import BlockingChannel
 
-from worker.engine.transcriber import Segment, Task
+from worker.engine.transcriber import Segment
 from worker.errors import ChunkFailed, GatherTimeout
 from worker.media.audio import encode_flac
-from worker.messages import ChunkTask, GatherMessage
+from worker.messages import ChunkTask, GatherMessage, Job
 from worker.pipeline import Prepared, Processor, Progress, ProgressCallback
 from worker.service import publisher
 from worker.service.publisher import Topology
 
-_BROKER_ERRORS = (pika.exceptions.AMQPError,)
+# Lost connections and closed channels are resumed; anything else (a bug) fails the job at once.
+_BROKER_ERRORS = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.AMQPChannelError,
+    pika.exceptions.StreamLostError,
+)
 _ACCESS_REFUSED = 403  # another coordinator of the same job holds the gather queue's exclusive consumer
 _BACKLOG_WAIT_SECONDS = 10.0
 
@@ -72,9 +77,10 @@ class FanOut:
         return 0 < self.options.min_seconds < prepared.duration_seconds and len(prepared.chunks) > 1
 
     def run(
-        self, job_id: str, prepared: Prepared, processor: Processor, task: Task, progress: ProgressCallback | None
+        self, job: Job, prepared: Prepared, processor: Processor, progress: ProgressCallback | None
     ) -> list[list[Segment]]:
         """Every chunk's segments, in chunk order. ChunkFailed, GatherTimeout."""
+        job_id = job.job_id
         queue = self._topology.gather_queue(job_id)
         gathered = _Gathered(total=len(prepared.chunks))
         last_news = time.monotonic()
@@ -82,7 +88,7 @@ class FanOut:
         while True:
             seen = len(gathered.results)
             try:
-                return self._coordinate(queue, job_id, prepared, processor, task, progress, gathered)
+                return self._coordinate(queue, job, prepared, processor, progress, gathered)
             except _BROKER_ERRORS as exc:
                 if len(gathered.results) > seen:
                     last_news = time.monotonic()
@@ -97,10 +103,9 @@ class FanOut:
     def _coordinate(
         self,
         queue: str,
-        job_id: str,
+        job: Job,
         prepared: Prepared,
         processor: Processor,
-        task: Task,
         progress: ProgressCallback | None,
         gathered: _Gathered,
     ) -> list[list[Segment]]:
@@ -122,7 +127,7 @@ class FanOut:
                     "Resuming: {} of {} chunk results already on the broker", len(gathered.results), gathered.total
                 )
             if self._must_scatter(gathered):
-                self._scatter(channel, queue, job_id, prepared, processor, task, gathered)
+                self._scatter(channel, queue, job, prepared, processor, gathered)
             return self._gather(connection, channel, inbox, gathered, prepared, progress)
         finally:
             # Results not acked go back to the queue: kept until the job's result is published.
@@ -142,10 +147,9 @@ class FanOut:
         self,
         channel: BlockingChannel,
         queue: str,
-        job_id: str,
+        job: Job,
         prepared: Prepared,
         processor: Processor,
-        task: Task,
         gathered: _Gathered,
     ) -> None:
         started, sent = time.perf_counter(), 0
@@ -153,19 +157,21 @@ class FanOut:
             if chunk.index in gathered.results:
                 continue
             chunk_task = ChunkTask(
-                job_id=job_id,
+                job_id=job.job_id,
                 index=chunk.index,
                 start=chunk.start,
                 end=chunk.end,
                 chunks_total=gathered.total,
                 model=processor.model_name,
                 language=prepared.language,
-                task=task,
+                task=job.task,
+                prompt=job.prompt,
+                temperature=job.temperature,
             )
             audio = encode_flac(prepared.audio.read(chunk.start, chunk.end))
             publisher.publish_chunk_task(channel, self._topology, chunk_task, audio, reply_to=queue)
             sent += len(audio)
-        record = GatherMessage(kind="scattered", job_id=job_id, chunks=gathered.total, at=time.time())
+        record = GatherMessage(kind="scattered", job_id=job.job_id, chunks=gathered.total, at=time.time())
         publisher.publish_gather(channel, queue, record)
         gathered.scattered_at = record.at
         logger.info(

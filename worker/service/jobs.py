@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 
 from loguru import logger
 
-from worker.engine.transcriber import Segment, Task
+from worker.engine.transcriber import Segment
 from worker.errors import (
     CallbackFailed,
     InputNotAllowed,
@@ -94,7 +94,7 @@ class Scatter(Protocol):
     def wanted(self, prepared: Prepared) -> bool: ...
 
     def run(
-        self, job_id: str, prepared: Prepared, processor: Processor, task: Task, progress: ProgressCallback | None
+        self, job: Job, prepared: Prepared, processor: Processor, progress: ProgressCallback | None
     ) -> list[list[Segment]]: ...
 
 
@@ -196,9 +196,11 @@ class JobHandler:
             prepared = processor.prepare(audio, Path(scratch), language=job.language)
             on_chunk: ProgressCallback = functools.partial(emit, "transcribing")
             if self._scatter is not None and self._scatter.wanted(prepared):
-                per_chunk = self._scatter.run(job.job_id, prepared, processor, job.task, on_chunk)
+                per_chunk = self._scatter.run(job, prepared, processor, on_chunk)
             else:
-                per_chunk = processor.transcribe_chunks(prepared, job.task, on_chunk, Path(scratch))
+                per_chunk = processor.transcribe_chunks(
+                    prepared, job.task, on_chunk, Path(scratch), prompt=job.prompt, temperature=job.temperature
+                )
             transcript = processor.assemble(prepared, per_chunk)
         outputs = self._write_outputs(job, transcript)
         timings = Timings(

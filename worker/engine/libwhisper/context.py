@@ -302,6 +302,8 @@ def _build_params(
     audio_ctx: int,
     temperature_fallback: bool,
     no_timestamps: bool,
+    initial_prompt: bytes | None = None,
+    temperature: float = 0.0,
 ) -> WhisperFullParams:
     """Defaults for the chosen strategy plus our overrides; temperature fallback untouched."""
     strategy = WHISPER_SAMPLING_GREEDY if beam_size == 1 else WHISPER_SAMPLING_BEAM_SEARCH
@@ -321,6 +323,10 @@ def _build_params(
     params.suppress_nst = suppress_nst
     params.audio_ctx = audio_ctx  # encoder frames (20 ms each); 0 = the full 1500 (30 s)
     params.no_timestamps = no_timestamps  # no timestamp tokens: one segment per call
+    # With no_context, whisper.cpp uses the initial prompt for the first 30 s window of each call:
+    # every chunk (<= 30 s) gets it (docs/notes/whisper-1.8.5-token-data.md, section 2).
+    params.initial_prompt = initial_prompt  # ctypes keeps a reference in params._objects
+    params.temperature = temperature
     if not temperature_fallback:
         params.temperature_inc = 0.0  # one decode at temperature 0, never re-decoded hotter
     if strategy == WHISPER_SAMPLING_BEAM_SEARCH:
@@ -371,6 +377,8 @@ def transcribe(
     audio_ctx: int = 0,
     temperature_fallback: bool = True,
     no_timestamps: bool = False,
+    prompt: str | None = None,
+    temperature: float = 0.0,
 ) -> NativeResult:
     """Run ``whisper_full_with_state`` on ``audio`` using ``state`` and the weights of ``ctx``.
 
@@ -403,6 +411,8 @@ def transcribe(
         audio_ctx=audio_ctx,
         temperature_fallback=temperature_fallback,
         no_timestamps=no_timestamps,
+        initial_prompt=prompt.encode("utf-8") if prompt else None,
+        temperature=temperature,
     )
     handle = state.acquire()
     try:
