@@ -135,10 +135,12 @@ def parse_job(body: bytes) -> Job:
     try:
         return Job.model_validate(document)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors(include_url=False)
-        )
-        raise InvalidJob(f"invalid job: {problems}") from None
+        raise InvalidJob(f"invalid job: {problems(exc.errors())}") from None
+
+
+def problems(errors: list[dict], *, whole: str = "body", skip: int = 0) -> str:
+    """pydantic's validation errors as one line: `field.path: message; ...` (`skip` drops leading path parts)."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'][skip:]) or whole}: {e['msg']}" for e in errors)
 
 
 def _json_object(body: bytes) -> dict:
@@ -224,8 +226,7 @@ def parse_chunk_task(headers: dict | None) -> ChunkTask:
     try:
         return ChunkTask.model_validate(fields)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'headers'}: {e['msg']}" for e in exc.errors())
-        raise InvalidChunkTask(f"invalid chunk task: {problems}") from None
+        raise InvalidChunkTask(f"invalid chunk task: {problems(exc.errors(), whole='headers')}") from None
 
 
 class GatherMessage(_Strict):

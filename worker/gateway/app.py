@@ -29,7 +29,7 @@ from worker.gateway.broker import BrokerClient
 from worker.gateway.openai_api import OPENAI_MODEL, RESPONSE_FORMATS, ApiError, error_body, failed, render
 from worker.gateway.store import JobStore, dumps
 from worker.gateway.uploads import BodyLimit, UploadStore
-from worker.messages import LANGUAGES, MAX_PROMPT_CHARS, Job, ProgressEvent, Result
+from worker.messages import LANGUAGES, MAX_PROMPT_CHARS, Job, ProgressEvent, Result, problems
 
 PAGE = Path(__file__).with_name("static") / "index.html"
 AudioFile = Annotated[UploadFile, File()]
@@ -150,9 +150,9 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def bad_field(_request: Request, exc: RequestValidationError) -> Response:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors())
+        message = problems(exc.errors(), skip=1)  # FastAPI's paths start with where the field was: "body"
         return Response(
-            error_body(problems, "invalid_request_error", "invalid_field"), 400, media_type="application/json"
+            error_body(message, "invalid_request_error", "invalid_field"), 400, media_type="application/json"
         )
 
     def authorize(request: Request) -> None:
@@ -254,14 +254,14 @@ def create_app(
             try:
                 spec = JobRequest(url="http://upload.invalid/", **fields)
             except ValidationError as exc:
-                raise ApiError(400, _problems(exc), code="invalid_field") from None
+                raise ApiError(400, problems(exc.errors()), code="invalid_field") from None
             name = check_request(spec.model, spec.language)
             token = store_upload(file)
         else:
             try:
                 spec = JobRequest.model_validate_json(await request.body())
             except ValidationError as exc:
-                raise ApiError(400, _problems(exc), code="invalid_field") from None
+                raise ApiError(400, problems(exc.errors()), code="invalid_field") from None
             name, url = check_request(spec.model, spec.language), str(spec.url)
         job = new_job(token, url, name, spec.language, spec.task)
         record = await asyncio.to_thread(store.add, job.job_id, task=spec.task, model=name, upload_token=token)
@@ -331,7 +331,3 @@ def create_app(
         return await audio(request, "translate", file, model, None, response_format, prompt, temperature)
 
     return BodyLimit(app, max_bytes=options.max_upload_bytes)
-
-
-def _problems(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())

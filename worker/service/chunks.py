@@ -22,7 +22,7 @@ from worker.media.audio import decode_flac
 from worker.media.chunking import Chunk
 from worker.messages import ChunkTask, ErrorInfo, GatherMessage, SegmentOut, parse_chunk_task, valid_job_id
 from worker.pipeline import Processor
-from worker.service.jobs import error_code
+from worker.service.jobs import error_info
 
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -72,14 +72,14 @@ class ChunkHandler:
             job_id = valid_job_id((delivery.headers or {}).get("x-job-id")) or "unknown"
             with logger.contextualize(job_id=job_id):
                 logger.error("Rejected chunk task: {}", exc)
-            return ChunkOutcome("dead_letter", job_id, error=_error(exc), attempt=delivery.attempt)
+            return ChunkOutcome("dead_letter", job_id, error=error_info(exc), attempt=delivery.attempt)
         with logger.contextualize(job_id=task.job_id):
             if not gathering(delivery.reply_to):
                 # Not dead-lettered: this is what is left of a job that already ended (failed on another
                 # chunk, or completed before a redelivery); dead letters of it would be noise.
                 exc = UnknownJob(f"chunk {task.index}: no coordinator gathers job {task.job_id} (it ended); dropped")
                 logger.warning("{}", exc)
-                return ChunkOutcome("drop", task.job_id, error=_error(exc), attempt=delivery.attempt)
+                return ChunkOutcome("drop", task.job_id, error=error_info(exc), attempt=delivery.attempt)
             outcome = self._handle(task, delivery)
             return dataclasses.replace(outcome, attempt=delivery.attempt)
 
@@ -122,12 +122,8 @@ class ChunkHandler:
         return ChunkOutcome("reply", task.job_id, reply=reply)
 
 
-def _error(exc: BaseException) -> ErrorInfo:
-    return ErrorInfo(code=error_code(exc), message=str(exc) or type(exc).__name__)
-
-
 def _failed(task: ChunkTask, exc: BaseException) -> ChunkOutcome:
-    error = _error(exc)
+    error = error_info(exc)
     reply = GatherMessage(
         kind="chunk", job_id=task.job_id, index=task.index, status="failed", error=error, worker=WORKER_NAME
     )

@@ -311,12 +311,17 @@ def error_code(exc: BaseException) -> str:
     return type(exc).__name__ if isinstance(exc, WorkerError) else "InternalError"
 
 
+def error_info(exc: BaseException) -> ErrorInfo:
+    """The error a failed result (or a failed chunk) carries: its code and message."""
+    return ErrorInfo(code=error_code(exc), message=str(exc) or type(exc).__name__)
+
+
 def _failed(job_id: str, exc: BaseException, delivery: Delivery) -> Result:
     return Result(
         job_id=job_id,
         status="failed",
         attempt=delivery.attempt,
-        error=ErrorInfo(code=error_code(exc), message=str(exc) or type(exc).__name__),
+        error=error_info(exc),
     )
 
 
