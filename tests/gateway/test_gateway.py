@@ -39,14 +39,14 @@ class Gateway:
     process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        """`cmd/gateway/main.py`, until it serves and publishes."""
-        expected = self.log().count("Publishing to") + 1
+        """`cmd/gateway/main.py`, until it publishes (start-up waits for the broker) and listens."""
+        expected = self.log().count("Uvicorn running on") + 1
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "cmd/gateway/main.py"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + 60
-        while self.log().count("Publishing to") < expected:
+        while self.log().count("Uvicorn running on") < expected or self.log().count("Publishing to") < expected:
             assert self.alive() and time.monotonic() < deadline, self.log()
             time.sleep(0.1)
 
