@@ -11,6 +11,7 @@ and a free distribution port: it never touches a system broker.
 import logging
 import os
 import pwd
+import random
 import signal
 import socket
 import subprocess
@@ -70,7 +71,22 @@ def _alive(pid: int) -> bool:
         return True
 
 
+# Ports below the kernel's ephemeral range (ip_local_port_range, 32768-60999 by default). A port
+# from inside it can be taken by any outgoing connection's local end while its server is down (a
+# worker reconnecting to a broker being restarted can even connect to itself), and the restarted
+# server then fails with eaddrinuse: seen in CI.
+_PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on, outside the ephemeral range when possible."""
+    for port in random.sample(_PORTS, 50):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

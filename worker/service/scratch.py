@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -17,6 +18,9 @@ from loguru import logger
 
 _LOCK_NAME = ".owner.lock"
 _PREFIX = "worker-"
+_STAGING = ".claiming-"
+# A staged directory older than this was left by a worker killed while claiming it.
+_STAGING_GRACE_SECONDS = 60.0
 
 
 class WorkDir:
@@ -31,9 +35,14 @@ class WorkDir:
         """Sweep directories of dead workers under `root`, then create and lock our own."""
         root.mkdir(parents=True, exist_ok=True)
         sweep(root)
-        path = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{socket.gethostname()}-{os.getpid()}-", dir=root))
-        lock = FileLock(path / _LOCK_NAME)
+        # Locked under a name sweep() passes over, then renamed: another worker sweeping at the same
+        # moment would otherwise find the new directory not yet locked and remove it (seen in CI).
+        name = f"{_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+        staged = Path(tempfile.mkdtemp(prefix=f"{_STAGING}{name}", dir=root))
+        lock = FileLock(staged / _LOCK_NAME)
         lock.acquire()
+        path = root / staged.name.removeprefix(_STAGING)
+        staged.rename(path)  # the lock is on the open file, which moves with its directory
         return cls(path, lock)
 
     def close(self) -> None:
@@ -50,7 +59,9 @@ class WorkDir:
 def sweep(root: Path) -> list[Path]:
     """Remove the directories under `root` whose owner is gone; returns them."""
     removed = []
-    for candidate in sorted(root.glob(f"{_PREFIX}*")):
+    stale_before = time.time() - _STAGING_GRACE_SECONDS
+    staged = [p for p in root.glob(f"{_STAGING}*") if _mtime(p) < stale_before]
+    for candidate in sorted([*root.glob(f"{_PREFIX}*"), *staged]):
         if candidate.is_dir() and _owner_is_gone(candidate):
             shutil.rmtree(candidate, ignore_errors=True)
             removed.append(candidate)
@@ -72,3 +83,10 @@ def _owner_is_gone(directory: Path) -> bool:
         return False
     lock.release()
     return True
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # removed by another worker's sweep meanwhile
+        return float("inf")
