@@ -63,6 +63,8 @@ class Job(_Strict):
     prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] | None = None
     # 0: greedy, repeatable. Above 0 whisper samples, and the text changes from run to run.
     temperature: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    # Each segment's words with their times (whisper.cpp's token timestamps; a few % slower).
+    word_timestamps: bool = False
     formats: tuple[Format, ...] = ("json",)
     callback_url: AnyUrl | None = None
 
@@ -90,10 +92,21 @@ class Timings(_Strict):
     real_time_factor: float | None = None
 
 
+class WordOut(_Strict):
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
 class SegmentOut(_Strict):
     start: float
     end: float
     text: str
+    tokens: list[int] = Field(default_factory=list)
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+    words: list[WordOut] | None = None  # only when the job asked for word_timestamps
 
 
 class Result(_Strict):
@@ -195,6 +208,7 @@ class ChunkTask(_Strict):
     task: Literal["transcribe", "translate"] = "transcribe"
     prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    word_timestamps: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> "ChunkTask":

@@ -7,6 +7,7 @@ each chunk's true start offset added to its segment times.
 """
 
 import contextvars
+import dataclasses
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
-from worker.engine.transcriber import Segment, Task, WhisperTranscriber, threads_per_call
+from worker.engine.transcriber import Segment, Task, WhisperTranscriber, Word, threads_per_call
 from worker.errors import TranscriptionError, WorkerError
 from worker.media.audio import SAMPLE_RATE, Audio, InMemoryAudio, decode_to_file, read_wav, write_wav
 from worker.media.chunking import (
@@ -31,6 +32,7 @@ from worker.media.chunking import (
     voiced_frames,
     voiced_seconds_after,
 )
+from worker.messages import SegmentOut
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ class Transcript:
         """The JSON form (json output format, results)."""
         return {
             "text": self.text,
-            "segments": [{"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text} for s in self.segments],
+            "segments": [segment_document(s) for s in self.segments],
             "language": self.language,
             "language_probability": self.language_probability,
             "duration_seconds": round(self.duration_seconds, 3),
@@ -138,12 +140,19 @@ class Processor:
         progress: ProgressCallback | None = None,
         prompt: str | None = None,
         temperature: float = 0.0,
+        word_timestamps: bool = False,
     ) -> Transcript:
         """Decode `path` and transcribe it. Raises AudioDecodeError or TranscriptionError."""
         with tempfile.TemporaryDirectory(prefix="job-", dir=self.work_root) as work_dir:
             prepared = self.prepare(path, Path(work_dir), language=language)
             per_chunk = self.transcribe_chunks(
-                prepared, task, progress, Path(work_dir), prompt=prompt, temperature=temperature
+                prepared,
+                task,
+                progress,
+                Path(work_dir),
+                prompt=prompt,
+                temperature=temperature,
+                word_timestamps=word_timestamps,
             )
             return self.assemble(prepared, per_chunk)
 
@@ -154,11 +163,15 @@ class Processor:
         language: str | None = None,
         task: Task = "transcribe",
         progress: ProgressCallback | None = None,
+        word_timestamps: bool = False,
     ) -> Transcript:
         """Transcribe 16 kHz mono samples already in memory (clips, tests, benchmarks)."""
         with tempfile.TemporaryDirectory(prefix="job-", dir=self.work_root) as work_dir:
             prepared = self.prepare_audio(InMemoryAudio(samples), language=language)
-            return self.assemble(prepared, self.transcribe_chunks(prepared, task, progress, Path(work_dir)))
+            per_chunk = self.transcribe_chunks(
+                prepared, task, progress, Path(work_dir), word_timestamps=word_timestamps
+            )
+            return self.assemble(prepared, per_chunk)
 
     def prepare(self, path: Path, work_dir: Path, *, language: str | None = None) -> "Prepared":
         """Decode `path` into a PCM file in `work_dir`, split it, settle its language."""
@@ -184,6 +197,7 @@ class Processor:
         *,
         prompt: str | None = None,
         temperature: float = 0.0,
+        word_timestamps: bool = False,
     ) -> list[list[Segment]]:
         """In-process mode: every chunk as a WAV file in `work_dir`, transcribed on this process's pool."""
         paths = [_write_chunk(work_dir, prepared.audio, chunk) for chunk in prepared.chunks]
@@ -191,7 +205,7 @@ class Processor:
             prepared.chunks,
             paths,
             prepared.language,
-            _Conditioning(task, prompt, temperature),
+            _Conditioning(task, prompt, temperature, word_timestamps),
             prepared.threads,
             progress,
             prepared.duration_seconds,
@@ -225,13 +239,13 @@ class Processor:
         *,
         prompt: str | None = None,
         temperature: float = 0.0,
+        word_timestamps: bool = False,
     ) -> list[Segment]:
         """One chunk's samples -> its segments in absolute time (also what a fanned-out chunk task runs)."""
         logger.info("Starting transcription: {}", chunk.name)
         started = time.perf_counter()
-        segments = self._transcribe_audio(
-            samples, chunk.name, language, _Conditioning(task, prompt, temperature), threads
-        )
+        how = _Conditioning(task, prompt, temperature, word_timestamps)
+        segments = self._transcribe_audio(samples, chunk.name, language, how, threads)
         elapsed = time.perf_counter() - started
         logger.debug(
             "Finished {} ({:.1f} s of audio) in {:.2f} s (RTF {:.3f})",
@@ -297,7 +311,14 @@ class Processor:
         self, chunk: Chunk, path: Path, language: str | None, how: "_Conditioning", threads: int
     ) -> list[Segment]:
         return self.transcribe_chunk(
-            read_wav(path), chunk, language, how.task, threads, prompt=how.prompt, temperature=how.temperature
+            read_wav(path),
+            chunk,
+            language,
+            how.task,
+            threads,
+            prompt=how.prompt,
+            temperature=how.temperature,
+            word_timestamps=how.word_timestamps,
         )
 
     def _transcribe_audio(
@@ -315,8 +336,9 @@ class Processor:
                 n_threads=threads,
                 prompt=how.prompt,
                 temperature=how.temperature,
+                word_timestamps=how.word_timestamps,
             )
-            heard = [_shifted(s, offset) for s in result.segments if s.text]
+            heard = [s.shifted(offset) for s in result.segments if s.text]
             if not heard or (segments and heard[-1].end <= offset):
                 break
             segments += heard
@@ -347,6 +369,40 @@ class Processor:
         )
 
 
+def segment_out(segment: Segment) -> SegmentOut:
+    """A segment as results and fanned-out chunk results carry it."""
+    return SegmentOut.model_validate(segment_document(segment))
+
+
+def segment_in(segment: SegmentOut) -> Segment:
+    """The segment a fanned-out chunk result carried, as the pipeline's own."""
+    words = None if segment.words is None else tuple(Word(**w.model_dump()) for w in segment.words)
+    return Segment(
+        segment.start,
+        segment.end,
+        segment.text,
+        tuple(segment.tokens),
+        segment.avg_logprob,
+        segment.no_speech_prob,
+        words,
+    )
+
+
+def segment_document(segment: Segment) -> dict[str, Any]:
+    """A segment's JSON form (results, the json output, fanned-out chunk results): words only when asked for."""
+    document = {
+        "start": round(segment.start, 3),
+        "end": round(segment.end, 3),
+        "text": segment.text,
+        "tokens": list(segment.tokens),
+        "avg_logprob": segment.avg_logprob,
+        "no_speech_prob": segment.no_speech_prob,
+    }
+    if segment.words is not None:
+        document["words"] = [dataclasses.asdict(w) for w in segment.words]
+    return document
+
+
 @dataclass(frozen=True)
 class _Conditioning:
     """How every chunk of a job is decoded: the task, and the job's prompt and temperature (each chunk
@@ -355,6 +411,7 @@ class _Conditioning:
     task: Task
     prompt: str | None = None
     temperature: float = 0.0
+    word_timestamps: bool = False
 
 
 @dataclass(frozen=True)
@@ -385,15 +442,9 @@ def _write_chunk(work_dir: Path, audio: Audio, chunk: Chunk) -> Path:
     return path
 
 
-def _shifted(segment: Segment, seconds: float) -> Segment:
-    return Segment(start=segment.start + seconds, end=segment.end + seconds, text=segment.text)
-
-
 def _absolute(segment: Segment, chunk: Chunk) -> Segment:
-    """Segment times moved by the chunk's true start, clamped inside the chunk."""
-    start = chunk.start_seconds + min(max(segment.start, 0.0), chunk.seconds)
-    end = chunk.start_seconds + min(max(segment.end, segment.start, 0.0), chunk.seconds)
-    return Segment(start=round(start, 3), end=round(end, 3), text=segment.text)
+    """Segment (and word) times moved by the chunk's true start, clamped inside the chunk."""
+    return segment.shifted(chunk.start_seconds, clamp=(0.0, chunk.seconds))
 
 
 def _result_or_raise(future: Future, chunk: Chunk, pending: set[Future]) -> list[Segment]:

@@ -1,7 +1,7 @@
 """Publish a transcription job, as an upstream API would; optionally wait for its result.
 
     python cmd/enqueue/main.py AUDIO_OR_URL [--wait] [--timeout S] [--format json|txt]
-                               [--model NAME] [--language xx] [--job-id ID]
+                               [--model NAME] [--language xx] [--job-id ID] [--prompt TEXT] [--word-timestamps]
 
 A local file is copied into INPUT_DIR (the worker reads jobs' `path` relative to it).
 With --wait, prints the result and exits 1 if the job failed, 3 on timeout.
@@ -33,6 +33,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model")
     parser.add_argument("--language")
     parser.add_argument("--job-id", default=None)
+    parser.add_argument("--prompt", help="text that conditions every chunk (names, spellings, style)")
+    parser.add_argument("--word-timestamps", action="store_true", help="each segment's words with times")
     return parser.parse_args()
 
 
@@ -45,7 +47,16 @@ def build_job(args: argparse.Namespace, settings: Settings, job_id: str) -> Job:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
         audio = {"path": f"{job_id}/{source.name}"}
-    return Job.model_validate({"job_id": job_id, "audio": audio, "model": args.model, "language": args.language})
+    return Job.model_validate(
+        {
+            "job_id": job_id,
+            "audio": audio,
+            "model": args.model,
+            "language": args.language,
+            "prompt": args.prompt,
+            "word_timestamps": args.word_timestamps,
+        }
+    )
 
 
 def wait_for_result(channel, queue: str, job_id: str, timeout: float) -> Result | None:

@@ -1,7 +1,8 @@
 """Transcribe one local audio file (any format ffmpeg reads) through the chunked pipeline, no broker.
 
 python cmd/transcribe/main.py AUDIO [--format txt|srt|vtt|json] [--model NAME]
-                              [--language xx] [--task transcribe|translate] [--sequential | --workers N]
+                              [--language xx] [--task transcribe|translate] [--prompt TEXT] [--word-timestamps]
+                              [--sequential | --workers N]
 """
 
 import argparse
@@ -24,6 +25,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", help="whisper.cpp model name (default: WHISPER_MODEL)")
     parser.add_argument("--language", help="spoken language code; default: detect (multilingual models)")
     parser.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
+    parser.add_argument("--prompt", help="text that conditions every chunk (names, spellings, style)")
+    parser.add_argument("--word-timestamps", action="store_true", help="each segment's words with times (json)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--sequential", action="store_true", help="one chunk at a time, all CPU threads")
     mode.add_argument("--workers", type=int, help="chunks transcribed at once (default: MAX_PARALLEL_WORKERS)")
@@ -40,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         processor = wiring.processor(settings, model, options)
-        transcript = processor.process_file(args.audio, language=args.language, task=args.task)
+        transcript = processor.process_file(
+            args.audio, language=args.language, task=args.task, prompt=args.prompt, word_timestamps=args.word_timestamps
+        )
     except (PermanentError, TranscriptionError) as exc:
         logger.error("{}", exc)
         return 2

@@ -42,12 +42,50 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+class Word:
+    """One word of a segment (with its leading space and punctuation, as OpenAI's), times in seconds.
+
+    `probability`: the mean probability of its tokens.
+    """
+
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass(frozen=True)
 class Segment:
-    """A piece of transcript; times in seconds from the start of the audio passed in."""
+    """A piece of transcript; times in seconds from the start of the audio passed in.
+
+    `tokens`: the ids whisper decoded for it (text and timestamp tokens); `avg_logprob`: their mean log
+    probability (whisper.cpp's per-token values; OpenAI averages per 30 s window); `no_speech_prob`:
+    only where whisper.cpp 1.8.5 computes it right (see `_no_speech_prob`), else None; `words`: only
+    when asked for (None otherwise).
+    """
 
     start: float
     end: float
     text: str
+    tokens: tuple[int, ...] = ()
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+    words: tuple[Word, ...] | None = None
+
+    def shifted(self, seconds: float, *, clamp: tuple[float, float] | None = None) -> "Segment":
+        """This segment `seconds` later (words too); with `clamp=(lo, hi)`, every time first held inside it."""
+
+        def move(t: float) -> float:
+            if clamp is not None:
+                t = min(max(t, clamp[0]), clamp[1])
+            return round(t + seconds, 3)
+
+        words = None
+        if self.words is not None:
+            words = tuple(
+                dataclasses.replace(w, start=move(w.start), end=move(max(w.end, w.start))) for w in self.words
+            )
+        return dataclasses.replace(self, start=move(self.start), end=move(max(self.end, self.start)), words=words)
 
 
 @dataclass(frozen=True)
@@ -181,6 +219,7 @@ class _NativeBackend:
         beam_size: int,
         prompt: str | None = None,
         temperature: float = 0.0,
+        word_timestamps: bool = False,
     ) -> Transcription:
         audio_ctx = self._decoding.audio_ctx(audio.size)
         with (self._fitted if audio_ctx else self._full).borrow() as state:
@@ -197,8 +236,12 @@ class _NativeBackend:
                 no_timestamps=self._decoding.no_timestamps,
                 prompt=prompt,
                 temperature=temperature,
+                token_timestamps=word_timestamps,
             )
-        segments = tuple(Segment(start, end, text.strip()) for start, end, text in result.segments)
+        no_speech = _no_speech_prob_is_sound(self.multilingual, prompt, self._decoding)
+        segments = tuple(
+            _segment(s, self._context.eot, words=word_timestamps, no_speech=no_speech) for s in result.segments
+        )
         return Transcription(segments=segments, language=result.language)
 
     def detect_language(self, audio: np.ndarray, *, n_threads: int) -> tuple[str, float]:
@@ -243,6 +286,7 @@ class _ModelPoolBackend:
         beam_size: int,
         prompt: str | None = None,
         temperature: float = 0.0,
+        word_timestamps: bool = False,
     ) -> Transcription:
         with self._models.borrow() as model:
             # Every decoding parameter is passed on every call: pywhispercpp keeps them on the Model.
@@ -264,10 +308,13 @@ class _ModelPoolBackend:
                 no_timestamps=self._decoding.no_timestamps,
                 initial_prompt=prompt or "",
                 temperature=temperature,
+                token_timestamps=word_timestamps,
                 **_sampling(beam_size),
             )
+            native = [_pool_segment(model, i, s) for i, s in enumerate(segments)]
+            eot = _pywhispercpp.whisper_token_eot(model._ctx)
         return Transcription(
-            segments=tuple(Segment(s.t0 / 100.0, s.t1 / 100.0, s.text.strip()) for s in segments),
+            segments=tuple(_segment(s, eot, words=word_timestamps, no_speech=False) for s in native),
             language=language,
         )
 
@@ -278,6 +325,67 @@ class _ModelPoolBackend:
 
     def close(self) -> None:
         self._models = None
+
+
+def _pool_segment(model: Model, index: int, segment) -> libwhisper.NativeSegment:
+    """A pywhispercpp segment with its tokens, as the native backend reads them."""
+    ctx = model._ctx
+    tokens = []
+    for j in range(_pywhispercpp.whisper_full_n_tokens(ctx, index)):
+        data = _pywhispercpp.whisper_full_get_token_data(ctx, index, j)
+        text = _pywhispercpp.whisper_token_to_bytes(ctx, data.id)
+        tokens.append(libwhisper.NativeToken(data.id, text, data.p, data.plog, data.t0, data.t1, data.t_dtw))
+    return libwhisper.NativeSegment(segment.t0 / 100.0, segment.t1 / 100.0, segment.text, tuple(tokens))
+
+
+def _segment(native: libwhisper.NativeSegment, eot: int, *, words: bool, no_speech: bool) -> Segment:
+    """Our Segment from whisper.cpp's: text stripped, token ids, their mean log probability, words if asked."""
+    plogs = [t.plog for t in native.tokens]
+    return Segment(
+        start=native.start,
+        end=native.end,
+        text=native.text.strip(),
+        tokens=tuple(t.id for t in native.tokens),
+        avg_logprob=round(sum(plogs) / len(plogs), 4) if plogs else None,
+        no_speech_prob=native.no_speech_prob if no_speech else None,
+        words=_words(native, eot) if words else None,
+    )
+
+
+def _words(segment: libwhisper.NativeSegment, eot: int) -> tuple[Word, ...]:
+    """A segment's text tokens grouped into words: a token that starts with a space starts a word.
+
+    Times come from whisper.cpp's token timestamps (`token_timestamps`: the timestamp-token
+    probabilities, snapped to the signal's energy), measured in cmd/bench --words: on LJ Speech the
+    median error of a sentence's first-word start and last-word end is a few hundredths of a second.
+    DTW over the alignment heads was measured too and is left off (see docs/performance.md).
+    """
+    groups: list[list[libwhisper.NativeToken]] = []
+    for token in segment.tokens:
+        if token.id >= eot:  # timestamps and other special tokens carry no text
+            continue
+        if not groups or token.text.startswith(b" "):
+            groups.append([token])
+        else:
+            groups[-1].append(token)
+    words = []
+    for tokens in groups:
+        start = tokens[0].t0 / 100.0 if tokens[0].t0 >= 0 else segment.start
+        end = tokens[-1].t1 / 100.0 if tokens[-1].t1 >= 0 else segment.end
+        # Token bytes are joined before decoding: a multi-byte character may span two tokens.
+        text = b"".join(t.text for t in tokens).decode("utf-8", errors="replace")
+        start = min(max(start, segment.start), segment.end)
+        words.append(
+            Word(text, start, min(max(end, start), segment.end), round(sum(t.p for t in tokens) / len(tokens), 4))
+        )
+    return tuple(words)
+
+
+def _no_speech_prob_is_sound(multilingual: bool, prompt: str | None, decoding: DecodingOptions) -> bool:
+    """whisper.cpp 1.8.5 computes no_speech_prob from the logits of the decoder's first prompt row,
+    but keeps only the last row's logits: the value is right only when the prompt is that one token
+    (the start-of-transcript of an English-only model, no prompt text, timestamps on)."""
+    return not multilingual and not prompt and not decoding.no_timestamps
 
 
 def _sampling(beam_size: int) -> dict:
@@ -334,11 +442,13 @@ class WhisperTranscriber:
         n_threads: int | None = None,
         prompt: str | None = None,
         temperature: float = 0.0,
+        word_timestamps: bool = False,
     ) -> Transcription:
         """Transcribe 16 kHz mono float32 `audio`. `language=None` detects it (multilingual models).
 
         `prompt` conditions the decoder (spellings, style); `temperature` > 0 samples instead of taking
-        the likeliest token, so the text is no longer repeatable.
+        the likeliest token, so the text is no longer repeatable; `word_timestamps` fills each
+        segment's `words`.
         """
         audio = _as_model_input(audio)
         n_threads = n_threads or self.n_threads
@@ -354,6 +464,7 @@ class WhisperTranscriber:
                 beam_size=self.beam_size,
                 prompt=prompt,
                 temperature=temperature,
+                word_timestamps=word_timestamps,
             )
         except (libwhisper.NativeCallError, RuntimeError) as exc:
             raise TranscriptionError(f"whisper.cpp failed: {exc}") from exc
@@ -361,7 +472,10 @@ class WhisperTranscriber:
             # whisper.cpp's times are meaningless without timestamp tokens (either backend): the
             # text spans the call's audio.
             seconds = round(audio.size / SAMPLE_RATE, 2)
-            result = dataclasses.replace(result, segments=(Segment(0.0, seconds, result.text),))
+            words = tuple(w for s in result.segments for w in s.words or ()) if word_timestamps else None
+            tokens = tuple(t for s in result.segments for t in s.tokens)
+            whole = Segment(0.0, seconds, result.text, tokens=tokens, words=words)
+            result = dataclasses.replace(result, segments=(whole,))
         return dataclasses.replace(result, language_probability=probability)
 
     def detect_language(self, audio: np.ndarray, *, n_threads: int | None = None) -> tuple[str, float]:

@@ -20,7 +20,7 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from loguru import logger
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, ValidationError
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
 from sse_starlette.sse import EventSourceResponse
 from starlette.datastructures import UploadFile as FormFile
 
@@ -36,6 +36,8 @@ AudioFile = Annotated[UploadFile, File()]
 Text = Annotated[str, Form()]
 OptionalText = Annotated[str | None, Form()]
 Temperature = Annotated[float, Form(ge=0.0, le=1.0)]
+# OpenAI's clients send a list field as repeated `name[]` parts.
+Granularities = Annotated[list[Literal["segment", "word"]], Form(alias="timestamp_granularities[]")]
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,12 @@ class JobRequest(BaseModel):
     model: str = OPENAI_MODEL
     language: str | None = None
     task: Literal["transcribe", "translate"] = "transcribe"
+    prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    word_timestamps: bool = False
+
+    def decoding(self) -> dict:
+        return {"prompt": self.prompt or None, "temperature": self.temperature, "word_timestamps": self.word_timestamps}
 
 
 def create_app(
@@ -216,7 +224,8 @@ def create_app(
         )
 
     async def audio(request: Request, task: str, file: UploadFile, model: str, language: str | None,
-                    response_format: str, prompt: str | None, temperature: float) -> Response:  # fmt: skip
+                    response_format: str, prompt: str | None, temperature: float,
+                    granularities: list[str]) -> Response:  # fmt: skip
         authorize(request)
         if response_format not in RESPONSE_FORMATS:
             raise ApiError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}", code="invalid_field")
@@ -224,7 +233,9 @@ def create_app(
         if prompt and len(prompt) > MAX_PROMPT_CHARS:
             raise ApiError(400, f"prompt is longer than {MAX_PROMPT_CHARS} characters", code="invalid_field")
         token = store_upload(file)
-        job = new_job(token, None, name, language, task, prompt=prompt or None, temperature=temperature)
+        words = "word" in granularities
+        job = new_job(token, None, name, language, task, prompt=prompt or None, temperature=temperature,
+                      word_timestamps=words)  # fmt: skip
         waiting = waiters.expect(job.job_id, token)
         await publish(job, token, wait=True)
         try:
@@ -235,7 +246,7 @@ def create_app(
                            "still queued or running", type="server_error", code="timeout") from None  # fmt: skip
         if result.status != "completed":
             raise failed(result)
-        body, media_type = render(result, response_format, task, temperature)
+        body, media_type = render(result, response_format, task, temperature, granularities=granularities)
         return Response(body, media_type=media_type, headers={"x-job-id": job.job_id})
 
     # --- async jobs ---
@@ -263,7 +274,7 @@ def create_app(
             except ValidationError as exc:
                 raise ApiError(400, problems(exc.errors()), code="invalid_field") from None
             name, url = check_request(spec.model, spec.language), str(spec.url)
-        job = new_job(token, url, name, spec.language, spec.task)
+        job = new_job(token, url, name, spec.language, spec.task, **spec.decoding())
         record = await asyncio.to_thread(store.add, job.job_id, task=spec.task, model=name, upload_token=token)
         await publish(job, token, wait=False)
         return JSONResponse(record.document(), status_code=202, headers={"location": f"/v1/jobs/{job.job_id}"})
@@ -316,8 +327,10 @@ def create_app(
         prompt: OptionalText = None,
         response_format: Text = "json",
         temperature: Temperature = 0.0,
+        timestamp_granularities: Granularities = ["segment"],  # noqa: B006 (FastAPI copies defaults)
     ) -> Response:
-        return await audio(request, "transcribe", file, model, language, response_format, prompt, temperature)
+        return await audio(request, "transcribe", file, model, language, response_format, prompt, temperature,
+                           timestamp_granularities)  # fmt: skip
 
     @app.post("/v1/audio/translations")
     async def translations(
@@ -327,7 +340,9 @@ def create_app(
         prompt: OptionalText = None,
         response_format: Text = "json",
         temperature: Temperature = 0.0,
+        timestamp_granularities: Granularities = ["segment"],  # noqa: B006 (FastAPI copies defaults)
     ) -> Response:
-        return await audio(request, "translate", file, model, None, response_format, prompt, temperature)
+        return await audio(request, "translate", file, model, None, response_format, prompt, temperature,
+                           timestamp_granularities)  # fmt: skip
 
     return BodyLimit(app, max_bytes=options.max_upload_bytes)

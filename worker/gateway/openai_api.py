@@ -2,6 +2,7 @@
 
 import json
 import zlib
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from worker.formats import to_srt, to_vtt
@@ -49,8 +50,15 @@ def compression_ratio(text: str) -> float:
     return round(len(data) / len(zlib.compress(data)), 3) if data else 0.0
 
 
-def render(result: Result, fmt: ResponseFormat, task: str, temperature: float = 0.0) -> tuple[str, str]:
-    """(body, media type) of a completed result in OpenAI's `response_format`."""
+def render(
+    result: Result,
+    fmt: ResponseFormat,
+    task: str,
+    temperature: float = 0.0,
+    *,
+    granularities: Sequence[str] = ("segment",),
+) -> tuple[str, str]:
+    """(body, media type) of a completed result in OpenAI's `response_format`; `granularities` shape verbose_json."""
     segments = result.segments or []
     if fmt == "text":
         return (result.text or "") + "\n", "text/plain; charset=utf-8"
@@ -60,25 +68,41 @@ def render(result: Result, fmt: ResponseFormat, task: str, temperature: float = 
         return to_vtt(segments), "text/vtt; charset=utf-8"
     if fmt == "json":
         return json.dumps({"text": result.text or ""}), "application/json"
-    return json.dumps(verbose(result, task, temperature)), "application/json"
+    return json.dumps(verbose(result, task, temperature, granularities)), "application/json"
 
 
-def verbose(result: Result, task: str, temperature: float = 0.0) -> dict[str, Any]:
-    return {
+def verbose(
+    result: Result, task: str, temperature: float = 0.0, granularities: Sequence[str] = ("segment",)
+) -> dict[str, Any]:
+    """OpenAI's verbose_json: `segments` for the segment granularity (the default), `words` for the word one."""
+    document: dict[str, Any] = {
         "task": task,
         "language": result.language,
         "duration": result.duration_seconds,
         "text": result.text or "",
-        "segments": [
+    }
+    if "segment" in granularities or not granularities:
+        document["segments"] = [
             {
                 "id": i,
                 "seek": round(s.start * 100),  # in 10 ms frames, as OpenAI's
                 "start": s.start,
                 "end": s.end,
                 "text": s.text,
+                "tokens": s.tokens,
                 "temperature": temperature,  # the one asked for: whisper.cpp's fallback is off
+                "avg_logprob": s.avg_logprob,
                 "compression_ratio": compression_ratio(s.text),
+                # null where whisper.cpp 1.8.5 cannot compute it right (multilingual models, prompts)
+                "no_speech_prob": s.no_speech_prob,
             }
             for i, s in enumerate(result.segments or [])
-        ],
-    }
+        ]
+    if "word" in granularities:
+        # OpenAI's words carry no leading space; whisper's word pieces do.
+        document["words"] = [
+            {"word": w.word.strip(), "start": w.start, "end": w.end}
+            for s in result.segments or []
+            for w in s.words or []
+        ]
+    return document

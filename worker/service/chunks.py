@@ -20,8 +20,8 @@ from loguru import logger
 from worker.errors import ChunkFailed, InvalidChunkTask, UnknownJob, WorkerError
 from worker.media.audio import decode_flac
 from worker.media.chunking import Chunk
-from worker.messages import ChunkTask, ErrorInfo, GatherMessage, SegmentOut, parse_chunk_task, valid_job_id
-from worker.pipeline import Processor
+from worker.messages import ChunkTask, ErrorInfo, GatherMessage, parse_chunk_task, valid_job_id
+from worker.pipeline import Processor, segment_out
 from worker.service.jobs import error_info
 
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
@@ -107,6 +107,7 @@ class ChunkHandler:
                 processor.threads_for(task.chunks_total),
                 prompt=task.prompt,
                 temperature=task.temperature,
+                word_timestamps=task.word_timestamps,
             )
         except Exception as exc:  # typed or not, the chunk's job fails with it: never a requeue loop
             (logger.error if isinstance(exc, WorkerError) else logger.exception)("Chunk {} failed: {}", task.index, exc)
@@ -115,7 +116,7 @@ class ChunkHandler:
             kind="chunk",
             job_id=task.job_id,
             index=task.index,
-            segments=[SegmentOut(start=s.start, end=s.end, text=s.text) for s in segments],
+            segments=[segment_out(s) for s in segments],
             worker=WORKER_NAME,
             seconds=round(time.perf_counter() - started, 3),
         )

@@ -28,7 +28,7 @@ from worker.engine.transcriber import Segment
 from worker.errors import ChunkFailed, GatherTimeout
 from worker.media.audio import encode_flac
 from worker.messages import ChunkTask, GatherMessage, Job
-from worker.pipeline import Prepared, Processor, Progress, ProgressCallback
+from worker.pipeline import Prepared, Processor, Progress, ProgressCallback, segment_in
 from worker.service import publisher
 from worker.service.publisher import Topology
 
@@ -167,6 +167,7 @@ class FanOut:
                 task=job.task,
                 prompt=job.prompt,
                 temperature=job.temperature,
+                word_timestamps=job.word_timestamps,
             )
             audio = encode_flac(prepared.audio.read(chunk.start, chunk.end))
             publisher.publish_chunk_task(channel, self._topology, chunk_task, audio, reply_to=queue)
@@ -236,7 +237,7 @@ class FanOut:
                 gathered.failure = message
             elif message.index not in gathered.results:  # a duplicate (redelivery race) is ignored
                 chunk = prepared.chunks[message.index]
-                gathered.results[message.index] = [Segment(s.start, s.end, s.text) for s in message.segments]
+                gathered.results[message.index] = [segment_in(s) for s in message.segments]
                 gathered.done_seconds += chunk.seconds
                 news = True
                 logger.debug("Chunk {} back from {} ({:.2f} s)", message.index, message.worker, message.seconds)

@@ -34,13 +34,12 @@ from worker.messages import (
     Job,
     ProgressEvent,
     Result,
-    SegmentOut,
     Timings,
     job_id_of,
     parse_job,
     valid_job_id,
 )
-from worker.pipeline import Prepared, Processor, Progress, ProgressCallback, Transcript
+from worker.pipeline import Prepared, Processor, Progress, ProgressCallback, Transcript, segment_out
 from worker.service.callbacks import post_callback
 from worker.service.inputs import check_url, download_audio
 
@@ -199,7 +198,13 @@ class JobHandler:
                 per_chunk = self._scatter.run(job, prepared, processor, on_chunk)
             else:
                 per_chunk = processor.transcribe_chunks(
-                    prepared, job.task, on_chunk, Path(scratch), prompt=job.prompt, temperature=job.temperature
+                    prepared,
+                    job.task,
+                    on_chunk,
+                    Path(scratch),
+                    prompt=job.prompt,
+                    temperature=job.temperature,
+                    word_timestamps=job.word_timestamps,
                 )
             transcript = processor.assemble(prepared, per_chunk)
         outputs = self._write_outputs(job, transcript)
@@ -331,7 +336,7 @@ def _completed(job_id: str, t: Transcript, outputs: dict[str, str], timings: Tim
         status="completed",
         attempt=attempt,
         text=t.text,
-        segments=[SegmentOut(start=s.start, end=s.end, text=s.text) for s in t.segments],
+        segments=[segment_out(s) for s in t.segments],
         language=t.language,
         language_probability=t.language_probability,
         duration_seconds=t.duration_seconds,

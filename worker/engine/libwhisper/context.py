@@ -52,6 +52,8 @@ __all__ = [
     "NativeCallError",
     "NativeContext",
     "NativeResult",
+    "NativeSegment",
+    "NativeToken",
     "NativeState",
     "detect_language",
     "open_library",
@@ -134,9 +136,15 @@ class NativeContext:
     Usable as a context manager; ``close()`` frees remaining states, then the weights.
     """
 
-    def __init__(self, lib: ctypes.CDLL, model_path: Path, *, flash_attn: bool = False) -> None:
+    def __init__(
+        self, lib: ctypes.CDLL, model_path: Path, *, flash_attn: bool = False, alignment_heads: int | None = None
+    ) -> None:
         """Load ``model_path`` on the CPU.  Raises ``FileNotFoundError`` if the file does not
-        exist and ``NativeCallError`` if libwhisper rejects it (details go to the log)."""
+        exist and ``NativeCallError`` if libwhisper rejects it (details go to the log).
+
+        ``alignment_heads``: a ``whisper_alignment_heads_preset`` (``ALIGNMENT_HEADS_PRESETS``) turns on
+        DTW token timing (``NativeToken.t_dtw``); whisper.cpp 1.8.5 cannot do it with flash attention.
+        """
         model_path = Path(model_path)
         if not model_path.is_file():
             raise FileNotFoundError(f"whisper model not found: {model_path}")
@@ -145,14 +153,20 @@ class NativeContext:
         self._lock = threading.Lock()
         self._states: set[NativeState] = set()
         self._closing = False
-        self._handle: int | None = self._init_context(model_path, flash_attn)
+        if alignment_heads is not None and flash_attn:
+            raise ValueError("DTW token timing needs flash_attn=False (whisper.cpp 1.8.5 would silently drop it)")
+        self._handle: int | None = self._init_context(model_path, flash_attn, alignment_heads)
         self._multilingual = bool(lib.whisper_is_multilingual(self._handle))
+        self.eot = int(lib.whisper_token_eot(self._handle))  # ids from here up are special tokens
 
-    def _init_context(self, model_path: Path, flash_attn: bool) -> int:
+    def _init_context(self, model_path: Path, flash_attn: bool, alignment_heads: int | None) -> int:
         """Call ``whisper_init_from_file_with_params_no_state`` with CPU-only params."""
         params = _context_params(self.lib)
         params.use_gpu = False  # the wheel is a CPU build; never probe GPU backends
         params.flash_attn = flash_attn
+        if alignment_heads is not None:
+            params.dtw_token_timestamps = True
+            params.dtw_aheads_preset = alignment_heads
         handle = self.lib.whisper_init_from_file_with_params_no_state(str(model_path).encode(), params)
         if not handle:
             raise NativeCallError(
@@ -235,15 +249,37 @@ def _full_params(lib: ctypes.CDLL, strategy: int) -> WhisperFullParams:
 
 
 @dataclass(frozen=True)
+class NativeToken:
+    """One decoded token of a segment. Times in 10 ms units from the start of the call's audio, -1
+    when not computed (``t0``/``t1``: ``token_timestamps``; ``t_dtw``: DTW context, text tokens only).
+    ``text`` is raw bytes: a multi-byte character may be split between tokens."""
+
+    id: int
+    text: bytes
+    p: float
+    plog: float
+    t0: int
+    t1: int
+    t_dtw: int
+
+
+@dataclass(frozen=True)
+class NativeSegment:
+    """One segment: times in seconds, the text exactly as whisper produced it (usually with a
+    leading space; not stripped), and its tokens (special ones included)."""
+
+    start: float
+    end: float
+    text: str
+    tokens: tuple[NativeToken, ...] = ()
+    no_speech_prob: float = 0.0  # as whisper.cpp 1.8.5 computes it: see transcriber._no_speech_prob_is_sound
+
+
+@dataclass(frozen=True)
 class NativeResult:
-    """Outcome of ``transcribe``.
+    """Outcome of ``transcribe``. ``language``: the code whisper decoded with (the detected one for ``None``)."""
 
-    ``segments``: ``(start_s, end_s, text)`` with times in seconds and the text exactly as
-    whisper produced it (usually with a leading space; not stripped).
-    ``language``: the language code whisper decoded with (the detected one for ``None``).
-    """
-
-    segments: tuple[tuple[float, float, str], ...]
+    segments: tuple[NativeSegment, ...]
     language: str
 
 
@@ -304,6 +340,7 @@ def _build_params(
     no_timestamps: bool,
     initial_prompt: bytes | None = None,
     temperature: float = 0.0,
+    token_timestamps: bool = False,
 ) -> WhisperFullParams:
     """Defaults for the chosen strategy plus our overrides; temperature fallback untouched."""
     strategy = WHISPER_SAMPLING_GREEDY if beam_size == 1 else WHISPER_SAMPLING_BEAM_SEARCH
@@ -312,7 +349,7 @@ def _build_params(
     params.translate = translate
     params.no_context = no_context
     params.single_segment = False
-    params.token_timestamps = False
+    params.token_timestamps = token_timestamps  # per-token t0/t1 (whisper.cpp's timestamp-probability heuristic)
     params.print_special = False
     params.print_progress = False
     params.print_realtime = False  # would printf() to stdout from native code
@@ -334,15 +371,27 @@ def _build_params(
     return params
 
 
-def _read_segments(lib: ctypes.CDLL, state_handle: int) -> tuple[tuple[float, float, str], ...]:
-    """Copy all segments out of the state; whisper times are in 10 ms units."""
+def _read_segments(ctx: NativeContext, state_handle: int) -> tuple[NativeSegment, ...]:
+    """Copy all segments and their tokens out of the state; whisper times are in 10 ms units."""
+    lib = ctx.lib
     segments = []
     for i in range(lib.whisper_full_n_segments_from_state(state_handle)):
         t0 = lib.whisper_full_get_segment_t0_from_state(state_handle, i)
         t1 = lib.whisper_full_get_segment_t1_from_state(state_handle, i)
         raw = lib.whisper_full_get_segment_text_from_state(state_handle, i) or b""
-        segments.append((t0 / 100.0, t1 / 100.0, raw.decode("utf-8", errors="replace")))
+        tokens = tuple(
+            _read_token(ctx, state_handle, i, j) for j in range(lib.whisper_full_n_tokens_from_state(state_handle, i))
+        )
+        no_speech = lib.whisper_full_get_segment_no_speech_prob_from_state(state_handle, i)
+        text = raw.decode("utf-8", errors="replace")
+        segments.append(NativeSegment(t0 / 100.0, t1 / 100.0, text, tokens, round(no_speech, 4)))
     return tuple(segments)
+
+
+def _read_token(ctx: NativeContext, state_handle: int, segment: int, index: int) -> NativeToken:
+    data = ctx.lib.whisper_full_get_token_data_from_state(state_handle, segment, index)
+    text = ctx.lib.whisper_full_get_token_text_from_state(ctx.handle, state_handle, segment, index) or b""
+    return NativeToken(data.id, text, data.p, data.plog, data.t0, data.t1, data.t_dtw)
 
 
 def _read_language(lib: ctypes.CDLL, state_handle: int) -> str:
@@ -379,6 +428,7 @@ def transcribe(
     no_timestamps: bool = False,
     prompt: str | None = None,
     temperature: float = 0.0,
+    token_timestamps: bool = False,
 ) -> NativeResult:
     """Run ``whisper_full_with_state`` on ``audio`` using ``state`` and the weights of ``ctx``.
 
@@ -413,13 +463,14 @@ def transcribe(
         no_timestamps=no_timestamps,
         initial_prompt=prompt.encode("utf-8") if prompt else None,
         temperature=temperature,
+        token_timestamps=token_timestamps,
     )
     handle = state.acquire()
     try:
         code = ctx.lib.whisper_full_with_state(ctx.handle, handle, params, _float_ptr(samples), samples.size)
         if code != 0:
             raise NativeCallError("whisper_full_with_state", code)
-        segments = _read_segments(ctx.lib, handle)
+        segments = _read_segments(ctx, handle)
         return NativeResult(segments=segments, language=_read_language(ctx.lib, handle))
     finally:
         state.release()

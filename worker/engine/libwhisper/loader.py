@@ -15,7 +15,13 @@ from typing import Any
 
 from loguru import logger
 
-from worker.engine.libwhisper.structs import NativeABIError, WhisperContextParams, WhisperFullParams, check_abi
+from worker.engine.libwhisper.structs import (
+    NativeABIError,
+    WhisperContextParams,
+    WhisperFullParams,
+    WhisperTokenData,
+    check_abi,
+)
 
 # enum ggml_log_level, used only to label forwarded log lines.
 _GGML_LOG_LEVELS = {0: "none", 1: "debug", 2: "info", 3: "warn", 4: "error", 5: "cont"}
@@ -56,6 +62,17 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
         [ctypes.c_void_p, ctypes.c_int],
     ),
     "whisper_full_lang_id_from_state": (ctypes.c_int, [ctypes.c_void_p]),
+    "whisper_full_n_tokens_from_state": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),
+    "whisper_full_get_token_data_from_state": (
+        WhisperTokenData,
+        [ctypes.c_void_p, ctypes.c_int, ctypes.c_int],
+    ),
+    "whisper_full_get_token_text_from_state": (
+        ctypes.c_char_p,
+        [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int],
+    ),
+    "whisper_token_eot": (ctypes.c_int32, [ctypes.c_void_p]),
+    "whisper_full_get_segment_no_speech_prob_from_state": (ctypes.c_float, [ctypes.c_void_p, ctypes.c_int]),
     "whisper_lang_max_id": (ctypes.c_int, []),
     "whisper_lang_id": (ctypes.c_int, [ctypes.c_char_p]),
     "whisper_lang_str": (ctypes.c_char_p, [ctypes.c_int]),

@@ -31,6 +31,7 @@ MAX_BEAM_SIZE = 8
 #   whisper_context_params: 48 bytes (dtw_mem_size ends at offset 48)
 SIZEOF_FULL_PARAMS = 304
 SIZEOF_CONTEXT_PARAMS = 48
+SIZEOF_TOKEN_DATA = 56
 
 # FLT_MAX: the 1.8.5 default of whisper_vad_params.max_speech_duration_s (i.e. "no limit").
 _FLT_MAX = 3.4028234663852886e38
@@ -104,6 +105,45 @@ class WhisperVadParams(ctypes.Structure):
         ("speech_pad_ms", ctypes.c_int),
         ("samples_overlap", ctypes.c_float),
     ]
+
+
+class WhisperTokenData(ctypes.Structure):
+    """``whisper_token_data`` (56 bytes on LP64, returned by value): one decoded token.
+
+    Times are in 10 ms units from the start of the call's audio, -1 when not computed: ``t0``/``t1``
+    with ``token_timestamps``, ``t_dtw`` on a context made with DTW alignment heads (text tokens only).
+    """
+
+    _fields_ = [
+        ("id", ctypes.c_int32),
+        ("tid", ctypes.c_int32),
+        ("p", ctypes.c_float),
+        ("plog", ctypes.c_float),
+        ("pt", ctypes.c_float),
+        ("ptsum", ctypes.c_float),
+        ("t0", ctypes.c_int64),
+        ("t1", ctypes.c_int64),
+        ("t_dtw", ctypes.c_int64),
+        ("vlen", ctypes.c_float),
+    ]
+
+
+# enum whisper_alignment_heads_preset: the cross-attention heads that follow the audio best, per
+# model (openai-whisper's _ALIGNMENT_HEADS, built into whisper.cpp). Quantization keeps the heads.
+ALIGNMENT_HEADS_PRESETS = {
+    "tiny.en": 3,
+    "tiny": 4,
+    "base.en": 5,
+    "base": 6,
+    "small.en": 7,
+    "small": 8,
+    "medium.en": 9,
+    "medium": 10,
+    "large-v1": 11,
+    "large-v2": 12,
+    "large-v3": 13,
+    "large-v3-turbo": 14,
+}
 
 
 class WhisperFullParams(ctypes.Structure):
@@ -310,7 +350,11 @@ def _check_version(lib: ctypes.CDLL) -> list[str]:
 def _check_sizes() -> list[str]:
     """Our Structures must have the sizes computed for LP64 (catches 32-bit/odd ABIs)."""
     problems = []
-    expected = ((WhisperFullParams, SIZEOF_FULL_PARAMS), (WhisperContextParams, SIZEOF_CONTEXT_PARAMS))
+    expected = (
+        (WhisperFullParams, SIZEOF_FULL_PARAMS),
+        (WhisperContextParams, SIZEOF_CONTEXT_PARAMS),
+        (WhisperTokenData, SIZEOF_TOKEN_DATA),
+    )
     for struct, want in expected:
         if ctypes.sizeof(struct) != want:
             problems.append(f"sizeof({struct.__name__}) = {ctypes.sizeof(struct)}, expected {want}")
