@@ -32,8 +32,20 @@ def test_json_output_for_jfk_flac(tiny_en_path, audio_dir):
     assert jiwer.wer(normalize(reference(audio_dir, "jfk_inaugural_1961.flac")), normalize(result["text"])) == 0
     assert result["model"] == DEFAULT_VARIANTS["tiny.en"] and result["language"] == "en"
     assert abs(result["duration_seconds"] - 11.0) < 0.05
-    assert all(set(s) == {"start", "end", "text"} for s in result["segments"])
+    assert all(
+        set(s) == {"start", "end", "text", "tokens", "avg_logprob", "no_speech_prob"} for s in result["segments"]
+    )
     assert "Initializing shared WhisperTranscriber instance..." in proc.stderr
+
+
+def test_word_timestamps_add_each_segments_words(tiny_en_path, audio_dir):
+    proc = run_cli(str(audio_dir / "jfk_inaugural_1961.flac"), "--format", "json", "--word-timestamps")
+
+    assert proc.returncode == 0, proc.stderr
+    segments = json.loads(proc.stdout)["segments"]
+    words = [w for s in segments for w in s["words"]]
+    assert [w["word"].strip() for w in words][:5] == ["And", "so", "my", "fellow", "Americans"]
+    assert all(set(w) == {"word", "start", "end", "probability"} for w in words)
 
 
 def test_base_model_reports_english_for_jfk_mp3(base_path, audio_dir):

@@ -106,7 +106,7 @@ def test_a_job_carries_a_prompt_and_a_temperature_within_bounds():
 def test_a_chunk_task_survives_its_trip_through_amqp_headers():
     task = ChunkTask(
         job_id="j-1", index=2, start=16000, end=48000, chunks_total=3, model="tiny.en-q8_0",
-        language="en", task="transcribe", prompt="Gutenberg — Mainz, 1455", temperature=0.3,
+        language="en", task="transcribe", prompt="Gutenberg — Mainz, 1455", temperature=0.3, word_timestamps=True,
     )  # fmt: skip
     # Encoded and decoded as pika does on the wire (it takes no floats, and hands strings back as bytes).
     pieces: list[bytes] = []

@@ -12,9 +12,9 @@ import pytest
 from conftest import normalize
 from loguru import logger
 
+from worker.devtools.word_timing import clip_bounds, edge_errors
 from worker.errors import TranscriptionError
 from worker.media.audio import SAMPLE_RATE, decode_audio
-from worker.media.chunking import _runs
 from worker.pipeline import PipelineOptions, Processor, Progress
 
 LJ = "ljspeech_LJ001-0001_to_0032_concat"
@@ -48,10 +48,9 @@ def lj_sequential(transcriber, lj):
 
 def sentence_times(samples: np.ndarray) -> list[tuple[float, float]]:
     """The 32 sentences' (start, end) in seconds, between the 31 inserted 0.3 s silences."""
-    gaps = [(s, e) for s, e in _runs(np.abs(samples) < 3e-4) if e - s >= 0.25 * SAMPLE_RATE]
-    assert len(gaps) == 31
-    bounds = [0, *(x for gap in gaps for x in gap), samples.size]
-    return [(bounds[i] / SAMPLE_RATE, bounds[i + 1] / SAMPLE_RATE) for i in range(0, len(bounds), 2)]
+    bounds = clip_bounds(samples, SAMPLE_RATE)
+    assert len(bounds) == 32
+    return bounds
 
 
 def reference_sentences(reference: str, sentence_texts: list[str]) -> list[list[str]]:
@@ -96,6 +95,23 @@ def test_segment_times_are_absolute_and_monotonic(lj, lj_parallel):
     assert lj_parallel.segments[-1].end <= lj.size / SAMPLE_RATE
     assert lj_parallel.segments[-1].end > 200  # the classic bug puts late chunks too early or too late
     assert lj_parallel.chunks >= 8
+
+
+def test_words_are_in_absolute_time_across_chunks_and_match_the_sentences(lj, lj_parallel, transcriber):
+    timed = processor(transcriber).process_samples(lj, word_timestamps=True)
+    assert timed.text == lj_parallel.text and timed.chunks == lj_parallel.chunks
+    words = [w for s in timed.segments for w in s.words]
+    for segment in timed.segments:
+        assert "".join(w.word for w in segment.words).strip() == segment.text
+        assert all(segment.start <= w.start <= w.end <= segment.end for w in segment.words)
+    starts = [w.start for w in words]
+    assert starts == sorted(starts) and starts[-1] > 200  # late chunks' words moved by their offsets
+
+    # Each sentence's first word starts, and its last word ends, where the sentence does (issue 13's
+    # goal: median error <= 0.3 s; cmd/bench --words reports the figures).
+    errors = edge_errors(sentence_times(lj), words)
+    assert errors.clips_without_words == 0
+    assert errors.median_first_start <= 0.3 and errors.median_last_end <= 0.3, errors
 
 
 def test_parallel_and_sequential_give_the_same_transcript(lj_parallel, lj_sequential):

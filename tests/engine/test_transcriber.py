@@ -51,10 +51,48 @@ def test_model_pool_fallback_gives_the_same_transcript(tiny_en_path, transcriber
     pool = WhisperTranscriber(tiny_en_path, max_concurrent_calls=1, n_threads=1, backend="pool")
     try:
         assert pool.backend == "pool"
-        assert pool.transcribe(jfk).segments == transcriber.transcribe(jfk, n_threads=1).segments
+        timed = [(s.start, s.end, s.text) for s in transcriber.transcribe(jfk, n_threads=1).segments]
+        assert [(s.start, s.end, s.text) for s in pool.transcribe(jfk).segments] == timed
+        with_words = pool.transcribe(jfk, n_threads=1, word_timestamps=True)
+        assert [w.word for s in with_words.segments for w in s.words] == _words(transcriber, jfk)
         assert pool.transcribe(jfk, n_threads=2).text == transcriber.transcribe(jfk, n_threads=2).text
     finally:
         pool.close()
+
+
+def _words(transcriber, audio) -> list[str]:
+    return [w.word for s in transcriber.transcribe(audio, n_threads=1, word_timestamps=True).segments for w in s.words]
+
+
+def test_word_timestamps_spell_each_segment_in_order_inside_it(transcriber, jfk):
+    plain = transcriber.transcribe(jfk)
+    timed = transcriber.transcribe(jfk, word_timestamps=True)
+
+    assert timed.text == plain.text and all(s.words is None for s in plain.segments)
+    for segment in timed.segments:
+        words = segment.words
+        assert "".join(w.word for w in words).strip() == segment.text
+        assert all(w.word.startswith(" ") for w in words)  # whisper's pieces: a space before each word
+        starts = [w.start for w in words]
+        assert starts == sorted(starts)
+        assert all(segment.start <= w.start <= w.end <= segment.end and 0 < w.probability <= 1 for w in words)
+    words = [w for s in timed.segments for w in s.words]
+    # "country" is said twice: at about 5 s and again at the end (10.5 s of 11).
+    country = [w.start for w in words if w.word.strip(" .") == "country"]
+    assert len(country) == 2 and 3.5 < country[0] < 6.5 and 9.0 < country[1] < 11.0
+
+
+def test_segments_carry_their_tokens_and_log_probability(transcriber, jfk):
+    segment = transcriber.transcribe(jfk).segments[0]
+    lib = libwhisper.open_library()
+    with libwhisper.NativeContext(lib, transcriber.model_path) as ctx:
+        eot = ctx.eot
+    text_tokens = [t for t in segment.tokens if t < eot]
+    assert len(text_tokens) >= len(segment.text.split()) and any(t > eot for t in segment.tokens)  # timestamps
+    assert -3.0 < segment.avg_logprob < 0.0
+    # English-only model, no prompt: whisper.cpp's no_speech_prob is sound, and low on speech.
+    assert 0.0 <= segment.no_speech_prob < 0.5
+    assert transcriber.transcribe(jfk, prompt="Kennedy.").segments[0].no_speech_prob is None
 
 
 def test_multilingual_base_detects_english(base_path, jfk, audio_dir):

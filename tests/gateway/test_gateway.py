@@ -103,7 +103,34 @@ def test_the_openai_client_transcribes_in_every_response_format(client, gateway,
     assert [s.id for s in verbose.segments] == list(range(len(verbose.segments))) and verbose.segments
     assert verbose.text == " ".join(s.text for s in verbose.segments)
     assert all(0 <= s.start <= s.end <= verbose.duration + 0.01 for s in verbose.segments)
+    for segment in verbose.segments:  # OpenAI's segment fields, filled from whisper.cpp's token data
+        assert segment.tokens and all(isinstance(t, int) for t in segment.tokens)
+        assert -3.0 < segment.avg_logprob < 0 and 0 <= segment.no_speech_prob < 0.5 and segment.compression_ratio > 0
+    assert verbose.words is None  # only for the word granularity
     assert list(gateway.upload_dir.iterdir()) == []  # each upload deleted when its job ended
+
+
+def test_word_timestamps_through_the_openai_client_and_curl(client, gateway, audio_dir):
+    with open(audio_dir / JFK, "rb") as audio:
+        both = client.audio.transcriptions.create(
+            model="whisper-1", file=audio, response_format="verbose_json", timestamp_granularities=["word", "segment"]
+        )
+        audio.seek(0)
+        words_only = client.audio.transcriptions.create(
+            model="whisper-1", file=audio, response_format="verbose_json", timestamp_granularities=["word"]
+        )
+    words = both.words
+    assert " ".join(w.word for w in words) == both.text.replace("  ", " ")
+    assert [w.word for w in words][:5] == ["And", "so", "my", "fellow", "Americans"]
+    assert all(0 <= w.start <= w.end <= both.duration + 0.01 for w in words)
+    assert [w.start for w in words] == sorted(w.start for w in words) and both.segments
+    assert words_only.segments is None and [w.word for w in words_only.words] == [w.word for w in words]
+    status, body = curl(
+        gateway, f"file=@{audio_dir / JFK}", "response_format=verbose_json", "timestamp_granularities[]=word"
+    )
+    assert status == 200 and [w["word"] for w in body["words"]] == [w.word for w in words]
+    status, body = curl(gateway, f"file=@{audio_dir / JFK}", "timestamp_granularities[]=letter")
+    assert status == 400 and "timestamp_granularities" in body["error"]["message"]
 
 
 def test_a_prompt_reaches_every_chunk_and_the_temperature_is_echoed(client, gateway):
@@ -299,10 +326,12 @@ def test_an_async_url_job_and_bad_job_requests(gateway, audio_dir):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/{JFK}"
-        response = requests.post(f"{gateway.url}/v1/jobs", headers=auth(), json={"url": url}, timeout=10)
+        job = {"url": url, "word_timestamps": True, "prompt": "Kennedy."}
+        response = requests.post(f"{gateway.url}/v1/jobs", headers=auth(), json=job, timeout=10)
         assert response.status_code == 202, response.text
         record = wait_for_state(gateway, response.json()["id"], {"completed", "failed"})
         assert record["state"] == "completed" and "your country" in record["result"]["text"].lower()
+        assert [w["word"].strip() for w in record["result"]["segments"][0]["words"]][:2] == ["And", "so"]
     finally:
         server.shutdown()
         server.server_close()

@@ -80,7 +80,7 @@ def transcribe_in_process(service: Service, client: Client) -> Result:
     """The single-worker reference: the same audio with fan-out off."""
     worker = service.start_worker(**{**FAN, "fanout_min_seconds": 0})
     worker.wait_for("Consuming")
-    client.enqueue({"job_id": "in-process-1", "audio": {"path": LONG}})
+    client.enqueue({"job_id": "in-process-1", "audio": {"path": LONG}, "word_timestamps": True})
     (result,) = exactly_one_completed(client, "in-process-1", worker)
     assert "Fanning out" not in worker.log() and "Taking chunk tasks" not in worker.log()
     assert worker.stop() == 0
@@ -98,7 +98,7 @@ def test_a_fanned_out_job_has_the_single_worker_text_and_leaves_nothing(service,
     for worker in workers:
         worker.wait_for("Taking chunk tasks")
 
-    client.enqueue({"job_id": "fanned-1", "audio": {"path": LONG}})
+    client.enqueue({"job_id": "fanned-1", "audio": {"path": LONG}, "word_timestamps": True})
     coordinator_of(workers).wait_for("Published 12 chunk tasks")
     client.enqueue({"job_id": "next-1", "audio": {"path": SHORT}})  # while fanned-1's chunks are out
     results = client.results(lambda rs: {"fanned-1", "next-1"} <= set(completed_ids(rs)))
@@ -109,7 +109,9 @@ def test_a_fanned_out_job_has_the_single_worker_text_and_leaves_nothing(service,
 
     assert reference.chunks == result.chunks == 12
     assert result.text == reference.text  # greedy decoding: the same text, whichever worker did a chunk
-    assert result.segments == reference.segments
+    assert result.segments == reference.segments  # words included, in absolute time
+    words = [w.start for s in result.segments for w in s.words]
+    assert words == sorted(words) and words[-1] > result.duration_seconds - 30  # the last chunk's words at the end
     starts = chunk_starts(*workers, job_id="fanned-1")
     assert sorted(starts) == list(range(12)) and set(starts.values()) == {1}  # each chunk once
     assert all(STARTED.search(w.log()) for w in workers), "both workers transcribed chunks"
