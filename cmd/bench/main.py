@@ -4,6 +4,7 @@
     python cmd/bench/main.py --rows 1,2,4 --json     # some rows, machine-readable
     python cmd/bench/main.py --wer                   # per-file and aggregate WER over ../shared/audio
     python cmd/bench/main.py --quick --rows 1,4      # smoke run: ~22 s of speech, 3 overhead jobs
+    python cmd/bench/main.py --words                 # word timestamps: accuracy, cost, the DTW lever
 
 Input: the files of ../shared/audio that count for WER (not the repeats, not the two-speaker
 stereo file), joined with 0.5 s of silence, the whole set repeated until it lasts at least
@@ -48,6 +49,7 @@ from typing import Any
 import bench_gateway
 import bench_levers
 import bench_scale
+import bench_words
 import numpy as np
 from bench_common import (
     AUDIO_DIR,
@@ -580,6 +582,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--gateway", action="store_true", help="the HTTP gateway's overhead against enqueueing directly (>= 12 min)"
     )
     parser.add_argument(
+        "--words", action="store_true", help="word timestamps: accuracy on LJ Speech's sentences, cost, DTW lever"
+    )
+    parser.add_argument(
         "--memory-minutes",
         type=lambda s: [float(m) for m in s.split(",") if m],
         help="peak RSS of cmd/transcribe for recordings this long, e.g. 10,60,240 (with --scale, or alone)",
@@ -658,6 +663,9 @@ def main() -> int:
         recording = build_recording(files, max(args.min_minutes, 12.0) * 60)
         report = bench_gateway.run_gateway(recording, args.model, args.runs, args.overhead_jobs)
         print(bench_gateway.gateway_markdown(report))
+        return 0
+    if args.words:
+        print(bench_words.words_markdown(bench_words.run_words(args.model, args.runs)))
         return 0
     if args.levers:
         return levers_main(args)

@@ -60,8 +60,8 @@ class Segment:
 
     `tokens`: the ids whisper decoded for it (text and timestamp tokens); `avg_logprob`: their mean log
     probability (whisper.cpp's per-token values; OpenAI averages per 30 s window); `no_speech_prob`:
-    only where whisper.cpp 1.8.5 computes it right (see `_no_speech_prob`), else None; `words`: only
-    when asked for (None otherwise).
+    the probability that the call's audio holds no speech, as openai-whisper computes it (None from
+    the pywhispercpp fallback); `words`: only when asked for (None otherwise).
     """
 
     start: float
@@ -238,10 +238,7 @@ class _NativeBackend:
                 temperature=temperature,
                 token_timestamps=word_timestamps,
             )
-        no_speech = _no_speech_prob_is_sound(self.multilingual, prompt, self._decoding)
-        segments = tuple(
-            _segment(s, self._context.eot, words=word_timestamps, no_speech=no_speech) for s in result.segments
-        )
+        segments = tuple(_segment(s, self._context.eot, words=word_timestamps, no_speech=True) for s in result.segments)
         return Transcription(segments=segments, language=result.language)
 
     def detect_language(self, audio: np.ndarray, *, n_threads: int) -> tuple[str, float]:
@@ -360,16 +357,8 @@ def _words(segment: libwhisper.NativeSegment, eot: int) -> tuple[Word, ...]:
     median error of a sentence's first-word start and last-word end is a few hundredths of a second.
     DTW over the alignment heads was measured too and is left off (see docs/performance.md).
     """
-    groups: list[list[libwhisper.NativeToken]] = []
-    for token in segment.tokens:
-        if token.id >= eot:  # timestamps and other special tokens carry no text
-            continue
-        if not groups or token.text.startswith(b" "):
-            groups.append([token])
-        else:
-            groups[-1].append(token)
     words = []
-    for tokens in groups:
+    for tokens in word_tokens(segment, eot):
         start = tokens[0].t0 / 100.0 if tokens[0].t0 >= 0 else segment.start
         end = tokens[-1].t1 / 100.0 if tokens[-1].t1 >= 0 else segment.end
         # Token bytes are joined before decoding: a multi-byte character may span two tokens.
@@ -381,11 +370,17 @@ def _words(segment: libwhisper.NativeSegment, eot: int) -> tuple[Word, ...]:
     return tuple(words)
 
 
-def _no_speech_prob_is_sound(multilingual: bool, prompt: str | None, decoding: DecodingOptions) -> bool:
-    """whisper.cpp 1.8.5 computes no_speech_prob from the logits of the decoder's first prompt row,
-    but keeps only the last row's logits: the value is right only when the prompt is that one token
-    (the start-of-transcript of an English-only model, no prompt text, timestamps on)."""
-    return not multilingual and not prompt and not decoding.no_timestamps
+def word_tokens(segment: libwhisper.NativeSegment, eot: int) -> list[list[libwhisper.NativeToken]]:
+    """A segment's text tokens, one list per word: a token that starts with a space starts a word."""
+    groups: list[list[libwhisper.NativeToken]] = []
+    for token in segment.tokens:
+        if token.id >= eot:  # timestamps and other special tokens carry no text
+            continue
+        if not groups or token.text.startswith(b" "):
+            groups.append([token])
+        else:
+            groups[-1].append(token)
+    return groups
 
 
 def _sampling(beam_size: int) -> dict:

@@ -93,7 +93,7 @@ def verbose(
                 "temperature": temperature,  # the one asked for: whisper.cpp's fallback is off
                 "avg_logprob": s.avg_logprob,
                 "compression_ratio": compression_ratio(s.text),
-                # null where whisper.cpp 1.8.5 cannot compute it right (multilingual models, prompts)
+                # null only from the pywhispercpp fallback backend
                 "no_speech_prob": s.no_speech_prob,
             }
             for i, s in enumerate(result.segments or [])

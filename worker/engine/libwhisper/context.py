@@ -27,6 +27,7 @@ means memory corruption, not an exception.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,7 +273,8 @@ class NativeSegment:
     end: float
     text: str
     tokens: tuple[NativeToken, ...] = ()
-    no_speech_prob: float = 0.0  # as whisper.cpp 1.8.5 computes it: see transcriber._no_speech_prob_is_sound
+    # P(<|nospeech|>) at the start of the call's (one) 30 s window, as openai-whisper defines it
+    no_speech_prob: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -382,9 +384,8 @@ def _read_segments(ctx: NativeContext, state_handle: int) -> tuple[NativeSegment
         tokens = tuple(
             _read_token(ctx, state_handle, i, j) for j in range(lib.whisper_full_n_tokens_from_state(state_handle, i))
         )
-        no_speech = lib.whisper_full_get_segment_no_speech_prob_from_state(state_handle, i)
         text = raw.decode("utf-8", errors="replace")
-        segments.append(NativeSegment(t0 / 100.0, t1 / 100.0, text, tokens, round(no_speech, 4)))
+        segments.append(NativeSegment(t0 / 100.0, t1 / 100.0, text, tokens))
     return tuple(segments)
 
 
@@ -392,6 +393,42 @@ def _read_token(ctx: NativeContext, state_handle: int, segment: int, index: int)
     data = ctx.lib.whisper_full_get_token_data_from_state(state_handle, segment, index)
     text = ctx.lib.whisper_full_get_token_text_from_state(ctx.handle, state_handle, segment, index) or b""
     return NativeToken(data.id, text, data.p, data.plog, data.t0, data.t1, data.t_dtw)
+
+
+def _no_speech_prob(ctx: NativeContext, state_handle: int, prompt: str | None, n_threads: int) -> float:
+    """P(<|nospeech|>) after the start-of-transcript token, as openai-whisper computes it.
+
+    whisper.cpp 1.8.5 stores a value read from its decoder's first logits row, which it only
+    fills when the prompt is that one token (English-only model, no prompt text): otherwise it
+    is stale (docs/notes/whisper-1.8.5-token-data.md, section 5). So the start of the window is
+    decoded again here, against the encoder output the call left in the state ([<|startofprev|>,
+    the prompt's last tokens,] <|startoftranscript|>, as whisper.cpp prompted it), and the last
+    row, the one whisper.cpp does keep, is read. One decoder pass over a few tokens.
+    """
+    lib = ctx.lib
+    tokens = [lib.whisper_token_sot(ctx.handle)]
+    if prompt:
+        budget = lib.whisper_n_text_ctx(ctx.handle) // 2 - 1  # what whisper.cpp keeps of a prompt
+        tokens = [lib.whisper_token_prev(ctx.handle), *_tokenize(ctx, prompt)[-budget:], *tokens]
+    array = (ctypes.c_int32 * len(tokens))(*tokens)
+    code = lib.whisper_decode_with_state(ctx.handle, state_handle, array, len(tokens), 0, n_threads)
+    if code != 0:
+        raise NativeCallError("whisper_decode_with_state", code)
+    n_vocab = lib.whisper_n_vocab(ctx.handle)
+    logits = np.ctypeslib.as_array(lib.whisper_get_logits_from_state(state_handle), shape=(len(tokens) * n_vocab,))
+    row = logits[(len(tokens) - 1) * n_vocab :].astype(np.float64)
+    probabilities = np.exp(row - row.max())
+    return round(float(probabilities[lib.whisper_token_nosp(ctx.handle)] / probabilities.sum()), 4)
+
+
+def _tokenize(ctx: NativeContext, text: str) -> list[int]:
+    encoded = text.encode("utf-8")
+    room = len(encoded) + 1  # never more tokens than bytes
+    tokens = (ctypes.c_int32 * room)()
+    count = ctx.lib.whisper_tokenize(ctx.handle, encoded, tokens, room)
+    if count < 0:
+        raise NativeCallError("whisper_tokenize", count)
+    return list(tokens[:count])
 
 
 def _read_language(lib: ctypes.CDLL, state_handle: int) -> str:
@@ -429,6 +466,7 @@ def transcribe(
     prompt: str | None = None,
     temperature: float = 0.0,
     token_timestamps: bool = False,
+    no_speech_prob: bool = True,
 ) -> NativeResult:
     """Run ``whisper_full_with_state`` on ``audio`` using ``state`` and the weights of ``ctx``.
 
@@ -471,7 +509,12 @@ def transcribe(
         if code != 0:
             raise NativeCallError("whisper_full_with_state", code)
         segments = _read_segments(ctx, handle)
-        return NativeResult(segments=segments, language=_read_language(ctx.lib, handle))
+        language = _read_language(ctx.lib, handle)
+        # Conditioning on the prompt stops at temperature 0.5 (WHISPER_HISTORY_CONDITIONING_TEMP_CUTOFF).
+        conditioning = prompt if prompt and temperature < 0.5 else None
+        no_speech = _no_speech_prob(ctx, handle, conditioning, n_threads) if no_speech_prob else 0.0
+        segments = tuple(dataclasses.replace(s, no_speech_prob=no_speech) for s in segments)
+        return NativeResult(segments=segments, language=language)
     finally:
         state.release()
 
