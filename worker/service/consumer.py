@@ -177,21 +177,22 @@ class Consumer:
         self.connections += 1
         self._probe = None
         try:
-            channel = connection.channel()
-            channel.confirm_delivery()
-            publisher.declare(channel, self._topology)
-            channel.basic_qos(prefetch_count=self._concurrent_jobs)
             cancelled = threading.Event()
-            channel.add_on_cancel_callback(lambda _frame: cancelled.set())
-            self._jobs_channel, self._jobs_tag = channel, None
+            declare = connection.channel()
+            publisher.declare(declare, self._topology)
+            declare.close()
+            self._open_jobs_channel(connection, cancelled)
             chunks = self._subscribe_chunks(connection, cancelled)
             self._subscribe_jobs(connection)
             self.connected.set()
             logger.info("Consuming {} ({} job(s) at a time)", self._topology.jobs_queue, self._concurrent_jobs)
             while not self._stopping.is_set():
                 connection.process_data_events(time_limit=1)
-                self._check_consuming(channel, cancelled)
-                self._check_consuming(chunks, cancelled)
+                self._check_cancelled(cancelled)
+                if self._jobs_channel.is_closed:
+                    self._reopen_jobs_channel(connection, cancelled)
+                if chunks is not None and chunks.is_closed:
+                    chunks = self._reopen_chunks_channel(connection, cancelled)
                 self._resume_jobs(connection)
                 self._sample_depths(connection)
             self._pause_jobs()
@@ -203,6 +204,37 @@ class Consumer:
             self.connected.clear()
             if connection.is_open:
                 connection.close()
+
+    def _open_jobs_channel(self, connection: pika.BlockingConnection, cancelled: threading.Event) -> None:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_qos(prefetch_count=self._concurrent_jobs)
+        channel.add_on_cancel_callback(lambda _frame: cancelled.set())
+        self._jobs_channel, self._jobs_tag = channel, None
+
+    def _reopen_jobs_channel(self, connection: pika.BlockingConnection, cancelled: threading.Event) -> None:
+        """The broker closed the jobs channel (a job held past its consumer_timeout): open another and
+        take jobs again (_resume_jobs subscribes). Only that channel goes: chunk tasks running on theirs
+        carry on, which a whole new connection would cut off (and a chunk cut off every time a held
+        job's channel closes may never finish). The held jobs settle on their closed channel as
+        redeliveries: a finished one's result is published when it comes back."""
+        logger.error(
+            "The broker closed the channel of {} job(s) unsettled (held longer than the broker's consumer_timeout? "
+            "see README); consuming on a new channel",
+            self._in_flight,
+        )
+        self._open_jobs_channel(connection, cancelled)
+        logger.info("Consuming {} again", self._topology.jobs_queue)
+
+    def _reopen_chunks_channel(
+        self, connection: pika.BlockingConnection, cancelled: threading.Event
+    ) -> BlockingChannel:
+        logger.error(
+            "The broker closed the channel of {} chunk task(s) unsettled (held longer than the broker's "
+            "consumer_timeout? see README); taking chunk tasks on a new channel",
+            self._chunks_in_flight,
+        )
+        return self._subscribe_chunks(connection, cancelled)
 
     def _subscribe_jobs(self, connection: pika.BlockingConnection) -> None:
         self._jobs_tag = self._jobs_channel.basic_consume(
@@ -256,15 +288,8 @@ class Consumer:
             self._probe = connection.channel()
         return self._probe
 
-    def _check_consuming(self, channel: BlockingChannel | None, cancelled: threading.Event) -> None:
-        """Raise _NotConsuming when the broker took our channel or consumer away."""
-        if channel is None:
-            return
-        if channel.is_closed:
-            raise _NotConsuming(
-                f"The broker closed the channel with {self._in_flight} job(s) and {self._chunks_in_flight} chunk "
-                "task(s) unsettled (a delivery held longer than the broker's consumer_timeout? see README)"
-            )
+    def _check_cancelled(self, cancelled: threading.Event) -> None:
+        """Raise _NotConsuming when the broker took a consumer away: declare everything again."""
         if cancelled.is_set():
             queues = " or ".join(filter(None, (self._topology.jobs_queue, self._topology.chunks_queue)))
             raise _NotConsuming(f"The broker cancelled the consumer of {queues} (queue deleted?)")
