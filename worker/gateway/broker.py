@@ -27,6 +27,10 @@ from worker.service import publisher
 from worker.service.publisher import Topology
 
 _REPLY_EXPIRES_MS = 15 * 60 * 1000
+# An async result that cannot be recorded (the database is down) goes back to the queue this much
+# later, not at once: an immediate requeue comes straight back, a tight loop of failures (and
+# RabbitMQ 4's quorum queues drop a message after 20 requeues by default).
+REQUEUE_DELAY_SECONDS = 5.0
 
 
 class BrokerClient:
@@ -147,8 +151,12 @@ class BrokerClient:
             if result is not None:
                 self._on_async_result(result)
         except Exception:  # the database is down: the result stays on the queue for a replica (or us) later
-            logger.exception("Recording the result of job {} failed; it is requeued", result.job_id)
-            channel.basic_nack(method.delivery_tag, requeue=True)
+            logger.exception(
+                "Recording the result of job {} failed; it is requeued in {:.0f} s",
+                result.job_id,
+                REQUEUE_DELAY_SECONDS,
+            )
+            channel.connection.call_later(REQUEUE_DELAY_SECONDS, lambda: _requeue(channel, method.delivery_tag))
             return
         channel.basic_ack(method.delivery_tag)
 
@@ -166,3 +174,8 @@ def _result(body: bytes) -> Result | None:
     except ValueError as exc:
         logger.error("Ignoring an unreadable result: {}", exc)
         return None
+
+
+def _requeue(channel, tag: int) -> None:
+    if channel.is_open:  # else the broker requeued it with the channel
+        channel.basic_nack(tag, requeue=True)
