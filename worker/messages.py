@@ -63,7 +63,8 @@ class Job(_Strict):
     prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] | None = None
     # 0: greedy, repeatable. Above 0 whisper samples, and the text changes from run to run.
     temperature: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    # Each segment's words with their times (whisper.cpp's token timestamps; a few % slower).
+    # Each segment's words with their times (whisper.cpp's token timestamps; no measurable cost,
+    # docs/performance.md).
     word_timestamps: bool = False
     formats: tuple[Format, ...] = ("json",)
     callback_url: AnyUrl | None = None

@@ -378,13 +378,13 @@ def segment_in(segment: SegmentOut) -> Segment:
     """The segment a fanned-out chunk result carried, as the pipeline's own."""
     words = None if segment.words is None else tuple(Word(**w.model_dump()) for w in segment.words)
     return Segment(
-        segment.start,
-        segment.end,
-        segment.text,
-        tuple(segment.tokens),
-        segment.avg_logprob,
-        segment.no_speech_prob,
-        words,
+        start=segment.start,
+        end=segment.end,
+        text=segment.text,
+        tokens=tuple(segment.tokens),
+        avg_logprob=segment.avg_logprob,
+        no_speech_prob=segment.no_speech_prob,
+        words=words,
     )
 
 

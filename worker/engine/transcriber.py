@@ -238,7 +238,7 @@ class _NativeBackend:
                 temperature=temperature,
                 token_timestamps=word_timestamps,
             )
-        segments = tuple(_segment(s, self._context.eot, words=word_timestamps, no_speech=True) for s in result.segments)
+        segments = tuple(_segment(s, self._context.eot, words=word_timestamps) for s in result.segments)
         return Transcription(segments=segments, language=result.language)
 
     def detect_language(self, audio: np.ndarray, *, n_threads: int) -> tuple[str, float]:
@@ -311,7 +311,7 @@ class _ModelPoolBackend:
             native = [_pool_segment(model, i, s) for i, s in enumerate(segments)]
             eot = _pywhispercpp.whisper_token_eot(model._ctx)
         return Transcription(
-            segments=tuple(_segment(s, eot, words=word_timestamps, no_speech=False) for s in native),
+            segments=tuple(_segment(s, eot, words=word_timestamps) for s in native),
             language=language,
         )
 
@@ -335,7 +335,7 @@ def _pool_segment(model: Model, index: int, segment) -> libwhisper.NativeSegment
     return libwhisper.NativeSegment(segment.t0 / 100.0, segment.t1 / 100.0, segment.text, tuple(tokens))
 
 
-def _segment(native: libwhisper.NativeSegment, eot: int, *, words: bool, no_speech: bool) -> Segment:
+def _segment(native: libwhisper.NativeSegment, eot: int, *, words: bool) -> Segment:
     """Our Segment from whisper.cpp's: text stripped, token ids, their mean log probability, words if asked."""
     plogs = [t.plog for t in native.tokens]
     return Segment(
@@ -344,7 +344,7 @@ def _segment(native: libwhisper.NativeSegment, eot: int, *, words: bool, no_spee
         text=native.text.strip(),
         tokens=tuple(t.id for t in native.tokens),
         avg_logprob=round(sum(plogs) / len(plogs), 4) if plogs else None,
-        no_speech_prob=native.no_speech_prob if no_speech else None,
+        no_speech_prob=native.no_speech_prob,
         words=_words(native, eot) if words else None,
     )
 

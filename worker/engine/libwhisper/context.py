@@ -273,8 +273,9 @@ class NativeSegment:
     end: float
     text: str
     tokens: tuple[NativeToken, ...] = ()
-    # P(<|nospeech|>) at the start of the call's (one) 30 s window, as openai-whisper defines it
-    no_speech_prob: float = 0.0
+    # P(<|nospeech|>) at the start of the call's (one) 30 s window, as openai-whisper defines it;
+    # None when not computed
+    no_speech_prob: float | None = None
 
 
 @dataclass(frozen=True)
@@ -512,8 +513,9 @@ def transcribe(
         language = _read_language(ctx.lib, handle)
         # Conditioning on the prompt stops at temperature 0.5 (WHISPER_HISTORY_CONDITIONING_TEMP_CUTOFF).
         conditioning = prompt if prompt and temperature < 0.5 else None
-        no_speech = _no_speech_prob(ctx, handle, conditioning, n_threads) if no_speech_prob else 0.0
-        segments = tuple(dataclasses.replace(s, no_speech_prob=no_speech) for s in segments)
+        if no_speech_prob:
+            no_speech = _no_speech_prob(ctx, handle, conditioning, n_threads)
+            segments = tuple(dataclasses.replace(s, no_speech_prob=no_speech) for s in segments)
         return NativeResult(segments=segments, language=language)
     finally:
         state.release()
