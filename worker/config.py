@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # Base URL that serves ggml-<name>.bin; empty disables downloading entirely.
     whisper_download_url: str = DEFAULT_DOWNLOAD_URL
     whisper_download_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Comma-separated model names jobs may ask for; "*" allows every name in the model table. Empty
+    # (the default): WHISPER_MODEL and its variants, plus the models this worker can provide offline
+    # (valid files in WHISPER_MODELS_DIR, models carried by installed packages). Others: ModelNotAllowed.
+    allowed_models: str = ""
 
     # --- the service (RabbitMQ) ---
     # Secret: it usually carries a password, so it never appears in a repr or a log line.
@@ -66,19 +70,33 @@ class Settings(BaseSettings):
     retry_backoff_seconds: float = Field(default=2.0, ge=0)
     retry_backoff_max_seconds: float = Field(default=60.0, ge=0)
     reconnect_max_seconds: float = Field(default=30.0, gt=0)
+    # pika's blocked-connection timeout: a connection the broker blocks (a resource alarm) this long is dropped.
+    blocked_connection_timeout_seconds: float = Field(default=300.0, gt=0)
+    # How often a consumer checks that the broker still has it on its queue (a queue deleted and
+    # declared again sends no Basic.Cancel), and subscribes again when it does not.
+    consumer_check_seconds: float = Field(default=30.0, gt=0)
     input_dir: Path = Path("data/input")
     output_dir: Path = Path("data/output")
     # Scratch space (downloads, WAV chunks): one directory per worker process, removed on exit;
     # directories left by a killed worker are swept when the next one starts.
     work_dir: Path = Path(tempfile.gettempdir()) / "transcription-worker"
     max_download_bytes: int = Field(default=500 * 2**20, gt=0)
-    # Comma-separated hosts that audio and callback URLs may name; empty allows any host.
+    # Comma-separated hosts that audio and callback URLs may name; empty allows any host (that
+    # resolves to a public address: see the next two).
     allowed_url_hosts: str = ""
+    # Outbound requests (audio URLs, callbacks, their redirects, model downloads) refuse loopback,
+    # private, link-local, CGNAT, multicast, reserved and metadata addresses unless allowed here:
+    # comma-separated origins (scheme://host:port, exactly that origin) ...
+    allowed_private_origins: str = ""
+    # ... or networks in CIDR form (e.g. 10.20.0.0/16: any URL whose host resolves inside them).
+    allowed_private_networks: str = ""
     download_timeout_seconds: float = Field(default=30.0, gt=0)
     callback_timeout_seconds: float = Field(default=10.0, gt=0)
     callback_retries: int = Field(default=3, ge=0)
     # Several workers on one host need one port each. 0 disables /metrics and /healthz.
     metrics_port: int = Field(default=9100, ge=0, le=65535)
+    # Where /metrics and /healthz listen: loopback by default; 0.0.0.0 in containers (compose, k8s probes).
+    metrics_host: str = "127.0.0.1"
 
     # --- fan-out: a long job's chunks transcribed by every worker (README, "Fan-out") ---
     # Jobs with more audio than this are split by the worker that took them and their chunks put on
@@ -107,6 +125,10 @@ class Settings(BaseSettings):
     # Results of async jobs, for every gateway replica (durable: they outlive a gateway restart).
     gateway_results_queue: str = "transcription.gateway.results"
     gateway_upload_ttl_seconds: float = Field(default=6 * 3600.0, gt=0)
+    # A request body that sends nothing for this long is answered 408 (slow-body clients hold no slot forever).
+    gateway_body_idle_seconds: float = Field(default=30.0, gt=0)
+    # The broker must confirm a published job within this long, else 503.
+    gateway_publish_timeout_seconds: float = Field(default=10.0, gt=0)
 
     def url_hosts(self) -> frozenset[str] | None:
         """ALLOWED_URL_HOSTS as a set of lower-case host names, or None when any host is allowed."""

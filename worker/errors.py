@@ -5,6 +5,7 @@ WorkerError
 │   ├── InvalidJob          the job breaks the contract (schema, unknown language or format)
 │   │   ├── MalformedJob    the body is not a UTF-8 JSON object of acceptable size
 │   │   ├── InputNotAllowed the input is outside what the worker may read or fetch
+│   │   ├── ModelNotAllowed the model is not in ALLOWED_MODELS (refused before any download)
 │   │   └── InvalidChunkTask  a fanned-out chunk task breaks the chunk contract
 │   ├── UnknownJob          a chunk task names a job that is not being gathered (ended, or never was)
 │   ├── ChunkFailed         a chunk of a fanned-out job failed (its cause in the message)
@@ -48,6 +49,10 @@ class MalformedJob(InvalidJob):
 
 class InputNotAllowed(InvalidJob):
     """The audio path escapes INPUT_DIR, or the URL's scheme or host is not allowed."""
+
+
+class ModelNotAllowed(InvalidJob):
+    """The job names a model the operator did not allow (ALLOWED_MODELS); nothing is downloaded."""
 
 
 class InvalidChunkTask(InvalidJob):
