@@ -46,11 +46,12 @@ def main() -> int:
         )
         if settings.metrics_port:
             try:
-                metrics.serve(settings.metrics_port, consumer.connected.is_set)
+                metrics.serve(settings.metrics_port, consumer.connected.is_set, host=settings.metrics_host)
             except OSError as exc:
                 logger.error(
-                    "METRICS_PORT {} cannot be served ({}): each worker on a host needs a port of its own "
-                    "(or METRICS_PORT=0)",
+                    "{}:{} (METRICS_HOST:METRICS_PORT) cannot be served ({}): each worker on a host needs a "
+                    "METRICS_PORT of its own (or METRICS_PORT=0), and METRICS_HOST an address of this host",
+                    settings.metrics_host,
                     settings.metrics_port,
                     exc.strerror,
                 )

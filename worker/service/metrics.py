@@ -74,8 +74,12 @@ def record(outcome: Outcome) -> None:
         CHUNKS.observe(result.chunks or 0)
 
 
-def serve(port: int, healthy: Callable[[], bool]) -> ThreadingHTTPServer:
-    """Serve /metrics (Prometheus text) and /healthz (200 when `healthy()`, else 503) on a daemon thread."""
+def serve(port: int, healthy: Callable[[], bool], *, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """Serve /metrics (Prometheus text) and /healthz (200 when `healthy()`, else 503) on a daemon thread.
+
+    Listens on `host` only: loopback unless told otherwise (0.0.0.0 where probes or Prometheus come from
+    outside the container). OSError when the address cannot be bound.
+    """
 
     class Handler(MetricsHandler):
         registry = REGISTRY
@@ -93,6 +97,6 @@ def serve(port: int, healthy: Callable[[], bool]) -> ThreadingHTTPServer:
         def log_message(self, *args) -> None:
             pass
 
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
