@@ -1,9 +1,12 @@
 """docker-compose.yml, the Dockerfile and deploy/k8s, checked by reading and offline validation (no Docker engine
 or cluster runs here)."""
 
+import ipaddress
 import re
 import subprocess
 import sys
+from typing import NamedTuple
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import yaml
@@ -135,10 +138,178 @@ def test_compose_runs_the_gateway_where_workers_can_fetch_uploads():
     gateway, worker = compose["services"]["gateway"], compose["services"]["worker"]
     env = gateway["environment"]
     assert gateway["command"] == ["python", "cmd/gateway/main.py"] and gateway["build"] == "."
-    assert env["GATEWAY_HOST"] == "0.0.0.0" and f"{env['GATEWAY_PORT']}:{env['GATEWAY_PORT']}" in gateway["ports"]
+    assert env["GATEWAY_HOST"] == "0.0.0.0"  # inside its container; the host port is published on loopback
+    assert {(port.target, port.published) for port in published_ports(gateway)} == {(int(env["GATEWAY_PORT"]),) * 2}
     assert env["GATEWAY_PUBLIC_URL"] == f"http://gateway:{env['GATEWAY_PORT']}"  # the service name, on the network
     hosts = worker["environment"]["ALLOWED_URL_HOSTS"]
     assert hosts == "${ALLOWED_URL_HOSTS:-}"  # any host by default, so the gateway's URLs are allowed
     database = env["GATEWAY_DATABASE_URL"].removeprefix("sqlite:///")
     assert any(database.startswith(v.split(":", 1)[1]) for v in gateway["volumes"])  # the records outlive a container
     assert any(env["GATEWAY_UPLOAD_DIR"].startswith(v.split(":", 1)[1]) for v in gateway["volumes"])
+
+
+# --- safe by default (issue 17): secrets from .env, nothing published beyond loopback unless asked ---
+
+COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE_ENV_EXAMPLE = ROOT / "deploy" / "compose.env.example"
+REFERENCE = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
+
+
+class MissingVariable(Exception):
+    """A `${NAME:?message}` reference with NAME unset or empty: `docker compose` refuses to start."""
+
+
+def interpolate(value, env: dict[str, str]):
+    """Compose's variable substitution (`${X}`, `${X:-default}`, `${X-default}`, `${X:?err}`, `${X?err}`) in
+    every string of `value`, with `env` standing for the shell and .env."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match) -> str:
+        name, op, arg = match["name"], match["op"], match["arg"]
+        unset = name not in env or (op is not None and op.startswith(":") and not env[name])
+        if not unset:
+            return env[name]
+        if op is not None and op.endswith("?"):
+            raise MissingVariable(name)
+        return arg if op is not None else ""
+
+    return REFERENCE.sub(substitute, value.replace("$$", "\0")).replace("\0", "$")
+
+
+def compose_config(env: dict[str, str] | None = None) -> dict:
+    """docker-compose.yml as `docker compose config` sees it with `env`; by default, only the required
+    variables set (to placeholders), so every default applies."""
+    raw = yaml.safe_load(COMPOSE.read_text())
+    return interpolate(raw, {name: "set-by-test" for name in required_compose_variables()} if env is None else env)
+
+
+def required_compose_variables() -> set[str]:
+    return {m["name"] for m in REFERENCE.finditer(COMPOSE.read_text()) if m["op"] in (":?", "?")}
+
+
+class Port(NamedTuple):
+    host_ip: str  # "" = every address of the host
+    published: int | None  # None: a random host port
+    target: int
+
+
+def published_ports(service: dict) -> list[Port]:
+    """A service's host ports, from the short (`[IP:]HOST:CONTAINER[/proto]`) or the long syntax."""
+    ports = []
+    for entry in service.get("ports", []):
+        if isinstance(entry, dict):
+            published = entry.get("published")
+            ports.append(Port(entry.get("host_ip", ""), int(published) if published else None, int(entry["target"])))
+            continue
+        *host, target = str(entry).split("/")[0].rsplit(":", 2)
+        ip = host[0].strip("[]") if len(host) == 2 else ""
+        ports.append(Port(ip, int(host[-1]) if host else None, int(target)))
+    return ports
+
+
+def is_loopback(host_ip: str) -> bool:
+    return host_ip == "localhost" or (host_ip != "" and ipaddress.ip_address(host_ip).is_loopback)
+
+
+def test_no_default_broker_credentials_anywhere_in_the_deployment():
+    files = [COMPOSE, COMPOSE_ENV_EXAMPLE, *sorted(K8S.glob("*.yaml"))]
+    for path in files:
+        assert not re.search(r"guest", path.read_text(), re.IGNORECASE), path
+    rabbitmq = compose_config()["services"]["rabbitmq"]["environment"]
+    assert rabbitmq["RABBITMQ_DEFAULT_USER"] and rabbitmq["RABBITMQ_DEFAULT_PASS"] == "set-by-test"  # from .env
+
+
+def test_compose_workers_and_gateway_log_in_as_the_broker_user_from_the_env_file():
+    env = {name: "set-by-test" for name in required_compose_variables()}
+    env |= {"RABBITMQ_DEFAULT_USER": "someone", "RABBITMQ_DEFAULT_PASS": "0123abcd"}
+    services = compose_config(env)["services"]
+    broker = services["rabbitmq"]["environment"]
+    for name in ("worker", "gateway"):
+        url = urlsplit(services[name]["environment"]["AMQP_URL"])
+        assert (url.username, url.password, url.hostname) == ("someone", "0123abcd", "rabbitmq"), name
+        assert (url.username, url.password) == (broker["RABBITMQ_DEFAULT_USER"], broker["RABBITMQ_DEFAULT_PASS"])
+
+
+def test_compose_publishes_the_broker_on_loopback_only():
+    rabbitmq = compose_config()["services"]["rabbitmq"]
+    ports = published_ports(rabbitmq)
+    assert ports and all(is_loopback(port.host_ip) for port in ports), ports
+    # The management UI stays on loopback whatever .env says (an ssh tunnel reaches it).
+    raw = yaml.safe_load(COMPOSE.read_text())["services"]["rabbitmq"]
+    management = [entry for entry, port in zip(raw["ports"], ports, strict=True) if port.target == 15672]
+    assert all("$" not in str(entry) for entry in management), management
+
+
+def test_compose_publishes_no_metrics_port_and_serves_metrics_on_the_container_network():
+    services = compose_config()["services"]
+    for name, service in services.items():
+        for port in published_ports(service):
+            assert is_loopback(port.host_ip), (name, port)  # the gateway too, unless GATEWAY_BIND opens it
+    assert "ports" not in services["worker"]  # /metrics is scraped inside the network
+    worker = services["worker"]["environment"]
+    assert not ipaddress.ip_address(worker["METRICS_HOST"]).is_loopback  # reachable from the network
+
+
+def test_compose_refuses_to_start_without_the_broker_password_and_a_gateway_key():
+    raw = yaml.safe_load(COMPOSE.read_text())
+    assert REFERENCE.fullmatch(raw["services"]["gateway"]["environment"]["GATEWAY_API_KEYS"])["op"] == ":?"
+    assert REFERENCE.fullmatch(raw["services"]["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_PASS"])["op"] == ":?"
+    assert {"RABBITMQ_DEFAULT_PASS", "GATEWAY_API_KEYS"} <= required_compose_variables()
+    for missing in ("RABBITMQ_DEFAULT_PASS", "GATEWAY_API_KEYS"):
+        env = {name: "set-by-test" for name in required_compose_variables()} | {missing: ""}
+        try:
+            compose_config(env)
+        except MissingVariable as exc:
+            assert str(exc) == missing
+        else:
+            raise AssertionError(f"compose starts with an empty {missing}")
+
+
+def test_compose_gateway_is_on_loopback_unless_gateway_bind_opens_it():
+    ports = published_ports(compose_config()["services"]["gateway"])
+    assert [port.host_ip for port in ports] == ["127.0.0.1"]
+    env = {name: "set-by-test" for name in required_compose_variables()} | {"GATEWAY_BIND": "0.0.0.0"}
+    assert [port.host_ip for port in published_ports(compose_config(env)["services"]["gateway"])] == ["0.0.0.0"]
+
+
+def test_compose_workers_and_gateway_agree_on_the_gateway_url():
+    services = compose_config()["services"]
+    gateway, worker = services["gateway"]["environment"], services["worker"]["environment"]
+    # The workers allow exactly this origin among private addresses: it must be the gateway's own.
+    assert worker["GATEWAY_PUBLIC_URL"] == gateway["GATEWAY_PUBLIC_URL"] == "http://gateway:8000"
+    assert urlsplit(gateway["GATEWAY_PUBLIC_URL"]).port == int(gateway["GATEWAY_PORT"])
+    assert worker["AMQP_URL"] == gateway["AMQP_URL"]
+
+
+def test_the_env_example_names_every_variable_compose_reads():
+    lines = COMPOSE_ENV_EXAMPLE.read_text().splitlines()
+    set_here = {line.split("=", 1)[0] for line in lines if re.match(r"\w+=", line)}
+    documented = {m[1] for line in lines if (m := re.match(r"#? ?(\w+)=", line))}
+    referenced = {m["name"] for m in REFERENCE.finditer(COMPOSE.read_text())}
+    assert required_compose_variables() <= set_here  # the ones to fill in, not commented out
+    assert referenced <= documented, referenced - documented
+    # Copied as it is, the example still stops compose: its secrets are empty.
+    example = dict(line.split("=", 1) for line in lines if re.match(r"\w+=", line))
+    assert all(example[name] == "" for name in required_compose_variables())
+
+
+def test_k8s_takes_broker_and_gateway_secrets_from_the_secret_and_probes_reach_the_metrics_port():
+    docs = k8s_documents()
+    config, secret = docs["ConfigMap"]["data"], docs["Secret"]["stringData"]
+    assert "GATEWAY_API_KEYS" in secret and "GATEWAY_API_KEYS" not in config
+    assert "AMQP_URL" not in config and "AMQP_URL" in secret
+    for url in (secret["AMQP_URL"], secret["RABBITMQ_MANAGEMENT_URL"]):
+        assert urlsplit(url).username and urlsplit(url).password
+    # The kubelet probes the pod's IP: metrics on loopback would fail every probe.
+    settings = Settings(**{k.lower(): v for k, v in config.items()})
+    assert not ipaddress.ip_address(settings.metrics_host).is_loopback
+    (container,) = docs["Deployment"]["spec"]["template"]["spec"]["containers"]
+    overridden = {e["name"] for e in container.get("env", [])}
+    assert not overridden & {"METRICS_HOST", "GATEWAY_PUBLIC_URL"}  # the ConfigMap's values hold
+    # Shared by workers and a gateway through the ConfigMap: the workers' one allowed private origin.
+    assert urlsplit(config["GATEWAY_PUBLIC_URL"]).scheme == "http" and urlsplit(config["GATEWAY_PUBLIC_URL"]).port
