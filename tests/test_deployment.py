@@ -313,3 +313,9 @@ def test_k8s_takes_broker_and_gateway_secrets_from_the_secret_and_probes_reach_t
     assert not overridden & {"METRICS_HOST", "GATEWAY_PUBLIC_URL"}  # the ConfigMap's values hold
     # Shared by workers and a gateway through the ConfigMap: the workers' one allowed private origin.
     assert urlsplit(config["GATEWAY_PUBLIC_URL"]).scheme == "http" and urlsplit(config["GATEWAY_PUBLIC_URL"]).port
+
+
+def test_compose_gateway_healthcheck_asks_for_a_page_that_needs_no_key():
+    test = " ".join(compose_config()["services"]["gateway"]["healthcheck"]["test"])
+    (url,) = re.findall(r"http://[^'\"\s]+", test)
+    assert urlsplit(url).hostname == "127.0.0.1" and not urlsplit(url).path.startswith("/v1/")  # /v1/*: 401
