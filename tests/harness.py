@@ -233,3 +233,52 @@ def stop_and_check(service: Service) -> None:
     codes = [worker.stop() for worker in service.workers if worker.process.returncode is None]
     assert all(code == 0 for code in codes), f"a worker exited with {codes}"
     assert service.leftovers() == [], "scratch files left behind"
+
+
+# --- gateway processes ---
+
+
+@dataclass
+class GatewayProcess:
+    """`python cmd/gateway/main.py` with its output in a log file."""
+
+    url: str
+    env: dict[str, str]
+    log_path: Path
+    upload_dir: Path
+    process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """Start it and wait until it publishes (start-up waits for the broker) and listens."""
+        expected = self.log().count("Uvicorn running on") + 1
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "cmd/gateway/main.py"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 60
+        while self.log().count("Uvicorn running on") < expected or self.log().count("Publishing to") < expected:
+            assert self.alive() and time.monotonic() < deadline, self.log()
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+
+
+def gateway_env(service: Service, port: int, root: Path, **overrides: str | int | float) -> dict[str, str]:
+    """A gateway's environment beside `service`'s workers: its own port, uploads, database and results queue."""
+    env = service.env(gateway_port=port, gateway_upload_dir=root / "uploads", **overrides)
+    env["GATEWAY_DATABASE_URL"] = f"sqlite:///{root / 'jobs.sqlite3'}"
+    env["GATEWAY_RESULTS_QUEUE"] = f"gateway-results.{port}"
+    return env

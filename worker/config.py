@@ -114,8 +114,10 @@ class Settings(BaseSettings):
     # How workers reach the gateway to fetch uploads (default http://GATEWAY_HOST:GATEWAY_PORT); its host
     # must be in the workers' ALLOWED_URL_HOSTS when that is set.
     gateway_public_url: str = ""
-    # Comma-separated API keys (Authorization: Bearer KEY); empty: open, and the gateway says so at start.
+    # Comma-separated API keys (Authorization: Bearer KEY). Empty: open, which the gateway allows only on a
+    # loopback GATEWAY_HOST (make run), unless GATEWAY_ALLOW_ANONYMOUS says so (e.g. behind an authenticating proxy).
     gateway_api_keys: SecretStr = SecretStr("")
+    gateway_allow_anonymous: bool = False
     gateway_max_upload_bytes: int = Field(default=500 * 2**20, gt=0)
     # A request waits this long for its result, then gets 504 (the job still completes).
     gateway_result_timeout_seconds: float = Field(default=600.0, gt=0)

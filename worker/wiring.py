@@ -7,6 +7,7 @@ takes `Settings` or reads the environment. The chain it builds, once per process
 """
 
 import dataclasses
+import ipaddress
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -181,6 +182,13 @@ def consumer(
     )
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def gateway(settings: Settings):
     """The HTTP gateway's ASGI app (FastAPI behind the upload size limit)."""
     # Imported here: the worker's entry points need none of the web stack.
@@ -190,6 +198,11 @@ def gateway(settings: Settings):
 
     keys = frozenset(k.strip() for k in settings.gateway_api_keys.get_secret_value().split(",") if k.strip())
     public_url = settings.gateway_public_url or f"http://{settings.gateway_host}:{settings.gateway_port}"
+    if not keys and not _loopback(settings.gateway_host) and not settings.gateway_allow_anonymous:
+        raise ValueError(
+            f"GATEWAY_HOST={settings.gateway_host} is reachable from other machines but GATEWAY_API_KEYS is empty: "
+            "set API keys (or GATEWAY_ALLOW_ANONYMOUS=true to serve anyone, e.g. behind an authenticating proxy)"
+        )
     options = GatewayOptions(
         public_url=public_url.rstrip("/"),
         default_model=settings.whisper_model,
@@ -197,6 +210,8 @@ def gateway(settings: Settings):
         api_keys=keys,
         max_upload_bytes=settings.gateway_max_upload_bytes,
         result_timeout_seconds=settings.gateway_result_timeout_seconds,
+        publish_timeout_seconds=settings.gateway_publish_timeout_seconds,
+        body_idle_seconds=settings.gateway_body_idle_seconds,
     )
     uploads = UploadStore(settings.gateway_upload_dir, ttl_seconds=settings.gateway_upload_ttl_seconds)
     uploads.sweep()

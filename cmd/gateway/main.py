@@ -7,6 +7,7 @@ in front of the jobs queue.
 import sys
 
 import uvicorn
+from loguru import logger
 
 from worker import wiring
 from worker.config import Settings
@@ -16,7 +17,11 @@ from worker.logs import configure_logging
 def main() -> int:
     settings = Settings()
     configure_logging(settings.log_level)
-    app = wiring.gateway(settings)
+    try:
+        app = wiring.gateway(settings)
+    except ValueError as exc:  # a refused configuration: say why, exit 2
+        logger.error("{}", exc)
+        return 2
     print(f"Gateway on http://{settings.gateway_host}:{settings.gateway_port}/", flush=True)
     uvicorn.run(app, host=settings.gateway_host, port=settings.gateway_port, log_config=None, access_log=False)
     return 0

@@ -11,7 +11,6 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import openai
 import pytest
 import requests
 from conftest import ROOT
-from harness import Service, new_topology, stop_and_check
+from harness import GatewayProcess, Service, new_topology, stop_and_check
 
 from worker.devtools.local_broker import free_port
 from worker.media.audio import write_wav
@@ -30,31 +29,7 @@ KEY = "test-key-1"
 MAX_UPLOAD = 64 * 2**20
 
 
-@dataclass
-class Gateway:
-    url: str
-    env: dict[str, str]
-    log_path: Path
-    upload_dir: Path
-    process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        """`cmd/gateway/main.py`, until it publishes (start-up waits for the broker) and listens."""
-        expected = self.log().count("Uvicorn running on") + 1
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "cmd/gateway/main.py"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 60
-        while self.log().count("Uvicorn running on") < expected or self.log().count("Publishing to") < expected:
-            assert self.alive() and time.monotonic() < deadline, self.log()
-            time.sleep(0.1)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+Gateway = GatewayProcess
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +52,7 @@ def gateway(broker, tmp_path_factory) -> Iterator[Gateway]:
             worker.wait_for("Consuming")
         yield gw
     finally:  # also when start-up failed: no process outlives the module
-        if gw.process is not None:
-            gw.process.terminate()
-            gw.process.wait(30)
+        gw.stop()
         stop_and_check(service)
 
 

@@ -20,6 +20,11 @@ _STATUS = {
     "EmptyAudio": (400, "invalid_request_error"),
     "AudioTooLong": (400, "invalid_request_error"),
     "UnknownModel": (400, "invalid_request_error"),
+    "ModelNotAllowed": (400, "invalid_request_error"),
+    "InputNotAllowed": (400, "invalid_request_error"),
+    "InputNotFound": (400, "invalid_request_error"),
+    "InputTooLarge": (413, "invalid_request_error"),
+    "DownloadRejected": (400, "invalid_request_error"),
     "ModelUnavailable": (503, "server_error"),
 }
 
@@ -30,10 +35,6 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None):
         super().__init__(message)
         self.status, self.type, self.code = status, type, code
-
-
-def error_body(message: str, type: str, code: str | None = None, param: str | None = None) -> bytes:
-    return json.dumps({"error": {"message": message, "type": type, "param": param, "code": code}}).encode()
 
 
 def failed(result: Result) -> ApiError:

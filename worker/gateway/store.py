@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from worker.messages import ProgressEvent, Result
+from worker.messages import ErrorInfo, ProgressEvent, Result
 
 State = Literal["queued", "running", "completed", "failed"]
 
@@ -115,6 +115,10 @@ class JobStore:
                 .values(**values)
             )
         return self.get(result.job_id)
+
+    def fail(self, job_id: str, error: ErrorInfo) -> JobRecord | None:
+        """Mark failed a job that never reached the broker (its publish failed): no record stays "queued"."""
+        return self.finish(Result(job_id=job_id, status="failed", error=error))
 
 
 def dumps(record: JobRecord) -> str:

@@ -16,10 +16,6 @@ from typing import BinaryIO
 from loguru import logger
 
 
-class UploadTooLarge(Exception):
-    """The request body passed the size limit while it streamed in."""
-
-
 class UploadStore:
     def __init__(self, root: Path, *, ttl_seconds: float) -> None:
         self.root = root
@@ -59,44 +55,3 @@ class UploadStore:
         if removed:
             logger.info("Removed {} expired upload(s)", removed)
         return removed
-
-
-class BodyLimit:
-    """ASGI middleware: refuse a request body over `max_bytes` while it streams, before it is all read.
-
-    The declared Content-Length is checked first; a body that turns out longer (chunked, or lying)
-    stops the read with UploadTooLarge, which the app answers with 413.
-    """
-
-    def __init__(self, app, *, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await _too_large(send, self.max_bytes)
-        seen = 0
-
-        async def counted():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise UploadTooLarge
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except UploadTooLarge:
-            await _too_large(send, self.max_bytes)
-
-
-async def _too_large(send, limit: int) -> None:
-    from worker.gateway.openai_api import error_body
-
-    body = error_body(f"the upload is larger than the limit of {limit} bytes", "invalid_request_error", "too_large")
-    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": body})

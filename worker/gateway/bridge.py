@@ -1,0 +1,111 @@
+"""The broker bridge: what the gateway's broker thread hands to the requests on the event loop.
+
+Results and progress arrive on the broker's thread (pika's); requests wait on the event loop. Each
+hand-over goes through `loop.call_soon_threadsafe`. What is owed to whom:
+- `Waiters`: a request that waits for its job's result (/v1/audio/*) awaits a future; the result
+  resolves it, and a lost broker connection fails every waiting one at once (503), since the reply
+  it waits for may now come late or never (the job itself goes on; its upload expires with its TTL).
+- `Subscribers`: the SSE streams of this process, per job id.
+- `Bridge`: the broker client's callbacks for async jobs: record the result or the progress in the
+  job records, then tell the streams. A database error raises: the broker session's guard requeues
+  the result later (or drops a progress event), and the thread lives on.
+"""
+
+import asyncio
+import collections
+
+from worker.errors import BrokerUnavailable
+from worker.gateway.store import JobStore, dumps
+from worker.gateway.uploads import UploadStore
+from worker.messages import ProgressEvent, Result
+
+
+class Waiters:
+    """Job id -> the future its request awaits."""
+
+    def __init__(self, uploads: UploadStore) -> None:
+        self._uploads = uploads
+        self._futures: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future, str]] = {}
+
+    def expect(self, job_id: str, token: str) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._futures[job_id] = (loop, future, token)
+        return future
+
+    def forget(self, job_id: str) -> None:
+        self._futures.pop(job_id, None)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._futures)
+
+    def resolve(self, result: Result) -> None:
+        """A result on this process's reply queue (the broker's thread)."""
+        entry = self._futures.pop(result.job_id, None)
+        if entry is None:
+            return  # its request gave up (504, or the connection was lost): the upload expires
+        loop, future, token = entry
+        self._uploads.delete(token)
+        loop.call_soon_threadsafe(_settle, future, result, None)
+
+    def fail_all(self) -> None:
+        """The broker connection was lost (the broker's thread): every waiting request gets 503 now."""
+        entries, self._futures = self._futures, {}
+        for job_id, (loop, future, _token) in entries.items():
+            error = BrokerUnavailable(f"the broker connection was lost while job {job_id} waited for its result")
+            loop.call_soon_threadsafe(_settle, future, None, error)
+
+
+def _settle(future: asyncio.Future, result: Result | None, error: Exception | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class Subscribers:
+    """SSE streams of this process, per job id."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]]] = collections.defaultdict(list)
+
+    def subscribe(self, job_id: str) -> asyncio.Queue:
+        queue: asyncio.Queue = asyncio.Queue()
+        self._queues[job_id].append((asyncio.get_running_loop(), queue))
+        return queue
+
+    def unsubscribe(self, job_id: str, queue: asyncio.Queue) -> None:
+        self._queues[job_id] = [(loop, q) for loop, q in self._queues[job_id] if q is not queue]
+        if not self._queues[job_id]:
+            del self._queues[job_id]
+
+    def send(self, job_id: str, event: str, data: str) -> None:
+        for loop, queue in list(self._queues.get(job_id, ())):
+            loop.call_soon_threadsafe(queue.put_nowait, (event, data))
+
+
+class Bridge:
+    """The broker client's callbacks (all on the broker's thread)."""
+
+    def __init__(self, store: JobStore, uploads: UploadStore) -> None:
+        self.store = store
+        self.uploads = uploads
+        self.waiters = Waiters(uploads)
+        self.subscribers = Subscribers()
+
+    def on_async_result(self, result: Result) -> None:
+        record = self.store.finish(result)  # raises while the database is down: the guard requeues it
+        if record is None:
+            return  # another gateway's job (a shared queue, a foreign database): nothing to record
+        if record.upload_token:
+            self.uploads.delete(record.upload_token)
+        self.subscribers.send(result.job_id, record.state, dumps(record))
+
+    def on_progress(self, event: ProgressEvent) -> None:
+        if event.stage in ("completed", "failed"):
+            return  # the result itself ends the stream
+        if self.store.progress(event):
+            self.subscribers.send(event.job_id, "progress", event.model_dump_json())

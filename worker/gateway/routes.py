@@ -1,0 +1,283 @@
+"""The gateway's routes: OpenAI's /v1/audio endpoints, async jobs, models, the page, uploads, health.
+
+Requests reach these only through the request edge (worker/gateway/edge.py): the key and the body's
+size were checked before any route reads a byte. A route validates its fields once (ApiError, in
+OpenAI's shape), stores an upload under an unguessable token, publishes the job (with a deadline)
+and answers from the result or the job's record.
+"""
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
+from sse_starlette.sse import EventSourceResponse
+from starlette.datastructures import UploadFile as FormFile
+
+from worker.errors import BrokerUnavailable
+from worker.gateway.bridge import Bridge
+from worker.gateway.openai_api import OPENAI_MODEL, RESPONSE_FORMATS, ApiError, failed, render
+from worker.gateway.store import JobStore, dumps
+from worker.gateway.uploads import UploadStore
+from worker.messages import LANGUAGES, MAX_PROMPT_CHARS, ErrorInfo, Job, Result, problems
+
+PAGE = Path(__file__).with_name("static") / "index.html"
+AudioFile = Annotated[UploadFile, File()]
+Text = Annotated[str, Form()]
+OptionalText = Annotated[str | None, Form()]
+Temperature = Annotated[float, Form(ge=0.0, le=1.0)]
+# OpenAI's clients send a list field as repeated `name[]` parts.
+Granularities = Annotated[list[Literal["segment", "word"]], Form(alias="timestamp_granularities[]")]
+_SSE_RECHECK_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    public_url: str  # how workers reach this gateway (the uploads' URLs)
+    default_model: str
+    models: tuple[str, ...]  # the names jobs may give (the workers' ALLOWED_MODELS)
+    api_keys: frozenset[str]  # empty: open
+    max_upload_bytes: int
+    result_timeout_seconds: float
+    publish_timeout_seconds: float = 10.0
+    body_idle_seconds: float = 30.0
+
+
+class JobRequest(BaseModel):
+    """POST /v1/jobs as JSON: audio by URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: AnyHttpUrl
+    model: str = OPENAI_MODEL
+    language: str | None = None
+    task: Literal["transcribe", "translate"] = "transcribe"
+    prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    word_timestamps: bool = False
+
+    def decoding(self) -> dict:
+        return {"prompt": self.prompt or None, "temperature": self.temperature, "word_timestamps": self.word_timestamps}
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What every route works with."""
+
+    options: GatewayOptions
+    broker: object  # worker.gateway.broker.BrokerClient: publish(job_id, body, wait=) -> Future, connected
+    bridge: Bridge
+    store: JobStore
+    uploads: UploadStore
+
+    def check_request(self, model: str, language: str | None) -> str:
+        """The model name the job gets; ApiError for a model that is not allowed or an unknown language."""
+        name = self.options.default_model if model == OPENAI_MODEL else model
+        if name not in self.options.models:
+            allowed = ", ".join((OPENAI_MODEL, *self.options.models))
+            raise ApiError(400, f"model {model!r} is not available here; allowed: {allowed}", code="model_not_found")
+        if language and language.lower() not in LANGUAGES:
+            raise ApiError(400, f"unknown language {language!r}", code="invalid_language")
+        return name
+
+    def store_upload(self, file: FormFile) -> str:
+        token, size = self.uploads.save(file.file)
+        if size == 0:
+            self.uploads.delete(token)
+            raise ApiError(400, "the uploaded file is empty", code="empty_file")
+        return token
+
+    def new_job(self, token: str | None, url: str | None, model: str, language: str | None, task: str,
+                **decoding) -> Job:  # fmt: skip
+        audio = {"url": f"{self.options.public_url}/uploads/{token}"} if token else {"url": url}
+        return Job(
+            job_id=f"gw-{uuid.uuid4().hex}", audio=audio, model=model, language=language or None, task=task, **decoding
+        )
+
+    async def publish(self, job: Job, token: str | None, *, wait: bool) -> None:
+        """Publish and wait for the broker's confirm, at most publish_timeout_seconds; else 503."""
+        body = job.model_dump_json(exclude_none=True).encode()
+        try:
+            future = asyncio.wrap_future(self.broker.publish(job.job_id, body, wait=wait))
+            await asyncio.wait_for(future, self.options.publish_timeout_seconds)
+        except (BrokerUnavailable, TimeoutError) as exc:
+            self.bridge.waiters.forget(job.job_id)
+            if token:
+                self.uploads.delete(token)
+            reason = str(exc) or f"the broker did not confirm job {job.job_id} in time"
+            raise ApiError(503, reason, type="server_error", code="broker_unavailable") from None
+
+
+def misc_routes(parts: Parts) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        """The web page: upload, progress over SSE, transcript, downloads (plain HTML, no build step)."""
+        return FileResponse(PAGE, media_type="text/html")
+
+    @router.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        ok = parts.broker.connected.is_set()
+        return Response("ok\n" if ok else "broker not connected\n", 200 if ok else 503, media_type="text/plain")
+
+    @router.get("/v1/models")
+    async def models() -> JSONResponse:
+        names = [OPENAI_MODEL, *parts.options.models]
+        return JSONResponse(
+            {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "local"} for n in names]}
+        )
+
+    @router.get("/uploads/{token}")
+    async def upload(token: str) -> Response:
+        path = parts.uploads.path(token)
+        if path is None:
+            raise ApiError(404, "no such upload (finished, expired or never there)", code="not_found")
+        return FileResponse(path, media_type="application/octet-stream")
+
+    return router
+
+
+def audio_routes(parts: Parts) -> APIRouter:
+    """POST /v1/audio/transcriptions and /translations: the answer waits for the job's result."""
+    router = APIRouter()
+    options = parts.options
+
+    async def audio(task: str, file: UploadFile, model: str, language: str | None, response_format: str,
+                    prompt: str | None, temperature: float, granularities: list[str]) -> Response:  # fmt: skip
+        if response_format not in RESPONSE_FORMATS:
+            raise ApiError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}", code="invalid_field")
+        name = parts.check_request(model, language)
+        if prompt and len(prompt) > MAX_PROMPT_CHARS:
+            raise ApiError(400, f"prompt is longer than {MAX_PROMPT_CHARS} characters", code="invalid_field")
+        token = parts.store_upload(file)
+        job = parts.new_job(token, None, name, language, task, prompt=prompt or None, temperature=temperature,
+                            word_timestamps="word" in granularities)  # fmt: skip
+        waiting = parts.bridge.waiters.expect(job.job_id, token)
+        await parts.publish(job, token, wait=True)
+        try:
+            result: Result = await asyncio.wait_for(asyncio.shield(waiting), options.result_timeout_seconds)
+        except TimeoutError:
+            parts.bridge.waiters.forget(job.job_id)
+            # The job goes on; its upload stays until it expires.
+            raise ApiError(504, f"no result within {options.result_timeout_seconds:g} s; job {job.job_id} is "
+                           "still queued or running", type="server_error", code="timeout") from None  # fmt: skip
+        except BrokerUnavailable as exc:
+            raise ApiError(503, str(exc), type="server_error", code="broker_unavailable") from None
+        if result.status != "completed":
+            raise failed(result)
+        body, media_type = render(result, response_format, task, temperature, granularities=granularities)
+        return Response(body, media_type=media_type, headers={"x-job-id": job.job_id})
+
+    @router.post("/v1/audio/transcriptions")
+    async def transcriptions(
+        file: AudioFile,
+        model: Text = OPENAI_MODEL,
+        language: OptionalText = None,
+        prompt: OptionalText = None,
+        response_format: Text = "json",
+        temperature: Temperature = 0.0,
+        timestamp_granularities: Granularities = ["segment"],  # noqa: B006 (FastAPI copies defaults)
+    ) -> Response:
+        return await audio("transcribe", file, model, language, response_format, prompt, temperature,
+                           timestamp_granularities)  # fmt: skip
+
+    @router.post("/v1/audio/translations")
+    async def translations(
+        file: AudioFile,
+        model: Text = OPENAI_MODEL,
+        prompt: OptionalText = None,
+        response_format: Text = "json",
+        temperature: Temperature = 0.0,
+        timestamp_granularities: Granularities = ["segment"],  # noqa: B006 (FastAPI copies defaults)
+    ) -> Response:
+        return await audio("translate", file, model, None, response_format, prompt, temperature,
+                           timestamp_granularities)  # fmt: skip
+
+    return router
+
+
+def job_routes(parts: Parts) -> APIRouter:
+    """Async jobs: POST /v1/jobs -> 202 and its record; GET /v1/jobs/{id}; SSE at /v1/jobs/{id}/events."""
+    router = APIRouter()
+    store = parts.store
+
+    async def job_spec(request: Request) -> tuple[JobRequest, FormFile | None]:
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            try:
+                return JobRequest.model_validate_json(await request.body()), None
+            except ValidationError as exc:
+                raise ApiError(400, problems(exc.errors()), code="invalid_field") from None
+        form = await request.form(max_files=1, max_fields=10)
+        file = form.get("file")
+        if not isinstance(file, FormFile):
+            raise ApiError(400, "file: a file upload is required", code="invalid_field")
+        fields = {k: v for k, v in form.items() if k != "file" and isinstance(v, str)}
+        try:
+            return JobRequest(url="http://upload.invalid/", **fields), file
+        except ValidationError as exc:
+            raise ApiError(400, problems(exc.errors()), code="invalid_field") from None
+
+    @router.post("/v1/jobs", status_code=202)
+    async def create_job(request: Request) -> JSONResponse:
+        """Multipart (file, model, ...) or JSON (url, model, ...): 202 and the job's record."""
+        spec, file = await job_spec(request)
+        name = parts.check_request(spec.model, spec.language)
+        token = parts.store_upload(file) if file is not None else None
+        url = None if file is not None else str(spec.url)
+        job = parts.new_job(token, url, name, spec.language, spec.task, **spec.decoding())
+        # Recorded before the publish (its result may come back before this request ends), and marked
+        # failed if the publish fails: no record stays "queued" for a job the broker never had.
+        record = await asyncio.to_thread(store.add, job.job_id, task=spec.task, model=name, upload_token=token)
+        try:
+            await parts.publish(job, token, wait=False)
+        except ApiError as exc:
+            await asyncio.to_thread(store.fail, job.job_id, ErrorInfo(code="BrokerUnavailable", message=str(exc)))
+            raise
+        return JSONResponse(record.document(), status_code=202, headers={"location": f"/v1/jobs/{job.job_id}"})
+
+    async def record_of(job_id: str):
+        record = await asyncio.to_thread(store.get, job_id)
+        if record is None:
+            raise ApiError(404, f"no job {job_id!r}", code="not_found")
+        return record
+
+    @router.get("/v1/jobs/{job_id}")
+    async def get_job(job_id: str) -> JSONResponse:
+        return JSONResponse((await record_of(job_id)).document())
+
+    @router.get("/v1/jobs/{job_id}/events")
+    async def job_events(job_id: str) -> EventSourceResponse:
+        """Server-Sent Events: `state` first, then `progress` per chunk, then `completed` or `failed`."""
+        record = await record_of(job_id)
+        return EventSourceResponse(_events(parts, job_id, record, record_of))
+
+    return router
+
+
+async def _events(parts: Parts, job_id: str, record, record_of):
+    subscribers = parts.bridge.subscribers
+    queue = subscribers.subscribe(job_id)
+    try:
+        current = record
+        yield {"event": "state", "data": dumps(current)}
+        if current.state in ("completed", "failed"):
+            yield {"event": current.state, "data": dumps(current)}
+        while current.state not in ("completed", "failed"):
+            try:
+                event, data = await asyncio.wait_for(queue.get(), timeout=_SSE_RECHECK_SECONDS)
+            except TimeoutError:
+                # Another replica may have taken the result: the database has it.
+                current = await record_of(job_id)
+                if current.state in ("completed", "failed"):
+                    yield {"event": current.state, "data": dumps(current)}
+                continue
+            yield {"event": event, "data": data}
+            if event in ("completed", "failed"):
+                break
+    finally:
+        subscribers.unsubscribe(job_id, queue)
