@@ -15,13 +15,7 @@ from pathlib import Path
 from loguru import logger
 
 from worker.config import Settings
-from worker.engine.models import (
-    ModelDownloader,
-    allowed_names,
-    get_model_downloader,
-    model_names,
-    resolve_model,
-)
+from worker.engine.models import ModelDownloader, allowed_names, get_model_downloader, model_names, resolve_model
 from worker.engine.transcriber import CallSlots, DecodingOptions, WhisperTranscriber, available_cpus
 from worker.errors import ModelNotAllowed, UnknownModel
 from worker.media.chunking import ChunkingOptions
@@ -84,7 +78,8 @@ def allowed_models(settings: Settings) -> tuple[str, ...]:
 
 @functools.cache
 def _allowed_models(spec: str, default: str, downloader: ModelDownloader) -> tuple[str, ...]:
-    offline = () if spec.strip() else downloader.offline_names()
+    listed = any(n.strip() for n in spec.split(","))
+    offline = () if listed else downloader.offline_names()  # the files present hashed once, here
     names = allowed_names(spec, default=default, offline=offline)
     logger.info("Jobs may use models: {}", ", ".join(names))
     return names
