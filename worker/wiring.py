@@ -7,14 +7,18 @@ takes `Settings` or reads the environment. The chain it builds, once per process
 """
 
 import dataclasses
+import functools
 import ipaddress
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from loguru import logger
+
 from worker.config import Settings
-from worker.engine.models import ModelDownloader, get_model_downloader, model_names, resolve_model
-from worker.engine.transcriber import DecodingOptions, WhisperTranscriber, available_cpus
+from worker.engine.models import ModelDownloader, allowed_names, get_model_downloader, model_names, resolve_model
+from worker.engine.transcriber import CallSlots, DecodingOptions, WhisperTranscriber, available_cpus
+from worker.errors import ModelNotAllowed, UnknownModel
 from worker.media.chunking import ChunkingOptions
 from worker.pipeline import PipelineOptions, Processor
 from worker.service.chunks import ChunkHandler, ChunkOutcome
@@ -60,18 +64,42 @@ def model_downloader(settings: Settings) -> ModelDownloader:
     )
 
 
+def allowed_models(settings: Settings) -> tuple[str, ...]:
+    """The model names a job may give (and the gateway lists), sorted; computed once per process.
+
+    ALLOWED_MODELS "*": every name in the model table. A comma-separated list: those names and
+    WHISPER_MODEL (UnknownModel for a name not in the table: a start-up error). Empty (the default):
+    WHISPER_MODEL and its variants, plus what this worker provides offline: the models of installed
+    packages and the valid files in WHISPER_MODELS_DIR at the first call (validated then, once; a
+    file added later needs ALLOWED_MODELS or a restart). A resolved name (tiny.en -> tiny.en-q8_0)
+    is allowed with its name.
+    """
+    return _allowed_models(settings.allowed_models, settings.whisper_model, model_downloader(settings))
+
+
+@functools.cache
+def _allowed_models(spec: str, default: str, downloader: ModelDownloader) -> tuple[str, ...]:
+    listed = any(n.strip() for n in spec.split(","))
+    offline = () if listed else downloader.offline_names()  # the files present hashed once, here
+    names = allowed_names(spec, default=default, offline=offline)
+    logger.info("Jobs may use models: {}", ", ".join(names))
+    return names
+
+
 def processor(
     settings: Settings,
     model: str,
     options: PipelineOptions,
     *,
     concurrent_calls: int | None = None,
+    calls: CallSlots | None = None,
     work_root: Path | None = None,
 ) -> Processor:
     """Model file -> one shared transcriber -> a pipeline over it.
 
-    `concurrent_calls` sizes the transcriber's state pool (default: what `options` runs at once).
-    UnknownModel / ModelUnavailable when the model cannot be provided.
+    `concurrent_calls` sizes the transcriber's state pools (default: what `options` runs at once);
+    `calls`, the process's bound on whisper calls at once (default: one of `concurrent_calls` for
+    this transcriber alone). UnknownModel / ModelUnavailable when the model cannot be provided.
     """
     name, path = model_downloader(settings).provide(model)
     transcriber = WhisperTranscriber(
@@ -79,6 +107,7 @@ def processor(
         max_concurrent_calls=concurrent_calls or options.concurrent_calls,
         beam_size=settings.whisper_beam_size,
         decoding=decoding_options(settings),
+        calls=calls,
     )
     return Processor(transcriber, model_name=name, options=options, work_root=work_root)
 
@@ -93,7 +122,12 @@ def decoding_options(settings: Settings) -> DecodingOptions:
 
 
 class Processors:
-    """One Processor (and so one WhisperTranscriber) per model, created on first use, per process."""
+    """One Processor (and so one WhisperTranscriber) per model, created on first use, per process.
+
+    A model a job may not use (`allowed_models`) is refused before anything is downloaded or
+    converted. A model being provided holds back only the jobs and chunk tasks for that model. All
+    the transcribers share one bound on whisper calls at once (`calls`, `whisper_calls` of them).
+    """
 
     def __init__(self, settings: Settings, work_dir: Path) -> None:
         self._settings = settings
@@ -102,27 +136,52 @@ class Processors:
         self._options = dataclasses.replace(
             pipeline_options(settings), cpus=max(1, available_cpus() // settings.concurrent_jobs)
         )
+        self.allowed = frozenset(allowed_models(settings))
+        self.calls = CallSlots(self.whisper_calls)
         self._by_model: dict[str, Processor] = {}
-        self._lock = threading.Lock()
+        self._model_locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
 
     @property
     def whisper_calls(self) -> int:
-        """Whisper calls this process runs at once (its transcribers' states): also its chunk task slots."""
+        """Whisper calls this process runs at once, jobs and chunk tasks of every model together
+        (MAX_PARALLEL_WORKERS, or 1 when not parallel, x CONCURRENT_JOBS): also its chunk task slots."""
         return self._options.concurrent_calls * self._settings.concurrent_jobs
 
     def __call__(self, model: str | None) -> Processor:
         name = model or self._settings.whisper_model
+        self._check(name)
         key = resolve_model(name)  # "tiny.en" and its default variant share one transcriber
-        with self._lock:
-            if key not in self._by_model:
-                self._by_model[key] = processor(
+        with self._guard:
+            if (found := self._by_model.get(key)) is not None:
+                return found
+            lock = self._model_locks.setdefault(key, threading.Lock())
+        with lock:  # only this model's callers wait while it is downloaded, converted or loaded
+            with self._guard:
+                found = self._by_model.get(key)
+            if found is None:
+                found = processor(
                     self._settings,
                     name,
                     self._options,
                     concurrent_calls=self.whisper_calls,
+                    calls=self.calls,
                     work_root=self._work_dir,
                 )
-            return self._by_model[key]
+                with self._guard:
+                    self._by_model[key] = found
+            return found
+
+    def _check(self, name: str) -> None:
+        if name in self.allowed:
+            return
+        allowed = ", ".join(sorted(self.allowed))
+        if name not in model_names():
+            raise UnknownModel(f"Unknown model {name!r}; this worker allows: {allowed}")
+        raise ModelNotAllowed(
+            f"Model {name!r} is not allowed on this worker; allowed: {allowed} "
+            '(the operator allows more with ALLOWED_MODELS: a comma-separated list, or "*" for every model)'
+        )
 
 
 def handler_options(settings: Settings, work_dir: Path) -> HandlerOptions:
@@ -206,7 +265,7 @@ def gateway(settings: Settings):
     options = GatewayOptions(
         public_url=public_url.rstrip("/"),
         default_model=settings.whisper_model,
-        models=tuple(model_names()),
+        models=allowed_models(settings),
         api_keys=keys,
         max_upload_bytes=settings.gateway_max_upload_bytes,
         result_timeout_seconds=settings.gateway_result_timeout_seconds,

@@ -21,13 +21,18 @@ from conftest import ROOT
 from worker.engine.models import (
     DEFAULT_VARIANTS,
     MODEL_CONFIGS,
+    PACKAGED_MODELS,
     ModelConfig,
     ModelDownloader,
+    PackagedModel,
     Sidecar,
+    allowed_names,
     file_digests,
+    model_family,
     model_names,
     resolve_model,
     validation_problem,
+    variants,
 )
 from worker.engine.quantize import FILE_TYPES, QUANT_TYPES
 from worker.errors import ModelUnavailable, UnknownModel
@@ -282,3 +287,62 @@ def test_a_published_quantized_file_without_checksum_is_checked_for_its_header(t
         downloader.ensure_model_exists("served-q5_1")
     with pytest.raises(ModelUnavailable, match="not a ggml model file"):
         downloader.ensure_model_exists("served-junk")
+
+
+# --- which names jobs may give (ALLOWED_MODELS) ----------------------------------------------
+
+
+def test_variants_are_the_quantizations_of_one_model():
+    assert model_family("tiny.en-q8_0") == model_family("tiny.en-f16") == "tiny.en"
+    assert model_family("large-v3-turbo-q5_0") == "large-v3-turbo" and model_family("small.en-tdrz") == "small.en-tdrz"
+    assert variants("tiny.en") == [
+        "tiny.en",
+        "tiny.en-f16",
+        "tiny.en-q4_0",
+        "tiny.en-q5_0",
+        "tiny.en-q5_1",
+        "tiny.en-q8_0",
+    ]
+    assert variants("large-v3") == ["large-v3", "large-v3-q5_0"]  # not large-v3-turbo: another model
+
+
+def test_by_default_only_the_default_model_its_variants_and_offline_models_are_allowed():
+    allowed = allowed_names("", default="tiny.en", offline=["small-q8_0"])
+
+    assert set(allowed) == {*variants("tiny.en"), "small-q8_0"}
+    assert list(allowed) == sorted(allowed)
+    assert "large-v3" not in allowed and "base" not in allowed
+
+
+def test_a_star_allows_every_name_and_a_list_allows_those_names_the_default_and_their_resolved_names():
+    assert allowed_names("*", default="tiny.en") == tuple(model_names())
+    # What a coordinator's chunk tasks name (the resolved variant) comes with each name.
+    assert allowed_names(" base, small ,", default="tiny.en", offline=["medium"]) == (
+        "base",
+        "base-q4_0",
+        "small",
+        "tiny.en",
+        "tiny.en-q8_0",
+    )
+    assert allowed_names("tiny.en-f16", default="tiny.en-f16") == ("tiny.en", "tiny.en-f16")
+
+
+def test_a_typo_in_the_allowed_models_is_a_clear_error():
+    with pytest.raises(
+        UnknownModel, match=r"ALLOWED_MODELS names unknown model\(s\) 'smal', 'tiny-en'; known models: "
+    ):
+        allowed_names("base,smal,tiny-en", default="tiny.en")
+
+
+def test_offline_names_are_the_valid_files_present_and_the_installed_packages_models(tiny_en_path, tmp_path):
+    copy = converted_copy(tiny_en_path, tmp_path)
+    (tmp_path / "ggml-small.bin").write_bytes(b"not the model")  # invalid: not offline (using it would download)
+    packaged = {"base": PACKAGED_MODELS["base"], "tiny.en": PackagedModel(("no_such_package_here",), "model")}
+    downloader = ModelDownloader(tmp_path, download_url="", packaged=packaged)
+
+    names = downloader.offline_names()
+
+    # ggml-tiny.en.bin serves tiny.en-f16 (and a bare tiny.en falls back to it); base's packages are installed.
+    assert names == ["base", "base-f16", "base-q4_0", "base-q5_0", "base-q8_0", "tiny.en", "tiny.en-f16"]
+    copy.unlink()  # validated once, at that call: the file is not read again
+    assert downloader.ensure_model_exists("tiny.en") == copy

@@ -24,12 +24,13 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import struct
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -169,12 +170,48 @@ def model_names() -> list[str]:
     return sorted({*MODEL_CONFIGS, *pinned})
 
 
+def model_family(name: str) -> str:
+    """The model a name is a variant of: its quantization suffix removed (`tiny.en-q8_0` -> `tiny.en`)."""
+    return re.sub(r"-(?:f16|q\d_\d)$", "", name)
+
+
+def variants(name: str) -> list[str]:
+    """Every name a job may give for the same model as `name`, in any quantization (itself included)."""
+    return [n for n in model_names() if model_family(n) == model_family(name)]
+
+
+def allowed_names(spec: str, *, default: str, offline: Iterable[str] = ()) -> tuple[str, ...]:
+    """The model names jobs may give, sorted, from an ALLOWED_MODELS value.
+
+    "*": every name in the table. A comma-separated list: those names, and `default` (what a job
+    naming no model gets anyway); UnknownModel for a name not in the table. Empty: `default` and
+    its variants, and `offline` (what this worker provides with no download). Each allowed name's
+    resolved table name is allowed too: it is what a coordinator's chunk tasks name.
+    """
+    listed = [n.strip() for n in spec.split(",") if n.strip()]
+    if "*" in listed:
+        return tuple(model_names())
+    known = set(model_names())
+    unknown = [n for n in listed if n not in known]
+    if unknown:
+        raise UnknownModel(
+            f"ALLOWED_MODELS names unknown model(s) {', '.join(map(repr, unknown))}; "
+            f'known models: {", ".join(sorted(known))} (or "*" for all)'
+        )
+    names = {default, *listed} if listed else {default, *variants(default), *offline}
+    return tuple(sorted(names | {resolve_model(n) for n in names}))
+
+
 @dataclass(frozen=True)
 class PackagedModel:
     """A CTranslate2 model carried by installed packages: `subdir` inside each of `packages`."""
 
     packages: tuple[str, ...]
     subdir: str
+
+    def installed(self) -> bool:
+        """Every package is installed (found, not imported)."""
+        return all(importlib.util.find_spec(p) is not None for p in self.packages)
 
     def locate(self) -> ggml_convert.Ct2Source | None:
         """The model's files if every package is installed, else None. Imports nothing."""
@@ -318,6 +355,28 @@ class ModelDownloader:
                 raise
             logger.warning("Model {}: default variant {} unavailable ({}); using {}", requested, name, exc, requested)
             return requested, self.ensure_model_exists(requested)
+
+    def offline_names(self) -> list[str]:
+        """Names a job may give that this downloader provides without downloading, sorted.
+
+        Those whose file in the models directory is valid now (each validated here, once, and
+        remembered as by `ensure_model_exists`), and those an installed package converts to. Reads
+        and hashes the files present: call it once, at start-up.
+        """
+        present = set()
+        for config in self._configs.values():
+            path = self.models_dir / config.filename
+            if path.is_file() and validation_problem(path, config) is None:
+                with self._guard:
+                    self._validated.setdefault(config.name, path)
+                present.add(config.name)
+        carried = {key for key, packaged in self._packaged.items() if packaged.installed()}
+
+        def offline(name: str) -> bool:
+            config = self._configs.get(resolve_model(name))
+            return config is not None and (config.name in present or config.packaged in carried)
+
+        return [n for n in model_names() if n in present or offline(n)]
 
     def _config(self, name: str) -> ModelConfig:
         try:

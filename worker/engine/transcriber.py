@@ -14,7 +14,9 @@ Design (why it looks like this):
   pywhispercpp Models (a copy of the weights each, but correct), and a log line says so.
 - Decoding parameters are built per call into a local struct (native) or passed in full on
   every call to a Model nobody else is using (pool), so no call changes another's settings.
-- The ctypes calls release the GIL, so calls on separate states really run in parallel.
+- The ctypes calls release the GIL, so calls on separate states really run in parallel. How many
+  run at once is one bound per process (`CallSlots`, shared by every model's transcriber), taken
+  around every whisper_full and language detection whichever pool its state comes from.
 """
 
 # OMP_WAIT_POLICY is set by `worker.engine` (this package's __init__), before the imports below.
@@ -156,6 +158,45 @@ def threads_per_call(concurrent_calls: int, *, cpus: int | None = None, requeste
     return min(requested, budget) if requested > 0 else budget
 
 
+class CallSlots:
+    """At most `limit` whisper calls in progress at once across every transcriber sharing this;
+    counts them (`in_progress`, `peak`).
+
+    One per process (the wiring makes it and hands it to each model's transcriber): the state pools
+    bound memory per model and encoder layout, this bounds the calls that compete for the CPUs.
+    Taken before a state is borrowed, so a waiting call holds no state.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._slots = threading.BoundedSemaphore(self.limit)
+        self._lock = threading.Lock()
+        self._in_progress = 0
+        self._peak = 0
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        with self._slots:
+            with self._lock:
+                self._in_progress += 1
+                self._peak = max(self._peak, self._in_progress)
+            try:
+                yield
+            finally:
+                with self._lock:
+                    self._in_progress -= 1
+
+    @property
+    def in_progress(self) -> int:
+        """Calls running now."""
+        return self._in_progress
+
+    @property
+    def peak(self) -> int:
+        """The most calls that ran at once since this was made."""
+        return self._peak
+
+
 class _BoundedPool(Generic[T]):
     """Up to `size` resources made on demand by `factory`; a borrower waits when all are out."""
 
@@ -195,6 +236,7 @@ class _NativeBackend:
     Two pools of states, so that no state ever mixes encoder layouts (see AUDIO_CTX_STEP): fitted
     contexts (multiples of 256) on one, the full 1500 frames and language detection (which
     encodes with the context of the state's previous call) on the other, created only when needed.
+    The pools bound states, not calls: the transcriber's CallSlots bounds the calls across both.
     """
 
     name = "native"
@@ -391,8 +433,9 @@ def _sampling(beam_size: int) -> dict:
 class WhisperTranscriber:
     """Thread-safe transcription over one loaded model; create one per process and share it.
 
-    `max_concurrent_calls` bounds how many calls run at once (extra callers wait);
-    `n_threads` is the default number of threads per call.
+    `max_concurrent_calls` sizes its state pools and its own bound on calls at once; `calls`, when
+    given, bounds them instead, together with every other transcriber given the same CallSlots
+    (extra callers wait); `n_threads` is the default number of threads per call.
     """
 
     def __init__(
@@ -404,10 +447,12 @@ class WhisperTranscriber:
         beam_size: int = 1,
         decoding: DecodingOptions = DecodingOptions(),
         backend: Backend = "auto",
+        calls: CallSlots | None = None,
     ) -> None:
         logger.info("Initializing shared WhisperTranscriber instance...")
         self.model_path = Path(model_path)
         self.max_concurrent_calls = max(1, max_concurrent_calls)
+        self.calls = calls or CallSlots(self.max_concurrent_calls)
         self.n_threads = n_threads or threads_per_call(self.max_concurrent_calls)
         self.beam_size = beam_size
         self.decoding = decoding
@@ -416,7 +461,7 @@ class WhisperTranscriber:
             "WhisperTranscriber ready: model {}, backend {}, up to {} concurrent calls x {} threads",
             self.model_path.name,
             self._backend.name,
-            self.max_concurrent_calls,
+            self.calls.limit,
             self.n_threads,
         )
 
@@ -450,17 +495,19 @@ class WhisperTranscriber:
         try:
             probability = None
             if language is None and self.multilingual:
-                language, probability = self._backend.detect_language(audio, n_threads=n_threads)
-            result = self._backend.transcribe(
-                audio,
-                n_threads=n_threads,
-                language=language or "en",
-                task=task,
-                beam_size=self.beam_size,
-                prompt=prompt,
-                temperature=temperature,
-                word_timestamps=word_timestamps,
-            )
+                with self.calls.hold():
+                    language, probability = self._backend.detect_language(audio, n_threads=n_threads)
+            with self.calls.hold():
+                result = self._backend.transcribe(
+                    audio,
+                    n_threads=n_threads,
+                    language=language or "en",
+                    task=task,
+                    beam_size=self.beam_size,
+                    prompt=prompt,
+                    temperature=temperature,
+                    word_timestamps=word_timestamps,
+                )
         except (libwhisper.NativeCallError, RuntimeError) as exc:
             raise TranscriptionError(f"whisper.cpp failed: {exc}") from exc
         if self.decoding.no_timestamps and result.segments:
@@ -477,7 +524,9 @@ class WhisperTranscriber:
         """(language code, probability) from the first 30 s of `audio`; multilingual models only."""
         if not self.multilingual:
             raise ValueError(f"{self.model_path.name} is English-only: it cannot detect languages")
-        return self._backend.detect_language(_as_model_input(audio), n_threads=n_threads or self.n_threads)
+        audio = _as_model_input(audio)
+        with self.calls.hold():
+            return self._backend.detect_language(audio, n_threads=n_threads or self.n_threads)
 
     def close(self) -> None:
         self._backend.close()
