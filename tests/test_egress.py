@@ -325,3 +325,35 @@ def test_redaction_drops_credentials_and_queries():
     text = "HTTPConnectionPool(host='h', port=1): Max retries exceeded with url: /a.mp3?token=secret (Caused by x)"
     assert "secret" not in redact_text(text) and "/a.mp3?..." in redact_text(text)
     assert redact_text("see https://u:secret@h/x?sig=secret.") == "see https://h/x?..."
+
+
+def test_the_wiring_allows_the_gateways_origin_and_nothing_else_on_its_host(tmp_path):
+    from worker.config import Settings
+    from worker.wiring import egress_policy, handler_options, model_downloader
+
+    default = egress_policy(Settings())  # as `make run` starts the worker and the gateway
+    assert default.allowed_origins == {Origin("http", "127.0.0.1", 8000)} and default.allowed_hosts is None
+    assert default.resolve("http://127.0.0.1:8000/v1/uploads/abc").addresses == ("127.0.0.1",)
+    for other in ("http://127.0.0.1:9100/metrics", "http://localhost:8000/v1/uploads/abc", "https://127.0.0.1:8000/"):
+        with pytest.raises(InputNotAllowed):
+            default.resolve(other)
+
+    settings = Settings(
+        gateway_public_url="http://gateway:8000/prefix",
+        allowed_url_hosts="gateway,media.example.org",
+        allowed_private_origins="http://10.1.2.3:9000, https://media.internal",
+        allowed_private_networks="10.20.0.0/16",
+        whisper_models_dir=tmp_path,
+    )
+    policy = egress_policy(settings)
+    assert policy.allowed_origins == {
+        Origin("http", "gateway", 8000),
+        Origin("http", "10.1.2.3", 9000),
+        Origin("https", "media.internal", 443),
+    }
+    assert policy.allowed_networks == (ipaddress.ip_network("10.20.0.0/16"),)
+    assert handler_options(settings, tmp_path).egress == policy
+    models = model_downloader(settings).egress  # not limited to ALLOWED_URL_HOSTS; its own origin allowed
+    assert models.allowed_hosts is None and Origin("https", "huggingface.co", 443) in models.allowed_origins
+    with pytest.raises(ValueError):
+        egress_policy(Settings(allowed_private_origins="http://10.1.2.3:9000/path"))
