@@ -103,6 +103,19 @@ def test_secrets_in_a_url_stay_out_of_results_and_logs(handler, log_messages):
     assert log_messages and not [m for _, m in log_messages if secret in m]
 
 
+def test_a_callback_url_with_a_token_is_redacted_in_the_warning_and_logs(handler, log_messages):
+    secret = "s3cr3t-Token"
+    options = dict(egress=EgressPolicy.build(origins=["http://127.0.0.1:9"]), callback_retries=0)
+    handler.options = dataclasses.replace(handler.options, **options)
+    body = {"job_id": "cb-token", "audio": {"path": "jfk.flac"}, "callback_url": f"http://127.0.0.1:9/cb?k={secret}"}
+
+    outcome = handler.handle(Delivery(body=json.dumps(body).encode()))
+
+    assert outcome.action == "complete" and "http://127.0.0.1:9/cb?..." in outcome.result.warnings[0]
+    assert secret not in outcome.result.model_dump_json()
+    assert not [m for _, m in log_messages if secret in m]
+
+
 def test_a_marker_that_cannot_be_written_does_not_raise(handler, tmp_path, log_messages):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "blocked").write_text("a file where the job's directory should be")
