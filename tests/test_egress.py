@@ -357,3 +357,11 @@ def test_the_wiring_allows_the_gateways_origin_and_nothing_else_on_its_host(tmp_
     assert models.allowed_hosts is None and Origin("https", "huggingface.co", 443) in models.allowed_origins
     with pytest.raises(ValueError):
         egress_policy(Settings(allowed_private_origins="http://10.1.2.3:9000/path"))
+
+
+def test_a_long_form_ipv6_url_is_read_alike_by_the_check_and_the_connection(loopback_only):
+    # [0:0:0:0:0:0:0:1] is ::1: opened by a network, it connects (nothing listens on port 9: refused, not "ambiguous")
+    policy = EgressPolicy.build(networks=["::1/128"])
+    with policy.session() as session, pytest.raises(requests.ConnectionError):
+        session.get("http://[0:0:0:0:0:0:0:1]:9/x", timeout=5)
+    assert loopback_only == [("::1", 9)]

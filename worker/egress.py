@@ -412,6 +412,7 @@ class PinnedAdapter(HTTPAdapter):
         destination = self.policy.resolve(request.url)
         host_params, pool_kwargs = self.build_connection_pool_key_attributes(request, verify, cert)
         host = str(host_params["host"]).strip("[]").lower().rstrip(".")
+        host = str(ipaddress.IPv6Address(host)) if _is_ipv6(host) else host  # [0:0::1] as [::1], like the check
         if (host_params["scheme"], host) != (destination.origin.scheme, destination.origin.host):
             # requests read the URL differently from our check: refuse rather than guess which is right.
             raise InputNotAllowed(f"URL is ambiguous (its host reads two ways): {redact(request.url)}")
