@@ -143,6 +143,8 @@ def test_compose_runs_the_gateway_where_workers_can_fetch_uploads():
     assert env["GATEWAY_PUBLIC_URL"] == f"http://gateway:{env['GATEWAY_PORT']}"  # the service name, on the network
     hosts = worker["environment"]["ALLOWED_URL_HOSTS"]
     assert hosts == "${ALLOWED_URL_HOSTS:-}"  # any host by default, so the gateway's URLs are allowed
+    # ... and the workers know the gateway's origin: the one private origin they allow by default
+    assert worker["environment"]["GATEWAY_PUBLIC_URL"] == env["GATEWAY_PUBLIC_URL"]
     database = env["GATEWAY_DATABASE_URL"].removeprefix("sqlite:///")
     assert any(database.startswith(v.split(":", 1)[1]) for v in gateway["volumes"])  # the records outlive a container
     assert any(env["GATEWAY_UPLOAD_DIR"].startswith(v.split(":", 1)[1]) for v in gateway["volumes"])

@@ -112,7 +112,8 @@ class Settings(BaseSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(default=8000, ge=1, le=65535)
     # How workers reach the gateway to fetch uploads (default http://GATEWAY_HOST:GATEWAY_PORT); its host
-    # must be in the workers' ALLOWED_URL_HOSTS when that is set.
+    # must be in the workers' ALLOWED_URL_HOSTS when that is set. Workers allow exactly this origin past the
+    # refusal of private addresses (worker/egress.py): give them the same value as the gateway.
     gateway_public_url: str = ""
     # Comma-separated API keys (Authorization: Bearer KEY). Empty: open, which the gateway allows only on a
     # loopback GATEWAY_HOST (make run), unless GATEWAY_ALLOW_ANONYMOUS says so (e.g. behind an authenticating proxy).

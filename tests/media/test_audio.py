@@ -1,8 +1,10 @@
 """Decoding real recordings of every format in ../shared/audio, and bad input."""
 
 import csv
+import http.server
 import shutil
 import subprocess
+import threading
 import wave
 
 import numpy as np
@@ -127,3 +129,83 @@ def test_audio_longer_than_the_limit_is_rejected():
 
 def test_ffmpeg_is_installed():
     assert shutil.which("ffmpeg"), "make test installs ffmpeg"
+
+
+# --- ffmpeg reads only the file it is given ---------------------------------------------------
+
+
+def _playlist(*segments: str) -> str:
+    lines = ["#EXTM3U", "#EXT-X-TARGETDURATION:10"]
+    for segment in segments:
+        lines += ["#EXTINF:2,", segment]
+    return "\n".join([*lines, "#EXT-X-ENDLIST", ""])
+
+
+@pytest.fixture
+def segment(tmp_path):
+    """A real 2 s MPEG-TS segment beside the inputs (what a playlist may name)."""
+    path = tmp_path / "seg.ts"
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(AUDIO_DIR / "ljspeech_LJ050-0131.wav"), "-t", "2",
+         "-c:a", "mp2", "-f", "mpegts", "-y", str(path)],
+        check=True,
+    )  # fmt: skip
+    shutil.copyfile(AUDIO_DIR / "ljspeech_LJ001-0009.flac", tmp_path / "other.flac")
+    return path
+
+
+def _plain_ffmpeg_decodes(path) -> bool:
+    """Whether ffmpeg without our restrictions gets samples out of `path` (so the case is a real one)."""
+    done = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", f"file:{path}", "-f", "s16le", "-ac", "1", "-ar", "16000", "-"],
+        capture_output=True,
+    )
+    return done.returncode == 0 and len(done.stdout) > 16000
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("relative.m3u8", _playlist("seg.ts")),
+        ("absolute.m3u8", _playlist("{dir}/seg.ts")),
+        ("list.ffconcat", "ffconcat version 1.0\nfile other.flac\n"),
+        ("upload.wav", _playlist("seg.ts")),  # a playlist under an audio name
+        ("upload.mp3", "ffconcat version 1.0\nfile other.flac\n"),
+    ],
+    ids=["relative.m3u8", "absolute.m3u8", "list.ffconcat", "playlist.wav", "ffconcat.mp3"],
+)
+def test_a_file_naming_other_local_files_is_refused_not_followed(tmp_path, segment, name, content):
+    path = tmp_path / name
+    path.write_text(content.format(dir=tmp_path))
+    assert _plain_ffmpeg_decodes(path), "ffmpeg itself would follow it: the case is real"
+
+    with pytest.raises(AudioDecodeError, match="not an audio container the worker reads"):
+        decode_audio(path)
+
+
+def test_a_playlist_naming_a_url_makes_no_request(tmp_path):
+    seen: list[str] = []
+
+    class Trap(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trap)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        for name in ("remote.m3u8", "remote.wav"):
+            (tmp_path / name).write_text(_playlist(f"http://127.0.0.1:{port}/x.ts"))
+            with pytest.raises(AudioDecodeError, match="hls file, not an audio container"):
+                decode_audio(tmp_path / name)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    # (ffmpeg 5.1 itself keeps a playlist read from a file to file,crypto,data; older ones fetched.)
+    assert seen == []

@@ -37,6 +37,8 @@ class Downloads(http.server.SimpleHTTPRequestHandler):
             self._redirect("/loop")
         elif self.path == "/redirect-out":  # to a host outside ALLOWED_URL_HOSTS
             self._redirect(f"http://localhost:{self.server.server_address[1]}/{GOOD}")
+        elif self.path == "/redirect-private":  # this server again, by another origin: loopback, not allowed
+            self._redirect(f"http://127.0.0.1:{self.server.server_address[1] + 1}/{GOOD}")
         else:
             super().do_GET()
 
@@ -75,11 +77,19 @@ def prepare_inputs(input_dir: Path, audio_dir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def bad_input_service(broker, tmp_path_factory, audio_dir) -> Iterator[tuple[Service, Client, WorkerProcess]]:
+def bad_input_service(
+    broker, tmp_path_factory, audio_dir, downloads
+) -> Iterator[tuple[Service, Client, WorkerProcess]]:
     svc = Service(broker_url=broker, root=tmp_path_factory.mktemp("bad-inputs"), topology=new_topology(2))
     prepare_inputs(svc.input_dir, audio_dir)
     client = svc.client()
-    worker = svc.start_worker(allowed_url_hosts="127.0.0.1", max_audio_seconds=30, download_timeout_seconds=5)
+    # The download server's origin, and only it, is allowed past the refusal of loopback addresses.
+    worker = svc.start_worker(
+        allowed_url_hosts="127.0.0.1",
+        allowed_private_origins=downloads[0],
+        max_audio_seconds=30,
+        download_timeout_seconds=5,
+    )
     worker.wait_for("Consuming")
     yield svc, client, worker
     client.close()
@@ -144,6 +154,12 @@ CASES = [
         lambda svc, url: url_job("redirect-to-host-not-allowed", f"{url}/redirect-out"),
         "InputNotAllowed",
     ),
+    (
+        "redirect-to-private-address",
+        lambda svc, url: url_job("redirect-to-private-address", f"{url}/redirect-private"),
+        "InputNotAllowed",
+    ),
+    ("loopback-url", url_job("loopback-url", "http://127.0.0.1:9411/metrics"), "InputNotAllowed"),
     ("text-renamed-mp3", path_job("text-renamed-mp3", "notes.mp3"), "AudioDecodeError"),
     ("truncated-mp3", path_job("truncated-mp3", "truncated.mp3"), "AudioDecodeError"),
     ("zero-byte-file", path_job("zero-byte-file", "empty.mp3"), "EmptyAudio"),
@@ -176,6 +192,8 @@ def test_a_bad_input_fails_with_its_code_and_is_dead_lettered(bad_input_service,
         assert seen[f"/{GOOD}"] == 0  # refused before any connection
     if case == "redirect-to-host-not-allowed":
         assert seen["/redirect-out"] == 1 and seen[f"/{GOOD}"] == 0
+    if case in ("loopback-url", "redirect-to-private-address"):  # 127.0.0.1 is an allowed host, not an allowed origin
+        assert "non-public address (loopback)" in result.error.message and seen[f"/{GOOD}"] == 0
     assert scratch_files(svc) == []
     LEDGER.bad_inputs.append(case)
 

@@ -134,9 +134,12 @@ def test_a_callback_that_is_down_or_slow_does_not_cost_the_result(service, audio
 
     shutil.copyfile(audio_dir / SHORT, service.input_dir / SHORT)
     client = service.client()
-    worker = service.start_worker(callback_retries=2, callback_timeout_seconds=0.5)
     with http_server(SlowCallback) as slow:
-        down = f"http://127.0.0.1:{free_port()}/done"  # nothing listens there
+        down_origin = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+        down = f"{down_origin}/done"
+        worker = service.start_worker(
+            callback_retries=2, callback_timeout_seconds=0.5, allowed_private_origins=f"{slow},{down_origin}"
+        )
         client.enqueue({"job_id": "cb-down", "audio": {"path": SHORT}, "callback_url": down})
         client.enqueue({"job_id": "cb-slow", "audio": {"path": SHORT}, "callback_url": f"{slow}/done"})
         results = client.results(
@@ -211,8 +214,10 @@ class BadDownloads(Quiet):
 def test_a_stalled_or_oversized_download_fails_clearly(service):
     service.topology = dataclasses.replace(service.topology, delivery_limit=2)
     client = service.client()
-    worker = service.start_worker(download_timeout_seconds=1, max_download_bytes=100_000)
     with http_server(BadDownloads) as server:
+        worker = service.start_worker(
+            download_timeout_seconds=1, max_download_bytes=100_000, allowed_private_origins=server
+        )
         client.enqueue({"job_id": "stall", "audio": {"url": f"{server}/stall"}})
         client.enqueue({"job_id": "unannounced", "audio": {"url": f"{server}/unannounced"}})
         dead = client.collect(

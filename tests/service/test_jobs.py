@@ -1,14 +1,15 @@
 """JobHandler without a broker: the per-message policy on a real transcriber and real audio."""
 
+import dataclasses
 import json
 import shutil
 
 import pytest
 
+from worker.egress import EgressPolicy
 from worker.errors import InputNotAllowed
 from worker.messages import Result
 from worker.pipeline import PipelineOptions, Processor
-from worker.service.inputs import check_url
 from worker.service.jobs import Delivery, HandlerOptions, JobHandler
 
 
@@ -54,17 +55,65 @@ def test_an_unreadable_body_is_named_by_its_message_id(handler):
         ("file:///etc/passwd", None, "scheme 'file' is not allowed"),
         ("ftp://127.0.0.1/a.mp3", None, "scheme 'ftp' is not allowed"),
         ("http:///a.mp3", None, "no host"),
-        ("http://localhost:8000/a.mp3", frozenset({"127.0.0.1"}), "'localhost' is not in ALLOWED_URL_HOSTS"),
+        ("http://localhost:8000/a.mp3", ["127.0.0.1"], "'localhost' is not in ALLOWED_URL_HOSTS"),
     ],
 )
 def test_urls_are_checked_before_any_connection(url, allowed, message):
     with pytest.raises(InputNotAllowed, match=message):
-        check_url(url, allowed)
+        EgressPolicy.build(allowed_hosts=allowed).check_url(url)
 
 
 def test_an_allowed_host_passes_in_any_case():
-    check_url("https://MEDIA.example.org/a.mp3", frozenset({"media.example.org"}))
-    check_url("http://127.0.0.1:9/a.mp3", None)
+    EgressPolicy.build(allowed_hosts=["media.example.org"]).check_url("https://MEDIA.example.org/a.mp3")
+    EgressPolicy().check_url("http://127.0.0.1:9/a.mp3")  # the form is fine; its address is refused on resolve
+
+
+@pytest.mark.parametrize("field", ["audio", "callback_url"])
+def test_a_url_for_this_machine_fails_the_job_before_any_work(handler, log_messages, field):
+    url = "http://127.0.0.1:9411/metrics"  # the worker's own metrics, say
+    job = {"job_id": f"own-{field}", "audio": {"url": url} if field == "audio" else {"path": "jfk.flac"}}
+    if field == "callback_url":
+        job["callback_url"] = url
+
+    outcome = handler.handle(Delivery(body=json.dumps(job).encode()))
+
+    assert (outcome.action, outcome.error.code) == ("dead_letter", "InputNotAllowed")
+    assert "non-public address (loopback)" in outcome.error.message
+
+
+def test_secrets_in_a_url_stay_out_of_results_and_logs(handler, log_messages):
+    # Given URLs with credentials, and with a token in the query (to an allowed origin where nothing listens)
+    secret = "s3cr3t-Token"
+    handler.options = dataclasses.replace(handler.options, egress=EgressPolicy.build(origins=["http://127.0.0.1:9"]))
+    jobs = {
+        "userinfo": f"http://user:{secret}@127.0.0.1:9/a.mp3?token={secret}",
+        "query": f"http://127.0.0.1:9/a.mp3?token={secret}&sig={secret}",
+    }
+    outcomes = {}
+    for name, url in jobs.items():
+        body = json.dumps({"job_id": name, "audio": {"url": url}, "callback_url": f"http://127.0.0.1:9/cb?k={secret}"})
+        outcomes[name] = handler.handle(Delivery(body=body.encode(), attempt=5))  # the last attempt: no retry
+
+    assert outcomes["userinfo"].error.code == "InputNotAllowed" and "credentials" in outcomes["userinfo"].error.message
+    assert (
+        outcomes["query"].error.code == "DownloadFailed" and "127.0.0.1:9/a.mp3?..." in outcomes["query"].error.message
+    )
+    for outcome in outcomes.values():
+        assert secret not in outcome.result.model_dump_json()
+    assert log_messages and not [m for _, m in log_messages if secret in m]
+
+
+def test_a_callback_url_with_a_token_is_redacted_in_the_warning_and_logs(handler, log_messages):
+    secret = "s3cr3t-Token"
+    options = dict(egress=EgressPolicy.build(origins=["http://127.0.0.1:9"]), callback_retries=0)
+    handler.options = dataclasses.replace(handler.options, **options)
+    body = {"job_id": "cb-token", "audio": {"path": "jfk.flac"}, "callback_url": f"http://127.0.0.1:9/cb?k={secret}"}
+
+    outcome = handler.handle(Delivery(body=json.dumps(body).encode()))
+
+    assert outcome.action == "complete" and "http://127.0.0.1:9/cb?..." in outcome.result.warnings[0]
+    assert secret not in outcome.result.model_dump_json()
+    assert not [m for _, m in log_messages if secret in m]
 
 
 def test_a_marker_that_cannot_be_written_does_not_raise(handler, tmp_path, log_messages):

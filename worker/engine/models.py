@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import requests
@@ -39,9 +39,10 @@ from filelock import FileLock
 from loguru import logger
 from tqdm import tqdm
 
+from worker.egress import PUBLIC_ONLY, EgressPolicy, redact, redact_text
 from worker.engine import ggml_convert
 from worker.engine.quantize import FILE_TYPES, GGML_QNT_VERSION_FACTOR
-from worker.errors import DownloadFailed, ModelConversionError, ModelUnavailable, UnknownModel
+from worker.errors import DownloadFailed, InputNotAllowed, ModelConversionError, ModelUnavailable, UnknownModel
 from worker.files import write_atomically
 
 _CHUNK_BYTES = 1 << 20
@@ -306,6 +307,10 @@ class ModelDownloader:
 
     Thread-safe. Use one per process (`get_model_downloader`): its cache is what spares
     every later call the disk.
+
+    Downloads go through `egress` (worker/egress.py) with the download URL's own origin allowed
+    (the operator named it); each redirect from it is checked like any URL, so a public CDN is
+    fine and a private address is refused. ALLOWED_URL_HOSTS is about jobs' URLs: not applied here.
     """
 
     def __init__(
@@ -316,9 +321,14 @@ class ModelDownloader:
         timeout_seconds: float = 30.0,
         configs: Mapping[str, ModelConfig] = MODEL_CONFIGS,
         packaged: Mapping[str, PackagedModel] = PACKAGED_MODELS,
+        egress: EgressPolicy = PUBLIC_ONLY,
     ) -> None:
         self.models_dir = Path(models_dir)
         self.download_url = download_url.rstrip("/")
+        self.egress = replace(egress, allowed_hosts=None)
+        if self.download_url:
+            with contextlib.suppress(InputNotAllowed):  # not an http(s) URL: every download is refused, saying why
+                self.egress = self.egress.allowing(self.download_url)
         self.timeout_seconds = timeout_seconds
         self._configs = configs
         self._packaged = packaged
@@ -431,11 +441,11 @@ class ModelDownloader:
         if config.sha1 is None and config.packaged is not None:
             raise ModelUnavailable("not published by whisper.cpp; made by conversion only")
         url = f"{self.download_url}/{config.filename}"
-        logger.info("Downloading model {} from {}", config.name, url)
+        logger.info("Downloading model {} from {}", config.name, redact(url))
         with _staged(path) as staging:
             size, sha1, sha256 = self._fetch(url, staging)
             if config.sha1 is not None and sha1 != config.sha1:
-                raise DownloadFailed(f"{url}: SHA-1 {sha1} does not match the published {config.sha1}")
+                raise DownloadFailed(f"{redact(url)}: SHA-1 {sha1} does not match the published {config.sha1}")
             if config.sha1 is None:  # nothing published to compare with: at least the right kind of file
                 _check_header(staging, config, url)
             os.replace(staging, path)
@@ -446,14 +456,17 @@ class ModelDownloader:
         """Stream `url` into `dest`; returns (size, sha1, sha256)."""
         timeout = (min(10.0, self.timeout_seconds), self.timeout_seconds)
         try:
-            with requests.get(url, stream=True, timeout=timeout) as response:
+            # Redirects followed by the session: each hop is checked and pinned like the first request.
+            with self.egress.session() as session, session.get(url, stream=True, timeout=timeout) as response:
                 response.raise_for_status()
                 expected = int(response.headers.get("Content-Length") or 0) or None
-                size, sha1, sha256 = _write_stream(response.iter_content(_CHUNK_BYTES), dest, expected, url)
+                size, sha1, sha256 = _write_stream(response.iter_content(_CHUNK_BYTES), dest, expected, redact(url))
         except requests.RequestException as exc:
-            raise DownloadFailed(f"{url}: {exc}") from exc
+            raise DownloadFailed(f"{redact(url)}: {redact_text(exc)}") from None
+        except InputNotAllowed as exc:
+            raise DownloadFailed(f"refused by the egress policy: {exc}") from None
         if expected is not None and size != expected:
-            raise DownloadFailed(f"{url}: got {size} of {expected} bytes")
+            raise DownloadFailed(f"{redact(url)}: got {size} of {expected} bytes")
         return size, sha1, sha256
 
     # --- source 2: a CTranslate2 model in an installed package ---
@@ -487,11 +500,11 @@ def _check_header(path: Path, config: ModelConfig, url: str) -> None:
     with open(path, "rb") as f:
         header = f.read(4 * 12)
     if len(header) < 48 or struct.unpack_from("<I", header)[0] != ggml_convert.GGML_MAGIC:
-        raise DownloadFailed(f"{url}: not a ggml model file")
+        raise DownloadFailed(f"{redact(url)}: not a ggml model file")
     ftype = struct.unpack_from("<i", header, 44)[0] % GGML_QNT_VERSION_FACTOR
     if ftype != FILE_TYPES.get(config.quantization):
         raise DownloadFailed(
-            f"{url}: file type {ftype}, expected {config.quantization} ({FILE_TYPES.get(config.quantization)})"
+            f"{redact(url)}: file type {ftype}, expected {config.quantization} ({FILE_TYPES.get(config.quantization)})"
         )
 
 
@@ -541,6 +554,8 @@ def _mib(size: int | None) -> str:
 
 
 @functools.cache
-def get_model_downloader(models_dir: Path, *, download_url: str, timeout_seconds: float = 30.0) -> ModelDownloader:
+def get_model_downloader(
+    models_dir: Path, *, download_url: str, timeout_seconds: float = 30.0, egress: EgressPolicy = PUBLIC_ONLY
+) -> ModelDownloader:
     """The process-wide ModelDownloader for this configuration (created on first use)."""
-    return ModelDownloader(Path(models_dir), download_url=download_url, timeout_seconds=timeout_seconds)
+    return ModelDownloader(Path(models_dir), download_url=download_url, timeout_seconds=timeout_seconds, egress=egress)

@@ -5,6 +5,13 @@ downmixes and resamples (its resampler is band-limited) straight to 16 kHz mono 
 report on stderr carries the duration the container declares, which is how a truncated file is
 told apart from a short one.
 
+ffmpeg reads only the file it is given: its input may use the `file` protocol only
+(`-protocol_whitelist file`), the path is passed as `file:PATH` (so no name is taken for a
+protocol), and the input must be one of the audio/video containers in `DEMUXERS`
+(`-format_whitelist`). Playlists (HLS .m3u8, DASH), concat lists (ffconcat), image sequences and
+other demuxers that open further URLs or files are refused whatever the file is called, so an
+uploaded "audio" file cannot make the worker fetch a URL or read another local file.
+
 A job's audio goes to a PCM file in its work directory (`decode_to_file`), never into memory as a
 whole: 16 kHz s16le is 1.9 MB per audio minute, and a 4-hour recording held as float32, plus the
 copies made on the way, took gigabytes. Readers take blocks or one chunk's samples from the file,
@@ -32,6 +39,15 @@ SAMPLE_RATE = 16000
 _TRUNCATION_TOLERANCE_SECONDS = 0.5
 _VIDEO_STREAM = re.compile(r"^\s*Stream #0:\d+.*: Video: .*$", re.MULTILINE)
 _DURATION = re.compile(r"^\s*Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)", re.MULTILINE)
+_NOT_ON_WHITELIST = re.compile(r"\[(\w+) @ [^]]*\] Format not on whitelist")
+
+# The containers ffmpeg may demux (`ffmpeg -demuxers` names; "mov" covers mp4/m4a/3gp, "matroska"
+# webm). None of them opens another file or URL. Not here on purpose: hls, dash, concat, image2*,
+# ffmetadata, lavfi, rtp/rtsp/sdp, webm_dash_manifest and every other demuxer.
+DEMUXERS = (
+    "wav,w64,flac,mp3,ogg,mov,matroska,webm,aac,aiff,amr,amrnb,amrwb,au,caf,wv,ape,asf,avi,"
+    "mpeg,mpegts,flv,ac3,eac3,dts,truehd,mlp,tta,voc,xwma,mpc,mpc8,gsm,loas"
+)
 
 
 class Audio(Protocol):
@@ -126,6 +142,11 @@ def _run_ffmpeg(path: Path, dest: Path, max_seconds: float | None) -> str:
         "-xerror",
         "-threads",
         "0",
+        # The input reads this one local file, as one of DEMUXERS (see the module docstring).
+        "-protocol_whitelist",
+        "file",
+        "-format_whitelist",
+        DEMUXERS,
         # "file:" keeps a name such as "a:b.wav" from being read as a protocol.
         "-i",
         f"file:{path}",
@@ -149,6 +170,11 @@ def _run_ffmpeg(path: Path, dest: Path, max_seconds: float | None) -> str:
         dest.unlink(missing_ok=True)
         if "matches no streams" in report:
             raise EmptyAudio(f"{path.name}: no audio stream")
+        if refused := _NOT_ON_WHITELIST.search(report):
+            raise AudioDecodeError(
+                f"{path.name}: a {refused.group(1)} file, not an audio container the worker reads (playlists, concat"
+                " lists and image sequences name other inputs, which are never opened)"
+            )
         raise AudioDecodeError(f"{path.name}: not decodable audio: corrupt, truncated or not audio ({_reason(report)})")
     return report
 

@@ -1,64 +1,54 @@
-"""A job's audio from a URL, and the rules every URL a job names must follow.
+"""A job's audio from a URL, fetched under the egress policy (worker/egress.py).
 
-Every URL a job names (audio or callback) is checked before any connection is made (`check_url`): http or https
-only, and, when ALLOWED_URL_HOSTS is set, one of those hosts. Redirects are followed by hand so
-that each hop gets the same check: an allowed host cannot bounce the worker somewhere else.
+Every request goes through `EgressPolicy.session()`, which checks the URL, resolves its host,
+refuses non-public addresses (unless the operator allowed them) and connects to the address it
+checked. Redirects are followed here, by hand, one hop at a time, so that each hop is a new
+checked request: an allowed host cannot bounce the worker somewhere else. URLs in messages are
+redacted (`egress.redact`): no credentials, no query strings.
 """
 
-from collections.abc import Collection
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import requests
 
+from worker.egress import MAX_REDIRECTS, EgressPolicy, redact, redact_text
 from worker.errors import (
     DownloadFailed,
     DownloadRejected,
-    InputNotAllowed,
     InputNotFound,
     InputTooLarge,
 )
 
 _CHUNK = 1 << 16
-MAX_REDIRECTS = 5
 
 
-def check_url(url: str, allowed_hosts: Collection[str] | None) -> None:
-    """Raise InputNotAllowed unless `url` is http(s) on an allowed host (any host when None)."""
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https"):
-        raise InputNotAllowed(f"URL scheme {parts.scheme or '(none)'!r} is not allowed (http or https only): {url}")
-    host = (parts.hostname or "").lower()
-    if not host:
-        raise InputNotAllowed(f"URL has no host: {url}")
-    if allowed_hosts is not None and host not in allowed_hosts:
-        raise InputNotAllowed(f"host {host!r} is not in ALLOWED_URL_HOSTS: {url}")
-
-
-def download_audio(
-    url: str, dest: Path, *, max_bytes: int, timeout_seconds: float, allowed_hosts: Collection[str] | None = None
-) -> int:
+def download_audio(url: str, dest: Path, *, max_bytes: int, timeout_seconds: float, egress: EgressPolicy) -> int:
     """Stream `url` into `dest`; returns the size.
 
-    Permanent: InputNotAllowed (scheme/host, also on a redirect), InputNotFound (404/410),
-    DownloadRejected (other 4xx, too many redirects), InputTooLarge (over `max_bytes`).
+    Permanent: InputNotAllowed (refused by the egress policy, also on a redirect), InputNotFound
+    (404/410), DownloadRejected (other 4xx, too many redirects), InputTooLarge (over `max_bytes`).
     Transient: DownloadFailed (network errors, 5xx, 408/429, no data for `timeout_seconds`).
     """
     try:
-        with _follow(url, allowed_hosts, timeout_seconds) as response:
-            announced = int(response.headers.get("Content-Length") or 0)
-            if announced > max_bytes:
-                raise InputTooLarge(f"audio at {url} is {announced} bytes, over the limit of {max_bytes}")
-            return _stream_to(response, dest, max_bytes, url)
+        with egress.session() as session:
+            response, final = _follow(session, egress, url, timeout_seconds)
+            with response:
+                announced = int(response.headers.get("Content-Length") or 0)
+                if announced > max_bytes:
+                    raise InputTooLarge(f"audio at {redact(final)} is {announced} bytes, over the limit of {max_bytes}")
+                return _stream_to(response, dest, max_bytes, final)
     except requests.RequestException as exc:
-        raise DownloadFailed(f"downloading {url} failed: {exc}") from exc
+        raise DownloadFailed(f"downloading {redact(url)} failed: {redact_text(exc)}") from None
 
 
-def _follow(url: str, allowed_hosts: Collection[str] | None, timeout_seconds: float) -> requests.Response:
-    """The final response for `url` after at most MAX_REDIRECTS checked redirects."""
+def _follow(
+    session: requests.Session, egress: EgressPolicy, url: str, timeout_seconds: float
+) -> tuple[requests.Response, str]:
+    """The final response for `url`, and its URL, after at most MAX_REDIRECTS checked redirects."""
     for _ in range(MAX_REDIRECTS + 1):
-        check_url(url, allowed_hosts)
-        response = requests.get(
+        egress.check_url(url)  # each hop's form and host; the session checks its addresses
+        response = session.get(
             url, stream=True, allow_redirects=False, timeout=(min(10.0, timeout_seconds), timeout_seconds)
         )
         if response.is_redirect:
@@ -66,8 +56,8 @@ def _follow(url: str, allowed_hosts: Collection[str] | None, timeout_seconds: fl
             url = urljoin(url, response.headers["Location"])
             continue
         _raise_for_status(response, url)
-        return response
-    raise DownloadRejected(f"audio URL redirected more than {MAX_REDIRECTS} times (a loop?): {url}")
+        return response, url
+    raise DownloadRejected(f"audio URL redirected more than {MAX_REDIRECTS} times (a loop?): {redact(url)}")
 
 
 def _raise_for_status(response: requests.Response, url: str) -> None:
@@ -76,10 +66,10 @@ def _raise_for_status(response: requests.Response, url: str) -> None:
         return
     response.close()
     if status in (404, 410):
-        raise InputNotFound(f"audio URL answered HTTP {status}: {url}")
+        raise InputNotFound(f"audio URL answered HTTP {status}: {redact(url)}")
     if status < 500 and status not in (408, 429):
-        raise DownloadRejected(f"audio URL answered HTTP {status}: {url}")
-    raise DownloadFailed(f"audio URL answered HTTP {status}: {url}")
+        raise DownloadRejected(f"audio URL answered HTTP {status}: {redact(url)}")
+    raise DownloadFailed(f"audio URL answered HTTP {status}: {redact(url)}")
 
 
 def _stream_to(response: requests.Response, dest: Path, max_bytes: int, url: str) -> int:
@@ -89,6 +79,6 @@ def _stream_to(response: requests.Response, dest: Path, max_bytes: int, url: str
             size += len(block)
             # Enforced while streaming: a server may send more than it announced, or announce nothing.
             if size > max_bytes:
-                raise InputTooLarge(f"audio at {url} is over the limit of {max_bytes} bytes")
+                raise InputTooLarge(f"audio at {redact(url)} is over the limit of {max_bytes} bytes")
             out.write(block)
     return size

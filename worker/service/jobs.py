@@ -18,6 +18,7 @@ from typing import Literal, Protocol
 
 from loguru import logger
 
+from worker.egress import PUBLIC_ONLY, EgressPolicy, NameNotResolved, redact_text
 from worker.engine.transcriber import Segment
 from worker.errors import (
     CallbackFailed,
@@ -41,7 +42,7 @@ from worker.messages import (
 )
 from worker.pipeline import Prepared, Processor, Progress, ProgressCallback, Transcript, segment_out
 from worker.service.callbacks import post_callback
-from worker.service.inputs import check_url, download_audio
+from worker.service.inputs import download_audio
 
 RESULT_MARKER = "result.json"
 MAX_UNPUBLISHED = 64  # results kept for redeliveries after a lost publish (oldest dropped first)
@@ -77,7 +78,7 @@ class HandlerOptions:
     input_dir: Path
     output_dir: Path
     work_dir: Path | None = None  # scratch for downloads; None: the system's temp directory
-    allowed_url_hosts: frozenset[str] | None = None  # None: any host
+    egress: EgressPolicy = PUBLIC_ONLY  # what audio and callback URLs may reach (worker/egress.py)
     delivery_limit: int = 5
     max_download_bytes: int = 500 * 2**20
     download_timeout_seconds: float = 30.0
@@ -222,16 +223,25 @@ class JobHandler:
         return result
 
     def _check_urls(self, job: Job) -> None:
-        """Reject a URL the worker may not contact before any work or connection (InputNotAllowed)."""
+        """Reject a URL the worker may not contact before any work or connection (InputNotAllowed).
+
+        A host that does not resolve now is left to the request itself (a transient DownloadFailed,
+        or a callback warning); every request checks its URL again when it connects.
+        """
         for url in (job.audio.url, job.callback_url):
             if url is not None:
-                check_url(str(url), self.options.allowed_url_hosts)
+                try:
+                    self.options.egress.resolve(str(url))
+                except NameNotResolved:
+                    pass
 
     def _call_back(self, url: str, result: Result) -> Result:
         """POST the result; a callback that stays down costs a warning, never the transcript.
 
         The result queue is the record of every job: it is published whatever the callback
-        does, so a failed callback neither fails nor retries a finished transcription.
+        does, so a failed callback neither fails nor retries a finished transcription (nor does
+        one the egress policy refuses now, its name having moved to a private address since the
+        job was checked).
         """
         try:
             post_callback(
@@ -239,8 +249,9 @@ class JobHandler:
                 result.model_dump_json(),
                 retries=self.options.callback_retries,
                 timeout_seconds=self.options.callback_timeout_seconds,
+                egress=self.options.egress,
             )
-        except CallbackFailed as exc:
+        except (CallbackFailed, InputNotAllowed) as exc:
             logger.warning("Job {}: {}; the result is still published", result.job_id, exc)
             return result.model_copy(update={"warnings": [*result.warnings, str(exc)]})
         return result
@@ -255,7 +266,7 @@ class JobHandler:
             dest,
             max_bytes=self.options.max_download_bytes,
             timeout_seconds=self.options.download_timeout_seconds,
-            allowed_hosts=self.options.allowed_url_hosts,
+            egress=self.options.egress,
         )
         return dest
 
@@ -318,7 +329,8 @@ def error_code(exc: BaseException) -> str:
 
 def error_info(exc: BaseException) -> ErrorInfo:
     """The error a failed result (or a failed chunk) carries: its code and message."""
-    return ErrorInfo(code=error_code(exc), message=str(exc) or type(exc).__name__)
+    # redact_text: an unforeseen error's text may quote a URL with its credentials or query.
+    return ErrorInfo(code=error_code(exc), message=redact_text(str(exc)) or type(exc).__name__)
 
 
 def _failed(job_id: str, exc: BaseException, delivery: Delivery) -> Result:
