@@ -14,7 +14,7 @@ from worker.logs import configure_logging
 
 
 def main() -> int:
-    settings = Settings()
+    settings = Settings.from_environment()
     configure_logging(settings.log_level)
     app = wiring.gateway(settings)
     print(f"Gateway on http://{settings.gateway_host}:{settings.gateway_port}/", flush=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
+from harness import NO_ENV_FILE
 
 from worker.engine.models import (
     DEFAULT_VARIANTS,
@@ -97,7 +98,13 @@ def test_eight_threads_ensuring_a_missing_model_convert_it_once(tmp_path, log_me
 
 
 def test_two_processes_sharing_a_models_dir_convert_once(tmp_path):
-    env = {**os.environ, "WHISPER_MODELS_DIR": str(tmp_path), "WHISPER_DOWNLOAD_URL": "", "LOG_LEVEL": "INFO"}
+    env = {
+        **os.environ,
+        **NO_ENV_FILE,
+        "WHISPER_MODELS_DIR": str(tmp_path),
+        "WHISPER_DOWNLOAD_URL": "",
+        "LOG_LEVEL": "INFO",
+    }
     command = [sys.executable, "cmd/models/main.py", "ensure", "tiny.en"]
     procs = [
         subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
