@@ -57,7 +57,9 @@ def test_a_test_worker_never_reads_the_env_file_of_its_working_directory(broker,
     assert done.returncode != 0 and "concurrent_jobs" in done.stderr, (done.returncode, done.stderr[-2000:])
 
     # The harness's environment: the same `.env` is not read, and the worker consumes.
-    worker = service.start_worker(cwd=hostile_cwd, pythonpath=str(ROOT))
-    worker.wait_for("Consuming")
-    assert "concurrent_jobs" not in worker.log()
-    stop_and_check(service)
+    try:
+        worker = service.start_worker(cwd=hostile_cwd, pythonpath=str(ROOT))
+        worker.wait_for("Consuming")
+        assert "concurrent_jobs" not in worker.log()
+    finally:  # no worker outlives the test
+        stop_and_check(service)
