@@ -19,23 +19,30 @@ from pathlib import Path
 import pika
 from conftest import MODELS_DIR, ROOT
 
+from worker.devtools.topology_env import topology_env
 from worker.messages import Result
 from worker.service.publisher import Topology, declare, publish_job
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Every process a test starts: a developer's .env in the project root (their cwd) is not read.
+NO_ENV_FILE = {"ENV_FILE": ""}
 
 
 # --- worker processes ---
 
 
 class WorkerProcess:
-    """`python cmd/consumer/main.py` with its output in a log file."""
+    """`python cmd/consumer/main.py` with its output in a log file (run in the project root unless `cwd`)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, *, cwd: Path = ROOT) -> None:
         self.log_path = log_path
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "cmd/consumer/main.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, str(ROOT / "cmd" / "consumer" / "main.py")],
+                cwd=cwd,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
 
     @property
@@ -174,19 +181,12 @@ class Service:
         return self.root / "work"
 
     def env(self, **overrides: str | int | float) -> dict[str, str]:
-        t = self.topology
         env = {
             **os.environ,
+            **topology_env(self.topology),
+            **NO_ENV_FILE,
             "LOG_LEVEL": "INFO",
             "AMQP_URL": self.broker_url,
-            "JOBS_QUEUE": t.jobs_queue,
-            "RESULTS_QUEUE": t.results_queue,
-            "DEAD_LETTER_EXCHANGE": t.dead_letter_exchange,
-            "DEAD_LETTER_QUEUE": t.dead_letter_queue,
-            "PROGRESS_EXCHANGE": t.progress_exchange,
-            "DELIVERY_LIMIT": str(t.delivery_limit),
-            "CHUNKS_QUEUE": t.chunks_queue or "",
-            "CHUNKS_DEAD_LETTER_QUEUE": t.chunks_dead_letter_queue,
             "INPUT_DIR": str(self.input_dir),
             "OUTPUT_DIR": str(self.output_dir),
             "WORK_DIR": str(self.work_dir),
@@ -199,8 +199,8 @@ class Service:
         env.update({key.upper(): str(value) for key, value in overrides.items()})
         return env
 
-    def start_worker(self, **overrides: str | int | float) -> WorkerProcess:
-        worker = WorkerProcess(self.env(**overrides), self.root / f"worker-{len(self.workers)}.log")
+    def start_worker(self, *, cwd: Path = ROOT, **overrides: str | int | float) -> WorkerProcess:
+        worker = WorkerProcess(self.env(**overrides), self.root / f"worker-{len(self.workers)}.log", cwd=cwd)
         self.workers.append(worker)
         return worker
 

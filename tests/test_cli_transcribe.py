@@ -7,12 +7,19 @@ import sys
 
 import jiwer
 from conftest import MODELS_DIR, ROOT, normalize, reference
+from harness import NO_ENV_FILE
 
 from worker.engine.models import DEFAULT_VARIANTS
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WHISPER_MODELS_DIR": str(MODELS_DIR), "WHISPER_DOWNLOAD_URL": "", "LOG_LEVEL": "INFO"}
+    env = {
+        **os.environ,
+        **NO_ENV_FILE,
+        "WHISPER_MODELS_DIR": str(MODELS_DIR),
+        "WHISPER_DOWNLOAD_URL": "",
+        "LOG_LEVEL": "INFO",
+    }
     return subprocess.run(
         [sys.executable, "cmd/transcribe/main.py", *args],
         cwd=ROOT,

@@ -1,7 +1,5 @@
 """Subtitle and text writers."""
 
-import json
-
 from worker.engine.transcriber import Segment
 from worker.formats import render, timestamp, to_srt, to_vtt
 
@@ -27,6 +25,7 @@ def test_vtt_has_header_and_dot_milliseconds():
 
 
 def test_render_json_and_txt():
-    document = {"text": "Hello there. Later on.", "language": "en"}
-    assert json.loads(render("json", text="", segments=SEGMENTS, document=document)) == document
+    document = {"text": "Café au lait.", "language": "fr"}
+    rendered = render("json", text="", segments=SEGMENTS, document=document)
+    assert rendered == '{\n  "text": "Café au lait.",\n  "language": "fr"\n}\n'  # UTF-8 kept, indented
     assert render("txt", text=" Hello there. Later on. ", segments=SEGMENTS, document={}) == "Hello there. Later on.\n"

@@ -2,9 +2,11 @@
 
 Nothing else in `worker/` reads the environment or takes `Settings`: entry points build one and
 hand it to `worker.wiring`, which turns it into the objects (a leaf: this module imports nothing
-of the worker). Tests build `Settings(...)` directly.
+of the worker). Entry points call `Settings.from_environment()`; tests build `Settings(...,
+_env_file=None)` directly.
 """
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -132,6 +134,15 @@ class Settings(BaseSettings):
     gateway_body_idle_seconds: float = Field(default=30.0, gt=0)
     # The broker must confirm a published job within this long, else 503.
     gateway_publish_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @classmethod
+    def from_environment(cls) -> "Settings":
+        """The environment, plus the env file named by ENV_FILE (default `.env`; empty: no file).
+
+        The entry points' one way to build Settings. Tests run them with ENV_FILE="", so that a
+        developer's `.env` in the project root never reaches a test's worker or gateway.
+        """
+        return cls(_env_file=os.environ.get("ENV_FILE", ".env") or None)
 
     def url_hosts(self) -> frozenset[str] | None:
         """ALLOWED_URL_HOSTS as a set of lower-case host names, or None when any host is allowed."""

@@ -51,12 +51,19 @@ def _topology():
         dead_letter_queue="bench.jobs.dead",
         progress_exchange="bench.progress",
         delivery_limit=5,
+        # Fan-out as the worker's defaults have it (on, over FANOUT_MIN_SECONDS), on a queue of the bench's.
+        chunks_queue="bench.chunks",
+        chunks_dead_letter_queue="bench.chunks.dead",
     )
 
 
 def start_worker(url: str, work_dir: Path, model: str, topology) -> subprocess.Popen:
+    from worker.devtools.topology_env import topology_env
+
     env = {
         **os.environ,
+        **topology_env(topology),
+        "ENV_FILE": "",  # no developer's .env in a measurement
         "AMQP_URL": url,
         "INPUT_DIR": str(work_dir / "input"),
         "OUTPUT_DIR": str(work_dir / "output"),
@@ -67,12 +74,6 @@ def start_worker(url: str, work_dir: Path, model: str, topology) -> subprocess.P
         "MAX_PARALLEL_WORKERS": "2",
         "USE_PARALLEL_TRANSCRIPTION": "true",
         "LOG_LEVEL": "WARNING",
-        "JOBS_QUEUE": topology.jobs_queue,
-        "RESULTS_QUEUE": topology.results_queue,
-        "DEAD_LETTER_EXCHANGE": topology.dead_letter_exchange,
-        "DEAD_LETTER_QUEUE": topology.dead_letter_queue,
-        "PROGRESS_EXCHANGE": topology.progress_exchange,
-        "DELIVERY_LIMIT": str(topology.delivery_limit),
     }
     (work_dir / "input").mkdir(parents=True, exist_ok=True)
     log = open(work_dir / "worker.log", "wb")

@@ -22,20 +22,16 @@ from bench_common import ROOT, Recording
 from bench_e2e import e2e_context, overhead_clip, run_job, wait_until_consuming
 
 from worker.devtools.local_broker import free_port
+from worker.devtools.topology_env import topology_env
 from worker.media.audio import write_wav
 
 
 def _start_gateway(ctx, port: int, scratch: Path) -> subprocess.Popen:
-    t = ctx.topology
     env = {
         **os.environ,
+        **topology_env(ctx.topology),
+        "ENV_FILE": "",  # no developer's .env in a measurement
         "AMQP_URL": ctx.broker.url,
-        "JOBS_QUEUE": t.jobs_queue,
-        "RESULTS_QUEUE": t.results_queue,
-        "DEAD_LETTER_EXCHANGE": t.dead_letter_exchange,
-        "DEAD_LETTER_QUEUE": t.dead_letter_queue,
-        "PROGRESS_EXCHANGE": t.progress_exchange,
-        "DELIVERY_LIMIT": str(t.delivery_limit),
         "GATEWAY_PORT": str(port),
         "GATEWAY_UPLOAD_DIR": str(scratch / "uploads"),
         "GATEWAY_DATABASE_URL": f"sqlite:///{scratch / 'jobs.sqlite3'}",

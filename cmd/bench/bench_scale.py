@@ -78,8 +78,12 @@ def _topology(tag: str):
 
 
 def _start(url: str, work: Path, index: int, core: int, fanout: float, model: str, topology) -> subprocess.Popen:
+    from worker.devtools.topology_env import topology_env
+
     env = {
         **os.environ,
+        **topology_env(topology),
+        "ENV_FILE": "",  # no developer's .env in a measurement
         "AMQP_URL": url,
         "INPUT_DIR": str(work / "input"),
         "OUTPUT_DIR": str(work / "output"),
@@ -92,13 +96,6 @@ def _start(url: str, work: Path, index: int, core: int, fanout: float, model: st
         "WHISPER_THREADS": "1",
         "FANOUT_MIN_SECONDS": str(fanout),
         "LOG_LEVEL": "DEBUG",
-        "JOBS_QUEUE": topology.jobs_queue,
-        "RESULTS_QUEUE": topology.results_queue,
-        "DEAD_LETTER_EXCHANGE": topology.dead_letter_exchange,
-        "DEAD_LETTER_QUEUE": topology.dead_letter_queue,
-        "PROGRESS_EXCHANGE": topology.progress_exchange,
-        "CHUNKS_QUEUE": topology.chunks_queue,
-        "CHUNKS_DEAD_LETTER_QUEUE": topology.chunks_dead_letter_queue,
     }
     log = open(work / f"worker-{index}.log", "wb")
     command = ["taskset", "-c", str(core), sys.executable, "cmd/consumer/main.py"]

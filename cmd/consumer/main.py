@@ -30,7 +30,7 @@ def on_signal(consumer: Consumer, signum: int, _frame) -> None:
 
 
 def main() -> int:
-    settings = Settings()
+    settings = Settings.from_environment()
     configure_logging(settings.log_level)
     with WorkDir.claim(settings.work_dir) as work_dir:
         consumer = wiring.consumer(

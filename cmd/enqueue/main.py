@@ -71,7 +71,7 @@ def wait_for_result(channel, queue: str, job_id: str, timeout: float) -> Result 
 
 def main() -> int:
     args = parse_args()
-    settings = Settings()
+    settings = Settings.from_environment()
     configure_logging(settings.log_level)
     job_id = args.job_id or uuid.uuid4().hex
     job = build_job(args, settings, job_id)

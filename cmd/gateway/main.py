@@ -15,7 +15,7 @@ from worker.logs import configure_logging
 
 
 def main() -> int:
-    settings = Settings()
+    settings = Settings.from_environment()
     configure_logging(settings.log_level)
     try:
         app = wiring.gateway(settings)

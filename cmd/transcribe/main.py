@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    settings = Settings()
+    settings = Settings.from_environment()
     configure_logging(settings.log_level)
     model = args.model or settings.whisper_model
     options = wiring.pipeline_options(
