@@ -26,6 +26,7 @@ class Ledger:
     bad_inputs: list[str] = field(default_factory=list)
     hostile_gateway: list[str] = field(default_factory=list)
     hostile_queue: list[str] = field(default_factory=list)
+    forbidden_outbound: int = 0  # requests the hostile suite's trap server recorded
     jobs_under_load: int = 0
     load_jobs_per_minute: float | None = None
     jobs_checked: int = 0
@@ -57,7 +58,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
     if ledger.hostile_gateway or ledger.hostile_queue:
         write(
             f"hostile requests: {len(ledger.hostile_gateway)} at the gateway, {len(ledger.hostile_queue)} on the "
-            "jobs queue, each answered typed; forbidden outbound requests recorded by the trap: 0"
+            f"jobs queue, each answered typed; forbidden outbound requests recorded: {ledger.forbidden_outbound}"
         )
     write(
         f"jobs checked for exactly one result: {ledger.jobs_checked}; lost = {ledger.lost}, "
