@@ -48,7 +48,9 @@ class Recorder(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        body = self.files.get(self.path.lstrip("/"))
+        if self.path.startswith("/slow/"):  # a slow source: the job's SSE stream outlasts the edge's idle limit
+            time.sleep(4)
+        body = self.files.get(self.path.lstrip("/").removeprefix("slow/"))
         if body is None:
             self.send_error(404)
             return
@@ -398,6 +400,12 @@ def gateway_cases(stack: Stack) -> dict[str, tuple[Callable[[], tuple[int, str |
     return cases
 
 
+def sse_names(url: str) -> list[str]:
+    with requests.get(url, headers={"Authorization": f"Bearer {KEY}"}, stream=True, timeout=120) as response:
+        return [line.split(":", 1)[1].strip() for line in response.iter_lines(decode_unicode=True)
+                if line.startswith("event:")]  # fmt: skip
+
+
 def raw_key(stack: Stack, key: bytes) -> tuple[int, str | None]:
     """GET /v1/models with `key` as raw header bytes (no client library would send them)."""
     request = b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: Bearer " + key
@@ -418,6 +426,10 @@ def test_hostile_requests_at_the_gateway_get_typed_answers_and_reach_nothing(sta
     assert list(stack.gateway.upload_dir.iterdir()) == []  # refused and failed uploads leave nothing behind
     assert not [fd for fd in Path(f"/proc/{stack.gateway.process.pid}/fd").iterdir()
                 if "(deleted)" in os.readlink(fd)], "spooled parts of refused bodies are still open"  # fmt: skip
+    # A legitimate stream outlives the 2 s limit on idle request bodies: only the body has a deadline.
+    job = stack.post("/v1/jobs", json={"url": f"{stack.audio.origin}/slow/{JFK}"}).json()
+    events = sse_names(f"{stack.gateway.url}/v1/jobs/{job['id']}/events")
+    assert events[0] == "state" and events[-1] == "completed", events
     # Still serving, with the same text as before the barrage.
     again = stack.post("/v1/audio/transcriptions", files={"file": (JFK, stack.jfk)})
     assert again.status_code == 200 and again.json()["text"] == stack.jfk_text

@@ -102,14 +102,20 @@ class RequestEdge:
         return None
 
     async def _serve(self, scope, receive, send, limit: int) -> None:
-        state = {"seen": 0, "refused": None, "started": False}
+        state = {"seen": 0, "refused": None, "started": False, "body_done": False}
 
         async def guarded_receive():
+            if state["body_done"]:
+                # Past the body, receive() only waits for the client to leave (SSE and streaming
+                # responses listen for that the whole time): no deadline there.
+                return await receive()
             try:
                 message = await asyncio.wait_for(receive(), self.options.idle_seconds)
             except TimeoutError:
                 state["refused"] = _Refused(408, f"no request data for {self.options.idle_seconds:g} s", "timeout")
                 raise state["refused"] from None
+            if message.get("type") != "http.request" or not message.get("more_body", False):
+                state["body_done"] = True
             state["seen"] += len(message.get("body", b""))
             if state["seen"] > limit:
                 state["refused"] = _Refused(413, f"the request body is larger than the limit of {limit} bytes",
