@@ -30,6 +30,7 @@ from worker.gateway.openai_api import OPENAI_MODEL, RESPONSE_FORMATS, ApiError, 
 from worker.gateway.store import JobStore, dumps
 from worker.gateway.uploads import BodyLimit, UploadStore
 from worker.messages import LANGUAGES, MAX_PROMPT_CHARS, Job, ProgressEvent, Result, problems
+from worker.service.session import DEFAULT_OPTIONS, SessionOptions
 
 PAGE = Path(__file__).with_name("static") / "index.html"
 AudioFile = Annotated[UploadFile, File()]
@@ -122,6 +123,7 @@ def create_app(
     uploads: UploadStore,
     store: JobStore,
     async_results_queue: str,
+    broker_options: SessionOptions = DEFAULT_OPTIONS,
 ) -> FastAPI:
     waiters = Waiters(uploads)
     subscribers = Subscribers()
@@ -147,6 +149,7 @@ def create_app(
         on_result=waiters.resolve,
         on_async_result=on_async_result,
         on_progress=on_progress,
+        options=broker_options,
     )
     if not options.api_keys:
         logger.warning("No GATEWAY_API_KEYS set: the gateway accepts requests from anyone who can reach it")
