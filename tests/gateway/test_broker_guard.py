@@ -178,3 +178,40 @@ def test_a_lost_connection_calls_on_disconnect_and_fails_the_jobs_not_yet_confir
         hold.set()
         client.stop()
     assert len(disconnects) >= 1
+
+
+def test_a_results_queue_deleted_and_declared_again_at_once_is_consumed_again(broker):
+    recorded: list[str] = []
+    stored = threading.Event()
+
+    def on_async_result(r: Result) -> None:
+        recorded.append(r.job_id)
+        stored.set()
+
+    queue = f"gateway.results.{time.monotonic_ns()}"
+    client = BrokerClient(
+        broker,
+        new_topology(),
+        async_results_queue=queue,
+        on_result=lambda r: None,
+        on_async_result=on_async_result,
+        on_progress=lambda e: None,
+        options=SessionOptions(consumer_check_seconds=0.5),
+    )
+    client.start()
+    try:
+        assert client.connected.is_set()
+        # Given the replicas' results queue deleted and declared again at once (no Basic.Cancel comes)
+        connection = pika.BlockingConnection(pika.URLParameters(broker))
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.queue_delete(queue)
+        channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+        # When a result arrives on it
+        channel.basic_publish("", queue, result("async-2"))
+        # Then the check finds the consumer gone, subscribes again, and the result is recorded
+        assert stored.wait(30), "the result was never delivered"
+        connection.close()
+    finally:
+        client.stop()
+    assert recorded == ["async-2"]

@@ -16,8 +16,11 @@ down, a bug) is logged and counted, and the message is
 - a result on the reply queue or a progress event (auto-acked; losing one is harmless: the request
   times out, the next event or the result supersedes it): dropped;
 - a result on the durable queue: requeued REQUEUE_DELAY_SECONDS later, for this replica or another.
-A channel the broker closes is replaced; `on_disconnect` runs every time the connection is lost, and
-jobs handed to `publish` that the broker had not confirmed by then fail with BrokerUnavailable.
+A channel the broker closes is replaced, and so is the results consumer when the periodic check
+(session.probe_consumer, every consumer_check_seconds) finds the broker no longer delivers to it
+(the durable queue deleted and declared again). `on_disconnect` runs every time the connection
+ends (lost, or closed by `stop`), and jobs handed to `publish` that the broker had not confirmed by
+then fail with BrokerUnavailable.
 """
 
 import threading
@@ -69,6 +72,8 @@ class BrokerClient:
         self.reply_queue = f"transcription.gateway.{uuid.uuid4().hex[:12]}"
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
+        self._results_tag = ""  # the durable results queue's consumer on _channel
+        self._checked_at = 0.0
         self._pending: set[Future] = set()  # handed to the connection thread, not yet confirmed
         self._lock = threading.Lock()  # _connection and _pending, between request threads and this one
         self._stopping = threading.Event()
@@ -149,6 +154,34 @@ class BrokerClient:
             channel = session.replace_closed(
                 channel, lambda: self._open(connection), what="the gateway (replies, results, progress)"
             )
+            channel = self._check_results_consumer(connection, channel)
+
+    def _check_results_consumer(self, connection: pika.BlockingConnection, channel: BlockingChannel) -> BlockingChannel:
+        """Every consumer_check_seconds: does the broker still deliver the durable results queue to us?
+        When not, the channel is replaced (which releases what a ghost consumer holds). A result whose
+        requeue is pending goes back to the queue a little sooner; a progress event may be missed."""
+        if time.monotonic() - self._checked_at < self._session.options.consumer_check_seconds:
+            return channel
+        self._checked_at = time.monotonic()
+        probe = connection.channel()
+        try:
+            present = session.probe_consumer(probe, channel, self.async_results_queue, self._results_tag)
+        except pika.exceptions.ChannelClosedByBroker:
+            return channel  # the queue is missing (nothing cancelled): the broker's Basic.Cancel comes
+        finally:
+            if probe.is_open:
+                probe.close()
+        if present:
+            self._consume_results(channel)
+            return channel
+        session.RESUBSCRIBED.labels(queue=self.async_results_queue).inc()
+        logger.warning(
+            "The broker no longer delivers {} to this gateway (the queue deleted and declared again?); "
+            "subscribing on a new channel",
+            self.async_results_queue,
+        )
+        channel.close()
+        return self._open(connection)
 
     def _open(self, connection: pika.BlockingConnection) -> BlockingChannel:
         """A channel that publishes (confirmed) and consumes the reply, results and progress queues."""
@@ -158,15 +191,20 @@ class BrokerClient:
         channel.queue_declare(self.reply_queue, durable=False, arguments={"x-expires": _REPLY_EXPIRES_MS})
         channel.basic_consume(self.reply_queue, session.guarded(self._reply, name="gateway_result"), auto_ack=True)
         channel.queue_declare(self.async_results_queue, durable=True, arguments={"x-queue-type": "quorum"})
-        # Acked once recorded: a result is not lost if this process dies while it handles it. Read at
-        # each connection (not import) time, so that a test may shorten it.
-        durable = session.guarded(self._durable_reply, name="gateway_async_result", requeue_delay=REQUEUE_DELAY_SECONDS)
-        channel.basic_consume(self.async_results_queue, durable)
-        progress = channel.queue_declare("", exclusive=True).method.queue
+        self._consume_results(channel)
+        # Gone with its consumer (auto_delete): a replaced channel leaves no queue filling up behind it.
+        progress = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
         channel.queue_bind(progress, self._topology.progress_exchange, routing_key="#")
         channel.basic_consume(progress, session.guarded(self._progress, name="gateway_progress"), auto_ack=True)
         self._channel = channel
+        self._checked_at = time.monotonic()
         return channel
+
+    def _consume_results(self, channel: BlockingChannel) -> None:
+        # Acked once recorded: a result is not lost if this process dies while it handles it. The delay
+        # is read here (not at import), so that a test may shorten it.
+        durable = session.guarded(self._durable_reply, name="gateway_async_result", requeue_delay=REQUEUE_DELAY_SECONDS)
+        self._results_tag = channel.basic_consume(self.async_results_queue, durable)
 
     def _reply(self, _channel, _method, _properties, body: bytes) -> None:
         result = _result(body)
