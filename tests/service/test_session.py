@@ -1,10 +1,12 @@
 """The broker session (worker/service/session.py): its backoff, its reconnect loop, and the consumer check
 on a real rabbitmq-server (a queue deleted and declared again at once cancels no consumer)."""
 
+import json
 import shutil
 import threading
 import time
 
+import pika
 import pytest
 from harness import Service, completed_ids, new_topology, stop_and_check
 
@@ -100,4 +102,30 @@ def test_the_check_leaves_a_consumer_the_broker_still_has_alone(service):
     )
     assert completed_ids(results) == ["checked-1"]
     assert "no longer delivers" not in worker.log() and worker.log().count("Consuming") == 1
+    client.close()
+
+
+def test_a_delivery_whose_callback_raises_is_requeued_later_and_the_worker_serves_on(service):
+    # Given a job whose headers break the delivery callback (an x-delivery-count that is not a number,
+    # from a buggy publisher): before the guard, the exception killed the connection thread, and the worker
+    worker = service.start_worker(fanout_min_seconds=0)
+    worker.wait_for("Consuming")
+    client = service.client()
+    properties = pika.BasicProperties(
+        delivery_mode=2, message_id="poison-1", correlation_id="poison-1", headers={"x-delivery-count": "many"}
+    )
+    job = {"job_id": "poison-1", "audio": {"path": SHORT}}
+    client.channel.basic_publish("", service.topology.jobs_queue, json.dumps(job).encode(), properties)
+    client.enqueue({"job_id": "after-poison", "audio": {"path": SHORT}})
+
+    # Then the failure is logged with the job id, the job comes back a few seconds later (the broker's
+    # redelivery count replaces the bad header) and completes, and the worker took the next job meanwhile
+    results = client.results(
+        lambda rs: {"poison-1", "after-poison"} <= set(completed_ids(rs)),
+        timeout=120,
+        alive=lambda: worker.wait_for("Consuming"),
+    )
+    assert sorted(completed_ids(results)) == ["after-poison", "poison-1"]
+    assert "The job_delivery callback failed on a message of job poison-1; it is requeued in 5 s" in worker.log()
+    assert worker.process.poll() is None and worker.log().count("Consuming") == 1  # no reconnect either
     client.close()
