@@ -119,6 +119,7 @@ class Consumer:
         self._jobs_tag: str | None = None  # None while the jobs consumer is paused for chunk tasks
         self._depth_at = 0.0
         self._checked_at = 0.0
+        self._delivered_at = 0.0  # the last job delivery
         self.queue_depths: dict[str, int] = {}  # ready messages per queue, sampled every few seconds
         self._stopping = threading.Event()
         self._in_flight = 0
@@ -259,13 +260,17 @@ class Consumer:
     def _check_consumers(
         self, connection: pika.BlockingConnection, cancelled: threading.Event, chunks: BlockingChannel | None
     ) -> BlockingChannel | None:
-        """Every consumer_check_seconds, probe each consumer that holds no delivery; one the broker lost
-        is subscribed again on a new channel. Returns the chunk channel (maybe a new one)."""
-        if time.monotonic() - self._checked_at < self._session.options.consumer_check_seconds:
+        """Every consumer_check_seconds, probe each consumer that holds no delivery and got none since the
+        last check (a ghost gets none; a busy consumer is left alone, so that no delivery races the
+        probe's cancel); one the broker lost is subscribed again on a new channel. Returns the chunk
+        channel (maybe a new one)."""
+        previous = self._checked_at
+        if time.monotonic() - previous < self._session.options.consumer_check_seconds:
             return chunks
         self._checked_at = time.monotonic()
         t = self._topology
-        if self._jobs_tag is not None and not self._in_flight and self._jobs_channel.is_open:
+        idle = not self._in_flight and self._delivered_at < previous
+        if self._jobs_tag is not None and idle and self._jobs_channel.is_open:
             present = self._consumer_present(connection, self._jobs_channel, t.jobs_queue, self._jobs_tag)
             if present is False:
                 self._jobs_channel.close()
@@ -274,7 +279,7 @@ class Consumer:
                 self._subscribe_jobs(connection)
             if present is False:
                 logger.info("Consuming {} again", t.jobs_queue)
-        if chunks is not None and not self._chunks_in_flight and chunks.is_open:
+        if chunks is not None and not self._chunks_in_flight and self._last_chunk < previous and chunks.is_open:
             present = self._consumer_present(connection, chunks, t.chunks_queue, t.chunks_queue)
             if present is True:
                 self._consume_chunks(connection, chunks)
@@ -336,6 +341,7 @@ class Consumer:
             published_at=_published_at(headers, properties.timestamp),
             message_id=properties.message_id,
         )
+        self._delivered_at = time.monotonic()
         self._count(+1)
         self._pool.submit(self._work, connection, channel, method.delivery_tag, properties.reply_to, delivery)
 

@@ -90,13 +90,15 @@ class FanOut:
         job_id = job.job_id
         queue = self._topology.gather_queue(job_id)
         gathered = _Gathered(total=len(prepared.chunks))
-        news = {"seen": 0, "at": time.monotonic()}
+        seen, last_news = 0, time.monotonic()
         logger.info("Fanning out {} chunks on {}", gathered.total, self._topology.chunks_queue)
 
         def on_error(exc: BaseException) -> str:
-            if len(gathered.results) > news["seen"]:
-                news["seen"], news["at"] = len(gathered.results), time.monotonic()
-            if time.monotonic() - news["at"] > self.options.gather_timeout_seconds:
+            """Give up when no chunk result came for gather_timeout_seconds; else say what is retried."""
+            nonlocal seen, last_news
+            if len(gathered.results) > seen:
+                seen, last_news = len(gathered.results), time.monotonic()
+            if time.monotonic() - last_news > self.options.gather_timeout_seconds:
                 raise GatherTimeout(f"gathering {queue} failed for too long: {exc}") from None
             if getattr(exc, "reply_code", None) == _ACCESS_REFUSED:
                 return "Another worker is coordinating this job (it was redelivered); waiting for it"

@@ -164,7 +164,9 @@ class BrokerSession:
         elif isinstance(exc, pika.exceptions.AMQPError):
             logger.warning("Broker unavailable ({}); reconnecting in {:.0f} s", self._safe(exc), delay)
         else:  # a bug in the work (retried only where the caller asked for it): keep its traceback
-            logger.opt(exception=exc).error("The broker session failed ({}); reconnecting in {:.0f} s", exc, delay)
+            logger.opt(exception=exc).error(
+                "The broker session failed ({}); reconnecting in {:.0f} s", self._safe(exc), delay
+            )
 
     def _safe(self, exc: BaseException | str) -> str:
         """The error's text without the password (and never empty)."""
