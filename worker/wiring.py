@@ -28,6 +28,7 @@ from worker.service.consumer import Consumer
 from worker.service.fanout import FanOut, FanOutOptions
 from worker.service.jobs import HandlerOptions, JobHandler, Outcome
 from worker.service.publisher import Topology
+from worker.service.session import SessionOptions
 
 
 def topology(settings: Settings) -> Topology:
@@ -40,6 +41,16 @@ def topology(settings: Settings) -> Topology:
         delivery_limit=settings.delivery_limit,
         chunks_queue=(settings.chunks_queue or None) if settings.fanout_min_seconds > 0 else None,
         chunks_dead_letter_queue=settings.chunks_dead_letter_queue,
+    )
+
+
+def session_options(settings: Settings) -> SessionOptions:
+    """The broker session's timers, for the consumer, the fan-out coordinator and the gateway alike."""
+    return SessionOptions(
+        heartbeat_seconds=settings.heartbeat_seconds,
+        reconnect_max_seconds=settings.reconnect_max_seconds,
+        blocked_connection_timeout_seconds=settings.blocked_connection_timeout_seconds,
+        consumer_check_seconds=settings.consumer_check_seconds,
     )
 
 
@@ -229,7 +240,7 @@ def fanout(settings: Settings) -> FanOut | None:
         options=FanOutOptions(
             min_seconds=settings.fanout_min_seconds, gather_timeout_seconds=settings.fanout_gather_timeout_seconds
         ),
-        heartbeat_seconds=settings.heartbeat_seconds,
+        session_options=session_options(settings),
     )
 
 
@@ -250,8 +261,7 @@ def consumer(
         topology=t,
         handler=JobHandler(processors, handler_options(settings, work_dir), scatter=fanout(settings)),
         concurrent_jobs=settings.concurrent_jobs,
-        heartbeat_seconds=settings.heartbeat_seconds,
-        reconnect_max_seconds=settings.reconnect_max_seconds,
+        session_options=session_options(settings),
         on_settled=on_settled,
         chunk_handler=chunks,
         chunk_slots=processors.whisper_calls,
@@ -302,4 +312,5 @@ def gateway(settings: Settings):
         uploads=uploads,
         store=JobStore(database),
         async_results_queue=settings.gateway_results_queue,
+        broker_options=session_options(settings),
     )

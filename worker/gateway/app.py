@@ -25,6 +25,7 @@ from worker.gateway.routes import GatewayOptions, Parts, audio_routes, job_route
 from worker.gateway.store import JobStore
 from worker.gateway.uploads import UploadStore
 from worker.messages import problems
+from worker.service.session import DEFAULT_OPTIONS, SessionOptions
 
 __all__ = ["GatewayOptions", "create_app"]
 
@@ -37,7 +38,7 @@ def create_app(
     uploads: UploadStore,
     store: JobStore,
     async_results_queue: str,
-    broker_options: dict | None = None,
+    broker_options: SessionOptions = DEFAULT_OPTIONS,
 ) -> RequestEdge:
     """The ASGI app: the request edge in front of FastAPI's routes; the broker client starts with it."""
     bridge = Bridge(store, uploads)
@@ -48,7 +49,8 @@ def create_app(
         on_result=bridge.waiters.resolve,
         on_async_result=bridge.on_async_result,
         on_progress=bridge.on_progress,
-        **(broker_options or {}),
+        on_disconnect=bridge.waiters.fail_all,
+        options=broker_options,
     )
     if not options.api_keys:
         logger.warning("No GATEWAY_API_KEYS set: the gateway accepts requests from anyone who can reach it")

@@ -9,6 +9,18 @@ come back on two queues:
   result records it in the shared database, and one that restarts finds them waiting.
 Progress events of every job reach each process (a queue of its own bound to the progress
 exchange), for the job records and the SSE streams.
+
+The connection is a broker session's (worker.service.session): it reconnects with capped, jittered
+backoff, and the thread never dies. Every callback on it is guarded: an exception (the database
+down, a bug) is logged and counted, and the message is
+- a result on the reply queue or a progress event (auto-acked; losing one is harmless: the request
+  times out, the next event or the result supersedes it): dropped;
+- a result on the durable queue: requeued REQUEUE_DELAY_SECONDS later, for this replica or another.
+A channel the broker closes is replaced, and so is the results consumer when the periodic check
+(session.probe_consumer, every consumer_check_seconds) finds the broker no longer delivers to it
+(the durable queue deleted and declared again). `on_disconnect` runs every time the connection
+ends (lost, or closed by `stop`), and jobs handed to `publish` that the broker had not confirmed by
+then fail with BrokerUnavailable.
 """
 
 import threading
@@ -20,11 +32,13 @@ from concurrent.futures import Future
 import pika
 import pika.exceptions
 from loguru import logger
+from pika.adapters.blocking_connection import BlockingChannel
 
 from worker.errors import BrokerUnavailable
 from worker.messages import ProgressEvent, Result
-from worker.service import publisher
+from worker.service import publisher, session
 from worker.service.publisher import Topology
+from worker.service.session import BrokerSession, SessionOptions
 
 _REPLY_EXPIRES_MS = 15 * 60 * 1000
 # An async result that cannot be recorded (the database is down) goes back to the queue this much
@@ -45,17 +59,23 @@ class BrokerClient:
         on_result: Callable[[Result], None],
         on_async_result: Callable[[Result], None],
         on_progress: Callable[[ProgressEvent], None],
+        on_disconnect: Callable[[], None] = lambda: None,
+        options: SessionOptions = session.DEFAULT_OPTIONS,
     ) -> None:
-        self._parameters = pika.URLParameters(url)
-        self._parameters.heartbeat = 30
+        self._session = BrokerSession(url, options)
         self._topology = topology
         self._on_result = on_result
         self._on_async_result = on_async_result
         self._on_progress = on_progress
+        self._on_disconnect = on_disconnect
         self.async_results_queue = async_results_queue
         self.reply_queue = f"transcription.gateway.{uuid.uuid4().hex[:12]}"
         self._connection: pika.BlockingConnection | None = None
-        self._channel = None
+        self._channel: BlockingChannel | None = None
+        self._results_tag = ""  # the durable results queue's consumer on _channel
+        self._checked_at = 0.0
+        self._pending: set[Future] = set()  # handed to the connection thread, not yet confirmed
+        self._lock = threading.Lock()  # _connection and _pending, between request threads and this one
         self._stopping = threading.Event()
         self.connected = threading.Event()
         self._thread = threading.Thread(target=self._run, name="amqp", daemon=True)
@@ -78,86 +98,124 @@ class BrokerClient:
         """
         reply_to = self.reply_queue if wait else self.async_results_queue
         done: Future = Future()
-        connection = self._connection
-        if connection is None or not self.connected.is_set():
-            done.set_exception(BrokerUnavailable("the broker is not reachable"))
-            return done
-        try:
-            connection.add_callback_threadsafe(lambda: self._publish(job_id, body, reply_to, done))
-        except pika.exceptions.AMQPError as exc:
-            done.set_exception(BrokerUnavailable(f"the broker is not reachable ({exc})"))
+        with self._lock:
+            connection = self._connection
+            if connection is None or not self.connected.is_set():
+                done.set_exception(BrokerUnavailable("the broker is not reachable"))
+                return done
+            self._pending.add(done)
+            try:
+                connection.add_callback_threadsafe(lambda: self._publish(job_id, body, reply_to, done))
+            except pika.exceptions.AMQPError as exc:
+                self._pending.discard(done)
+                done.set_exception(BrokerUnavailable(f"the broker is not reachable ({exc})"))
         return done
 
     # --- connection thread ---
 
     def _publish(self, job_id: str, body: bytes, reply_to: str, done: Future) -> None:
+        with self._lock:
+            if done not in self._pending:
+                return  # failed already: the connection it was handed to is gone
         try:
             publisher.publish_job(
                 self._channel, self._topology, body, job_id, reply_to=reply_to, published_at=time.time()
             )
-            done.set_result(None)
+            outcome: BaseException | None = None
         except Exception as exc:  # the waiter turns it into a 503
-            done.set_exception(BrokerUnavailable(f"the broker did not take the job ({exc})"))
+            outcome = BrokerUnavailable(f"the broker did not take the job ({exc})")
+        with self._lock:
+            self._pending.discard(done)
+        _settle(done, outcome)
 
     def _run(self) -> None:
-        delay = 1.0
-        while not self._stopping.is_set():
-            try:
-                self._serve()
-                delay = 1.0
-            except pika.exceptions.AMQPError as exc:
-                self.connected.clear()
-                logger.warning("Broker unavailable ({}); reconnecting in {:.0f} s", exc or type(exc).__name__, delay)
-                self._stopping.wait(delay)
-                delay = min(delay * 2, 30.0)
+        # Exception, not only the broker's: whatever happens, this thread lives on (and reconnects).
+        self._session.run(self._serve, stop=self._stopping, retry_on=(Exception,), on_lost=self._lost)
 
-    def _serve(self) -> None:
-        connection = pika.BlockingConnection(self._parameters)
-        try:
-            channel = connection.channel()
-            channel.confirm_delivery()
-            publisher.declare(channel, self._topology)
-            channel.queue_declare(self.reply_queue, durable=False, arguments={"x-expires": _REPLY_EXPIRES_MS})
-            channel.basic_consume(self.reply_queue, self._reply(self._on_result), auto_ack=True)
-            channel.queue_declare(self.async_results_queue, durable=True, arguments={"x-queue-type": "quorum"})
-            # Acked once recorded: a result is not lost if this process dies while it handles it.
-            channel.basic_consume(self.async_results_queue, self._durable_reply)
-            progress = channel.queue_declare("", exclusive=True).method.queue
-            channel.queue_bind(progress, self._topology.progress_exchange, routing_key="#")
-            channel.basic_consume(progress, self._progress, auto_ack=True)
-            self._connection, self._channel = connection, channel
-            self.connected.set()
-            logger.info("Publishing to {}; results on {}", self._topology.jobs_queue, self.reply_queue)
-            while not self._stopping.is_set():
-                connection.process_data_events(time_limit=1)
-        finally:
+    def _lost(self) -> None:
+        """After every connection: fail the jobs it had not confirmed, then tell the app."""
+        with self._lock:
             self.connected.clear()
             self._connection = None
-            if connection.is_open:
-                connection.close()
+            pending, self._pending = self._pending, set()
+        for done in pending:
+            _settle(done, BrokerUnavailable("the connection to the broker was lost before it confirmed the job"))
+        self._on_disconnect()
 
-    @staticmethod
-    def _reply(handler: Callable[[Result], None]) -> Callable:
-        def on_message(_channel, _method, _properties, body: bytes) -> None:
-            result = _result(body)
-            if result is not None:
-                handler(result)
+    def _serve(self, connection: pika.BlockingConnection) -> None:
+        channel = self._open(connection)
+        with self._lock:
+            self._connection = connection
+        self.connected.set()
+        self._session.established()
+        logger.info("Publishing to {}; results on {}", self._topology.jobs_queue, self.reply_queue)
+        while not self._stopping.is_set():
+            connection.process_data_events(time_limit=1)
+            channel = session.replace_closed(
+                channel, lambda: self._open(connection), what="the gateway (replies, results, progress)"
+            )
+            channel = self._check_results_consumer(connection, channel)
 
-        return on_message
+    def _check_results_consumer(self, connection: pika.BlockingConnection, channel: BlockingChannel) -> BlockingChannel:
+        """Every consumer_check_seconds: does the broker still deliver the durable results queue to us?
+        When not, the channel is replaced (which releases what a ghost consumer holds). A result whose
+        requeue is pending goes back to the queue a little sooner; a progress event may be missed."""
+        if time.monotonic() - self._checked_at < self._session.options.consumer_check_seconds:
+            return channel
+        self._checked_at = time.monotonic()
+        probe = connection.channel()
+        try:
+            present = session.probe_consumer(probe, channel, self.async_results_queue, self._results_tag)
+        except pika.exceptions.ChannelClosedByBroker:
+            return channel  # the queue is missing (nothing cancelled): the broker's Basic.Cancel comes
+        finally:
+            if probe.is_open:
+                probe.close()
+        if present:
+            self._consume_results(channel)
+            return channel
+        session.RESUBSCRIBED.labels(queue=self.async_results_queue).inc()
+        logger.warning(
+            "The broker no longer delivers {} to this gateway (the queue deleted and declared again?); "
+            "subscribing on a new channel",
+            self.async_results_queue,
+        )
+        channel.close()
+        return self._open(connection)
+
+    def _open(self, connection: pika.BlockingConnection) -> BlockingChannel:
+        """A channel that publishes (confirmed) and consumes the reply, results and progress queues."""
+        channel = connection.channel()
+        channel.confirm_delivery()
+        publisher.declare(channel, self._topology)
+        channel.queue_declare(self.reply_queue, durable=False, arguments={"x-expires": _REPLY_EXPIRES_MS})
+        channel.basic_consume(self.reply_queue, session.guarded(self._reply, name="gateway_result"), auto_ack=True)
+        channel.queue_declare(self.async_results_queue, durable=True, arguments={"x-queue-type": "quorum"})
+        self._consume_results(channel)
+        # Gone with its consumer (auto_delete): a replaced channel leaves no queue filling up behind it.
+        progress = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        channel.queue_bind(progress, self._topology.progress_exchange, routing_key="#")
+        channel.basic_consume(progress, session.guarded(self._progress, name="gateway_progress"), auto_ack=True)
+        self._channel = channel
+        self._checked_at = time.monotonic()
+        return channel
+
+    def _consume_results(self, channel: BlockingChannel) -> None:
+        # Acked once recorded: a result is not lost if this process dies while it handles it. The delay
+        # is read here (not at import), so that a test may shorten it.
+        durable = session.guarded(self._durable_reply, name="gateway_async_result", requeue_delay=REQUEUE_DELAY_SECONDS)
+        self._results_tag = channel.basic_consume(self.async_results_queue, durable)
+
+    def _reply(self, _channel, _method, _properties, body: bytes) -> None:
+        result = _result(body)
+        if result is not None:
+            self._on_result(result)
 
     def _durable_reply(self, channel, method, _properties, body: bytes) -> None:
+        """Recorded, then acked; raising (the database is down) requeues it later (see `guarded`)."""
         result = _result(body)
-        try:
-            if result is not None:
-                self._on_async_result(result)
-        except Exception:  # the database is down: the result stays on the queue for a replica (or us) later
-            logger.exception(
-                "Recording the result of job {} failed; it is requeued in {:.0f} s",
-                result.job_id,
-                REQUEUE_DELAY_SECONDS,
-            )
-            channel.connection.call_later(REQUEUE_DELAY_SECONDS, lambda: _requeue(channel, method.delivery_tag))
-            return
+        if result is not None:
+            self._on_async_result(result)
         channel.basic_ack(method.delivery_tag)
 
     def _progress(self, _channel, _method, _properties, body: bytes) -> None:
@@ -176,6 +234,10 @@ def _result(body: bytes) -> Result | None:
         return None
 
 
-def _requeue(channel, tag: int) -> None:
-    if channel.is_open:  # else the broker requeued it with the channel
-        channel.basic_nack(tag, requeue=True)
+def _settle(done: Future, error: BaseException | None) -> None:
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)

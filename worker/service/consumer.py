@@ -11,13 +11,17 @@ Thread model (the reason for this module's shape):
   same way.
 - `basic_qos(prefetch_count=concurrent_jobs)`: the broker never hands this worker more jobs
   than it is running, so other workers get the rest.
-- If the connection drops, unacked jobs go back to the queue (the broker does that); the
-  consumer reconnects with capped exponential backoff, never in a busy loop.
-- If the broker closes the channel (a delivery held past its `consumer_timeout`) or cancels the
-  consumer (the queue was deleted, or moved on failover) while the connection stays up, the
-  worker is no longer consuming: it says so, drops the connection and connects, declares and
-  subscribes again. A job still running from the old channel finishes; its result is kept and
-  published when the broker redelivers the job (JobHandler), not computed again.
+- The connection is the broker session's (session.py): if it drops, unacked jobs go back to the
+  queue (the broker does that) and the session reconnects with capped, jittered backoff.
+- If the broker closes a channel (a delivery held past its `consumer_timeout`), that channel alone
+  is replaced. If it cancels a consumer (the queue was deleted, or moved on failover), the worker
+  says so, drops the connection and connects, declares and subscribes again. A job still running
+  from the old channel finishes; its result is kept and published when the broker redelivers the
+  job (JobHandler), not computed again.
+- A queue deleted and declared again at once cancels nobody: the broker keeps a ghost of the
+  consumer that swallows deliveries. Every `consumer_check_seconds`, while a consumer holds no
+  delivery, it is probed (session.probe_consumer) and, when the broker had lost it, subscribed
+  again on a new channel.
 - `connected` is set only while consuming: /healthz answers 503 otherwise.
 - Fan-out (when the topology has a chunk queue): a second channel consumes chunk tasks onto a pool
   of `chunk_slots` threads (the process's whisper states); their replies go to the job's gather
@@ -28,6 +32,7 @@ Thread model (the reason for this module's shape):
   then close. `abort()` (second signal): close at once; unacked jobs are requeued by the broker.
 """
 
+import dataclasses
 import functools
 import threading
 import time
@@ -40,14 +45,18 @@ from loguru import logger
 from pika.adapters.blocking_connection import BlockingChannel
 
 from worker.messages import ProgressEvent
-from worker.service import publisher
+from worker.service import publisher, session
 from worker.service.chunks import ChunkDelivery, ChunkHandler, ChunkOutcome
 from worker.service.jobs import Delivery, JobHandler, Outcome
 from worker.service.publisher import Topology
+from worker.service.session import BrokerSession, SessionOptions
 
 # Subscribe to jobs again only once no chunk task has been held for this long.
 _CHUNK_QUIET_SECONDS = 1.0
 _DEPTH_EVERY_SECONDS = 5.0
+# A delivery whose callback failed (a bug: say an unreadable header) goes back to the queue this much
+# later; the queue's delivery limit bounds the retries.
+_REQUEUE_DELAY_SECONDS = 5.0
 
 _CONNECTION_ERRORS = (
     pika.exceptions.AMQPConnectionError,
@@ -66,11 +75,7 @@ def _published_at(headers: dict, timestamp: int | None) -> float | None:
     return float(timestamp) if timestamp else None
 
 
-def _is_precondition_failed(exc: Exception) -> bool:
-    return isinstance(exc, pika.exceptions.ChannelClosedByBroker) and exc.reply_code == 406
-
-
-class _NotConsuming(Exception):
+class _NotConsuming(session.ReconnectNow):
     """The broker closed our channel or cancelled our consumer; the connection is still up."""
 
 
@@ -88,20 +93,19 @@ class Consumer:
         topology: Topology,
         handler: JobHandler,
         concurrent_jobs: int = 1,
-        heartbeat_seconds: int = 60,
-        reconnect_max_seconds: float = 30.0,
+        session_options: SessionOptions = session.DEFAULT_OPTIONS,
+        heartbeat_seconds: int | None = None,  # shorthand: session_options with this heartbeat
         on_settled: Callable[[Outcome], None] = lambda outcome: None,
         chunk_handler: ChunkHandler | None = None,
         chunk_slots: int = 1,
         on_chunk_settled: Callable[[ChunkOutcome], None] = lambda outcome: None,
     ) -> None:
-        self._parameters = pika.URLParameters(url)
-        self._parameters.heartbeat = heartbeat_seconds
-        self._parameters.blocked_connection_timeout = 300
+        if heartbeat_seconds is not None:
+            session_options = dataclasses.replace(session_options, heartbeat_seconds=heartbeat_seconds)
+        self._session = BrokerSession(url, session_options)
         self._topology = topology
         self._handler = handler
         self._concurrent_jobs = concurrent_jobs
-        self._reconnect_max = reconnect_max_seconds
         self._on_settled = on_settled
         self._pool = ThreadPoolExecutor(max_workers=concurrent_jobs, thread_name_prefix="job")
         self._chunk_handler = chunk_handler if topology.chunks_queue else None
@@ -114,45 +118,24 @@ class Consumer:
         self._jobs_channel: BlockingChannel | None = None
         self._jobs_tag: str | None = None  # None while the jobs consumer is paused for chunk tasks
         self._depth_at = 0.0
+        self._checked_at = 0.0
+        self._delivered_at = 0.0  # the last job delivery
         self.queue_depths: dict[str, int] = {}  # ready messages per queue, sampled every few seconds
         self._stopping = threading.Event()
         self._in_flight = 0
         self._count_lock = threading.Lock()  # job threads decrement too, when a connection was lost
         self.connected = threading.Event()
-        self.connections = 0  # successful connects since start; more than 1 means it reconnected
 
     # --- lifecycle ---
 
+    @property
+    def connections(self) -> int:
+        """Successful connects since start; more than 1 means it reconnected."""
+        return self._session.connects
+
     def run(self) -> None:
-        """Consume until stop(); reconnects with backoff when the broker is down or drops us."""
-        delay = 1.0
-        while not self._stopping.is_set():
-            try:
-                self._consume()
-                delay = 1.0
-            except _NotConsuming as exc:
-                self.connected.clear()
-                logger.error("{}; connecting and subscribing again", exc)
-                delay = 1.0
-            except _CONNECTION_ERRORS as exc:
-                self.connected.clear()
-                if self._stopping.is_set():
-                    break
-                if _is_precondition_failed(exc):
-                    # A configuration error, not an outage: say so, and keep trying, so that
-                    # the worker recovers once the queue or the settings are put right.
-                    logger.error(
-                        "The broker refused the topology ({}): a queue exists with other arguments; align "
-                        "DELIVERY_LIMIT and the queue names with it, or delete it; reconnecting in {:.0f} s",
-                        exc,
-                        delay,
-                    )
-                else:
-                    logger.warning(
-                        "Broker unavailable ({}); reconnecting in {:.0f} s", exc or type(exc).__name__, delay
-                    )
-                self._stopping.wait(delay)
-                delay = min(delay * 2, self._reconnect_max)
+        """Consume until stop(); the session reconnects with backoff when the broker is down or drops us."""
+        self._session.run(self._consume, stop=self._stopping, on_lost=self.connected.clear)
         self._pool.shutdown(wait=True)
         self._chunk_pool.shutdown(wait=True)
         logger.info("Consumer stopped")
@@ -172,45 +155,43 @@ class Consumer:
 
     # --- connection thread ---
 
-    def _consume(self) -> None:
-        connection = pika.BlockingConnection(self._parameters)
-        self.connections += 1
+    def _consume(self, connection: pika.BlockingConnection) -> None:
+        """The work of one connection (the session opens and closes it)."""
         self._probe = None
-        try:
-            cancelled = threading.Event()
-            declare = connection.channel()
-            publisher.declare(declare, self._topology)
-            declare.close()
-            self._open_jobs_channel(connection, cancelled)
-            chunks = self._subscribe_chunks(connection, cancelled)
-            self._subscribe_jobs(connection)
-            self.connected.set()
-            logger.info("Consuming {} ({} job(s) at a time)", self._topology.jobs_queue, self._concurrent_jobs)
-            while not self._stopping.is_set():
-                connection.process_data_events(time_limit=1)
-                self._check_cancelled(cancelled)
-                if self._jobs_channel.is_closed:
-                    self._reopen_jobs_channel(connection, cancelled)
-                if chunks is not None and chunks.is_closed:
-                    chunks = self._reopen_chunks_channel(connection, cancelled)
-                self._resume_jobs(connection)
-                self._sample_depths(connection)
-            self._pause_jobs()
-            if chunks is not None:
-                chunks.basic_cancel(self._topology.chunks_queue)
-            while self._in_flight or self._chunks_in_flight:  # heartbeats and settlements while work finishes
-                connection.process_data_events(time_limit=1)
-        finally:
-            self.connected.clear()
-            if connection.is_open:
-                connection.close()
+        cancelled = threading.Event()
+        declare = connection.channel()
+        publisher.declare(declare, self._topology)
+        declare.close()
+        self._open_jobs_channel(connection, cancelled)
+        chunks = self._subscribe_chunks(connection, cancelled)
+        self._subscribe_jobs(connection)
+        self._checked_at = time.monotonic()
+        self.connected.set()
+        self._session.established()
+        logger.info("Consuming {} ({} job(s) at a time)", self._topology.jobs_queue, self._concurrent_jobs)
+        while not self._stopping.is_set():
+            connection.process_data_events(time_limit=1)
+            self._check_cancelled(cancelled)
+            if self._jobs_channel.is_closed:
+                self._reopen_jobs_channel(connection, cancelled)
+            if chunks is not None and chunks.is_closed:
+                chunks = self._reopen_chunks_channel(connection, cancelled, chunks)
+            self._resume_jobs(connection)
+            chunks = self._check_consumers(connection, cancelled, chunks)
+            self._sample_depths(connection)
+        self._pause_jobs()
+        if chunks is not None:
+            chunks.basic_cancel(self._topology.chunks_queue)
+        while self._in_flight or self._chunks_in_flight:  # heartbeats and settlements while work finishes
+            connection.process_data_events(time_limit=1)
 
-    def _open_jobs_channel(self, connection: pika.BlockingConnection, cancelled: threading.Event) -> None:
+    def _open_jobs_channel(self, connection: pika.BlockingConnection, cancelled: threading.Event) -> BlockingChannel:
         channel = connection.channel()
         channel.confirm_delivery()
         channel.basic_qos(prefetch_count=self._concurrent_jobs)
         channel.add_on_cancel_callback(lambda _frame: cancelled.set())
         self._jobs_channel, self._jobs_tag = channel, None
+        return channel
 
     def _reopen_jobs_channel(self, connection: pika.BlockingConnection, cancelled: threading.Event) -> None:
         """The broker closed the jobs channel (a job held past its consumer_timeout): open another and
@@ -218,27 +199,28 @@ class Consumer:
         carry on, which a whole new connection would cut off (and a chunk cut off every time a held
         job's channel closes may never finish). The held jobs settle on their closed channel as
         redeliveries: a finished one's result is published when it comes back."""
-        logger.error(
-            "The broker closed the channel of {} job(s) unsettled (held longer than the broker's consumer_timeout? "
-            "see README); consuming on a new channel",
-            self._in_flight,
+        session.replace_closed(
+            self._jobs_channel,
+            lambda: self._open_jobs_channel(connection, cancelled),
+            what=f"{self._in_flight} job(s) unsettled (held longer than the broker's consumer_timeout? see README)",
         )
-        self._open_jobs_channel(connection, cancelled)
         logger.info("Consuming {} again", self._topology.jobs_queue)
 
     def _reopen_chunks_channel(
-        self, connection: pika.BlockingConnection, cancelled: threading.Event
+        self, connection: pika.BlockingConnection, cancelled: threading.Event, chunks: BlockingChannel
     ) -> BlockingChannel:
-        logger.error(
-            "The broker closed the channel of {} chunk task(s) unsettled (held longer than the broker's "
-            "consumer_timeout? see README); taking chunk tasks on a new channel",
-            self._chunks_in_flight,
+        return session.replace_closed(
+            chunks,
+            lambda: self._subscribe_chunks(connection, cancelled),
+            what=f"{self._chunks_in_flight} chunk task(s) unsettled (held longer than the broker's consumer_timeout? "
+            "see README)",
         )
-        return self._subscribe_chunks(connection, cancelled)
 
     def _subscribe_jobs(self, connection: pika.BlockingConnection) -> None:
+        on_message = functools.partial(self._on_message, connection)
         self._jobs_tag = self._jobs_channel.basic_consume(
-            self._topology.jobs_queue, functools.partial(self._on_message, connection)
+            self._topology.jobs_queue,
+            session.guarded(on_message, name="job_delivery", requeue_delay=_REQUEUE_DELAY_SECONDS),
         )
 
     def _subscribe_chunks(
@@ -250,13 +232,17 @@ class Consumer:
         chunks.confirm_delivery()
         chunks.basic_qos(prefetch_count=self._chunk_slots)
         chunks.add_on_cancel_callback(lambda _frame: cancelled.set())
-        chunks.basic_consume(
-            self._topology.chunks_queue,
-            functools.partial(self._on_chunk, connection),
-            consumer_tag=self._topology.chunks_queue,
-        )
+        self._consume_chunks(connection, chunks)
         logger.info("Taking chunk tasks from {} ({} at a time)", self._topology.chunks_queue, self._chunk_slots)
         return chunks
+
+    def _consume_chunks(self, connection: pika.BlockingConnection, chunks: BlockingChannel) -> None:
+        on_chunk = functools.partial(self._on_chunk, connection)
+        chunks.basic_consume(
+            self._topology.chunks_queue,
+            session.guarded(on_chunk, name="chunk_delivery", requeue_delay=_REQUEUE_DELAY_SECONDS),
+            consumer_tag=self._topology.chunks_queue,
+        )
 
     def _pause_jobs(self) -> None:
         """Stop taking jobs (deliveries not yet dispatched go back to the queue)."""
@@ -270,6 +256,57 @@ class Consumer:
         quiet = time.monotonic() - self._last_chunk >= _CHUNK_QUIET_SECONDS
         if self._jobs_tag is None and not self._chunks_in_flight and quiet:
             self._subscribe_jobs(connection)
+
+    def _check_consumers(
+        self, connection: pika.BlockingConnection, cancelled: threading.Event, chunks: BlockingChannel | None
+    ) -> BlockingChannel | None:
+        """Every consumer_check_seconds, probe each consumer that holds no delivery and got none since the
+        last check (a ghost gets none; a busy consumer is left alone, so that no delivery races the
+        probe's cancel); one the broker lost is subscribed again on a new channel. Returns the chunk
+        channel (maybe a new one)."""
+        previous = self._checked_at
+        if time.monotonic() - previous < self._session.options.consumer_check_seconds:
+            return chunks
+        self._checked_at = time.monotonic()
+        t = self._topology
+        idle = not self._in_flight and self._delivered_at < previous
+        if self._jobs_tag is not None and idle and self._jobs_channel.is_open:
+            present = self._consumer_present(connection, self._jobs_channel, t.jobs_queue, self._jobs_tag)
+            if present is False:
+                self._jobs_channel.close()
+                self._open_jobs_channel(connection, cancelled)
+            if present is not None:
+                self._subscribe_jobs(connection)
+            if present is False:
+                logger.info("Consuming {} again", t.jobs_queue)
+        if chunks is not None and not self._chunks_in_flight and self._last_chunk < previous and chunks.is_open:
+            present = self._consumer_present(connection, chunks, t.chunks_queue, t.chunks_queue)
+            if present is True:
+                self._consume_chunks(connection, chunks)
+            elif present is False:
+                chunks.close()
+                chunks = self._subscribe_chunks(connection, cancelled)
+        return chunks
+
+    def _consumer_present(
+        self, connection: pika.BlockingConnection, channel: BlockingChannel, queue: str, tag: str
+    ) -> bool | None:
+        """session.probe_consumer, which cancels the consumer: True when the broker had it, False when
+        not (subscribe on a new channel), None when the queue is missing and nothing was cancelled (the
+        broker's Basic.Cancel, or the next declare, handles that)."""
+        try:
+            present = session.probe_consumer(self._probe_channel(connection), channel, queue, tag)
+        except pika.exceptions.ChannelClosedByBroker:
+            self._probe = None
+            return None
+        if not present:
+            session.RESUBSCRIBED.labels(queue=queue).inc()
+            logger.warning(
+                "The broker no longer delivers to this worker's consumer of {} (the queue deleted and declared "
+                "again?); subscribing on a new channel",
+                queue,
+            )
+        return present
 
     def _sample_depths(self, connection: pika.BlockingConnection) -> None:
         """Ready messages on the jobs and chunk queues, for /metrics (autoscalers read the broker's own)."""
@@ -304,6 +341,7 @@ class Consumer:
             published_at=_published_at(headers, properties.timestamp),
             message_id=properties.message_id,
         )
+        self._delivered_at = time.monotonic()
         self._count(+1)
         self._pool.submit(self._work, connection, channel, method.delivery_tag, properties.reply_to, delivery)
 
@@ -433,7 +471,8 @@ class Consumer:
         delivery: Delivery,
     ) -> None:
         def progress(event: ProgressEvent) -> None:
-            self._threadsafe(connection, functools.partial(self._publish_progress, channel, event))
+            publish = functools.partial(self._publish_progress, channel, event)
+            self._threadsafe(connection, session.guarded_call(publish, name="job_progress"))
 
         outcome = self._handler.handle(delivery, progress=progress)
         if outcome.action == "retry" and outcome.retry_delay:

@@ -12,10 +12,12 @@ channel) costs no finished chunk: the next coordinator, on redelivery of the job
 queue, publishes tasks only for chunks with no result (none if the `scattered` record is there and
 recent), and transcribes nothing twice. Duplicate results (redelivery races) are ignored by index.
 
-This runs on the job's thread with a connection of its own: pika connections are not thread-safe,
-and the consumer's connection thread must stay free for heartbeats and settling.
+This runs on the job's thread with a connection of its own (a broker session, session.py, which
+reconnects with the worker's backoff): pika connections are not thread-safe, and the consumer's
+connection thread must stay free for heartbeats and settling.
 """
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -29,15 +31,12 @@ from worker.errors import ChunkFailed, GatherTimeout
 from worker.media.audio import encode_flac
 from worker.messages import ChunkTask, GatherMessage, Job
 from worker.pipeline import Prepared, Processor, Progress, ProgressCallback, segment_in
-from worker.service import publisher
+from worker.service import publisher, session
 from worker.service.publisher import Topology
+from worker.service.session import BrokerSession, SessionOptions
 
 # Lost connections and closed channels are resumed; anything else (a bug) fails the job at once.
-_BROKER_ERRORS = (
-    pika.exceptions.AMQPConnectionError,
-    pika.exceptions.AMQPChannelError,
-    pika.exceptions.StreamLostError,
-)
+_BROKER_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)
 _ACCESS_REFUSED = 403  # another coordinator of the same job holds the gather queue's exclusive consumer
 _BACKLOG_WAIT_SECONDS = 10.0
 
@@ -66,11 +65,19 @@ class _Gathered:
 class FanOut:
     """Scatters a prepared job's chunks over the broker and gathers their segments."""
 
-    def __init__(self, *, url: str, topology: Topology, options: FanOutOptions, heartbeat_seconds: int = 60) -> None:
-        self._parameters = pika.URLParameters(url)
-        self._parameters.heartbeat = heartbeat_seconds
+    def __init__(
+        self,
+        *,
+        url: str,
+        topology: Topology,
+        options: FanOutOptions,
+        session_options: SessionOptions = session.DEFAULT_OPTIONS,
+    ) -> None:
+        self._url = url
+        self._session_options = session_options
         self._topology = topology
         self.options = options
+        self._never = threading.Event()  # a job's gathering ends by its result or a timeout, not a stop
 
     def wanted(self, prepared: Prepared) -> bool:
         """Fan out a job longer than min_seconds with more than one chunk."""
@@ -83,25 +90,36 @@ class FanOut:
         job_id = job.job_id
         queue = self._topology.gather_queue(job_id)
         gathered = _Gathered(total=len(prepared.chunks))
-        last_news = time.monotonic()
+        seen, last_news = 0, time.monotonic()
         logger.info("Fanning out {} chunks on {}", gathered.total, self._topology.chunks_queue)
-        while True:
-            seen = len(gathered.results)
-            try:
-                return self._coordinate(queue, job, prepared, processor, progress, gathered)
-            except _BROKER_ERRORS as exc:
-                if len(gathered.results) > seen:
-                    last_news = time.monotonic()
-                if time.monotonic() - last_news > self.options.gather_timeout_seconds:
-                    raise GatherTimeout(f"gathering {queue} failed for too long: {exc}") from None
-                if getattr(exc, "reply_code", None) == _ACCESS_REFUSED:
-                    logger.info("Another worker is coordinating this job (it was redelivered); waiting for it")
-                else:
-                    logger.warning("Gathering interrupted ({}); resuming from the chunk results on the broker", exc)
-                time.sleep(2.0)
+
+        def on_error(exc: BaseException) -> str:
+            """Give up when no chunk result came for gather_timeout_seconds; else say what is retried."""
+            nonlocal seen, last_news
+            if len(gathered.results) > seen:
+                seen, last_news = len(gathered.results), time.monotonic()
+            if time.monotonic() - last_news > self.options.gather_timeout_seconds:
+                raise GatherTimeout(f"gathering {queue} failed for too long: {exc}") from None
+            if getattr(exc, "reply_code", None) == _ACCESS_REFUSED:
+                return "Another worker is coordinating this job (it was redelivered); waiting for it"
+            return f"Gathering interrupted ({exc}); resuming from the chunk results on the broker"
+
+        broker = BrokerSession(self._url, self._session_options)
+        result = broker.run(
+            lambda connection: self._coordinate(
+                connection, broker, queue, job, prepared, processor, progress, gathered
+            ),
+            stop=self._never,
+            retry_on=_BROKER_ERRORS,
+            on_error=on_error,
+        )
+        assert result is not None  # the session returns only the work's result: nothing sets _never
+        return result
 
     def _coordinate(
         self,
+        connection: pika.BlockingConnection,
+        broker: BrokerSession,
         queue: str,
         job: Job,
         prepared: Prepared,
@@ -109,30 +127,25 @@ class FanOut:
         progress: ProgressCallback | None,
         gathered: _Gathered,
     ) -> list[list[Segment]]:
-        connection = pika.BlockingConnection(self._parameters)
-        try:
-            channel = connection.channel()
-            channel.confirm_delivery()
-            backlog = publisher.declare_gather(channel, queue, expires_seconds=self.options.gather_timeout_seconds)
-            inbox: list[bytes] = []
-            channel.basic_consume(queue, lambda _ch, _m, _p, body: inbox.append(body), exclusive=True)
-            # A previous coordinator's results (and scatter record) come first: wait for them before
-            # deciding what to publish, so that no finished chunk is sent out again.
-            deadline = time.monotonic() + _BACKLOG_WAIT_SECONDS
-            while len(inbox) < backlog and time.monotonic() < deadline:
-                connection.process_data_events(time_limit=0.2)
-            self._take(inbox, gathered, prepared, progress)
-            if backlog:
-                logger.info(
-                    "Resuming: {} of {} chunk results already on the broker", len(gathered.results), gathered.total
-                )
-            if self._must_scatter(gathered):
-                self._scatter(channel, queue, job, prepared, processor, gathered)
-            return self._gather(connection, channel, inbox, gathered, prepared, progress)
-        finally:
-            # Results not acked go back to the queue: kept until the job's result is published.
-            if connection.is_open:
-                connection.close()
+        """One connection's part of the job. Results are never acked: when the session closes the
+        connection they go back to the queue, kept until the job's result is published."""
+        channel = connection.channel()
+        channel.confirm_delivery()
+        backlog = publisher.declare_gather(channel, queue, expires_seconds=self.options.gather_timeout_seconds)
+        inbox: list[bytes] = []
+        channel.basic_consume(queue, lambda _ch, _m, _p, body: inbox.append(body), exclusive=True)
+        broker.established()
+        # A previous coordinator's results (and scatter record) come first: wait for them before
+        # deciding what to publish, so that no finished chunk is sent out again.
+        deadline = time.monotonic() + _BACKLOG_WAIT_SECONDS
+        while len(inbox) < backlog and time.monotonic() < deadline:
+            connection.process_data_events(time_limit=0.2)
+        self._take(inbox, gathered, prepared, progress)
+        if backlog:
+            logger.info("Resuming: {} of {} chunk results already on the broker", len(gathered.results), gathered.total)
+        if self._must_scatter(gathered):
+            self._scatter(channel, queue, job, prepared, processor, gathered)
+        return self._gather(connection, channel, inbox, gathered, prepared, progress)
 
     def _must_scatter(self, gathered: _Gathered) -> bool:
         if len(gathered.results) == gathered.total:

@@ -1,0 +1,291 @@
+"""One broker session for every pika connection of the runtime: the consumer's, the fan-out
+coordinator's and the gateway's.
+
+What it owns, so that its users say what to do with a message and never how to survive a dropped
+socket (STYLE 16):
+- `connection_parameters`: the URL plus heartbeat and blocked-connection timeout from Settings.
+- `BrokerSession.run`: the one reconnect loop. Capped exponential backoff with jitter (so workers
+  that lost the broker together do not knock on it together), restarted once a connection is
+  established; the broker's error logged without the password; it ends when `stop` is set (or
+  when the session's work returns).
+- `replace_closed`: a channel the broker closed (a delivery held past its consumer_timeout) is
+  replaced alone; the connection and its other channels carry on.
+- `probe_consumer`: whether the broker still has a consumer on its queue. A quorum queue deleted
+  and declared again at once sends its consumers no Basic.Cancel; the broker keeps counting them
+  (consumer_count does not drop) while their deliveries never reach the client.
+- `guarded` / `guarded_call`: a callback that runs on the connection's thread is wrapped once: its
+  exception is logged (with the job id), counted in `transcription_broker_callback_errors_total`,
+  its message requeued later or dropped (the rule is the caller's `requeue_delay`), and the thread
+  lives on. A lost connection is not swallowed: it propagates to the reconnect loop.
+
+Everything here runs on the thread that owns the connection, as pika requires.
+"""
+
+import functools
+import json
+import random
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+import pika
+import pika.exceptions
+from loguru import logger
+from pika.adapters.blocking_connection import BlockingChannel
+from prometheus_client import Counter
+
+T = TypeVar("T")
+
+# Each wait is drawn from [1 - JITTER, 1] of its step (never above the cap). 10 %: the steps still read
+# 1 s, 2 s, 4 s in whole seconds, and reconnects after a broker restart spread over a tenth of the step.
+JITTER = 0.1
+_PRECONDITION_FAILED = 406
+
+CALLBACK_ERRORS = Counter(
+    "transcription_broker_callback_errors_total",
+    "Exceptions raised by callbacks on a broker connection's thread (logged; the thread carried on)",
+    ["callback"],
+)
+RESUBSCRIBED = Counter(
+    "transcription_broker_resubscribes_total",
+    "Consumers found missing on their queue by the periodic check, and subscribed again",
+    ["queue"],
+)
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """The broker session's timers (Settings: HEARTBEAT_SECONDS, RECONNECT_MAX_SECONDS, ...)."""
+
+    heartbeat_seconds: int = 60
+    reconnect_max_seconds: float = 30.0  # the backoff's cap
+    blocked_connection_timeout_seconds: float = 300.0  # a connection the broker blocks this long is dropped
+    consumer_check_seconds: float = 30.0  # how often a consumer checks that the broker still has it
+    reconnect_initial_seconds: float = 1.0  # the first wait (never above the cap)
+
+
+DEFAULT_OPTIONS = SessionOptions()
+
+
+class ReconnectNow(Exception):
+    """Drop the connection and connect (declare, subscribe) again at once, without backing off."""
+
+
+def connection_parameters(url: str, options: SessionOptions) -> pika.URLParameters:
+    parameters = pika.URLParameters(url)
+    parameters.heartbeat = options.heartbeat_seconds
+    parameters.blocked_connection_timeout = options.blocked_connection_timeout_seconds
+    return parameters
+
+
+def backoff(
+    initial: float, cap: float, *, jitter: float = JITTER, rand: Callable[[], float] = random.random
+) -> Iterator[float]:
+    """The waits between attempts: initial, doubling up to cap, each cut by up to `jitter` of itself."""
+    step = min(initial, cap)
+    while True:
+        yield step * (1.0 - jitter * rand())
+        step = min(step * 2, cap)
+
+
+class BrokerSession:
+    """Connects, runs the caller's work on the connection, and reconnects when the broker fails it."""
+
+    def __init__(self, url: str, options: SessionOptions) -> None:
+        self.options = options
+        self.parameters = connection_parameters(url, options)
+        password = self.parameters.credentials.password or ""
+        self._secrets = tuple(s for s in {password, urllib.parse.quote(password, safe="")} if s)
+        self._established = False
+        self.connects = 0  # connections opened since start; more than 1 means it reconnected
+
+    def established(self) -> None:
+        """Called by the work once it is up (consuming): the next failure backs off from the start."""
+        self._established = True
+
+    def run(
+        self,
+        work: Callable[[pika.BlockingConnection], T],
+        *,
+        stop: threading.Event,
+        retry_on: tuple[type[BaseException], ...] = (pika.exceptions.AMQPError,),
+        on_error: Callable[[BaseException], str | None] = lambda exc: None,
+        on_lost: Callable[[], None] = lambda: None,
+    ) -> T | None:
+        """`work(connection)` until it returns (its value is returned) or `stop` is set (None).
+
+        A `retry_on` error (the broker's) is logged and the work starts again on a new connection
+        after the next backoff wait; ReconnectNow starts it again at once. `on_error(exc)` may raise
+        (to give up) or return a message to log instead of the default one. `on_lost()` is called
+        after every connection this session opened, however it ended; `work` closes nothing.
+        """
+        delays = self._backoff()
+        while not stop.is_set():
+            self._established = False
+            connection = None
+            try:
+                connection = pika.BlockingConnection(self.parameters)
+                self.connects += 1
+                return work(connection)
+            except ReconnectNow as exc:
+                logger.error("{}; connecting and subscribing again", self._safe(exc))
+                delays = self._backoff()
+            except retry_on as exc:
+                if stop.is_set():
+                    break
+                if self._established:
+                    delays = self._backoff()
+                delay = next(delays)
+                self._log_failure(exc, on_error(exc), delay)
+                stop.wait(delay)
+            finally:
+                if connection is not None:
+                    _close(connection)
+                    guarded_call(on_lost, name="on_disconnect")()
+        return None
+
+    def _backoff(self) -> Iterator[float]:
+        return backoff(self.options.reconnect_initial_seconds, self.options.reconnect_max_seconds)
+
+    def _log_failure(self, exc: BaseException, message: str | None, delay: float) -> None:
+        if message is not None:
+            logger.warning("{}; trying again in {:.0f} s", self._safe(message), delay)
+        elif getattr(exc, "reply_code", None) == _PRECONDITION_FAILED:
+            # A configuration error, not an outage: say so, and keep trying, so that the service
+            # recovers once the queue or the settings are put right.
+            logger.error(
+                "The broker refused the topology ({}): a queue exists with other arguments; align "
+                "DELIVERY_LIMIT and the queue names with it, or delete it; reconnecting in {:.0f} s",
+                self._safe(exc),
+                delay,
+            )
+        elif isinstance(exc, pika.exceptions.AMQPError):
+            logger.warning("Broker unavailable ({}); reconnecting in {:.0f} s", self._safe(exc), delay)
+        else:  # a bug in the work (retried only where the caller asked for it): keep its traceback
+            logger.opt(exception=exc).error(
+                "The broker session failed ({}); reconnecting in {:.0f} s", self._safe(exc), delay
+            )
+
+    def _safe(self, exc: BaseException | str) -> str:
+        """The error's text without the password (and never empty)."""
+        text = str(exc) or type(exc).__name__
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def _close(connection: pika.BlockingConnection) -> None:
+    try:
+        if connection.is_open:
+            connection.close()
+    except pika.exceptions.AMQPError:
+        pass  # already gone
+
+
+def replace_closed(
+    channel: BlockingChannel, open_channel: Callable[[], BlockingChannel], *, what: str
+) -> BlockingChannel:
+    """`channel` while it is open; once the broker closed it, says so and returns `open_channel()`.
+
+    Only that channel goes: the connection's other channels (and the work they carry) go on. The
+    deliveries held on the closed one return to their queue; the broker redelivers them.
+    """
+    if not channel.is_closed:
+        return channel
+    logger.error("The broker closed the channel of {}; opening a new one", what)
+    return open_channel()
+
+
+def probe_consumer(probe: BlockingChannel, channel: BlockingChannel, queue: str, tag: str) -> bool:
+    """Cancel the consumer `tag` of `channel` and tell whether the broker had it: True when the
+    queue's consumer count dropped with the cancel (subscribe again on the same channel), False when
+    it did not (the broker had lost it, or keeps a ghost of it: subscribe on a new channel, whose
+    opening releases what the ghost holds).
+
+    Why a cancel: there is no AMQP query for "does my consumer exist". consumer_count == 0 misses the
+    delete-and-redeclare case (the new queue counts the ghost), and with several workers any other
+    consumer hides ours. A race with another consumer of the queue (subscribing or cancelling between
+    the two counts) can answer wrong once: False costs a needless new channel, True one more period.
+    Call it only while the channel holds no delivery, so that a new channel costs nothing; a delivery
+    arriving during the cancel goes back to the queue (pika rejects it). `probe` is a channel for
+    passive declares: a missing queue closes it (ChannelClosedByBroker 404, raised before anything
+    is cancelled; a queue that goes between the two counts answers False).
+    """
+    before = probe.queue_declare(queue, passive=True).method.consumer_count
+    channel.basic_cancel(tag)
+    try:
+        after = probe.queue_declare(queue, passive=True).method.consumer_count
+    except pika.exceptions.ChannelClosedByBroker:
+        return False
+    return after < before
+
+
+def _job_id(properties, body: bytes) -> str:
+    """The job a message is about: its correlation or message id, else the body's job_id, else '-'."""
+    for candidate in (getattr(properties, "correlation_id", None), getattr(properties, "message_id", None)):
+        if candidate:
+            return str(candidate)
+    try:
+        value = json.loads(body).get("job_id")
+    except (ValueError, AttributeError, TypeError):
+        value = None
+    return str(value) if value else "-"
+
+
+def guarded(callback: Callable, *, name: str, requeue_delay: float | None = None) -> Callable:
+    """Wrap a basic_consume callback `(channel, method, properties, body)` run on the connection thread.
+
+    An exception is logged with the message's job id and counted (callback=name), and the thread goes on:
+    - `requeue_delay` None: the message was auto-acked; it is dropped (for messages whose loss is harmless);
+    - else the message is nacked back to its queue that many seconds later (on the connection's timer,
+      not at once: an immediate requeue comes straight back); the queue's delivery limit bounds the retries.
+    A lost connection propagates: the session reconnects and the broker requeues what was unacked.
+    """
+
+    @functools.wraps(callback)
+    def on_message(channel: BlockingChannel, method, properties, body: bytes) -> None:
+        try:
+            callback(channel, method, properties, body)
+        except pika.exceptions.AMQPConnectionError:
+            raise
+        except Exception:
+            job_id = _job_id(properties, body)
+            CALLBACK_ERRORS.labels(callback=name).inc()
+            with logger.contextualize(job_id=job_id):
+                if requeue_delay is None:
+                    logger.exception("The {} callback failed on a message of job {}; it is dropped", name, job_id)
+                    return
+                logger.exception(
+                    "The {} callback failed on a message of job {}; it is requeued in {:.0f} s",
+                    name,
+                    job_id,
+                    requeue_delay,
+                )
+            tag = method.delivery_tag
+            channel.connection.call_later(requeue_delay, guarded_call(lambda: _requeue(channel, tag), name=name))
+
+    return on_message
+
+
+def guarded_call(callback: Callable[[], None], *, name: str) -> Callable[[], None]:
+    """Wrap a callback with no message (add_callback_threadsafe, call_later): an exception is logged and
+    counted, and the thread goes on; a lost connection propagates."""
+
+    @functools.wraps(callback)
+    def call() -> None:
+        try:
+            callback()
+        except pika.exceptions.AMQPConnectionError:
+            raise
+        except Exception:
+            CALLBACK_ERRORS.labels(callback=name).inc()
+            logger.exception("The {} callback failed; carrying on", name)
+
+    return call
+
+
+def _requeue(channel: BlockingChannel, tag: int) -> None:
+    if channel.is_open:  # else the broker requeued it with the channel
+        channel.basic_nack(tag, requeue=True)
