@@ -99,7 +99,7 @@ def allowed_models(settings: Settings) -> tuple[str, ...]:
     ALLOWED_MODELS "*": every name in the model table. A comma-separated list: those names and
     WHISPER_MODEL (UnknownModel for a name not in the table: a start-up error). Empty (the default):
     WHISPER_MODEL and its variants, plus what this worker provides offline: the models of installed
-    packages and the valid files in WHISPER_MODELS_DIR at the first call (validated then, once; a
+    packages and the model files in WHISPER_MODELS_DIR at the first call (a glance, no hashing; a
     file added later needs ALLOWED_MODELS or a restart). A resolved name (tiny.en -> tiny.en-q8_0)
     is allowed with its name.
     """
@@ -109,7 +109,7 @@ def allowed_models(settings: Settings) -> tuple[str, ...]:
 @functools.cache
 def _allowed_models(spec: str, default: str, downloader: ModelDownloader) -> tuple[str, ...]:
     listed = any(n.strip() for n in spec.split(","))
-    offline = () if listed else downloader.offline_names()  # the files present hashed once, here
+    offline = () if listed else downloader.offline_names()  # the files present, looked at once, here
     names = allowed_names(spec, default=default, offline=offline)
     logger.info("Jobs may use models: {}", ", ".join(names))
     return names

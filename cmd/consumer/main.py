@@ -29,9 +29,17 @@ def on_signal(consumer: Consumer, signum: int, _frame) -> None:
     logger.info("{} received: finishing the job in flight, then exiting", signal.Signals(signum).name)
 
 
+def before_consuming(signum: int, _frame) -> None:
+    """A signal while the model loads: no job is held yet, so exit cleanly (scratch removed on the way out)."""
+    logger.info("{} received while starting: exiting before taking any job", signal.Signals(signum).name)
+    raise SystemExit(0)
+
+
 def main() -> int:
     settings = Settings.from_environment()
     configure_logging(settings.log_level)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, before_consuming)
     with WorkDir.claim(settings.work_dir) as work_dir:
         consumer = wiring.consumer(
             settings, work_dir.path, on_settled=metrics.record, on_chunk_settled=metrics.record_chunk

@@ -384,5 +384,4 @@ def test_offline_names_are_the_valid_files_present_and_the_installed_packages_mo
 
     # ggml-tiny.en.bin serves tiny.en-f16 (and a bare tiny.en falls back to it); base's packages are installed.
     assert names == ["base", "base-f16", "base-q4_0", "base-q5_0", "base-q8_0", "tiny.en", "tiny.en-f16"]
-    copy.unlink()  # validated once, at that call: the file is not read again
-    assert downloader.ensure_model_exists("tiny.en") == copy
+    assert downloader.ensure_model_exists("tiny.en") == copy  # validated (hashed) when first used, not before

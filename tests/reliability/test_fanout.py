@@ -288,5 +288,5 @@ def test_workers_side_by_side_on_one_host_need_their_own_metrics_port(service):
 
     clash = service.start_worker(**FAN, metrics_port=first)  # an operator's copy-paste
     assert clash.process.wait(120) == 2
-    assert f"METRICS_PORT {first} cannot be served" in clash.log()
+    assert f":{first} (METRICS_HOST:METRICS_PORT) cannot be served" in clash.log()
     assert healthz(first) == 200  # the first worker is untouched

@@ -5,6 +5,7 @@ a corrupted model. Each test runs real worker processes against a real rabbitmq-
 import dataclasses
 import http.server
 import shutil
+import signal
 import threading
 import time
 import urllib.error
@@ -313,3 +314,12 @@ def healthz(port: int) -> int:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def test_a_signal_while_the_worker_starts_exits_cleanly(service):
+    """SIGTERM while the model loads (before any job is held): exit 0 and no scratch left, not death by signal."""
+    worker = service.start_worker()
+    worker.wait_for("Ensuring model exists")  # start-up has begun; consuming has not
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(60) == 0, worker.log()[-2000:]
+    assert "Consuming" not in worker.log() and service.leftovers() == []

@@ -369,16 +369,16 @@ class ModelDownloader:
     def offline_names(self) -> list[str]:
         """Names a job may give that this downloader provides without downloading, sorted.
 
-        Those whose file in the models directory is valid now (each validated here, once, and
-        remembered as by `ensure_model_exists`), and those an installed package converts to. Reads
-        and hashes the files present: call it once, at start-up.
+        Those whose file is in the models directory (of its sidecar's size, or with the ggml header
+        and file type of its entry: a cheap look, no hashing, so start-up does not read every model
+        on a shared volume; the file is validated when a job first uses it, as always), and those an
+        installed package
+        converts to. Call it once, at start-up: a file added later is not seen.
         """
         present = set()
         for config in self._configs.values():
             path = self.models_dir / config.filename
-            if path.is_file() and validation_problem(path, config) is None:
-                with self._guard:
-                    self._validated.setdefault(config.name, path)
+            if path.is_file() and _looks_like(path, config):
                 present.add(config.name)
         carried = {key for key, packaged in self._packaged.items() if packaged.installed()}
 
@@ -493,6 +493,18 @@ def _staged(path: Path) -> Iterator[Path]:
         yield staging
     finally:
         staging.unlink(missing_ok=True)
+
+
+def _looks_like(path: Path, config: ModelConfig) -> bool:
+    """Whether `path` is, at a glance, `config`'s file: its sidecar's size, else a ggml header of its type."""
+    sidecar = Sidecar.read(path)
+    if sidecar is not None:
+        return sidecar.size == path.stat().st_size
+    try:
+        _check_header(path, config, str(path))
+    except DownloadFailed:
+        return False
+    return True
 
 
 def _check_header(path: Path, config: ModelConfig, url: str) -> None:
