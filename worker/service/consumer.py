@@ -50,6 +50,7 @@ from worker.service.chunks import ChunkDelivery, ChunkHandler, ChunkOutcome
 from worker.service.jobs import Delivery, JobHandler, Outcome
 from worker.service.publisher import Topology
 from worker.service.session import BrokerSession, SessionOptions
+from worker.service.settle import CONNECTION_ERRORS, Settler
 
 # Subscribe to jobs again only once no chunk task has been held for this long.
 _CHUNK_QUIET_SECONDS = 1.0
@@ -57,14 +58,6 @@ _DEPTH_EVERY_SECONDS = 5.0
 # A delivery whose callback failed (a bug: say an unreadable header) goes back to the queue this much
 # later; the queue's delivery limit bounds the retries.
 _REQUEUE_DELAY_SECONDS = 5.0
-
-_CONNECTION_ERRORS = (
-    pika.exceptions.AMQPConnectionError,
-    pika.exceptions.ConnectionClosed,
-    pika.exceptions.ChannelClosed,
-    pika.exceptions.StreamLostError,
-    pika.exceptions.ChannelWrongStateError,
-)
 
 
 def _published_at(headers: dict, timestamp: int | None) -> float | None:
@@ -106,11 +99,10 @@ class Consumer:
         self._topology = topology
         self._handler = handler
         self._concurrent_jobs = concurrent_jobs
-        self._on_settled = on_settled
+        self._settler = Settler(topology, handler, on_settled=on_settled, on_chunk_settled=on_chunk_settled)
         self._pool = ThreadPoolExecutor(max_workers=concurrent_jobs, thread_name_prefix="job")
         self._chunk_handler = chunk_handler if topology.chunks_queue else None
         self._chunk_slots = chunk_slots
-        self._on_chunk_settled = on_chunk_settled
         self._chunk_pool = ThreadPoolExecutor(max_workers=chunk_slots, thread_name_prefix="chunk-task")
         self._chunks_in_flight = 0
         self._last_chunk = 0.0
@@ -346,47 +338,10 @@ class Consumer:
         self._pool.submit(self._work, connection, channel, method.delivery_tag, properties.reply_to, delivery)
 
     def _settle(self, channel: BlockingChannel, tag: int, reply_to: str | None, body: bytes, outcome: Outcome) -> None:
-        """Carry out a job's outcome; runs on the connection thread."""
         try:
-            if not channel.is_open:
-                logger.warning("Channel closed before job settled; the broker will redeliver it")
-                return
-            self._apply(channel, tag, reply_to, body, outcome)
-            self._on_settled(outcome)
-        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
-            logger.error("Broker refused the result ({}); requeueing the job", exc)
-            channel.basic_nack(tag, requeue=True)
-        except _CONNECTION_ERRORS:
-            raise  # the connection is gone: reconnect; the broker redelivers the job
-        except Exception:  # a bug while settling: keep consuming; the delivery limit bounds the retries
-            logger.exception("Settling a job failed; requeueing it")
-            channel.basic_nack(tag, requeue=True)
+            self._settler.job(channel, tag, reply_to, body, outcome)
         finally:
             self._count(-1)
-
-    def _apply(self, channel: BlockingChannel, tag: int, reply_to: str | None, body: bytes, outcome: Outcome) -> None:
-        t = self._topology
-        if outcome.action == "complete":
-            publisher.publish_result(channel, t, outcome.result, reply_to=reply_to)
-            self._handler.mark_published(outcome.result)
-            self._publish_progress(
-                channel, ProgressEvent(job_id=outcome.result.job_id, stage="completed", percent=100.0)
-            )
-            channel.basic_ack(tag)
-            publisher.delete_gather(channel, t, outcome.result.job_id)  # a fanned-out job's chunk results
-        elif outcome.action == "dead_letter":
-            publisher.publish_result(channel, t, outcome.result, reply_to=reply_to)
-            publisher.dead_letter(channel, t, body, outcome.result)
-            channel.basic_ack(tag)
-            publisher.delete_gather(channel, t, outcome.result.job_id)
-        elif outcome.action == "retry":
-            channel.basic_nack(tag, requeue=True)
-        else:
-            channel.basic_ack(tag)
-
-    def _publish_progress(self, channel: BlockingChannel, event: ProgressEvent) -> None:
-        if channel.is_open:
-            publisher.publish_progress(channel, self._topology, event)
 
     # --- chunk tasks (fan-out) ---
 
@@ -431,27 +386,8 @@ class Consumer:
             return True
 
     def _settle_chunk(self, channel: BlockingChannel, tag: int, delivery: ChunkDelivery, outcome: ChunkOutcome) -> None:
-        """Reply to the gather queue, dead-letter a bad task, ack; runs on the connection thread."""
         try:
-            if not channel.is_open:
-                logger.warning("Channel closed before the chunk task settled; the broker will redeliver it")
-                return
-            if outcome.reply is not None and delivery.reply_to:
-                try:
-                    publisher.publish_gather(channel, delivery.reply_to, outcome.reply)
-                except pika.exceptions.UnroutableError:
-                    logger.warning("Job {} ended while its chunk ran; the chunk's result is dropped", outcome.job_id)
-            if outcome.action == "dead_letter" and outcome.error is not None:
-                publisher.dead_letter_chunk(
-                    channel, self._topology, delivery.body, delivery.headers, outcome.job_id, outcome.error
-                )
-            channel.basic_ack(tag)
-            self._on_chunk_settled(outcome)
-        except _CONNECTION_ERRORS:
-            raise
-        except Exception:  # a bug while settling: the task comes back; its delivery count bounds the retries
-            logger.exception("Settling a chunk task failed; requeueing it")
-            channel.basic_nack(tag, requeue=True)
+            self._settler.chunk(channel, tag, delivery, outcome)
         finally:
             self._count_chunks(-1)
 
@@ -471,7 +407,7 @@ class Consumer:
         delivery: Delivery,
     ) -> None:
         def progress(event: ProgressEvent) -> None:
-            publish = functools.partial(self._publish_progress, channel, event)
+            publish = functools.partial(self._settler.progress, channel, event)
             self._threadsafe(connection, session.guarded_call(publish, name="job_progress"))
 
         outcome = self._handler.handle(delivery, progress=progress)
@@ -491,6 +427,6 @@ class Consumer:
         try:
             connection.add_callback_threadsafe(callback)
             return True
-        except _CONNECTION_ERRORS:
+        except CONNECTION_ERRORS:
             logger.warning("Connection lost while a job ran; the broker will redeliver it")
             return False

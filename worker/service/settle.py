@@ -1,0 +1,107 @@
+"""Settling deliveries: what the connection thread does with an Outcome once a job or chunk task is done.
+
+Everything here runs on the thread that owns the connection (pika channels are not thread-safe):
+- a job: publish its result (the broker's confirm awaited), mark it published, send the `completed`
+  event, and only then ack; or dead-letter it with its failed result; or requeue it for a retry;
+- a chunk task: reply to its job's gather queue, dead-letter a bad task, then ack.
+A refused publish or a bug while settling requeues the delivery (its delivery count bounds the
+retries); a lost connection is raised to the session, and the broker redelivers what was unacked.
+"""
+
+from collections.abc import Callable
+
+import pika.exceptions
+from loguru import logger
+from pika.adapters.blocking_connection import BlockingChannel
+
+from worker.messages import ProgressEvent
+from worker.service import publisher
+from worker.service.chunks import ChunkDelivery, ChunkOutcome
+from worker.service.jobs import JobHandler, Outcome
+from worker.service.publisher import Topology
+
+CONNECTION_ERRORS = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.ConnectionClosed,
+    pika.exceptions.ChannelClosed,
+    pika.exceptions.StreamLostError,
+    pika.exceptions.ChannelWrongStateError,
+)
+
+
+class Settler:
+    """Carries out job and chunk-task outcomes on a channel."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        handler: JobHandler,
+        *,
+        on_settled: Callable[[Outcome], None],
+        on_chunk_settled: Callable[[ChunkOutcome], None],
+    ) -> None:
+        self._topology = topology
+        self._handler = handler
+        self._on_settled = on_settled
+        self._on_chunk_settled = on_chunk_settled
+
+    def job(self, channel: BlockingChannel, tag: int, reply_to: str | None, body: bytes, outcome: Outcome) -> None:
+        try:
+            if not channel.is_open:
+                logger.warning("Channel closed before job settled; the broker will redeliver it")
+                return
+            self._apply(channel, tag, reply_to, body, outcome)
+            self._on_settled(outcome)
+        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+            logger.error("Broker refused the result ({}); requeueing the job", exc)
+            channel.basic_nack(tag, requeue=True)
+        except CONNECTION_ERRORS:
+            raise  # the connection is gone: reconnect; the broker redelivers the job
+        except Exception:  # a bug while settling: keep consuming; the delivery limit bounds the retries
+            logger.exception("Settling a job failed; requeueing it")
+            channel.basic_nack(tag, requeue=True)
+
+    def _apply(self, channel: BlockingChannel, tag: int, reply_to: str | None, body: bytes, outcome: Outcome) -> None:
+        t = self._topology
+        if outcome.action == "complete":
+            publisher.publish_result(channel, t, outcome.result, reply_to=reply_to)
+            self._handler.mark_published(outcome.result)
+            self.progress(channel, ProgressEvent(job_id=outcome.result.job_id, stage="completed", percent=100.0))
+            channel.basic_ack(tag)
+            publisher.delete_gather(channel, t, outcome.result.job_id)  # a fanned-out job's chunk results
+        elif outcome.action == "dead_letter":
+            publisher.publish_result(channel, t, outcome.result, reply_to=reply_to)
+            publisher.dead_letter(channel, t, body, outcome.result)
+            channel.basic_ack(tag)
+            publisher.delete_gather(channel, t, outcome.result.job_id)
+        elif outcome.action == "retry":
+            channel.basic_nack(tag, requeue=True)
+        else:
+            channel.basic_ack(tag)
+
+    def progress(self, channel: BlockingChannel, event: ProgressEvent) -> None:
+        if channel.is_open:
+            publisher.publish_progress(channel, self._topology, event)
+
+    def chunk(self, channel: BlockingChannel, tag: int, delivery: ChunkDelivery, outcome: ChunkOutcome) -> None:
+        """Reply to the gather queue, dead-letter a bad task, ack."""
+        try:
+            if not channel.is_open:
+                logger.warning("Channel closed before the chunk task settled; the broker will redeliver it")
+                return
+            if outcome.reply is not None and delivery.reply_to:
+                try:
+                    publisher.publish_gather(channel, delivery.reply_to, outcome.reply)
+                except pika.exceptions.UnroutableError:
+                    logger.warning("Job {} ended while its chunk ran; the chunk's result is dropped", outcome.job_id)
+            if outcome.action == "dead_letter" and outcome.error is not None:
+                publisher.dead_letter_chunk(
+                    channel, self._topology, delivery.body, delivery.headers, outcome.job_id, outcome.error
+                )
+            channel.basic_ack(tag)
+            self._on_chunk_settled(outcome)
+        except CONNECTION_ERRORS:
+            raise
+        except Exception:  # a bug while settling: the task comes back; its delivery count bounds the retries
+            logger.exception("Settling a chunk task failed; requeueing it")
+            channel.basic_nack(tag, requeue=True)
