@@ -32,6 +32,7 @@ from worker.engine.models import (
     file_digests,
     model_family,
     model_names,
+    requestable,
     resolve_model,
     validation_problem,
     variants,
@@ -385,3 +386,10 @@ def test_offline_names_are_the_valid_files_present_and_the_installed_packages_mo
     # ggml-tiny.en.bin serves tiny.en-f16 (and a bare tiny.en falls back to it); base's packages are installed.
     assert names == ["base", "base-f16", "base-q4_0", "base-q5_0", "base-q8_0", "tiny.en", "tiny.en-f16"]
     assert downloader.ensure_model_exists("tiny.en") == copy  # validated (hashed) when first used, not before
+
+
+def test_every_table_name_is_asked_for_by_a_name_that_resolves_back_to_it():
+    # A fanned-out job's chunk tasks name the coordinator's model: a coordinator on tiny.en's f16 file must not
+    # have its chunks transcribed with tiny.en-q8_0 (what a bare "tiny.en" stands for).
+    assert requestable("tiny.en") == "tiny.en-f16" and requestable("tiny.en-q8_0") == "tiny.en-q8_0"
+    assert all(resolve_model(requestable(name)) == name for name in MODEL_CONFIGS)

@@ -165,6 +165,12 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def requestable(table_name: str) -> str:
+    """The name to ask for to get exactly `table_name`'s file: a bare name with a default variant
+    stands for that variant, so its own (f16) file is asked for as `<name>-f16`."""
+    return f"{table_name}-f16" if table_name in DEFAULT_VARIANTS else table_name
+
+
 def model_names() -> list[str]:
     """Every name a job, `--model` or WHISPER_MODEL may give."""
     pinned = [f"{name}-f16" for name in DEFAULT_VARIANTS]

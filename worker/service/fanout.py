@@ -26,6 +26,7 @@ import pika.exceptions
 from loguru import logger
 from pika.adapters.blocking_connection import BlockingChannel
 
+from worker.engine.models import requestable
 from worker.engine.transcriber import Segment
 from worker.errors import ChunkFailed, GatherTimeout
 from worker.media.audio import encode_flac
@@ -175,7 +176,7 @@ class FanOut:
                 start=chunk.start,
                 end=chunk.end,
                 chunks_total=gathered.total,
-                model=processor.model_name,
+                model=requestable(processor.model_name),  # the chunk workers load the very same file
                 language=prepared.language,
                 task=job.task,
                 prompt=job.prompt,
