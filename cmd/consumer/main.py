@@ -29,10 +29,14 @@ def on_signal(consumer: Consumer, signum: int, _frame) -> None:
     logger.info("{} received: finishing the job in flight, then exiting", signal.Signals(signum).name)
 
 
+_EARLY_SIGNALS: list[int] = []
+
+
 def before_consuming(signum: int, _frame) -> None:
-    """A signal while the model loads: no job is held yet, so exit cleanly (scratch removed on the way out)."""
+    """A signal while the model loads: remembered, and the worker stops before taking any job (no raise
+    here: the handler may run inside a callback from libwhisper, where an exception is swallowed)."""
+    _EARLY_SIGNALS.append(signum)
     logger.info("{} received while starting: exiting before taking any job", signal.Signals(signum).name)
-    raise SystemExit(0)
 
 
 def main() -> int:
@@ -46,6 +50,8 @@ def main() -> int:
         )
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, functools.partial(on_signal, consumer))
+        if _EARLY_SIGNALS:
+            consumer.stop()  # run() then returns at once: nothing was taken
         metrics.IN_FLIGHT.set_function(lambda: consumer.in_flight)
         metrics.BROKER_CONNECTS.set_function(lambda: consumer.connections)
         topology = wiring.topology(settings)
