@@ -14,8 +14,11 @@ APT    := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
 install: $(STAMP)
 
-# NATIVE_WHISPER=0 keeps the PyPI wheel's libwhisper (see native-whisper below).
-NATIVE_WHISPER ?= 1
+# NATIVE_WHISPER=0 keeps the PyPI wheel's libwhisper (see native-whisper below), =1 builds one for this host.
+# Default: build it, except on CPUs with AMX, where the wheel's is faster (measured in docs/performance.md:
+# 1.08x tiny.en, 1.09x base over the host build, which must leave ggml's AMX kernels out: they crash).
+HAS_AMX := $(shell grep -qw amx_int8 /proc/cpuinfo 2>/dev/null && echo 1)
+NATIVE_WHISPER ?= $(if $(HAS_AMX),0,1)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
