@@ -38,7 +38,7 @@ system-deps:
 	 [ -x /usr/bin/chromedriver ] || missing="$$missing chromium-driver"; \
 	 if [ -n "$$missing" ]; then $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; fi
 
-# Part of `install` (measured in docs/performance.md: 1.25-1.36x here): replace the PyPI wheel's
+# Part of `install` off AMX hosts (docs/performance.md: 1.25-1.36x on an AVX-512 host): replace the PyPI wheel's
 # libwhisper with one built from pywhispercpp's sdist for this CPU, with OpenBLAS for the encoder
 # (about a minute on 2 cores). Built in the unpacked sdist and repaired with auditwheel, so that it
 # keeps the wheel's layout (one vendored libwhisper, which the worker's ABI check expects). The
