@@ -19,6 +19,7 @@ from pathlib import Path
 import pika
 from conftest import MODELS_DIR, ROOT
 
+from worker.devtools import local_broker
 from worker.devtools.topology_env import topology_env
 from worker.messages import Result
 from worker.service.publisher import Topology, declare, publish_job
@@ -282,3 +283,28 @@ def gateway_env(service: Service, port: int, root: Path, **overrides: str | int 
     env["GATEWAY_DATABASE_URL"] = f"sqlite:///{root / 'jobs.sqlite3'}"
     env["GATEWAY_RESULTS_QUEUE"] = f"gateway-results.{port}"
     return env
+
+
+# --- a broker of a test's own ---
+
+
+class OwnBroker:
+    """A private rabbitmq-server that a test may stop and start again on the same port."""
+
+    def __init__(self, base: Path, user: str, password: str) -> None:
+        self.base, self.user, self.password = base, user, password
+        self.port = local_broker.free_port()
+        self.running: local_broker.LocalBroker | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://{self.user}:{self.password}@127.0.0.1:{self.port}/%2F"
+
+    def start(self, **settings) -> None:
+        """`settings`: local_broker.start's `config` and `advanced` (broker settings of the test's own)."""
+        self.running = local_broker.start(self.base, port=self.port, user=self.user, password=self.password, **settings)
+
+    def stop(self) -> None:
+        if self.running is not None:
+            self.running.stop()
+            self.running = None

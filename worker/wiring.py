@@ -76,11 +76,15 @@ def egress_policy(settings: Settings) -> EgressPolicy:
         origins=settings.allowed_private_origins.split(","),
         networks=settings.allowed_private_networks.split(","),
     )
-    # The same default as the gateway's public URL (`gateway` below): the URLs it hands out.
-    gateway = settings.gateway_public_url or f"http://{settings.gateway_host}:{settings.gateway_port}"
     with contextlib.suppress(InputNotAllowed):  # not an http(s) URL: the gateway's uploads are refused, saying why
-        policy = policy.allowing(gateway)
+        policy = policy.allowing(gateway_public_url(settings))
     return policy
+
+
+def gateway_public_url(settings: Settings) -> str:
+    """How workers reach the gateway (its uploads' URLs): GATEWAY_PUBLIC_URL, else http://GATEWAY_HOST:GATEWAY_PORT."""
+    url = settings.gateway_public_url or f"http://{settings.gateway_host}:{settings.gateway_port}"
+    return url.rstrip("/")
 
 
 def model_downloader(settings: Settings) -> ModelDownloader:
@@ -284,14 +288,13 @@ def gateway(settings: Settings):
     from worker.gateway.uploads import UploadStore
 
     keys = frozenset(k.strip() for k in settings.gateway_api_keys.get_secret_value().split(",") if k.strip())
-    public_url = settings.gateway_public_url or f"http://{settings.gateway_host}:{settings.gateway_port}"
     if not keys and not _loopback(settings.gateway_host) and not settings.gateway_allow_anonymous:
         raise ValueError(
             f"GATEWAY_HOST={settings.gateway_host} is reachable from other machines but GATEWAY_API_KEYS is empty: "
             "set API keys (or GATEWAY_ALLOW_ANONYMOUS=true to serve anyone, e.g. behind an authenticating proxy)"
         )
     options = GatewayOptions(
-        public_url=public_url.rstrip("/"),
+        public_url=gateway_public_url(settings),
         default_model=settings.whisper_model,
         models=allowed_models(settings),
         api_keys=keys,

@@ -1,19 +1,14 @@
 """The gateway's broker thread never dies (a real rabbitmq-server): callbacks that raise are logged,
 counted and survived; a lost connection calls on_disconnect and fails the jobs not yet confirmed."""
 
-import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pika
 import pytest
 from harness import new_topology
 from prometheus_client import REGISTRY
 
-from worker.devtools import local_broker
 from worker.errors import BrokerUnavailable
 from worker.gateway import broker as gateway_broker
 from worker.gateway.broker import BrokerClient
@@ -87,36 +82,6 @@ def test_the_broker_thread_survives_the_database_raising_in_progress_results_and
     assert errors("gateway_progress") - before["gateway_progress"] == 2  # logged, counted, dropped
     assert errors("gateway_result") - before["gateway_result"] == 1
     assert errors("gateway_async_result") - before["gateway_async_result"] == 1
-
-
-class Restartable:
-    """A private rabbitmq-server that the test stops and starts again on the same port."""
-
-    def __init__(self) -> None:
-        self.base = Path(tempfile.mkdtemp(prefix="worker-rabbitmq-guard-"))
-        self.port = local_broker.free_port()
-        self.running: local_broker.LocalBroker | None = None
-
-    @property
-    def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
-
-    def start(self) -> None:
-        self.running = local_broker.start(self.base, port=self.port)
-
-    def stop(self) -> None:
-        if self.running is not None:
-            self.running.stop()
-            self.running = None
-
-
-@pytest.fixture
-def restartable() -> Iterator[Restartable]:
-    server = Restartable()
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(server.base, ignore_errors=True)
 
 
 def test_a_lost_connection_calls_on_disconnect_and_fails_the_jobs_not_yet_confirmed(restartable):

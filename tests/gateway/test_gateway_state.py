@@ -15,12 +15,10 @@ from harness import GatewayProcess, Service, gateway_env, new_topology
 
 from worker.devtools.local_broker import free_port
 
-from .test_broker_guard import restartable  # noqa: F401 (the fixture: a broker this test stops)
-
 JFK = "jfk_inaugural_1961.flac"
 
 
-def test_a_lost_broker_fails_waiting_requests_at_once_and_no_record_stays_queued(restartable, tmp_path, audio_dir):  # noqa: F811
+def test_a_lost_broker_fails_waiting_requests_at_once_and_no_record_stays_queued(restartable, tmp_path, audio_dir):
     service = Service(broker_url=restartable.url, root=tmp_path, topology=new_topology())
     port = free_port()
     env = gateway_env(service, port, tmp_path, gateway_result_timeout_seconds=600, reconnect_max_seconds=1)

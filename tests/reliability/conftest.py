@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from harness import Service, new_topology, stop_and_check
-
-from worker.devtools import local_broker
+from harness import OwnBroker, Service, new_topology, stop_and_check
 
 # --- the figures the suite prints at the end (and README's "Reliability" section quotes) ---
 
@@ -76,28 +74,6 @@ def service(broker, tmp_path, audio_dir) -> Iterator[Service]:
 
 
 # --- a broker of the test's own, for faults that stop or delay the broker ---
-
-
-class OwnBroker:
-    """A private rabbitmq-server that a test may stop and start again on the same port."""
-
-    def __init__(self, base: Path, user: str, password: str) -> None:
-        self.base, self.user, self.password = base, user, password
-        self.port = local_broker.free_port()
-        self.running: local_broker.LocalBroker | None = None
-
-    @property
-    def url(self) -> str:
-        return f"amqp://{self.user}:{self.password}@127.0.0.1:{self.port}/%2F"
-
-    def start(self, **settings) -> None:
-        """`settings`: local_broker.start's `config` and `advanced` (broker settings of the test's own)."""
-        self.running = local_broker.start(self.base, port=self.port, user=self.user, password=self.password, **settings)
-
-    def stop(self) -> None:
-        if self.running is not None:
-            self.running.stop()
-            self.running = None
 
 
 @pytest.fixture

@@ -165,7 +165,9 @@ class BrokerClient:
         self._checked_at = time.monotonic()
         probe = connection.channel()
         try:
-            present = session.probe_consumer(probe, channel, self.async_results_queue, self._results_tag)
+            present = session.probe_consumer(
+                probe, channel, self.async_results_queue, self._results_tag, owner="gateway"
+            )
         except pika.exceptions.ChannelClosedByBroker:
             return channel  # the queue is missing (nothing cancelled): the broker's Basic.Cancel comes
         finally:
@@ -174,12 +176,6 @@ class BrokerClient:
         if present:
             self._consume_results(channel)
             return channel
-        session.RESUBSCRIBED.labels(queue=self.async_results_queue).inc()
-        logger.warning(
-            "The broker no longer delivers {} to this gateway (the queue deleted and declared again?); "
-            "subscribing on a new channel",
-            self.async_results_queue,
-        )
         channel.close()
         return self._open(connection)
 

@@ -63,10 +63,11 @@ class RequestEdge:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = _headers(scope)
-        refusal = _header_size(scope) or self._authenticate(scope, headers) or self._declared_size(scope, headers)
+        limit = self._limit(scope, headers)
+        refusal = _header_size(scope) or self._authenticate(scope, headers) or _declared_size(headers, limit)
         if refusal is not None:
             return await _answer(send, *refusal)
-        await self._serve(scope, receive, send, self._limit(scope, headers))
+        await self._serve(scope, receive, send, limit)
 
     def _authenticate(self, scope, headers: dict[bytes, bytes]) -> tuple[int, str, str, str] | None:
         path = scope.get("path", "")
@@ -84,22 +85,6 @@ class RequestEdge:
         upload = scope.get("method") == "POST" and scope.get("path") in _UPLOAD_ROUTES
         multipart = headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
         return self.options.max_upload_bytes if upload and multipart else self.options.max_body_bytes
-
-    def _declared_size(self, scope, headers: dict[bytes, bytes]) -> tuple[int, str, str, str] | None:
-        declared = headers.get(b"content-length")
-        if declared is None:
-            return None
-        if not declared.strip().isdigit():
-            return 400, "malformed Content-Length", "invalid_request_error", "invalid_request"
-        limit = self._limit(scope, headers)
-        if int(declared) > limit:
-            return (
-                413,
-                f"the request body is larger than the limit of {limit} bytes",
-                "invalid_request_error",
-                ("too_large"),
-            )
-        return None
 
     async def _serve(self, scope, receive, send, limit: int) -> None:
         state = {"seen": 0, "refused": None, "started": False, "body_done": False}
@@ -140,6 +125,22 @@ class RequestEdge:
         if state["refused"] is not None:
             refused: _Refused = state["refused"]
             await _answer(send, refused.status, str(refused), "invalid_request_error", refused.code)
+
+
+def _declared_size(headers: dict[bytes, bytes], limit: int) -> tuple[int, str, str, str] | None:
+    declared = headers.get(b"content-length")
+    if declared is None:
+        return None
+    if not declared.strip().isdigit():
+        return 400, "malformed Content-Length", "invalid_request_error", "invalid_request"
+    if int(declared) > limit:
+        return (
+            413,
+            f"the request body is larger than the limit of {limit} bytes",
+            "invalid_request_error",
+            ("too_large"),
+        )
+    return None
 
 
 def _header_size(scope) -> tuple[int, str, str, str] | None:

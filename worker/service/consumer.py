@@ -287,18 +287,10 @@ class Consumer:
         not (subscribe on a new channel), None when the queue is missing and nothing was cancelled (the
         broker's Basic.Cancel, or the next declare, handles that)."""
         try:
-            present = session.probe_consumer(self._probe_channel(connection), channel, queue, tag)
+            return session.probe_consumer(self._probe_channel(connection), channel, queue, tag, owner="worker")
         except pika.exceptions.ChannelClosedByBroker:
             self._probe = None
             return None
-        if not present:
-            session.RESUBSCRIBED.labels(queue=queue).inc()
-            logger.warning(
-                "The broker no longer delivers to this worker's consumer of {} (the queue deleted and declared "
-                "again?); subscribing on a new channel",
-                queue,
-            )
-        return present
 
     def _sample_depths(self, connection: pika.BlockingConnection) -> None:
         """Ready messages on the jobs and chunk queues, for /metrics (autoscalers read the broker's own)."""

@@ -198,7 +198,7 @@ def replace_closed(
     return open_channel()
 
 
-def probe_consumer(probe: BlockingChannel, channel: BlockingChannel, queue: str, tag: str) -> bool:
+def probe_consumer(probe: BlockingChannel, channel: BlockingChannel, queue: str, tag: str, *, owner: str) -> bool:
     """Cancel the consumer `tag` of `channel` and tell whether the broker had it: True when the
     queue's consumer count dropped with the cancel (subscribe again on the same channel), False when
     it did not (the broker had lost it, or keeps a ghost of it: subscribe on a new channel, whose
@@ -211,15 +211,24 @@ def probe_consumer(probe: BlockingChannel, channel: BlockingChannel, queue: str,
     Call it only while the channel holds no delivery, so that a new channel costs nothing; a delivery
     arriving during the cancel goes back to the queue (pika rejects it). `probe` is a channel for
     passive declares: a missing queue closes it (ChannelClosedByBroker 404, raised before anything
-    is cancelled; a queue that goes between the two counts answers False).
+    is cancelled; a queue that goes between the two counts answers False). A lost consumer is
+    counted (RESUBSCRIBED) and logged, naming the `owner` ("worker", "gateway") it belonged to.
     """
     before = probe.queue_declare(queue, passive=True).method.consumer_count
     channel.basic_cancel(tag)
     try:
-        after = probe.queue_declare(queue, passive=True).method.consumer_count
+        present = probe.queue_declare(queue, passive=True).method.consumer_count < before
     except pika.exceptions.ChannelClosedByBroker:
-        return False
-    return after < before
+        present = False
+    if not present:
+        RESUBSCRIBED.labels(queue=queue).inc()
+        logger.warning(
+            "The broker no longer delivers to this {}'s consumer of {} (the queue deleted and declared again?); "
+            "subscribing on a new channel",
+            owner,
+            queue,
+        )
+    return present
 
 
 def _job_id(properties, body: bytes) -> str:
