@@ -18,7 +18,7 @@ import openai
 import pytest
 import requests
 from conftest import ROOT
-from harness import GatewayProcess, Service, new_topology, stop_and_check
+from harness import GatewayProcess, Service, gateway_env, new_topology, stop_and_check
 
 from worker.devtools.local_broker import free_port
 from worker.media.audio import write_wav
@@ -27,9 +27,6 @@ JFK = "jfk_inaugural_1961.flac"
 LONG = "ljspeech_LJ001-0001_to_0032_concat.wav"  # 231 s: 10 chunks, progress to watch
 KEY = "test-key-1"
 MAX_UPLOAD = 64 * 2**20
-
-
-Gateway = GatewayProcess
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +41,7 @@ def file_server() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def gateway(broker, tmp_path_factory, file_server) -> Iterator[Gateway]:
+def gateway(broker, tmp_path_factory, file_server) -> Iterator[GatewayProcess]:
     root = tmp_path_factory.mktemp("gateway")
     service = Service(broker_url=broker, root=root, topology=new_topology())
     service.input_dir.mkdir()
@@ -59,13 +56,9 @@ def gateway(broker, tmp_path_factory, file_server) -> Iterator[Gateway]:
         )
         for _ in range(2)
     ]
-    env = service.env(
-        gateway_port=port, gateway_api_keys=KEY, gateway_upload_dir=uploads, gateway_max_upload_bytes=MAX_UPLOAD
-    )
-    env["GATEWAY_DATABASE_URL"] = f"sqlite:///{root / 'jobs.sqlite3'}"
-    env["GATEWAY_RESULTS_QUEUE"] = f"gateway-results.{port}"
+    env = gateway_env(service, port, root, gateway_api_keys=KEY, gateway_max_upload_bytes=MAX_UPLOAD)
     shutil.copyfile(ROOT.parent / "shared" / "audio" / LONG, root / LONG)
-    gw = Gateway(f"http://127.0.0.1:{port}", env, root / "gateway.log", uploads)
+    gw = GatewayProcess(f"http://127.0.0.1:{port}", env, root / "gateway.log", uploads)
     try:
         gw.start()
         for worker in workers:
@@ -170,7 +163,7 @@ def test_curl_uploads_with_dash_f(gateway, audio_dir):
     assert "your country" in json.loads(done.stdout)["text"].lower()
 
 
-def curl(gateway: Gateway, *fields: str, key: str | None = KEY, path: str = "/v1/audio/transcriptions"):
+def curl(gateway: GatewayProcess, *fields: str, key: str | None = KEY, path: str = "/v1/audio/transcriptions"):
     """(status, JSON body) of a multipart POST made with curl."""
     command = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", f"{gateway.url}{path}"]
     if key is not None:
@@ -283,7 +276,7 @@ def sse_events(url: str, timeout: float = 300) -> list[tuple[str, dict]]:
     return events
 
 
-def wait_for_state(gateway: Gateway, job_id: str, states: set[str], timeout: float = 300) -> dict:
+def wait_for_state(gateway: GatewayProcess, job_id: str, states: set[str], timeout: float = 300) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         record = requests.get(f"{gateway.url}/v1/jobs/{job_id}", headers=auth(), timeout=10).json()
@@ -407,8 +400,7 @@ def test_broker_down_is_503_and_no_result_in_time_is_504(broker, tmp_path, audio
         ("no worker", {"gateway_result_timeout_seconds": 2}, 504, "timeout"),
     ):
         port = free_port()
-        env = service.env(gateway_port=port, gateway_upload_dir=tmp_path / name / "uploads", **overrides)
-        env["GATEWAY_DATABASE_URL"] = f"sqlite:///{tmp_path / name / 'jobs.sqlite3'}"
+        env = gateway_env(service, port, tmp_path / name, **overrides)
         with open(tmp_path / f"{name}.log", "wb") as log:
             process = subprocess.Popen([sys.executable, "cmd/gateway/main.py"], cwd=ROOT, env=env, stdout=log,
                                        stderr=subprocess.STDOUT)  # fmt: skip
@@ -420,7 +412,7 @@ def test_broker_down_is_503_and_no_result_in_time_is_504(broker, tmp_path, audio
             while True:
                 try:
                     got, body = curl(
-                        Gateway(f"http://127.0.0.1:{port}", env, tmp_path, tmp_path),
+                        GatewayProcess(f"http://127.0.0.1:{port}", env, tmp_path, tmp_path),
                         f"file=@{audio_dir / JFK}",
                         key=None,
                     )

@@ -378,8 +378,7 @@ class ModelDownloader:
         Those whose file is in the models directory (of its sidecar's size, or with the ggml header
         and file type of its entry: a cheap look, no hashing, so start-up does not read every model
         on a shared volume; the file is validated when a job first uses it, as always), and those an
-        installed package
-        converts to. Call it once, at start-up: a file added later is not seen.
+        installed package converts to. Call it once, at start-up: a file added later is not seen.
         """
         present = set()
         for config in self._configs.values():
