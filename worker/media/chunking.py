@@ -13,7 +13,7 @@ span too long for one chunk is cut at the longest pause inside the last `search_
 of the allowed window (or, if there is no pause at all, at the quietest frame there).
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,11 +41,35 @@ class ChunkingOptions:
 
 @dataclass(frozen=True)
 class Chunk:
-    """Samples [start, end) of the job's audio; `start` is the true offset used for timestamps."""
+    """Samples [start, end) of the job's audio; `start` is the true offset used for timestamps.
+
+    A chunk made of speech regions (worker.media.speech) has `pieces`: its audio is those absolute
+    sample ranges one after another (the non-speech between them left out), and `absolute` maps a
+    time in that audio back onto the recording. A chunk of the energy splitter is one piece.
+    """
 
     index: int
     start: int
     end: int
+    pieces: tuple[tuple[int, int], ...] = ()
+
+    @classmethod
+    def of_pieces(cls, index: int, pieces: Sequence[tuple[int, int]]) -> "Chunk":
+        """A chunk of these ascending, disjoint sample ranges (contiguous ones joined)."""
+        joined: list[tuple[int, int]] = []
+        for start, end in pieces:
+            if joined and start <= joined[-1][1]:
+                joined[-1] = (joined[-1][0], max(end, joined[-1][1]))
+            else:
+                joined.append((start, end))
+        if len(joined) == 1:
+            return cls(index, *joined[0])
+        return cls(index, joined[0][0], joined[-1][1], tuple(joined))
+
+    @property
+    def spans(self) -> tuple[tuple[int, int], ...]:
+        """The absolute sample ranges the chunk's audio is made of."""
+        return self.pieces or ((self.start, self.end),)
 
     @property
     def name(self) -> str:
@@ -56,8 +80,47 @@ class Chunk:
         return self.start / SAMPLE_RATE
 
     @property
+    def n_samples(self) -> int:
+        return sum(end - start for start, end in self.spans)
+
+    @property
     def seconds(self) -> float:
-        return (self.end - self.start) / SAMPLE_RATE
+        """Length of the chunk's audio (what whisper hears)."""
+        return self.n_samples / SAMPLE_RATE
+
+    def absolute(self, seconds: float, *, ending: bool = False) -> float:
+        """A time in the chunk's audio as a time in the recording, held inside the chunk.
+
+        At the seam of two pieces the time is ambiguous: a start (`ending=False`) goes to the later
+        piece's start, an end to the earlier piece's end.
+        """
+        number, offset = self._locate(seconds, ending=ending)
+        return (self.spans[number][0] + offset) / SAMPLE_RATE
+
+    def place(self, start: float, end: float, *, whole: bool = False) -> tuple[float, float]:
+        """A span of the chunk's audio in the recording. `whole` (a word): kept inside one piece, the one
+        holding most of it, since a word cannot straddle the non-speech cut out between two pieces; else
+        (a segment, possibly several sentences) each end placed on its own."""
+        if not whole:
+            return self.absolute(start), max(self.absolute(start), self.absolute(end, ending=True))
+        first, _ = self._locate(start)
+        last, _ = self._locate(end, ending=True)
+        if first == last:
+            return self.absolute(start), max(self.absolute(start), self.absolute(end, ending=True))
+        seam = sum(e - s for s, e in self.spans[: first + 1]) / SAMPLE_RATE  # where piece `first` ends
+        if seam - start >= end - seam:
+            return self.absolute(start), self.spans[first][1] / SAMPLE_RATE
+        return self.spans[last][0] / SAMPLE_RATE, self.absolute(end, ending=True)
+
+    def _locate(self, seconds: float, *, ending: bool = False) -> tuple[int, int]:
+        """(piece number, samples into it) of a time in the chunk's audio, held inside the chunk."""
+        position = round(min(max(seconds, 0.0), self.seconds) * SAMPLE_RATE)
+        for number, (start, end) in enumerate(self.spans):
+            length = end - start
+            if position < length or (ending and position == length) or number == len(self.spans) - 1:
+                return number, min(position, length)
+            position -= length
+        raise AssertionError("unreachable: the last piece returns")
 
 
 def frame_db(samples: np.ndarray) -> np.ndarray:

@@ -94,14 +94,15 @@ class ChunkHandler:
         started = time.perf_counter()
         try:
             samples = decode_flac(delivery.body)
-            if samples.size != task.end - task.start:
+            chunk = Chunk.of_pieces(task.index, task.pieces or [(task.start, task.end)])
+            if samples.size != chunk.n_samples:
                 raise InvalidChunkTask(
-                    f"chunk {task.index}: {samples.size} samples of audio, but the task spans {task.end - task.start}"
+                    f"chunk {task.index}: {samples.size} samples of audio, but the task spans {chunk.n_samples}"
                 )
             processor = self._processor_for(task.model)
             segments = processor.transcribe_chunk(
                 samples,
-                Chunk(task.index, task.start, task.end),
+                chunk,
                 task.language,
                 task.task,
                 processor.threads_for(task.chunks_total),

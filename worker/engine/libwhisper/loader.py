@@ -20,6 +20,7 @@ from worker.engine.libwhisper.structs import (
     WhisperContextParams,
     WhisperFullParams,
     WhisperTokenData,
+    WhisperVadContextParams,
     check_abi,
 )
 
@@ -99,6 +100,14 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
         [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, FloatPtr],
     ),
     "whisper_log_set": (None, [GgmlLogCallback, ctypes.c_void_p]),
+    # Silero VAD (worker.engine.libwhisper.vad): a context of its own, fed 512-sample windows.
+    "whisper_vad_default_context_params": (WhisperVadContextParams, []),
+    "whisper_vad_init_from_file_with_params": (ctypes.c_void_p, [ctypes.c_char_p, WhisperVadContextParams]),
+    "whisper_vad_detect_speech_no_reset": (ctypes.c_bool, [ctypes.c_void_p, FloatPtr, ctypes.c_int]),
+    "whisper_vad_reset_state": (None, [ctypes.c_void_p]),
+    "whisper_vad_n_probs": (ctypes.c_int, [ctypes.c_void_p]),
+    "whisper_vad_probs": (FloatPtr, [ctypes.c_void_p]),
+    "whisper_vad_free": (None, [ctypes.c_void_p]),
 }
 
 

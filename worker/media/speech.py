@@ -1,0 +1,116 @@
+"""Chunks from speech: Silero's per-window speech probabilities in, Chunks of speech only out (pure numpy).
+
+Why: whisper writes words where there is no speech (noise, tones, music, long silence) and the energy
+splitter (worker.media.chunking) keeps whatever is loud. Here a chunk is made of speech regions only:
+the non-speech between two regions is cut out down to the padding kept around each region, and the
+regions are packed one after another into chunks of at most `max_seconds` of audio. A chunk then
+carries its pieces (absolute sample ranges) so that times in its audio map back onto the recording.
+
+Regions, as Silero's own `get_speech_timestamps` defines them (thresholds with hysteresis, short
+silences bridged, short bursts dropped), written here against the probabilities whisper.cpp's VAD
+returns (worker.engine.speech), 31.25 per second: a 4 h recording's are 1.8 MB.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from worker.media.chunking import SAMPLE_RATE, Chunk
+
+WINDOW = 512  # samples per probability (32 ms)
+
+
+@dataclass(frozen=True)
+class VadOptions:
+    """Speech-region tuning (Settings VAD_*; a job's `vad` options and the gateway's server_vad override
+    threshold, padding and min silence). Defaults measured in cmd/bench --vad (docs/performance.md)."""
+
+    threshold: float = 0.5
+    min_speech_ms: int = 250
+    # A silence shorter than this inside speech does not end the region.
+    min_silence_ms: int = 500
+    # Kept on each side of a region (so words' onsets and tails are not cut).
+    speech_pad_ms: int = 300
+    # Where a region longer than a chunk is cut: the least speech-like window in this last stretch.
+    search_seconds: float = 8.0
+
+    @property
+    def off_threshold(self) -> float:
+        """Below this, speech is over (Silero's hysteresis: 0.15 under the onset threshold)."""
+        return max(self.threshold - 0.15, 0.01)
+
+
+def _windows(ms: float) -> int:
+    return int(round(ms / 1000 * SAMPLE_RATE / WINDOW))
+
+
+def speech_windows(probabilities: np.ndarray, options: VadOptions) -> list[tuple[int, int]]:
+    """[start, end) window ranges of speech: onset at `threshold`, over once below `off_threshold` for
+    `min_silence_ms`, regions shorter than `min_speech_ms` dropped."""
+    min_silence, min_speech = max(1, _windows(options.min_silence_ms)), _windows(options.min_speech_ms)
+    regions: list[tuple[int, int]] = []
+    start: int | None = None
+    quiet_since: int | None = None
+    for index, p in enumerate(probabilities.tolist()):
+        if start is None:
+            if p >= options.threshold:
+                start, quiet_since = index, None
+            continue
+        if p >= options.threshold:
+            quiet_since = None
+        elif p < options.off_threshold:
+            quiet_since = index if quiet_since is None else quiet_since
+            if index + 1 - quiet_since >= min_silence:
+                regions.append((start, quiet_since))
+                start = None
+    if start is not None:
+        regions.append((start, quiet_since if quiet_since is not None else probabilities.size))
+    return [(s, e) for s, e in regions if e - s >= max(1, min_speech)]
+
+
+def speech_regions(probabilities: np.ndarray, n_samples: int, options: VadOptions) -> list[tuple[int, int]]:
+    """[start, end) sample ranges of speech, padded by `speech_pad_ms`, overlapping ones merged."""
+    pad = int(options.speech_pad_ms * SAMPLE_RATE / 1000)
+    regions: list[tuple[int, int]] = []
+    for s, e in speech_windows(probabilities, options):
+        start, end = max(0, s * WINDOW - pad), min(n_samples, e * WINDOW + pad)
+        if regions and start <= regions[-1][1]:
+            regions[-1] = (regions[-1][0], max(end, regions[-1][1]))
+        elif end > start:
+            regions.append((start, end))
+    return regions
+
+
+def _split_region(
+    start: int, end: int, probabilities: np.ndarray, limit: int, options: VadOptions
+) -> list[tuple[int, int]]:
+    """A region longer than `limit` samples cut where speech is least likely in the last
+    `search_seconds` before each limit."""
+    search = int(options.search_seconds * SAMPLE_RATE)
+    pieces = []
+    while end - start > limit:
+        lo, hi = (start + limit - search) // WINDOW + 1, (start + limit) // WINDOW
+        window = probabilities[lo:hi]
+        cut = (lo + int(np.argmin(window))) * WINDOW if window.size else start + limit
+        pieces.append((start, cut))
+        start = cut
+    pieces.append((start, end))
+    return pieces
+
+
+def speech_chunks(probabilities: np.ndarray, n_samples: int, options: VadOptions, *, max_seconds: float) -> list[Chunk]:
+    """Chunks of at most `max_seconds` of audio made of the recording's speech regions, in order;
+    [] when there is no speech."""
+    limit = int(max_seconds * SAMPLE_RATE)
+    pieces = [
+        piece
+        for start, end in speech_regions(probabilities, n_samples, options)
+        for piece in _split_region(start, end, probabilities, limit, options)
+    ]
+    packed: list[list[tuple[int, int]]] = []
+    for piece in pieces:
+        if packed and sum(e - s for s, e in packed[-1]) + piece[1] - piece[0] <= limit:
+            packed[-1].append(piece)
+        else:
+            packed.append([piece])
+    return [Chunk.of_pieces(index, spans) for index, spans in enumerate(packed)]
