@@ -53,6 +53,15 @@ class AudioSource(_Strict):
         return self
 
 
+class VadRequest(_Strict):
+    """A job's speech-detection tuning; what it leaves out is the worker's (Settings VAD_*)."""
+
+    threshold: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    min_speech_ms: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    min_silence_ms: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    speech_pad_ms: Annotated[int, Field(ge=0, le=5_000)] | None = None
+
+
 class Job(_Strict):
     """A transcription request."""
 
@@ -68,6 +77,9 @@ class Job(_Strict):
     # Each segment's words with their times (whisper.cpp's token timestamps; no measurable cost,
     # docs/performance.md).
     word_timestamps: bool = False
+    # Speech detection: null = the worker's CHUNKING; false = no VAD (the energy splitter: everything
+    # loud is transcribed); true = VAD with the worker's settings; an object = VAD tuned by the job.
+    vad: VadRequest | bool | None = None
     formats: tuple[Format, ...] = ("json",)
     callback_url: AnyUrl | None = None
 

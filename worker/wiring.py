@@ -26,7 +26,7 @@ from worker.engine.models import (
     model_names,
     resolve_model,
 )
-from worker.engine.speech import SpeechDetector
+from worker.engine.speech import SpeechDetector, SpeechDetectorUnavailable
 from worker.engine.transcriber import CallSlots, DecodingOptions, WhisperTranscriber, available_cpus
 from worker.errors import InputNotAllowed, ModelNotAllowed, UnknownModel
 from worker.media.chunking import ChunkingOptions
@@ -88,9 +88,15 @@ def vad_options(settings: Settings) -> VadOptions:
     )
 
 
-def speech_detector(settings: Settings) -> SpeechDetector:
-    """The process's one speech detector (its VAD model validated once, like a whisper model)."""
-    return _speech_detector(model_downloader(settings).ensure_model_exists(VAD_MODEL.name))
+def speech_detector(settings: Settings) -> SpeechDetector | None:
+    """The process's one speech detector (its VAD model validated once, like a whisper model), or None
+    when libwhisper cannot be driven through ctypes (the pool fallback): jobs then get energy chunks."""
+    path = model_downloader(settings).ensure_model_exists(VAD_MODEL.name)
+    try:
+        return _speech_detector(path)
+    except SpeechDetectorUnavailable as exc:
+        logger.warning("Speech detection unavailable ({}): chunks come from the energy splitter", exc)
+        return None
 
 
 @functools.cache
@@ -173,9 +179,10 @@ def processor(
         calls=calls,
     )
     # Every processor gets the detector, whatever the default chunker: a job may ask for VAD.
-    return Processor(
-        transcriber, model_name=name, options=options, work_root=work_root, speech=speech_detector(settings)
-    )
+    speech = speech_detector(settings)
+    if speech is None:
+        options = dataclasses.replace(options, chunker="energy")
+    return Processor(transcriber, model_name=name, options=options, work_root=work_root, speech=speech)
 
 
 def decoding_options(settings: Settings) -> DecodingOptions:

@@ -2,6 +2,7 @@
 
     python cmd/enqueue/main.py AUDIO_OR_URL [--wait] [--timeout S] [--format json|txt]
                                [--model NAME] [--language xx] [--job-id ID] [--prompt TEXT] [--word-timestamps]
+                               [--vad on|off] [--vad-threshold P]
 
 A local file is copied into INPUT_DIR (the worker reads jobs' `path` relative to it).
 With --wait, prints the result and exits 1 if the job failed, 3 on timeout.
@@ -35,6 +36,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--job-id", default=None)
     parser.add_argument("--prompt", help="text that conditions every chunk (names, spellings, style)")
     parser.add_argument("--word-timestamps", action="store_true", help="each segment's words with times")
+    parser.add_argument("--vad", choices=("on", "off"), help="speech detection (default: the worker's CHUNKING)")
+    parser.add_argument("--vad-threshold", type=float, help="speech probability that starts speech")
     return parser.parse_args()
 
 
@@ -55,8 +58,17 @@ def build_job(args: argparse.Namespace, settings: Settings, job_id: str) -> Job:
             "language": args.language,
             "prompt": args.prompt,
             "word_timestamps": args.word_timestamps,
+            "vad": vad_field(args),
         }
     )
+
+
+def vad_field(args: argparse.Namespace) -> bool | dict | None:
+    if args.vad == "off":
+        return False
+    if args.vad_threshold is not None:
+        return {"threshold": args.vad_threshold}
+    return True if args.vad == "on" else None
 
 
 def wait_for_result(channel, queue: str, job_id: str, timeout: float) -> Result | None:

@@ -2,10 +2,11 @@
 
 python cmd/transcribe/main.py AUDIO [--format txt|srt|vtt|json] [--model NAME]
                               [--language xx] [--task transcribe|translate] [--prompt TEXT] [--word-timestamps]
-                              [--sequential | --workers N]
+                              [--vad on|off] [--vad-threshold P] [--sequential | --workers N]
 """
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from worker.config import Settings
 from worker.errors import PermanentError, TranscriptionError
 from worker.formats import FORMATS, render
 from worker.logs import configure_logging
+from worker.media.speech import VadOptions
+from worker.pipeline import VadChoice
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -27,10 +30,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
     parser.add_argument("--prompt", help="text that conditions every chunk (names, spellings, style)")
     parser.add_argument("--word-timestamps", action="store_true", help="each segment's words with times (json)")
+    parser.add_argument("--vad", choices=("on", "off"), help="speech detection (default: CHUNKING); off: energy chunks")
+    parser.add_argument("--vad-threshold", type=float, help="speech probability that starts speech (default 0.5)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--sequential", action="store_true", help="one chunk at a time, all CPU threads")
     mode.add_argument("--workers", type=int, help="chunks transcribed at once (default: MAX_PARALLEL_WORKERS)")
     return parser.parse_args(argv)
+
+
+def vad_choice(args: argparse.Namespace, configured: VadOptions) -> VadChoice:
+    if args.vad == "off":
+        return False
+    if args.vad_threshold is not None:
+        return dataclasses.replace(configured, threshold=args.vad_threshold)
+    return True if args.vad == "on" else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         processor = wiring.processor(settings, model, options)
         transcript = processor.process_file(
-            args.audio, language=args.language, task=args.task, prompt=args.prompt, word_timestamps=args.word_timestamps
+            args.audio,
+            language=args.language,
+            task=args.task,
+            prompt=args.prompt,
+            word_timestamps=args.word_timestamps,
+            vad=vad_choice(args, processor.options.vad),
         )
     except (PermanentError, TranscriptionError) as exc:
         logger.error("{}", exc)

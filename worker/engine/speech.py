@@ -14,6 +14,7 @@ import numpy as np
 from loguru import logger
 
 from worker.engine.libwhisper.loader import open_library
+from worker.engine.libwhisper.structs import NativeABIError
 from worker.engine.libwhisper.vad import SAMPLE_RATE, WINDOW, NativeVad
 from worker.errors import TranscriptionError
 
@@ -21,12 +22,20 @@ from worker.errors import TranscriptionError
 PROBABILITIES_PER_SECOND = SAMPLE_RATE / WINDOW
 
 
+class SpeechDetectorUnavailable(RuntimeError):
+    """libwhisper cannot be driven through ctypes here (its ABI check failed, or it would not load)."""
+
+
 class SpeechDetector:
     """Thread-safe: one recording at a time, callers wait their turn."""
 
     def __init__(self, model_path: Path) -> None:
         self.model_path = Path(model_path)
-        self._vad = NativeVad(open_library(), self.model_path, n_threads=1)
+        try:
+            lib = open_library()
+        except (NativeABIError, OSError) as exc:
+            raise SpeechDetectorUnavailable(str(exc)) from exc
+        self._vad = NativeVad(lib, self.model_path, n_threads=1)
         self._lock = threading.Lock()
         logger.info("Speech detector ready: {}", self.model_path.name)
 

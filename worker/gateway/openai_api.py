@@ -2,11 +2,13 @@
 
 import json
 import zlib
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from worker.formats import to_srt, to_vtt
-from worker.messages import Result
+from worker.messages import Result, VadRequest, problems
 
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 RESPONSE_FORMATS: tuple[str, ...] = ("json", "text", "srt", "vtt", "verbose_json")
@@ -35,6 +37,59 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None):
         super().__init__(message)
         self.status, self.type, self.code = status, type, code
+
+
+class ServerVad(BaseModel):
+    """OpenAI's `chunking_strategy` object: its server-side VAD's tuning."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["server_vad"]
+    threshold: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    prefix_padding_ms: Annotated[int, Field(ge=0, le=5_000)] | None = None
+    silence_duration_ms: Annotated[int, Field(ge=0, le=10_000)] | None = None
+
+    def vad(self) -> VadRequest:
+        # OpenAI pads the start of speech; our padding is on both sides of a region, and its silence
+        # duration is what ends one: the same roles.
+        return VadRequest(
+            threshold=self.threshold, speech_pad_ms=self.prefix_padding_ms, min_silence_ms=self.silence_duration_ms
+        )
+
+
+ChunkingStrategy = Literal["auto"] | ServerVad
+
+
+def vad_of(strategy: "ChunkingStrategy | None") -> VadRequest | bool | None:
+    """The job's `vad` for a chunking_strategy: "auto" = VAD with the workers' settings, server_vad = VAD
+    tuned by its fields, none = the workers' CHUNKING."""
+    if strategy is None:
+        return None
+    return True if strategy == "auto" else strategy.vad()
+
+
+def chunking_field(form: Mapping[str, Any]) -> "ChunkingStrategy | None":
+    """chunking_strategy from form fields, as OpenAI's clients send it (`chunking_strategy=auto`, or the
+    object's members as `chunking_strategy[type]`, ...) or as curl users may (the object as JSON text)."""
+    raw: Any = form.get("chunking_strategy")
+    members = {k[len("chunking_strategy[") : -1]: v for k, v in form.items() if k.startswith("chunking_strategy[")}
+    if raw is None and not members:
+        return None
+    if raw is not None and members:
+        raise ApiError(400, "chunking_strategy: give it once", code="invalid_field")
+    if isinstance(raw, str) and raw.strip().startswith("{"):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise ApiError(400, "chunking_strategy: not valid JSON", code="invalid_field") from None
+    if raw == "auto":
+        return "auto"
+    try:
+        return ServerVad.model_validate(members or raw)
+    except ValidationError as exc:
+        raise ApiError(
+            400, f"chunking_strategy: {problems(exc.errors(), whole='value')}", code="invalid_field"
+        ) from None
 
 
 def failed(result: Result) -> ApiError:

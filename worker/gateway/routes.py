@@ -20,7 +20,16 @@ from starlette.datastructures import UploadFile as FormFile
 
 from worker.errors import BrokerUnavailable
 from worker.gateway.bridge import Bridge
-from worker.gateway.openai_api import OPENAI_MODEL, RESPONSE_FORMATS, ApiError, failed, render
+from worker.gateway.openai_api import (
+    OPENAI_MODEL,
+    RESPONSE_FORMATS,
+    ApiError,
+    ChunkingStrategy,
+    chunking_field,
+    failed,
+    render,
+    vad_of,
+)
 from worker.gateway.store import JobStore, dumps
 from worker.gateway.uploads import UploadStore
 from worker.messages import LANGUAGES, MAX_PROMPT_CHARS, ErrorInfo, Job, Result, problems
@@ -59,9 +68,15 @@ class JobRequest(BaseModel):
     prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     word_timestamps: bool = False
+    chunking_strategy: ChunkingStrategy | None = None
 
     def decoding(self) -> dict:
-        return {"prompt": self.prompt or None, "temperature": self.temperature, "word_timestamps": self.word_timestamps}
+        return {
+            "prompt": self.prompt or None,
+            "temperature": self.temperature,
+            "word_timestamps": self.word_timestamps,
+            "vad": vad_of(self.chunking_strategy),
+        }
 
 
 @dataclass(frozen=True)
@@ -147,8 +162,10 @@ def audio_routes(parts: Parts) -> APIRouter:
     router = APIRouter()
     options = parts.options
 
-    async def audio(task: str, file: UploadFile, model: str, language: str | None, response_format: str,
-                    prompt: str | None, temperature: float, granularities: list[str]) -> Response:  # fmt: skip
+    async def audio(request: Request, task: str, file: UploadFile, model: str, language: str | None,
+                    response_format: str, prompt: str | None, temperature: float,
+                    granularities: list[str]) -> Response:  # fmt: skip
+        vad = vad_of(chunking_field(await request.form()))  # the form FastAPI already parsed
         if response_format not in RESPONSE_FORMATS:
             raise ApiError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}", code="invalid_field")
         name = parts.check_request(model, language)
@@ -156,7 +173,7 @@ def audio_routes(parts: Parts) -> APIRouter:
             raise ApiError(400, f"prompt is longer than {MAX_PROMPT_CHARS} characters", code="invalid_field")
         token = parts.store_upload(file)
         job = parts.new_job(token, None, name, language, task, prompt=prompt or None, temperature=temperature,
-                            word_timestamps="word" in granularities)  # fmt: skip
+                            word_timestamps="word" in granularities, vad=vad)  # fmt: skip
         waiting = parts.bridge.waiters.expect(job.job_id, token)
         await parts.publish(job, token, wait=True)
         try:
@@ -175,6 +192,7 @@ def audio_routes(parts: Parts) -> APIRouter:
 
     @router.post("/v1/audio/transcriptions")
     async def transcriptions(
+        request: Request,
         file: AudioFile,
         model: Text = OPENAI_MODEL,
         language: OptionalText = None,
@@ -183,11 +201,12 @@ def audio_routes(parts: Parts) -> APIRouter:
         temperature: Temperature = 0.0,
         timestamp_granularities: Granularities = ["segment"],  # noqa: B006 (FastAPI copies defaults)
     ) -> Response:
-        return await audio("transcribe", file, model, language, response_format, prompt, temperature,
+        return await audio(request, "transcribe", file, model, language, response_format, prompt, temperature,
                            timestamp_granularities)  # fmt: skip
 
     @router.post("/v1/audio/translations")
     async def translations(
+        request: Request,
         file: AudioFile,
         model: Text = OPENAI_MODEL,
         prompt: OptionalText = None,
@@ -195,7 +214,7 @@ def audio_routes(parts: Parts) -> APIRouter:
         temperature: Temperature = 0.0,
         timestamp_granularities: Granularities = ["segment"],  # noqa: B006 (FastAPI copies defaults)
     ) -> Response:
-        return await audio("translate", file, model, None, response_format, prompt, temperature,
+        return await audio(request, "translate", file, model, None, response_format, prompt, temperature,
                            timestamp_granularities)  # fmt: skip
 
     return router
@@ -212,13 +231,17 @@ def job_routes(parts: Parts) -> APIRouter:
                 return JobRequest.model_validate_json(await request.body()), None
             except ValidationError as exc:
                 raise ApiError(400, problems(exc.errors()), code="invalid_field") from None
-        form = await request.form(max_files=1, max_fields=10)
+        form = await request.form(max_files=1, max_fields=20)
         file = form.get("file")
         if not isinstance(file, FormFile):
             raise ApiError(400, "file: a file upload is required", code="invalid_field")
-        fields = {k: v for k, v in form.items() if k != "file" and isinstance(v, str)}
+        fields = {
+            k: v
+            for k, v in form.items()
+            if k != "file" and isinstance(v, str) and not k.startswith("chunking_strategy")
+        }
         try:
-            return JobRequest(url="http://upload.invalid/", **fields), file
+            return JobRequest(url="http://upload.invalid/", chunking_strategy=chunking_field(form), **fields), file
         except ValidationError as exc:
             raise ApiError(400, problems(exc.errors()), code="invalid_field") from None
 

@@ -6,6 +6,7 @@ Errors are caught here and only here (per message): permanent ones become a fail
 plus a dead-lettered job, transient ones a retry with backoff until the delivery limit.
 """
 
+import dataclasses
 import functools
 import os
 import tempfile
@@ -36,11 +37,12 @@ from worker.messages import (
     ProgressEvent,
     Result,
     Timings,
+    VadRequest,
     job_id_of,
     parse_job,
     valid_job_id,
 )
-from worker.pipeline import Prepared, Processor, Progress, ProgressCallback, Transcript, segment_out
+from worker.pipeline import Prepared, Processor, Progress, ProgressCallback, Transcript, VadChoice, segment_out
 from worker.service.callbacks import post_callback
 from worker.service.inputs import download_audio
 
@@ -193,7 +195,7 @@ class JobHandler:
             audio = self._input_path(job, Path(scratch), emit)
             download_seconds = time.perf_counter() - download_started
             emit("decoding")
-            prepared = processor.prepare(audio, Path(scratch), language=job.language)
+            prepared = processor.prepare(audio, Path(scratch), language=job.language, vad=vad_choice(job, processor))
             on_chunk: ProgressCallback = functools.partial(emit, "transcribing")
             if self._scatter is not None and self._scatter.wanted(prepared):
                 per_chunk = self._scatter.run(job, prepared, processor, on_chunk)
@@ -357,3 +359,10 @@ def _completed(job_id: str, t: Transcript, outputs: dict[str, str], timings: Tim
         outputs=outputs,
         timings=timings,
     )
+
+
+def vad_choice(job: Job, processor: Processor) -> VadChoice:
+    """The pipeline's speech-detection choice for a job: its `vad` object over the worker's options."""
+    if not isinstance(job.vad, VadRequest):
+        return job.vad
+    return dataclasses.replace(processor.options.vad, **job.vad.model_dump(exclude_none=True))
