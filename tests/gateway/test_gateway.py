@@ -135,6 +135,27 @@ def test_a_prompt_reaches_every_chunk_and_the_temperature_is_echoed(client, gate
     assert {s.temperature for s in warm.segments} == {0.4} and "printing" in warm.text.lower()
 
 
+STRICT_VAD = {"type": "server_vad", "threshold": 0.999, "prefix_padding_ms": 0, "silence_duration_ms": 0}
+
+
+def test_chunking_strategy_reaches_the_workers_speech_detection(client, gateway, audio_dir):
+    def transcribe(**fields) -> str:
+        with open(audio_dir / JFK, "rb") as audio:
+            return client.audio.transcriptions.create(model="whisper-1", file=audio, **fields).text
+
+    default, auto, strict = transcribe(), transcribe(chunking_strategy="auto"), transcribe(chunking_strategy=STRICT_VAD)
+    # The workers' CHUNKING is vad: "auto" is their default. A strict server_vad keeps only the surest
+    # speech: JFK's quieter opening words are left out (sent as chunking_strategy[type]=... form fields).
+    assert auto == default and "fellow Americans" in default
+    assert "fellow" not in strict and "your country" in strict
+    status, body = curl(gateway, f"file=@{audio_dir / JFK}", f"chunking_strategy={json.dumps(STRICT_VAD)}")
+    assert status == 200 and body["text"] == strict  # curl users may send the object as JSON text
+    for bad in ("manual", '{"type": "server_vad", "threshold": 2}', '{"type": "client_vad"}', "{not json"):
+        status, body = curl(gateway, f"file=@{audio_dir / JFK}", f"chunking_strategy={bad}")
+        assert status == 400 and body["error"]["code"] == "invalid_field", bad
+        assert "chunking_strategy" in body["error"]["message"], bad
+
+
 def test_translations_and_models(client, audio_dir):
     with open(audio_dir / JFK, "rb") as audio:
         translated = client.audio.translations.create(model="whisper-1", file=audio)

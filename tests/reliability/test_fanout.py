@@ -14,10 +14,11 @@ import numpy as np
 import pika
 import pika.exceptions
 import pytest
+from conftest import non_speech
 from harness import Client, Service, WorkerProcess, completed_ids
 
 from worker.devtools.local_broker import free_port
-from worker.media.audio import encode_flac
+from worker.media.audio import decode_audio, encode_flac, write_wav
 from worker.messages import ChunkTask, GatherMessage, ProgressEvent, Result
 from worker.service.publisher import declare_gather
 
@@ -25,6 +26,9 @@ from .conftest import LEDGER
 from .test_faults import SHORT_CONSUMER_TIMEOUT, exactly_one_completed, healthz, results_of
 
 LONG = "ljspeech_LJ001-0001_to_0032_concat.wav"  # 231 s: 12 chunks
+GAPPED_SPEECH = ("jfk_inaugural_1961.flac", "ls_test-clean_1089-134686-0000.flac",
+                 "ljspeech_LJ050-0131.wav", "librivox_sonnet001_first9s_ogg.ogg")  # fmt: skip
+GAPPED_NOISE = (("pink", 20.0), ("tones", 15.0), ("clicks", 12.0), ("brown", 10.0))
 SHORT = "jfk_inaugural_1961.flac"
 # One whisper call of one thread per worker: the same decoding in both modes, and chunks spread out.
 FAN = {"fanout_min_seconds": 60, "max_parallel_workers": 1, "whisper_threads": 1, "log_level": "DEBUG"}
@@ -124,6 +128,32 @@ def test_a_fanned_out_job_has_the_single_worker_text_and_leaves_nothing(service,
     events = [ProgressEvent.model_validate_json(body) for _, body in client.drain(progress)]
     assert [e.chunks_done for e in events if e.stage == "transcribing"] == list(range(1, 13))
     assert_broker_clean(client, "fanned-1")
+    client.close()
+
+
+def test_a_fanned_out_job_of_speech_pieces_has_the_in_process_segments(service, audio_dir, tmp_path):
+    # Speech between long stretches of noise and tones: VAD chunks of several pieces each, the gaps cut out.
+    parts = []
+    for name, (kind, seconds) in zip(GAPPED_SPEECH, GAPPED_NOISE, strict=True):
+        parts += [decode_audio(audio_dir / name), non_speech(kind, seconds, tmp_path)]
+    write_wav(service.input_dir / "gapped.wav", np.concatenate(parts))
+    client = service.client()
+    reference = service.start_worker(**{**FAN, "fanout_min_seconds": 0})
+    reference.wait_for("Consuming")
+    client.enqueue({"job_id": "gapped-in-process-1", "audio": {"path": "gapped.wav"}, "word_timestamps": True})
+    (alone,) = exactly_one_completed(client, "gapped-in-process-1", reference)
+    assert reference.stop() == 0
+    workers = [service.start_worker(**FAN) for _ in range(2)]
+    for worker in workers:
+        worker.wait_for("Taking chunk tasks")
+
+    client.enqueue({"job_id": "gapped-fanned-1", "audio": {"path": "gapped.wav"}, "word_timestamps": True})
+    (fanned,) = exactly_one_completed(client, "gapped-fanned-1", workers[0])
+    assert "Fanning out" in "".join(w.log() for w in workers)
+    assert fanned.chunks == alone.chunks >= 2
+    assert fanned.segments == alone.segments  # words included: each piece's times put back the same way
+    assert fanned.text and fanned.segments[-1].end > 80  # the last clip, after three gaps, where it was spoken
+    assert_broker_clean(client, "gapped-fanned-1")
     client.close()
 
 
@@ -234,13 +264,16 @@ def test_bad_chunk_tasks_get_typed_errors_and_the_worker_serves_on(service, fan_
     publish_raw(client, encode_flac(np.zeros(8000, dtype=np.float32)), headers, gather)  # shorter than it says
     publish_raw(client, one_second, headers, t.jobs_queue)  # a reply_to that is not the job's gather queue
     publish_raw(client, one_second, task_headers("ghost-1"), t.gather_queue("ghost-1"))  # no such job
+    publish_raw(client, one_second, {**headers, "x-pieces": [[0, 9000], [8000, 16000]]}, gather)  # overlapping
+    publish_raw(client, one_second, {**headers, "x-pieces": [[0, 4000], [8000, 16000]]}, gather)  # 12000 samples
 
-    dead = client.collect(t.chunks_dead_letter_queue, lambda ms: len(ms) == 5, timeout=60)
+    dead = client.collect(t.chunks_dead_letter_queue, lambda ms: len(ms) == 7, timeout=60)
     codes = sorted(props.headers["x-error-code"] for props, _ in dead)
-    assert codes == ["AudioDecodeError", "InvalidChunkTask", "InvalidChunkTask", "InvalidChunkTask", "InvalidChunkTask"]
+    assert codes == ["AudioDecodeError"] + ["InvalidChunkTask"] * 6
     replies = [GatherMessage.model_validate_json(body) for _, body in client.drain(gather)]
     assert sorted((r.status, r.error.code) for r in replies) == [
         ("failed", "AudioDecodeError"),
+        ("failed", "InvalidChunkTask"),
         ("failed", "InvalidChunkTask"),
     ]
     fan_worker.wait_for("no coordinator gathers job ghost-1")
@@ -251,7 +284,8 @@ def test_bad_chunk_tasks_get_typed_errors_and_the_worker_serves_on(service, fan_
     client.enqueue({"job_id": "after-bad-chunks-1", "audio": {"path": SHORT}})
     exactly_one_completed(client, "after-bad-chunks-1", fan_worker)
     LEDGER.bad_inputs += ["chunk task: missing header", "chunk task: end before start", "chunk task: not FLAC",
-                          "chunk task: audio shorter than its span", "chunk task: foreign reply_to"]  # fmt: skip
+                          "chunk task: audio shorter than its span", "chunk task: foreign reply_to",
+                          "chunk task: overlapping pieces", "chunk task: audio longer than its pieces"]  # fmt: skip
     client.close()
 
 

@@ -439,8 +439,9 @@ class ModelDownloader:
 
     def _provide(self, config: ModelConfig, path: Path) -> None:
         tried = []
-        sources = (("download", self._download), ("package", self._convert_packaged), ("bundled", self._copy_bundled))
-        for source, attempt in sources:
+        # A file a package carries as it is (the VAD model) is copied; anything else is converted.
+        provide_from_package = self._copy_bundled if config.bundled else self._convert_packaged
+        for source, attempt in (("download", self._download), ("package", provide_from_package)):
             try:
                 attempt(config, path)
                 return
@@ -490,9 +491,7 @@ class ModelDownloader:
     # --- source 2: a CTranslate2 model in an installed package ---
 
     def _convert_packaged(self, config: ModelConfig, path: Path) -> None:
-        if config.packaged is None:
-            raise ModelUnavailable("no CTranslate2 copy of it is known")
-        packaged = self._packaged.get(config.packaged)
+        packaged = self._packaged.get(config.packaged) if config.packaged else None
         source = packaged.locate() if packaged else None
         if source is None:
             carriers = ", ".join(f"{n} ({p.describe()})" for n, p in self._packaged.items())
@@ -503,8 +502,6 @@ class ModelDownloader:
     # --- source 3: a ggml file an installed package carries ---
 
     def _copy_bundled(self, config: ModelConfig, path: Path) -> None:
-        if config.bundled is None:
-            raise ModelUnavailable("no installed package carries it as a ggml file")
         package, name = config.bundled
         spec = importlib.util.find_spec(package)  # found, not imported
         source = Path(next(iter(spec.submodule_search_locations or ()), "")) / name if spec else None
