@@ -428,6 +428,7 @@ def segment_in(segment: SegmentOut) -> Segment:
         avg_logprob=segment.avg_logprob,
         no_speech_prob=segment.no_speech_prob,
         words=words,
+        speaker=segment.speaker,
     )
 
 
@@ -442,7 +443,16 @@ def segment_document(segment: Segment) -> dict[str, Any]:
         "no_speech_prob": segment.no_speech_prob,
     }
     if segment.words is not None:
-        document["words"] = [dataclasses.asdict(w) for w in segment.words]
+        document["words"] = [_drop_none(dataclasses.asdict(w), "speaker") for w in segment.words]
+    if segment.speaker is not None:
+        document["speaker"] = segment.speaker
+    return document
+
+
+def _drop_none(document: dict[str, Any], key: str) -> dict[str, Any]:
+    """`document` without `key` when that is None (a speaker only where diarization set one)."""
+    if document.get(key) is None:
+        document.pop(key, None)
     return document
 
 
