@@ -91,6 +91,12 @@ class Job(_Strict):
     formats: tuple[Format, ...] = ("json",)
     callback_url: AnyUrl | None = None
 
+    @property
+    def needs_word_times(self) -> bool:
+        """Whether the job's chunks are transcribed with word times: asked for, or needed to cut segments
+        at speaker turns (diarize "speakers"; the output keeps them only when asked for)."""
+        return self.word_timestamps or self.diarize == "speakers"
+
     @model_validator(mode="after")
     def _speaker_counts(self) -> "Job":
         counts = (self.num_speakers, self.min_speakers, self.max_speakers)

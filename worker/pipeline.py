@@ -10,11 +10,11 @@ import contextvars
 import dataclasses
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from loguru import logger
@@ -43,6 +43,7 @@ from worker.media.chunking import (
     voiced_seconds_after,
 )
 from worker.media.speech import VadOptions, dominant, same_sound, speech_chunks, window_levels
+from worker.media.turns import Turn, TurnOptions, cluster, speaker_of, turns, windows
 from worker.messages import MAX_SPEAKERS, SegmentOut
 
 Chunking = Literal["energy", "vad"]
@@ -63,6 +64,7 @@ class PipelineOptions:
     # "vad": chunks of speech only (Silero, worker.media.speech); "energy": the level-based splitter.
     chunker: Chunking = "energy"
     vad: VadOptions = field(default_factory=VadOptions)
+    turns: TurnOptions = field(default_factory=TurnOptions)
 
     @property
     def concurrent_calls(self) -> int:
@@ -137,6 +139,7 @@ class Processor:
         options: PipelineOptions,
         work_root: Path | None = None,
         speech: SpeechDetector | None = None,
+        voices: "Callable[[], VoiceEmbedder] | None" = None,
     ) -> None:
         if options.chunker == "vad" and speech is None:
             raise ValueError("VAD chunking needs a speech detector")
@@ -150,6 +153,7 @@ class Processor:
         self.options = options
         self.work_root = work_root
         self.speech = speech
+        self._voices = voices  # made on first use: only diarize "speakers" needs the voice encoder
 
     def process_file(
         self,
@@ -317,8 +321,11 @@ class Processor:
         """One transcript from every chunk's segments (absolute times), in chunk order; diarized ones
         labelled with their speakers, in time order."""
         segments = tuple(s for chunk_segments in per_chunk for s in chunk_segments)
-        if prepared.diarization is not None and prepared.diarization.mode == "channels":
+        diarization = prepared.diarization
+        if diarization is not None and diarization.mode == "channels":
             segments = by_channel(prepared.chunks, per_chunk)
+        elif diarization is not None:
+            segments = self._by_voice(prepared, segments, diarization)
         language = prepared.language
         transcript = Transcript(
             text=" ".join(s.text for s in segments if s.text),
@@ -461,6 +468,31 @@ class Processor:
             )
         return segments
 
+    def _by_voice(self, prepared: "Prepared", segments: tuple[Segment, ...], how: "Diarization") -> tuple[Segment, ...]:
+        """Segments split at speaker turns and labelled, the turns found by clustering voice embeddings of
+        the job's speech (on the coordinator for a fanned-out job: one clustering, labels consistent)."""
+        if self._voices is None:
+            raise TranscriptionError('diarize "speakers" needs the voice encoder, and this worker has none')
+        started = time.perf_counter()
+        spans = windows([span for chunk in prepared.chunks for span in chunk.spans])
+        embeddings = self._voices().embed_windows(prepared.audio.read(s, e) for s, e in spans)
+        labels = cluster(
+            embeddings,
+            self.options.turns,
+            num_speakers=how.num_speakers,
+            min_speakers=how.min_speakers or 1,
+            max_speakers=how.max_speakers,
+        )
+        found = turns(spans, embeddings, labels, self.options.turns)
+        split = tuple(piece for segment in segments for piece in split_at_turns(segment, found, words=how.words))
+        logger.info(
+            "Diarized: {} speakers over {} windows in {:.2f} s",
+            len({t.speaker for t in found}),
+            len(spans),
+            time.perf_counter() - started,
+        )
+        return split
+
     def _log_summary(self, t: Transcript, threads: int) -> None:
         mode = "parallel" if self.options.parallel else "sequential"
         logger.info(
@@ -539,12 +571,20 @@ VadChoice = VadOptions | bool | None
 @dataclass(frozen=True)
 class Diarization:
     """Who spoke when, as a job asks: "channels" (one speaker per channel) or "speakers" (voices
-    clustered), with the number of speakers given or bounded."""
+    clustered), with the number of speakers given or bounded. `words`: the job wants word times in
+    its output (diarize "speakers" transcribes with them anyway, to cut segments at turns)."""
 
     mode: Literal["channels", "speakers"]
     num_speakers: int | None = None
     min_speakers: int | None = None
     max_speakers: int | None = None
+    words: bool = True
+
+
+class VoiceEmbedder(Protocol):
+    """worker.engine.voices.SpeakerEncoder, as the pipeline uses it."""
+
+    def embed_windows(self, windows: Iterable[np.ndarray]) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -591,6 +631,37 @@ def labelled(segment: Segment, speaker: str) -> Segment:
     """A segment and its words said by `speaker`."""
     words = None if segment.words is None else tuple(dataclasses.replace(w, speaker=speaker) for w in segment.words)
     return dataclasses.replace(segment, speaker=speaker, words=words)
+
+
+def split_at_turns(segment: Segment, found: list[Turn], *, words: bool) -> list[Segment]:
+    """A segment cut where its words change speaker (each piece labelled); `words`: keep the words.
+
+    Needs the segment's words (diarize "speakers" always asks whisper for them); a segment without
+    any is labelled whole, by overlap."""
+    if not segment.words:
+        speaker = speaker_of(found, segment.start, segment.end)
+        return [segment if speaker is None else labelled(segment, speaker_label(speaker))]
+    groups: list[tuple[int | None, list[Word]]] = []
+    for word in segment.words:
+        speaker = speaker_of(found, word.start, word.end)
+        if groups and groups[-1][0] == speaker:
+            groups[-1][1].append(word)
+        else:
+            groups.append((speaker, [word]))
+    pieces = []
+    for speaker, group in groups:
+        piece = dataclasses.replace(
+            segment,
+            start=group[0].start if len(groups) > 1 else segment.start,
+            end=group[-1].end if len(groups) > 1 else segment.end,
+            text="".join(w.word for w in group).strip() if len(groups) > 1 else segment.text,
+            tokens=segment.tokens if len(groups) == 1 else (),  # whisper's tokens are the whole segment's
+            words=tuple(group),
+        )
+        if speaker is not None:
+            piece = labelled(piece, speaker_label(speaker))
+        pieces.append(piece if words else dataclasses.replace(piece, words=None))
+    return pieces
 
 
 def by_channel(chunks: list[Chunk], per_chunk: list[list[Segment]]) -> tuple[Segment, ...]:

@@ -64,9 +64,11 @@ def main(argv: list[str] | None = None) -> int:
             language=args.language,
             task=args.task,
             prompt=args.prompt,
-            word_timestamps=args.word_timestamps,
+            word_timestamps=args.word_timestamps or args.diarize == "speakers",  # turns cut segments at words
             vad=vad_choice(args, processor.options.vad),
-            diarization=Diarization(args.diarize, args.num_speakers) if args.diarize else None,
+            diarization=Diarization(args.diarize, args.num_speakers, words=args.word_timestamps)
+            if args.diarize
+            else None,
         )
     except (PermanentError, TranscriptionError) as exc:
         logger.error("{}", exc)

@@ -182,7 +182,7 @@ class FanOut:
                 task=job.task,
                 prompt=job.prompt,
                 temperature=job.temperature,
-                word_timestamps=job.word_timestamps,
+                word_timestamps=job.needs_word_times,
             )
             audio = encode_flac(prepared.samples(chunk))
             publisher.publish_chunk_task(channel, self._topology, chunk_task, audio, reply_to=queue)

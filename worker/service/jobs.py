@@ -222,7 +222,7 @@ class JobHandler:
                     Path(scratch),
                     prompt=job.prompt,
                     temperature=job.temperature,
-                    word_timestamps=job.word_timestamps,
+                    word_timestamps=job.needs_word_times,
                 )
             transcript = processor.assemble(prepared, per_chunk)
         outputs = self._write_outputs(job, transcript)
@@ -386,4 +386,4 @@ def vad_choice(job: Job, processor: Processor) -> VadChoice:
 def diarization_of(job: Job) -> Diarization | None:
     if job.diarize == "off":
         return None
-    return Diarization(job.diarize, job.num_speakers, job.min_speakers, job.max_speakers)
+    return Diarization(job.diarize, job.num_speakers, job.min_speakers, job.max_speakers, words=job.word_timestamps)
