@@ -31,6 +31,7 @@ def diarize_of(requested: str | None, model: str, response_format: str) -> Diari
 # A failed job's error code -> (HTTP status, OpenAI error type).
 _STATUS = {
     "InvalidJob": (400, "invalid_request_error"),
+    "SingleChannel": (400, "invalid_request_error"),
     "MalformedJob": (400, "invalid_request_error"),
     "AudioDecodeError": (400, "invalid_request_error"),
     "EmptyAudio": (400, "invalid_request_error"),
