@@ -6,7 +6,8 @@ WorkerError
 │   │   ├── MalformedJob    the body is not a UTF-8 JSON object of acceptable size
 │   │   ├── InputNotAllowed the input is outside what the worker may read or fetch
 │   │   ├── ModelNotAllowed the model is not in ALLOWED_MODELS (refused before any download)
-│   │   └── InvalidChunkTask  a fanned-out chunk task breaks the chunk contract
+│   │   ├── InvalidChunkTask  a fanned-out chunk task breaks the chunk contract
+│   │   └── SingleChannel   diarize "channels" on audio whose channels cannot tell speakers apart
 │   ├── UnknownJob          a chunk task names a job that is not being gathered (ended, or never was)
 │   ├── ChunkFailed         a chunk of a fanned-out job failed (its cause in the message)
 │   ├── InputNotFound       the input path or URL does not exist (or is not a file)
@@ -57,6 +58,11 @@ class ModelNotAllowed(InvalidJob):
 
 class InvalidChunkTask(InvalidJob):
     """A chunk task's headers or audio break the chunk contract (worker/messages.py)."""
+
+
+class SingleChannel(InvalidJob):
+    """diarize "channels" on a recording whose channels cannot tell speakers apart (one channel, the
+    same sound on every channel, or more channels than speakers a job may have)."""
 
 
 class UnknownJob(PermanentError):

@@ -1,7 +1,7 @@
 """Transcript writers: plain text, SubRip (srt), WebVTT (vtt) and JSON."""
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 Format = Literal["txt", "srt", "vtt", "json"]
@@ -23,12 +23,18 @@ def timestamp(seconds: float, *, decimal_marker: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal_marker}{millis:03d}"
 
 
-def _cues(segments: Sequence[TimedText], marker: str) -> list[str]:
+def _speaker(segment: TimedText) -> str | None:
+    return getattr(segment, "speaker", None)
+
+
+def _cues(segments: Sequence[TimedText], marker: str, label: Callable[[str, str], str]) -> list[str]:
     cues = []
     for segment in segments:
         text = segment.text.strip()
         if not text:
             continue
+        if (speaker := _speaker(segment)) is not None:
+            text = label(speaker, text)
         # A cue must not end before it starts; whisper can emit zero-length segments.
         end = max(segment.end, segment.start)
         times = f"{timestamp(segment.start, decimal_marker=marker)} --> {timestamp(end, decimal_marker=marker)}"
@@ -38,16 +44,28 @@ def _cues(segments: Sequence[TimedText], marker: str) -> list[str]:
 
 def to_srt(segments: Sequence[TimedText]) -> str:
     """SubRip: numbered cues from 1, comma before milliseconds, a blank line after each cue."""
-    return "\n".join(f"{n}\n{cue}" for n, cue in enumerate(_cues(segments, ","), start=1))
+    cues = _cues(segments, ",", lambda speaker, text: f"{speaker}: {text}")
+    return "\n".join(f"{n}\n{cue}" for n, cue in enumerate(cues, start=1))
 
 
 def to_vtt(segments: Sequence[TimedText]) -> str:
-    """WebVTT: the WEBVTT header, then cues with a dot before milliseconds."""
-    return "\n".join(["WEBVTT\n", *_cues(segments, ".")])
+    """WebVTT: the WEBVTT header, then cues with a dot before milliseconds; a speaker as a voice tag."""
+    return "\n".join(["WEBVTT\n", *_cues(segments, ".", lambda speaker, text: f"<v {speaker}>{text}")])
 
 
-def to_txt(text: str) -> str:
-    return text.strip() + "\n"
+def to_txt(text: str, segments: Sequence[TimedText] = ()) -> str:
+    """The text; with speakers, one line per turn: `A: what A said`."""
+    if not any(_speaker(s) is not None for s in segments):
+        return text.strip() + "\n"
+    turns: list[tuple[str | None, list[str]]] = []
+    for segment in segments:
+        if not segment.text.strip():
+            continue
+        if turns and turns[-1][0] == _speaker(segment):
+            turns[-1][1].append(segment.text.strip())
+        else:
+            turns.append((_speaker(segment), [segment.text.strip()]))
+    return "".join(f"{speaker}: {' '.join(texts)}\n" for speaker, texts in turns)
 
 
 def to_json(document: Mapping[str, Any]) -> str:
@@ -57,7 +75,7 @@ def to_json(document: Mapping[str, Any]) -> str:
 def render(fmt: Format, *, text: str, segments: Sequence[TimedText], document: Mapping[str, Any]) -> str:
     """The transcript in `fmt`; `document` is what the JSON format serialises."""
     if fmt == "txt":
-        return to_txt(text)
+        return to_txt(text, segments)
     if fmt == "srt":
         return to_srt(segments)
     if fmt == "vtt":

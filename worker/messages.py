@@ -22,6 +22,8 @@ MAX_JOB_BYTES = 64 * 1024
 MAX_PROMPT_CHARS = 2000
 # Pieces of one fanned-out chunk (speech regions of at least ~0.8 s with their padding: ~30 in 24 s).
 MAX_CHUNK_PIECES = 200
+# Speakers one job may ask for (and channels a "channels" job may have): labels A..T.
+MAX_SPEAKERS = 20
 
 # whisper.cpp's language codes, in its own order (whisper_lang_str(0..whisper_lang_max_id()));
 # tests/test_messages.py checks this list against the installed libwhisper.
@@ -77,11 +79,34 @@ class Job(_Strict):
     # Each segment's words with their times (whisper.cpp's token timestamps; no measurable cost,
     # docs/performance.md).
     word_timestamps: bool = False
+    # Who spoke when: "channels" = one speaker per channel (calls), "speakers" = voices clustered (a
+    # mono meeting), with the count given (num_speakers) or estimated within min/max_speakers.
+    diarize: Literal["off", "channels", "speakers"] = "off"
+    num_speakers: Annotated[int, Field(ge=1, le=MAX_SPEAKERS)] | None = None
+    min_speakers: Annotated[int, Field(ge=1, le=MAX_SPEAKERS)] | None = None
+    max_speakers: Annotated[int, Field(ge=1, le=MAX_SPEAKERS)] | None = None
     # Speech detection: null = the worker's CHUNKING; false = no VAD (the energy splitter: everything
     # loud is transcribed); true = VAD with the worker's settings; an object = VAD tuned by the job.
     vad: VadRequest | bool | None = None
     formats: tuple[Format, ...] = ("json",)
     callback_url: AnyUrl | None = None
+
+    @property
+    def needs_word_times(self) -> bool:
+        """Whether the job's chunks are transcribed with word times: asked for, or needed to cut segments
+        at speaker turns (diarize "speakers"; the output keeps them only when asked for)."""
+        return self.word_timestamps or self.diarize == "speakers"
+
+    @model_validator(mode="after")
+    def _speaker_counts(self) -> "Job":
+        counts = (self.num_speakers, self.min_speakers, self.max_speakers)
+        if any(c is not None for c in counts) and self.diarize != "speakers":
+            raise ValueError('num_speakers, min_speakers and max_speakers need diarize "speakers"')
+        if self.min_speakers and self.max_speakers and self.min_speakers > self.max_speakers:
+            raise ValueError("min_speakers is above max_speakers")
+        if self.num_speakers and (self.min_speakers or self.max_speakers):
+            raise ValueError("give num_speakers, or min_speakers/max_speakers, not both")
+        return self
 
     @field_validator("language")
     @classmethod
@@ -112,6 +137,7 @@ class WordOut(_Strict):
     start: float
     end: float
     probability: float
+    speaker: str | None = None  # diarized jobs only
 
 
 class SegmentOut(_Strict):
@@ -122,6 +148,7 @@ class SegmentOut(_Strict):
     avg_logprob: float | None = None
     no_speech_prob: float | None = None
     words: list[WordOut] | None = None  # only when the job asked for word_timestamps
+    speaker: str | None = None  # diarized jobs only: "A", "B", ... in order of first appearance
 
 
 class Result(_Strict):

@@ -10,19 +10,28 @@ import contextvars
 import dataclasses
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from loguru import logger
 
 from worker.engine.speech import SpeechDetector
 from worker.engine.transcriber import Segment, Task, WhisperTranscriber, Word, threads_per_call
-from worker.errors import TranscriptionError, WorkerError
-from worker.media.audio import SAMPLE_RATE, Audio, InMemoryAudio, decode_to_file, read_wav, write_wav
+from worker.errors import SingleChannel, TranscriptionError, WorkerError
+from worker.media.audio import (
+    SAMPLE_RATE,
+    Audio,
+    ChannelsPcm,
+    InMemoryAudio,
+    decode_channels,
+    decode_to_file,
+    read_wav,
+    write_wav,
+)
 from worker.media.chunking import (
     LEVEL_BLOCK,
     Chunk,
@@ -33,8 +42,9 @@ from worker.media.chunking import (
     voiced_frames,
     voiced_seconds_after,
 )
-from worker.media.speech import VadOptions, speech_chunks
-from worker.messages import SegmentOut
+from worker.media.speech import VadOptions, dominant, same_sound, speech_chunks, window_levels
+from worker.media.turns import Turn, TurnOptions, cluster, speaker_of, turns, windows
+from worker.messages import MAX_SPEAKERS, SegmentOut
 
 Chunking = Literal["energy", "vad"]
 
@@ -54,6 +64,7 @@ class PipelineOptions:
     # "vad": chunks of speech only (Silero, worker.media.speech); "energy": the level-based splitter.
     chunker: Chunking = "energy"
     vad: VadOptions = field(default_factory=VadOptions)
+    turns: TurnOptions = field(default_factory=TurnOptions)
 
     @property
     def concurrent_calls(self) -> int:
@@ -128,6 +139,7 @@ class Processor:
         options: PipelineOptions,
         work_root: Path | None = None,
         speech: SpeechDetector | None = None,
+        voices: "Callable[[], VoiceEmbedder] | None" = None,
     ) -> None:
         if options.chunker == "vad" and speech is None:
             raise ValueError("VAD chunking needs a speech detector")
@@ -141,6 +153,7 @@ class Processor:
         self.options = options
         self.work_root = work_root
         self.speech = speech
+        self._voices = voices  # made on first use: only diarize "speakers" needs the voice encoder
 
     def process_file(
         self,
@@ -153,10 +166,11 @@ class Processor:
         temperature: float = 0.0,
         word_timestamps: bool = False,
         vad: "VadChoice" = None,
+        diarization: "Diarization | None" = None,
     ) -> Transcript:
         """Decode `path` and transcribe it. Raises AudioDecodeError or TranscriptionError."""
         with tempfile.TemporaryDirectory(prefix="job-", dir=self.work_root) as work_dir:
-            prepared = self.prepare(path, Path(work_dir), language=language, vad=vad)
+            prepared = self.prepare(path, Path(work_dir), language=language, vad=vad, diarization=diarization)
             per_chunk = self.transcribe_chunks(
                 prepared,
                 task,
@@ -187,12 +201,23 @@ class Processor:
             return self.assemble(prepared, per_chunk)
 
     def prepare(
-        self, path: Path, work_dir: Path, *, language: str | None = None, vad: "VadChoice" = None
+        self,
+        path: Path,
+        work_dir: Path,
+        *,
+        language: str | None = None,
+        vad: "VadChoice" = None,
+        diarization: "Diarization | None" = None,
     ) -> "Prepared":
         """Decode `path` into a PCM file in `work_dir`, split it, settle its language."""
         started = time.perf_counter()
-        audio = decode_to_file(path, work_dir / "audio.pcm", max_seconds=self.options.max_audio_seconds)
-        return self.prepare_audio(audio, language=language, started=started, vad=vad)
+        limit = self.options.max_audio_seconds
+        if diarization is not None and diarization.mode == "channels":
+            channels = decode_channels(path, work_dir / "channels.pcm", max_seconds=limit)
+            return self.prepare_channels(channels, language=language, started=started, vad=vad)
+        audio = decode_to_file(path, work_dir / "audio.pcm", max_seconds=limit)
+        prepared = self.prepare_audio(audio, language=language, started=started, vad=vad)
+        return dataclasses.replace(prepared, diarization=diarization)
 
     def prepare_audio(
         self, audio: Audio, *, language: str | None = None, started: float | None = None, vad: "VadChoice" = None
@@ -202,8 +227,46 @@ class Processor:
         decoded = time.perf_counter()
         chunks = self.split(audio, vad)
         threads = self.threads_for(len(chunks))
-        language, probability = self._language(audio, chunks, language, threads)
-        return Prepared(audio, chunks, language, probability, threads, decoded - started, started)
+        language, probability = self._language((audio,), chunks, language, threads)
+        return Prepared((audio,), chunks, language, probability, threads, decoded - started, started)
+
+    def prepare_channels(
+        self, audio: ChannelsPcm, *, language: str | None = None, started: float, vad: "VadChoice" = None
+    ) -> "Prepared":
+        """One speaker per channel: each channel's own speech (VAD; a window another channel is much
+        louder in is that channel's speaker bleeding in, not this one's), as chunks labelled by channel."""
+        decoded = time.perf_counter()
+        if not 2 <= audio.n_channels <= MAX_SPEAKERS:
+            raise SingleChannel(
+                f'diarize "channels" needs 2 to {MAX_SPEAKERS} channels, one per speaker; this recording has '
+                f'{audio.n_channels} (diarize "speakers" tells voices apart in one channel)'
+            )
+        if self.speech is None:
+            raise TranscriptionError('diarize "channels" needs speech detection, and this worker has none')
+        options = self._vad_options(vad) or self.options.vad  # channels are always split by speech
+        sources = tuple(audio.channel(k) for k in range(audio.n_channels))
+        probabilities = [self.speech.probabilities(_blocks(channel)) for channel in sources]
+        levels = [np.concatenate([np.zeros(0), *map(window_levels, _blocks(channel))]) for channel in sources]
+        if same_sound(levels):
+            raise SingleChannel(
+                'diarize "channels": every channel carries the same sound (a mono recording stored as '
+                'multichannel), so channels cannot tell speakers apart; use diarize "speakers"'
+            )
+        limit = self.options.chunking.max_seconds
+        found = [
+            chunk
+            for number, p in enumerate(dominant(probabilities, levels))
+            for chunk in speech_chunks(p, audio.n_samples, options, max_seconds=limit, source=number)
+        ]
+        # In time order across the channels, renumbered: chunk order is transcript order.
+        chunks = [
+            dataclasses.replace(chunk, index=index)
+            for index, chunk in enumerate(sorted(found, key=lambda c: (c.start, c.source)))
+        ]
+        threads = self.threads_for(len(chunks))
+        language, probability = self._language(sources, chunks, language, threads)
+        prepared = Prepared(sources, chunks, language, probability, threads, decoded - started, started)
+        return dataclasses.replace(prepared, diarization=Diarization("channels"))
 
     def split(self, audio: Audio, vad: "VadChoice" = None) -> list[Chunk]:
         """The job's chunks: speech regions (VAD) or energy-based, as the job or the options say."""
@@ -243,7 +306,7 @@ class Processor:
         word_timestamps: bool = False,
     ) -> list[list[Segment]]:
         """In-process mode: every chunk as a WAV file in `work_dir`, transcribed on this process's pool."""
-        paths = [_write_chunk(work_dir, prepared.audio, chunk) for chunk in prepared.chunks]
+        paths = [_write_chunk(work_dir, prepared, chunk) for chunk in prepared.chunks]
         return self._run(
             prepared.chunks,
             paths,
@@ -255,8 +318,14 @@ class Processor:
         )
 
     def assemble(self, prepared: "Prepared", per_chunk: list[list[Segment]]) -> Transcript:
-        """One transcript from every chunk's segments (absolute times), in chunk order."""
+        """One transcript from every chunk's segments (absolute times), in chunk order; diarized ones
+        labelled with their speakers, in time order."""
         segments = tuple(s for chunk_segments in per_chunk for s in chunk_segments)
+        diarization = prepared.diarization
+        if diarization is not None and diarization.mode == "channels":
+            segments = by_channel(prepared.chunks, per_chunk)
+        elif diarization is not None:
+            segments = self._by_voice(prepared, segments, diarization)
         language = prepared.language
         transcript = Transcript(
             text=" ".join(s.text for s in segments if s.text),
@@ -306,7 +375,7 @@ class Processor:
         return threads_per_call(calls, cpus=self.options.cpus or None, requested=self.options.threads)
 
     def _language(
-        self, audio: Audio, chunks: list[Chunk], language: str | None, threads: int
+        self, sources: tuple[Audio, ...], chunks: list[Chunk], language: str | None, threads: int
     ) -> tuple[str | None, float | None]:
         # Detect once per job, on the first chunk, so every chunk is decoded in the same language.
         if language is not None or not chunks:
@@ -314,7 +383,9 @@ class Processor:
         if not self.transcriber.multilingual:
             return "en", None
         first = chunks[0]
-        detected, probability = self.transcriber.detect_language(chunk_samples(audio, first), n_threads=threads)
+        detected, probability = self.transcriber.detect_language(
+            chunk_samples(sources[first.source], first), n_threads=threads
+        )
         logger.info("Detected language {} (p={:.2f})", detected, probability)
         return detected, probability
 
@@ -397,6 +468,31 @@ class Processor:
             )
         return segments
 
+    def _by_voice(self, prepared: "Prepared", segments: tuple[Segment, ...], how: "Diarization") -> tuple[Segment, ...]:
+        """Segments split at speaker turns and labelled, the turns found by clustering voice embeddings of
+        the job's speech (on the coordinator for a fanned-out job: one clustering, labels consistent)."""
+        if self._voices is None:
+            raise TranscriptionError('diarize "speakers" needs the voice encoder, and this worker has none')
+        started = time.perf_counter()
+        spans = windows([span for chunk in prepared.chunks for span in chunk.spans])
+        embeddings = self._voices().embed_windows(prepared.audio.read(s, e) for s, e in spans)
+        labels = cluster(
+            embeddings,
+            self.options.turns,
+            num_speakers=how.num_speakers,
+            min_speakers=how.min_speakers or 1,
+            max_speakers=how.max_speakers,
+        )
+        found = turns(spans, embeddings, labels, self.options.turns)
+        split = tuple(piece for segment in segments for piece in split_at_turns(segment, found, words=how.words))
+        logger.info(
+            "Diarized: {} speakers over {} windows in {:.2f} s",
+            len({t.speaker for t in found}),
+            len(spans),
+            time.perf_counter() - started,
+        )
+        return split
+
     def _log_summary(self, t: Transcript, threads: int) -> None:
         mode = "parallel" if self.options.parallel else "sequential"
         logger.info(
@@ -428,6 +524,7 @@ def segment_in(segment: SegmentOut) -> Segment:
         avg_logprob=segment.avg_logprob,
         no_speech_prob=segment.no_speech_prob,
         words=words,
+        speaker=segment.speaker,
     )
 
 
@@ -442,7 +539,16 @@ def segment_document(segment: Segment) -> dict[str, Any]:
         "no_speech_prob": segment.no_speech_prob,
     }
     if segment.words is not None:
-        document["words"] = [dataclasses.asdict(w) for w in segment.words]
+        document["words"] = [_drop_none(dataclasses.asdict(w), "speaker") for w in segment.words]
+    if segment.speaker is not None:
+        document["speaker"] = segment.speaker
+    return document
+
+
+def _drop_none(document: dict[str, Any], key: str) -> dict[str, Any]:
+    """`document` without `key` when that is None (a speaker only where diarization set one)."""
+    if document.get(key) is None:
+        document.pop(key, None)
     return document
 
 
@@ -463,16 +569,48 @@ VadChoice = VadOptions | bool | None
 
 
 @dataclass(frozen=True)
-class Prepared:
-    """A job decoded and split, ready for its chunks to be transcribed here or fanned out."""
+class Diarization:
+    """Who spoke when, as a job asks: "channels" (one speaker per channel) or "speakers" (voices
+    clustered), with the number of speakers given or bounded. `words`: the job wants word times in
+    its output (diarize "speakers" transcribes with them anyway, to cut segments at turns)."""
 
-    audio: Audio
+    mode: Literal["channels", "speakers"]
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+    words: bool = True
+
+
+class VoiceEmbedder(Protocol):
+    """worker.engine.voices.SpeakerEncoder, as the pipeline uses it."""
+
+    def embed_windows(self, windows: Iterable[np.ndarray]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A job decoded and split, ready for its chunks to be transcribed here or fanned out.
+
+    `sources`: the audio the chunks are read from, by `Chunk.source`: the recording (mono), or each of
+    its channels (diarize "channels")."""
+
+    sources: tuple[Audio, ...]
     chunks: list[Chunk]
     language: str | None
     language_probability: float | None
     threads: int  # per whisper call
     decode_seconds: float
     started: float  # perf_counter() when the job's decoding began
+    diarization: Diarization | None = None
+
+    @property
+    def audio(self) -> Audio:
+        """The recording (its first channel for diarize "channels")."""
+        return self.sources[0]
+
+    def samples(self, chunk: Chunk) -> np.ndarray:
+        """A chunk's audio."""
+        return chunk_samples(self.sources[chunk.source], chunk)
 
     @property
     def duration_seconds(self) -> float:
@@ -484,15 +622,67 @@ def _blocks(audio: Audio) -> Iterator[np.ndarray]:
         yield audio.read(start, start + LEVEL_BLOCK)
 
 
+def speaker_label(number: int) -> str:
+    """A, B, C, ... for speakers (or channels) 0, 1, 2, ..."""
+    return chr(ord("A") + number)
+
+
+def labelled(segment: Segment, speaker: str) -> Segment:
+    """A segment and its words said by `speaker`."""
+    words = None if segment.words is None else tuple(dataclasses.replace(w, speaker=speaker) for w in segment.words)
+    return dataclasses.replace(segment, speaker=speaker, words=words)
+
+
+def split_at_turns(segment: Segment, found: list[Turn], *, words: bool) -> list[Segment]:
+    """A segment cut where its words change speaker (each piece labelled); `words`: keep the words.
+
+    Needs the segment's words (diarize "speakers" always asks whisper for them); a segment without
+    any is labelled whole, by overlap."""
+    if not segment.words:
+        speaker = speaker_of(found, segment.start, segment.end)
+        return [segment if speaker is None else labelled(segment, speaker_label(speaker))]
+    groups: list[tuple[int | None, list[Word]]] = []
+    for word in segment.words:
+        speaker = speaker_of(found, word.start, word.end)
+        if groups and groups[-1][0] == speaker:
+            groups[-1][1].append(word)
+        else:
+            groups.append((speaker, [word]))
+    pieces = []
+    for speaker, group in groups:
+        piece = dataclasses.replace(
+            segment,
+            start=group[0].start if len(groups) > 1 else segment.start,
+            end=group[-1].end if len(groups) > 1 else segment.end,
+            text="".join(w.word for w in group).strip() if len(groups) > 1 else segment.text,
+            tokens=segment.tokens if len(groups) == 1 else (),  # whisper's tokens are the whole segment's
+            words=tuple(group),
+        )
+        if speaker is not None:
+            piece = labelled(piece, speaker_label(speaker))
+        pieces.append(piece if words else dataclasses.replace(piece, words=None))
+    return pieces
+
+
+def by_channel(chunks: list[Chunk], per_chunk: list[list[Segment]]) -> tuple[Segment, ...]:
+    """Every channel's segments labelled with its speaker (A = the first channel), merged in time order."""
+    merged = [
+        (segment.start, chunk.source, labelled(segment, speaker_label(chunk.source)))
+        for chunk, segments in zip(chunks, per_chunk, strict=True)
+        for segment in segments
+    ]
+    return tuple(segment for _, _, segment in sorted(merged, key=lambda item: item[:2]))
+
+
 def chunk_samples(audio: Audio, chunk: Chunk) -> np.ndarray:
     """The chunk's audio: its pieces of the job's audio, one after another."""
     spans = [audio.read(start, end) for start, end in chunk.spans]
     return spans[0] if len(spans) == 1 else np.concatenate(spans)
 
 
-def _write_chunk(work_dir: Path, audio: Audio, chunk: Chunk) -> Path:
+def _write_chunk(work_dir: Path, prepared: "Prepared", chunk: Chunk) -> Path:
     path = work_dir / chunk.name
-    write_wav(path, chunk_samples(audio, chunk))
+    write_wav(path, prepared.samples(chunk))
     return path
 
 

@@ -2,7 +2,7 @@
 
     python cmd/enqueue/main.py AUDIO_OR_URL [--wait] [--timeout S] [--format json|txt]
                                [--model NAME] [--language xx] [--job-id ID] [--prompt TEXT] [--word-timestamps]
-                               [--vad on|off] [--vad-threshold P]
+                               [--vad on|off] [--vad-threshold P] [--diarize channels|speakers] [--num-speakers N]
 
 A local file is copied into INPUT_DIR (the worker reads jobs' `path` relative to it).
 With --wait, prints the result and exits 1 if the job failed, 3 on timeout.
@@ -38,6 +38,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--word-timestamps", action="store_true", help="each segment's words with times")
     parser.add_argument("--vad", choices=("on", "off"), help="speech detection (default: the worker's CHUNKING)")
     parser.add_argument("--vad-threshold", type=float, help="speech probability that starts speech")
+    parser.add_argument("--diarize", choices=("off", "channels", "speakers"), default="off", help="who spoke when")
+    parser.add_argument("--num-speakers", type=int, help="speakers in the recording (--diarize speakers)")
     return parser.parse_args()
 
 
@@ -59,6 +61,8 @@ def build_job(args: argparse.Namespace, settings: Settings, job_id: str) -> Job:
             "prompt": args.prompt,
             "word_timestamps": args.word_timestamps,
             "vad": vad_field(args),
+            "diarize": args.diarize,
+            "num_speakers": args.num_speakers,
         }
     )
 

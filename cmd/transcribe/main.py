@@ -2,7 +2,8 @@
 
 python cmd/transcribe/main.py AUDIO [--format txt|srt|vtt|json] [--model NAME]
                               [--language xx] [--task transcribe|translate] [--prompt TEXT] [--word-timestamps]
-                              [--vad on|off] [--vad-threshold P] [--sequential | --workers N]
+                              [--vad on|off] [--vad-threshold P] [--diarize channels|speakers]
+                              [--num-speakers N] [--sequential | --workers N]
 """
 
 import argparse
@@ -18,7 +19,7 @@ from worker.errors import PermanentError, TranscriptionError
 from worker.formats import FORMATS, render
 from worker.logs import configure_logging
 from worker.media.speech import VadOptions
-from worker.pipeline import VadChoice
+from worker.pipeline import Diarization, VadChoice
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -32,6 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--word-timestamps", action="store_true", help="each segment's words with times (json)")
     parser.add_argument("--vad", choices=("on", "off"), help="speech detection (default: CHUNKING); off: energy chunks")
     parser.add_argument("--vad-threshold", type=float, help="speech probability that starts speech (default 0.5)")
+    parser.add_argument("--diarize", choices=("channels", "speakers"), help="label who spoke when")
+    parser.add_argument("--num-speakers", type=int, help="speakers in the recording (--diarize speakers)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--sequential", action="store_true", help="one chunk at a time, all CPU threads")
     mode.add_argument("--workers", type=int, help="chunks transcribed at once (default: MAX_PARALLEL_WORKERS)")
@@ -61,8 +64,11 @@ def main(argv: list[str] | None = None) -> int:
             language=args.language,
             task=args.task,
             prompt=args.prompt,
-            word_timestamps=args.word_timestamps,
+            word_timestamps=args.word_timestamps or args.diarize == "speakers",  # turns cut segments at words
             vad=vad_choice(args, processor.options.vad),
+            diarization=Diarization(args.diarize, args.num_speakers, words=args.word_timestamps)
+            if args.diarize
+            else None,
         )
     except (PermanentError, TranscriptionError) as exc:
         logger.error("{}", exc)

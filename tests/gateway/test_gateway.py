@@ -17,11 +17,12 @@ import numpy as np
 import openai
 import pytest
 import requests
+import soundfile
 from conftest import ROOT
 from harness import GatewayProcess, Service, gateway_env, new_topology, stop_and_check
 
 from worker.devtools.local_broker import free_port
-from worker.media.audio import write_wav
+from worker.media.audio import decode_audio, write_wav
 
 JFK = "jfk_inaugural_1961.flac"
 LONG = "ljspeech_LJ001-0001_to_0032_concat.wav"  # 231 s: 10 chunks, progress to watch
@@ -154,6 +155,40 @@ def test_chunking_strategy_reaches_the_workers_speech_detection(client, gateway,
         status, body = curl(gateway, f"file=@{audio_dir / JFK}", f"chunking_strategy={bad}")
         assert status == 400 and body["error"]["code"] == "invalid_field", bad
         assert "chunking_strategy" in body["error"]["message"], bad
+
+
+def stereo_call(audio_dir: Path, path: Path) -> Path:
+    """JFK on the left channel, then a LibriSpeech reader on the right (each 20 dB down on the other)."""
+    left, right = decode_audio(audio_dir / JFK), decode_audio(audio_dir / "ls_test-clean_1089-134686-0000.flac")
+    a = np.concatenate([left, np.zeros(right.size + 16000, np.float32)])
+    b = np.concatenate([np.zeros(left.size + 16000, np.float32), right])
+    soundfile.write(path, np.stack([a + 0.1 * b, b + 0.1 * a], axis=1), 16000, subtype="PCM_16")
+    return path
+
+
+def test_diarized_json_through_the_openai_client_and_curl(client, gateway, audio_dir, tmp_path):
+    call = stereo_call(audio_dir, tmp_path / "call.wav")
+    with open(call, "rb") as audio:
+        diarized = client.audio.transcriptions.create(
+            model="whisper-1", file=audio, response_format="diarized_json", extra_body={"diarize": "channels"}
+        )
+        audio.seek(0)
+        verbose = client.audio.transcriptions.create(
+            model="whisper-1", file=audio, response_format="verbose_json", extra_body={"diarize": "channels"}
+        )
+    assert [s.speaker for s in diarized.segments][0] == "A" and {s.speaker for s in diarized.segments} == {"A", "B"}
+    assert all(s.type == "transcript.text.segment" for s in diarized.segments)
+    assert "fellow Americans" in " ".join(s.text for s in diarized.segments if s.speaker == "A")
+    assert "stew for dinner" in " ".join(s.text for s in diarized.segments if s.speaker == "B")
+    assert [s.speaker for s in verbose.segments] == [s.speaker for s in diarized.segments]
+    status, body = curl(gateway, f"file=@{call}", "diarize=channels", "response_format=diarized_json")
+    assert status == 200 and [s["speaker"] for s in body["segments"]] == [s.speaker for s in diarized.segments]
+    status, body = curl(gateway, f"file=@{audio_dir / JFK}", "diarize=channels")  # one sound on both channels
+    assert status == 400 and body["error"]["code"] == "SingleChannel"
+    status, body = curl(gateway, f"file=@{call}", "diarize=channels", "num_speakers=2")
+    assert status == 400 and "num_speakers" in body["error"]["message"]
+    status, body = curl(gateway, f"file=@{call}", "diarize=everyone")
+    assert status == 400 and body["error"]["code"] == "invalid_field"
 
 
 def test_translations_and_models(client, audio_dir):

@@ -54,6 +54,7 @@ class Word:
     start: float
     end: float
     probability: float
+    speaker: str | None = None  # set by diarization (worker.pipeline), never by whisper
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class Segment:
     avg_logprob: float | None = None
     no_speech_prob: float | None = None
     words: tuple[Word, ...] | None = None
+    speaker: str | None = None  # set by diarization (worker.pipeline), never by whisper
 
     def shifted(self, seconds: float, *, clamp: tuple[float, float] | None = None) -> "Segment":
         """This segment `seconds` later (words too); with `clamp=(lo, hi)`, every time first held inside it."""

@@ -10,13 +10,28 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from worker.formats import to_srt, to_vtt
 from worker.messages import Result, VadRequest, problems
 
-ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
-RESPONSE_FORMATS: tuple[str, ...] = ("json", "text", "srt", "vtt", "verbose_json")
+ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json", "diarized_json"]
+RESPONSE_FORMATS: tuple[str, ...] = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")
 OPENAI_MODEL = "whisper-1"  # what OpenAI clients send: our default model
+# OpenAI's diarizing model: our default model, with diarize "speakers".
+OPENAI_DIARIZE_MODEL = "gpt-4o-transcribe-diarize"
+Diarize = Literal["off", "channels", "speakers"]
+
+
+def diarize_of(requested: str | None, model: str, response_format: str) -> Diarize:
+    """A request's diarization: the `diarize` field (ours) when given; else "speakers" for OpenAI's
+    diarizing model or its diarized_json, as OpenAI's clients ask for speakers; else off."""
+    if requested:
+        if requested not in ("off", "channels", "speakers"):
+            raise ApiError(400, "diarize must be one of off, channels, speakers", code="invalid_field")
+        return requested  # type: ignore[return-value]
+    return "speakers" if model == OPENAI_DIARIZE_MODEL or response_format == "diarized_json" else "off"
+
 
 # A failed job's error code -> (HTTP status, OpenAI error type).
 _STATUS = {
     "InvalidJob": (400, "invalid_request_error"),
+    "SingleChannel": (400, "invalid_request_error"),
     "MalformedJob": (400, "invalid_request_error"),
     "AudioDecodeError": (400, "invalid_request_error"),
     "EmptyAudio": (400, "invalid_request_error"),
@@ -124,7 +139,29 @@ def render(
         return to_vtt(segments), "text/vtt; charset=utf-8"
     if fmt == "json":
         return json.dumps({"text": result.text or ""}), "application/json"
+    if fmt == "diarized_json":
+        return json.dumps(diarized(result, task)), "application/json"
     return json.dumps(verbose(result, task, temperature, granularities)), "application/json"
+
+
+def diarized(result: Result, task: str) -> dict[str, Any]:
+    """OpenAI's diarized_json: the text, and segments of one speaker each."""
+    return {
+        "task": task,
+        "duration": result.duration_seconds,
+        "text": result.text or "",
+        "segments": [
+            {
+                "type": "transcript.text.segment",
+                "id": f"seg_{i:03d}",
+                "start": s.start,
+                "end": s.end,
+                "text": s.text,
+                "speaker": s.speaker or "A",
+            }
+            for i, s in enumerate(result.segments or [])
+        ],
+    }
 
 
 def verbose(
@@ -151,6 +188,7 @@ def verbose(
                 "compression_ratio": compression_ratio(s.text),
                 # null only from the pywhispercpp fallback backend
                 "no_speech_prob": s.no_speech_prob,
+                **({"speaker": s.speaker} if s.speaker else {}),
             }
             for i, s in enumerate(result.segments or [])
         ]

@@ -21,11 +21,14 @@ from starlette.datastructures import UploadFile as FormFile
 from worker.errors import BrokerUnavailable
 from worker.gateway.bridge import Bridge
 from worker.gateway.openai_api import (
+    OPENAI_DIARIZE_MODEL,
     OPENAI_MODEL,
     RESPONSE_FORMATS,
     ApiError,
     ChunkingStrategy,
+    Diarize,
     chunking_field,
+    diarize_of,
     failed,
     render,
     vad_of,
@@ -69,6 +72,10 @@ class JobRequest(BaseModel):
     temperature: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     word_timestamps: bool = False
     chunking_strategy: ChunkingStrategy | None = None
+    diarize: Diarize = "off"
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
 
     def decoding(self) -> dict:
         return {
@@ -76,6 +83,10 @@ class JobRequest(BaseModel):
             "temperature": self.temperature,
             "word_timestamps": self.word_timestamps,
             "vad": vad_of(self.chunking_strategy),
+            "diarize": diarize_of(self.diarize if self.diarize != "off" else None, self.model, ""),
+            "num_speakers": self.num_speakers,
+            "min_speakers": self.min_speakers,
+            "max_speakers": self.max_speakers,
         }
 
 
@@ -91,9 +102,9 @@ class Parts:
 
     def check_request(self, model: str, language: str | None) -> str:
         """The model name the job gets; ApiError for a model that is not allowed or an unknown language."""
-        name = self.options.default_model if model == OPENAI_MODEL else model
+        name = self.options.default_model if model in (OPENAI_MODEL, OPENAI_DIARIZE_MODEL) else model
         if name not in self.options.models:
-            allowed = ", ".join((OPENAI_MODEL, *self.options.models))
+            allowed = ", ".join((OPENAI_MODEL, OPENAI_DIARIZE_MODEL, *self.options.models))
             raise ApiError(400, f"model {model!r} is not available here; allowed: {allowed}", code="model_not_found")
         if language and language.lower() not in LANGUAGES:
             raise ApiError(400, f"unknown language {language!r}", code="invalid_language")
@@ -109,9 +120,19 @@ class Parts:
     def new_job(self, token: str | None, url: str | None, model: str, language: str | None, task: str,
                 **decoding) -> Job:  # fmt: skip
         audio = {"url": f"{self.options.public_url}/uploads/{token}"} if token else {"url": url}
-        return Job(
-            job_id=f"gw-{uuid.uuid4().hex}", audio=audio, model=model, language=language or None, task=task, **decoding
-        )
+        try:
+            return Job(
+                job_id=f"gw-{uuid.uuid4().hex}",
+                audio=audio,
+                model=model,
+                language=language or None,
+                task=task,
+                **decoding,
+            )
+        except ValidationError as exc:  # fields checked together (speaker counts with diarize)
+            if token:
+                self.uploads.delete(token)
+            raise ApiError(400, problems(exc.errors(), whole="request"), code="invalid_field") from None
 
     async def publish(self, job: Job, token: str | None, *, wait: bool) -> None:
         """Publish and wait for the broker's confirm, at most publish_timeout_seconds; else 503."""
@@ -125,6 +146,21 @@ class Parts:
                 self.uploads.delete(token)
             reason = str(exc) or f"the broker did not confirm job {job.job_id} in time"
             raise ApiError(503, reason, type="server_error", code="broker_unavailable") from None
+
+
+def _text(form, name: str) -> str | None:
+    value = form.get(name)
+    return value if isinstance(value, str) and value else None
+
+
+def _count(form, name: str) -> int | None:
+    value = _text(form, name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a whole number", code="invalid_field") from None
 
 
 def misc_routes(parts: Parts) -> APIRouter:
@@ -142,7 +178,7 @@ def misc_routes(parts: Parts) -> APIRouter:
 
     @router.get("/v1/models")
     async def models() -> JSONResponse:
-        names = [OPENAI_MODEL, *parts.options.models]
+        names = [OPENAI_MODEL, OPENAI_DIARIZE_MODEL, *parts.options.models]
         return JSONResponse(
             {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "local"} for n in names]}
         )
@@ -165,7 +201,10 @@ def audio_routes(parts: Parts) -> APIRouter:
     async def audio(request: Request, task: str, file: UploadFile, model: str, language: str | None,
                     response_format: str, prompt: str | None, temperature: float,
                     granularities: list[str]) -> Response:  # fmt: skip
-        vad = vad_of(chunking_field(await request.form()))  # the form FastAPI already parsed
+        form = await request.form()  # the form FastAPI already parsed: our extension fields and chunking_strategy
+        vad = vad_of(chunking_field(form))
+        diarize = diarize_of(_text(form, "diarize"), model, response_format)
+        num_speakers = _count(form, "num_speakers")
         if response_format not in RESPONSE_FORMATS:
             raise ApiError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}", code="invalid_field")
         name = parts.check_request(model, language)
@@ -173,7 +212,8 @@ def audio_routes(parts: Parts) -> APIRouter:
             raise ApiError(400, f"prompt is longer than {MAX_PROMPT_CHARS} characters", code="invalid_field")
         token = parts.store_upload(file)
         job = parts.new_job(token, None, name, language, task, prompt=prompt or None, temperature=temperature,
-                            word_timestamps="word" in granularities, vad=vad)  # fmt: skip
+                            word_timestamps="word" in granularities, vad=vad, diarize=diarize,
+                            num_speakers=num_speakers)  # fmt: skip
         waiting = parts.bridge.waiters.expect(job.job_id, token)
         await parts.publish(job, token, wait=True)
         try:

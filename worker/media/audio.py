@@ -39,6 +39,7 @@ SAMPLE_RATE = 16000
 _TRUNCATION_TOLERANCE_SECONDS = 0.5
 _VIDEO_STREAM = re.compile(r"^\s*Stream #0:\d+.*: Video: .*$", re.MULTILINE)
 _DURATION = re.compile(r"^\s*Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)", re.MULTILINE)
+_PCM_BITRATE = re.compile(r"Audio: pcm_s16le, 16000 Hz, [^\n]*?(\d+) kb/s")
 _NOT_ON_WHITELIST = re.compile(r"\[(\w+) @ [^]]*\] Format not on whitelist")
 
 # The containers ffmpeg may demux (`ffmpeg -demuxers` names; "mov" covers mp4/m4a/3gp, "matroska"
@@ -110,6 +111,14 @@ def decode_to_file(path: Path, dest: Path, *, max_seconds: float | None = None) 
     samples, AudioTooLong beyond `max_seconds`, and AudioDecodeError for anything that is
     not audio, is corrupt, or is truncated.
     """
+    path = _checked_input(path)
+    report = _run_ffmpeg(path, dest, max_seconds)
+    audio = PcmFile(dest)
+    _check(path.name, audio.seconds, _declared_seconds(report), max_seconds)
+    return audio
+
+
+def _checked_input(path: Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise InputNotFound(f"{path.name}: no such file")
@@ -117,10 +126,59 @@ def decode_to_file(path: Path, dest: Path, *, max_seconds: float | None = None) 
         raise InputNotFound(f"{path.name}: not a regular file")
     if path.stat().st_size == 0:
         raise EmptyAudio(f"{path.name}: the file is empty (zero bytes)")
-    report = _run_ffmpeg(path, dest, max_seconds)
-    audio = PcmFile(dest)
-    _check(path.name, audio.seconds, _declared_seconds(report), max_seconds)
+    return path
+
+
+class ChannelsPcm:
+    """Decoded audio on disk with every channel kept (16 kHz s16le, interleaved); each channel read as mono."""
+
+    def __init__(self, path: Path, n_channels: int) -> None:
+        self.path = path
+        self.n_channels = n_channels
+        self.n_samples = path.stat().st_size // (2 * n_channels)
+
+    def channel(self, number: int) -> "ChannelOf":
+        if not 0 <= number < self.n_channels:
+            raise ValueError(f"channel {number} of {self.n_channels}")
+        return ChannelOf(self, number)
+
+    def read_frames(self, start: int, end: int) -> np.ndarray:
+        """Samples [start, end) of every channel: shape (n, n_channels), float32."""
+        start, end = max(0, start), min(end, self.n_samples)
+        with open(self.path, "rb") as pcm:
+            pcm.seek(2 * self.n_channels * start)
+            data = pcm.read(2 * self.n_channels * max(0, end - start))
+        return _float(data).reshape(-1, self.n_channels)
+
+
+class ChannelOf:
+    """One channel of a ChannelsPcm, as mono Audio."""
+
+    def __init__(self, pcm: ChannelsPcm, number: int) -> None:
+        self.pcm, self.number, self.n_samples = pcm, number, pcm.n_samples
+
+    def read(self, start: int, end: int) -> np.ndarray:
+        return np.ascontiguousarray(self.pcm.read_frames(start, end)[:, self.number])
+
+
+def decode_channels(path: Path, dest: Path, *, max_seconds: float | None = None) -> ChannelsPcm:
+    """Decode `path` into `dest` keeping its channels apart (one speaker per channel, as calls are
+    recorded); the errors of decode_to_file."""
+    path = _checked_input(path)
+    report = _run_ffmpeg(path, dest, max_seconds, mono=False)
+    audio = ChannelsPcm(dest, _output_channels(report))
+    _check(path.name, audio.n_samples / SAMPLE_RATE, _declared_seconds(report), max_seconds)
     return audio
+
+
+def _output_channels(report: str) -> int:
+    """Channels of the s16le output, from its bit rate in ffmpeg's report (16 kHz x 16 bit = 256 kb/s each):
+    exact for raw PCM, and free of ffmpeg's many channel-layout names."""
+    output = report.split("Output #0", 1)[-1]
+    match = _PCM_BITRATE.search(output)
+    if match is None or int(match.group(1)) % 256:
+        raise AudioDecodeError(f"could not tell the channels of the decoded audio ({_reason(output)})")
+    return int(match.group(1)) // 256
 
 
 def decode_audio(path: Path, *, max_seconds: float | None = None) -> np.ndarray:
@@ -130,7 +188,7 @@ def decode_audio(path: Path, *, max_seconds: float | None = None) -> np.ndarray:
         return audio.read(0, audio.n_samples)
 
 
-def _run_ffmpeg(path: Path, dest: Path, max_seconds: float | None) -> str:
+def _run_ffmpeg(path: Path, dest: Path, max_seconds: float | None, *, mono: bool = True) -> str:
     # Decode one second past the limit at most: enough to tell it is too long, without
     # holding hours of samples in memory.
     limit = ["-t", f"{max_seconds + 1:.3f}"] if max_seconds is not None else []
@@ -157,8 +215,7 @@ def _run_ffmpeg(path: Path, dest: Path, max_seconds: float | None) -> str:
         "s16le",
         "-acodec",
         "pcm_s16le",
-        "-ac",
-        "1",
+        *(["-ac", "1"] if mono else []),
         "-ar",
         str(SAMPLE_RATE),
         "-y",

@@ -52,9 +52,11 @@ class Chunk:
     start: int
     end: int
     pieces: tuple[tuple[int, int], ...] = ()
+    # The channel the chunk's audio comes from (diarize "channels": one speaker per channel), else 0.
+    source: int = 0
 
     @classmethod
-    def of_pieces(cls, index: int, pieces: Sequence[tuple[int, int]]) -> "Chunk":
+    def of_pieces(cls, index: int, pieces: Sequence[tuple[int, int]], *, source: int = 0) -> "Chunk":
         """A chunk of these ascending, disjoint sample ranges (contiguous ones joined)."""
         joined: list[tuple[int, int]] = []
         for start, end in pieces:
@@ -63,8 +65,8 @@ class Chunk:
             else:
                 joined.append((start, end))
         if len(joined) == 1:
-            return cls(index, *joined[0])
-        return cls(index, joined[0][0], joined[-1][1], tuple(joined))
+            return cls(index, *joined[0], source=source)
+        return cls(index, joined[0][0], joined[-1][1], tuple(joined), source=source)
 
     @property
     def spans(self) -> tuple[tuple[int, int], ...]:

@@ -98,7 +98,9 @@ def _split_region(
     return pieces
 
 
-def speech_chunks(probabilities: np.ndarray, n_samples: int, options: VadOptions, *, max_seconds: float) -> list[Chunk]:
+def speech_chunks(
+    probabilities: np.ndarray, n_samples: int, options: VadOptions, *, max_seconds: float, source: int = 0
+) -> list[Chunk]:
     """Chunks of at most `max_seconds` of audio made of the recording's speech regions, in order;
     [] when there is no speech."""
     limit = int(max_seconds * SAMPLE_RATE)
@@ -113,4 +115,43 @@ def speech_chunks(probabilities: np.ndarray, n_samples: int, options: VadOptions
             packed[-1].append(piece)
         else:
             packed.append([piece])
-    return [Chunk.of_pieces(index, spans) for index, spans in enumerate(packed)]
+    return [Chunk.of_pieces(index, spans, source=source) for index, spans in enumerate(packed)]
+
+
+# --- one speaker per channel ---------------------------------------------------------------
+
+# A channel's window counts as its speaker's only when it is within this much of the loudest channel
+# there: another speaker's voice leaking in (bleed, ~20 dB down) is not transcribed twice, while two
+# people talking at once on their own microphones both are.
+DOMINANCE_DB = 10.0
+# Channels whose levels differ by less than this (median over speech) carry the same sound.
+SAME_CHANNELS_DB = 1.0
+
+
+def window_levels(samples: np.ndarray) -> np.ndarray:
+    """RMS level of each 512-sample window (the last one zero-padded), in dBFS: aligned with the VAD's."""
+    n = -(-samples.size // WINDOW)
+    padded = np.zeros(n * WINDOW, dtype=np.float64)
+    padded[: samples.size] = samples
+    rms = np.sqrt(np.mean(padded.reshape(n, WINDOW) ** 2, axis=1))
+    return 20 * np.log10(np.maximum(rms, 1e-10))
+
+
+def dominant(
+    probabilities: list[np.ndarray], levels: list[np.ndarray], *, margin_db: float = DOMINANCE_DB
+) -> list[np.ndarray]:
+    """Each channel's speech probabilities with the windows where another channel is much louder zeroed."""
+    loudest = np.max(np.stack(levels), axis=0)
+    return [
+        np.where(level >= loudest - margin_db, p, 0.0).astype(np.float32)
+        for p, level in zip(probabilities, levels, strict=True)
+    ]
+
+
+def same_sound(levels: list[np.ndarray]) -> bool:
+    """Whether the channels carry one sound (a mono recording stored as stereo): levels within
+    SAME_CHANNELS_DB of each other over the louder half of the windows."""
+    stack = np.stack(levels)
+    loud = stack.max(axis=0) >= np.median(stack.max(axis=0))
+    spread = stack[:, loud].max(axis=0) - stack[:, loud].min(axis=0)
+    return bool(spread.size) and float(np.median(spread)) < SAME_CHANNELS_DB

@@ -31,7 +31,7 @@ from worker.engine.transcriber import Segment
 from worker.errors import ChunkFailed, GatherTimeout
 from worker.media.audio import encode_flac
 from worker.messages import ChunkTask, GatherMessage, Job
-from worker.pipeline import Prepared, Processor, Progress, ProgressCallback, chunk_samples, segment_in
+from worker.pipeline import Prepared, Processor, Progress, ProgressCallback, segment_in
 from worker.service import publisher, session
 from worker.service.publisher import Topology
 from worker.service.session import BrokerSession, SessionOptions
@@ -182,9 +182,9 @@ class FanOut:
                 task=job.task,
                 prompt=job.prompt,
                 temperature=job.temperature,
-                word_timestamps=job.word_timestamps,
+                word_timestamps=job.needs_word_times,
             )
-            audio = encode_flac(chunk_samples(prepared.audio, chunk))
+            audio = encode_flac(prepared.samples(chunk))
             publisher.publish_chunk_task(channel, self._topology, chunk_task, audio, reply_to=queue)
             sent += len(audio)
         record = GatherMessage(kind="scattered", job_id=job.job_id, chunks=gathered.total, at=time.time())

@@ -42,7 +42,16 @@ from worker.messages import (
     parse_job,
     valid_job_id,
 )
-from worker.pipeline import Prepared, Processor, Progress, ProgressCallback, Transcript, VadChoice, segment_out
+from worker.pipeline import (
+    Diarization,
+    Prepared,
+    Processor,
+    Progress,
+    ProgressCallback,
+    Transcript,
+    VadChoice,
+    segment_out,
+)
 from worker.service.callbacks import post_callback
 from worker.service.inputs import download_audio
 
@@ -195,7 +204,13 @@ class JobHandler:
             audio = self._input_path(job, Path(scratch), emit)
             download_seconds = time.perf_counter() - download_started
             emit("decoding")
-            prepared = processor.prepare(audio, Path(scratch), language=job.language, vad=vad_choice(job, processor))
+            prepared = processor.prepare(
+                audio,
+                Path(scratch),
+                language=job.language,
+                vad=vad_choice(job, processor),
+                diarization=diarization_of(job),
+            )
             on_chunk: ProgressCallback = functools.partial(emit, "transcribing")
             if self._scatter is not None and self._scatter.wanted(prepared):
                 per_chunk = self._scatter.run(job, prepared, processor, on_chunk)
@@ -207,7 +222,7 @@ class JobHandler:
                     Path(scratch),
                     prompt=job.prompt,
                     temperature=job.temperature,
-                    word_timestamps=job.word_timestamps,
+                    word_timestamps=job.needs_word_times,
                 )
             transcript = processor.assemble(prepared, per_chunk)
         outputs = self._write_outputs(job, transcript)
@@ -366,3 +381,9 @@ def vad_choice(job: Job, processor: Processor) -> VadChoice:
     if not isinstance(job.vad, VadRequest):
         return job.vad
     return dataclasses.replace(processor.options.vad, **job.vad.model_dump(exclude_none=True))
+
+
+def diarization_of(job: Job) -> Diarization | None:
+    if job.diarize == "off":
+        return None
+    return Diarization(job.diarize, job.num_speakers, job.min_speakers, job.max_speakers, words=job.word_timestamps)

@@ -1,0 +1,91 @@
+"""Who spoke when, on real speech: one speaker per channel (calls, with bleed), and the typed refusals."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from conftest import MODELS_DIR, normalize
+
+from worker.engine.models import VAD_MODEL, ModelDownloader
+from worker.engine.speech import SpeechDetector
+from worker.errors import SingleChannel
+from worker.formats import render
+from worker.media.audio import SAMPLE_RATE, decode_audio
+from worker.pipeline import Diarization, PipelineOptions, Processor
+
+CHANNELS = Diarization("channels")
+LEFT, RIGHT = "jfk_inaugural_1961.flac", "ls_test-clean_1089-134686-0000.flac"
+BLEED_DB = -20.0
+
+
+@pytest.fixture(scope="module")
+def processor(transcriber) -> Processor:
+    detector = SpeechDetector(ModelDownloader(MODELS_DIR, download_url="").ensure_model_exists(VAD_MODEL.name))
+    return Processor(transcriber, model_name="tiny.en", options=PipelineOptions(chunker="vad"), speech=detector)
+
+
+def call(audio_dir: Path, path: Path, *, overlap_seconds: float = 0.0) -> tuple[float, float]:
+    """A two-person call as a stereo file: LEFT speaks, then RIGHT (starting `overlap_seconds` before LEFT
+    ends), each faintly heard on the other's channel (BLEED_DB). Returns where RIGHT starts and ends."""
+    left, right = decode_audio(audio_dir / LEFT), decode_audio(audio_dir / RIGHT)
+    offset = left.size - int(overlap_seconds * SAMPLE_RATE) if overlap_seconds else left.size + SAMPLE_RATE
+    n = max(left.size, offset + right.size) + SAMPLE_RATE
+    a, b = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    a[: left.size] = left
+    b[offset : offset + right.size] = right
+    bleed = 10 ** (BLEED_DB / 20)
+    soundfile.write(path, np.stack([a + bleed * b, b + bleed * a], axis=1), SAMPLE_RATE, subtype="PCM_16")
+    return offset / SAMPLE_RATE, (offset + right.size) / SAMPLE_RATE
+
+
+def test_each_channel_is_its_speaker_and_bleed_is_not_transcribed_twice(processor, transcriber, audio_dir, tmp_path):
+    right_start, _ = call(audio_dir, tmp_path / "call.wav")
+    result = processor.process_file(tmp_path / "call.wav", diarization=CHANNELS, word_timestamps=True)
+
+    said_a = " ".join(s.text for s in result.segments if s.speaker == "A")
+    said_b = " ".join(s.text for s in result.segments if s.speaker == "B")
+    assert {s.speaker for s in result.segments} == {"A", "B"}
+    assert normalize(said_a) == normalize(transcriber.transcribe(decode_audio(audio_dir / LEFT)).text)
+    assert normalize(said_b) == normalize(transcriber.transcribe(decode_audio(audio_dir / RIGHT)).text)
+    # The bleed of each speaker into the other's channel added no words: the text is the two clips'.
+    assert len(normalize(result.text).split()) == len(normalize(said_a).split()) + len(normalize(said_b).split())
+    assert all(s.end <= right_start + 0.5 for s in result.segments if s.speaker == "A")
+    assert all(s.start >= right_start - 0.5 for s in result.segments if s.speaker == "B")
+    assert [s.start for s in result.segments] == sorted(s.start for s in result.segments)
+    assert all(w.speaker == s.speaker for s in result.segments for w in s.words)
+
+
+def test_speakers_show_in_every_format(processor, audio_dir, tmp_path):
+    call(audio_dir, tmp_path / "call.wav")
+    result = processor.process_file(tmp_path / "call.wav", diarization=CHANNELS)
+    vtt = render("vtt", text=result.text, segments=result.segments, document={})
+    srt = render("srt", text=result.text, segments=result.segments, document={})
+    txt = render("txt", text=result.text, segments=result.segments, document={})
+    assert "<v A>And so my fellow Americans" in vtt and "<v B>He hoped" in vtt
+    assert "\nA: And so my fellow Americans" in srt and "\nB: He hoped" in srt
+    assert txt.splitlines()[0].startswith("A: And so my fellow") and txt.splitlines()[1].startswith("B: He hoped")
+    assert len(txt.splitlines()) == 2  # a line per turn
+
+
+def test_overlapping_speech_on_two_channels_keeps_both_speakers_words(processor, transcriber, audio_dir, tmp_path):
+    call(audio_dir, tmp_path / "overlap.wav", overlap_seconds=3.0)
+    result = processor.process_file(tmp_path / "overlap.wav", diarization=CHANNELS)
+    said_b = normalize(" ".join(s.text for s in result.segments if s.speaker == "B"))
+    alone_b = normalize(transcriber.transcribe(decode_audio(audio_dir / RIGHT)).text)
+    assert said_b.split()[:4] == alone_b.split()[:4]  # B's first words, said while A still talks
+    assert "your country" in normalize(" ".join(s.text for s in result.segments if s.speaker == "A"))
+
+
+def test_the_stereo_test_file_of_faster_whisper(processor, audio_dir):
+    result = processor.process_file(audio_dir / "fw_stereo_diarization.wav", diarization=CHANNELS)
+    by_speaker = {s.speaker: normalize(s.text) for s in result.segments}
+    assert "confused complaint against the wizard" in by_speaker["A"]
+    assert "horizon seems extremely distant" in by_speaker["B"]
+
+
+def test_channels_on_a_mono_file_or_on_identical_channels_is_a_typed_error(processor, audio_dir):
+    with pytest.raises(SingleChannel, match="this recording has 1"):
+        processor.process_file(audio_dir / RIGHT, diarization=CHANNELS)
+    with pytest.raises(SingleChannel, match="same sound"):  # JFK's flac: one sound stored as stereo
+        processor.process_file(audio_dir / LEFT, diarization=CHANNELS)

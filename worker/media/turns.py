@@ -1,0 +1,152 @@
+"""Speaker turns from voice embeddings (pure numpy/scipy): windows of speech in, who spoke when out.
+
+How (the usual clustering diarization, as in pyannote's and WhisperX's pipelines, at small scale):
+1. speech regions (the VAD's) are cut into overlapping windows of about 1.6 s, what the voice encoder
+   was trained on (worker.engine.voices embeds each);
+2. the windows' embeddings are clustered by cosine distance, average linkage, cut at a distance
+   threshold (speakers counted) or into exactly the given number; the count is held within
+   min/max_speakers;
+3. each 0.1 s step of speech gets the speaker of the windows covering it (their summed similarity to
+   each cluster's centroid), short flips are smoothed out, and runs of one speaker are the turns.
+
+Memory is bounded whatever the recording's length: at most MAX_CLUSTERED windows are clustered
+(evenly spaced ones of a longer recording); every window is then given its nearest centroid.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.ndimage import uniform_filter1d
+
+SAMPLE_RATE = 16000
+WINDOW_SECONDS = 1.6
+HOP_SECONDS = 0.8
+MIN_WINDOW_SECONDS = 0.5  # a region shorter than this gives no window of its own
+STEP_SECONDS = 0.1  # the grid turns are decided on
+MAX_CLUSTERED = 2000  # windows clustered at most (the distance matrix is this squared)
+
+
+@dataclass(frozen=True)
+class TurnOptions:
+    """Clustering tuning (cmd/bench --diarize measures it; docs/accuracy.md)."""
+
+    # Average-linkage cosine distance under which two groups of windows are one speaker.
+    threshold: float = 0.5
+    # Flips of the speaker shorter than this are smoothed out.
+    min_turn_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class Turn:
+    """Samples [start, end) spoken by speaker number `speaker` (0 = the first to speak)."""
+
+    start: int
+    end: int
+    speaker: int
+
+
+def windows(regions: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """[start, end) sample windows over speech regions: WINDOW_SECONDS long, HOP_SECONDS apart, the last
+    one of a region ending with it; a region shorter than a window is one window of its own length."""
+    size, hop, least = (int(s * SAMPLE_RATE) for s in (WINDOW_SECONDS, HOP_SECONDS, MIN_WINDOW_SECONDS))
+    found = []
+    for start, end in regions:
+        if end - start < least:
+            continue
+        if end - start <= size:
+            found.append((start, end))
+            continue
+        starts = list(range(start, end - size + 1, hop))
+        if starts[-1] + size < end:
+            starts.append(end - size)
+        found += [(s, s + size) for s in starts]
+    return found
+
+
+def cluster(
+    embeddings: np.ndarray,
+    options: TurnOptions,
+    *,
+    num_speakers: int | None = None,
+    min_speakers: int = 1,
+    max_speakers: int | None = None,
+) -> np.ndarray:
+    """A speaker number for each (unit-norm) embedding."""
+    n = embeddings.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=int)
+    if n == 1 or num_speakers == 1:
+        return np.zeros(n, dtype=int)
+    chosen = np.linspace(0, n - 1, min(n, MAX_CLUSTERED)).round().astype(int)
+    tree = linkage(embeddings[chosen], method="average", metric="cosine")
+    if num_speakers is not None:
+        labels = fcluster(tree, t=min(num_speakers, chosen.size), criterion="maxclust")
+    else:
+        labels = fcluster(tree, t=options.threshold, criterion="distance")
+        count = int(labels.max())
+        low, high = min_speakers, max_speakers or count
+        if not low <= count <= high:
+            labels = fcluster(tree, t=min(max(count, low), high, chosen.size), criterion="maxclust")
+    centroids = np.stack([_unit(embeddings[chosen][labels == k].mean(axis=0)) for k in np.unique(labels)])
+    return np.argmax(embeddings @ centroids.T, axis=1)
+
+
+def turns(spans: list[tuple[int, int]], embeddings: np.ndarray, labels: np.ndarray, options: TurnOptions) -> list[Turn]:
+    """Who spoke when, numbered in order of first appearance, from labelled windows."""
+    if not spans:
+        return []
+    step = int(STEP_SECONDS * SAMPLE_RATE)
+    speakers = int(labels.max()) + 1
+    centroids = np.stack([_unit(embeddings[labels == k].mean(axis=0)) for k in range(speakers)])
+    similarity = embeddings @ centroids.T  # windows x speakers
+    n_steps = -(-max(end for _, end in spans) // step)
+    votes = np.zeros((n_steps, speakers))
+    covered = np.zeros(n_steps, dtype=bool)
+    for (start, end), row in zip(spans, similarity, strict=True):
+        votes[start // step : -(-end // step)] += row
+        covered[start // step : -(-end // step)] = True
+    steps = np.flatnonzero(covered)
+    spoken = _majority(np.argmax(votes[steps], axis=1), speakers, int(round(options.min_turn_seconds / STEP_SECONDS)))
+    order = _first_appearance(spoken)
+    found: list[Turn] = []
+    for index, label in zip(steps.tolist(), spoken.tolist(), strict=True):
+        speaker = order[label]
+        start, end = index * step, (index + 1) * step
+        if found and found[-1].speaker == speaker and found[-1].end == start:
+            found[-1] = Turn(found[-1].start, end, speaker)
+        else:
+            found.append(Turn(start, end, speaker))
+    return found
+
+
+def speaker_of(turns_: list[Turn], start: float, end: float) -> int | None:
+    """The speaker whose turns overlap [start, end) seconds the most (the nearest turn's when none does)."""
+    if not turns_:
+        return None
+    lo, hi = start * SAMPLE_RATE, max(end, start) * SAMPLE_RATE
+    overlaps = [max(0.0, min(hi, t.end) - max(lo, t.start)) for t in turns_]
+    best = int(np.argmax(overlaps))
+    if overlaps[best] > 0:
+        return turns_[best].speaker
+    middle = (lo + hi) / 2
+    return min(turns_, key=lambda t: min(abs(t.start - middle), abs(t.end - middle))).speaker
+
+
+def _majority(labels: np.ndarray, speakers: int, width: int) -> np.ndarray:
+    """Each label replaced by the most frequent one within `width` steps around it (short flips go)."""
+    if speakers < 2 or width < 2:
+        return labels
+    counts = uniform_filter1d(np.eye(speakers)[labels], size=width | 1, axis=0, mode="nearest")
+    return np.argmax(counts, axis=1)
+
+
+def _first_appearance(sequence: np.ndarray) -> dict[int, int]:
+    order: dict[int, int] = {}
+    for value in sequence.tolist():
+        order.setdefault(value, len(order))
+    return order
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    return vector / max(float(np.linalg.norm(vector)), 1e-12)
