@@ -9,8 +9,9 @@ Everything here reproduces resemblyzer's `VoiceEncoder.embed_utterance` and `wav
 tests/engine/test_voices.py compares with embeddings resemblyzer itself made (tests/fixtures/voices/).
 
 resemblyzer's `preprocess_wav` also trims silences longer than 0.2 s (webrtcvad); our audio comes cut
-into speech regions by the Silero VAD, so only its volume normalisation is kept (`normalize_volume`):
-the mel frames are power, not log, so the model sees loudness.
+into speech regions by the Silero VAD, so only its volume normalisation is kept (`normalize_volume`),
+for each window: the model was trained on utterances raised to -30 dBFS, and its mel frames are power,
+not log, so quieter speech would be out of what it has seen.
 
 The weights are read from torch's legacy file format with a restricted unpickler (`read_weights`): a
 pickle may call any global it names, and this one may only build tensors and ordered dicts.
@@ -19,13 +20,14 @@ One `SpeakerEncoder` per process. Thread-safe: it holds read-only arrays and not
 works on its own buffers. Windows are embedded in batches: each LSTM step is one matrix product over
 the whole batch. Creating the encoder limits numpy's BLAS to one thread for the whole process: its
 products are small (64 x 256 by 256 x 1024), and OpenBLAS's extra threads spin between them, which
-made the embedding tests 4x slower on this 2-core host while other work ran (and would take the CPU
-from whisper's threads). About 0.4 s of one CPU per audio minute at 1.3 windows per second.
+made the embedding tests 4-10x slower on this 2-core host while other work ran (and would take the CPU
+from whisper's threads). About 0.47 s of one CPU per audio minute of 1.6 s windows 0.8 s apart
+(docs/performance.md).
 """
 
 import collections
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +134,15 @@ def partial_starts(n_samples: int) -> np.ndarray:
     return frames * HOP
 
 
+def _partial_mels(samples: np.ndarray) -> list[np.ndarray]:
+    """The mel frames (160, 40) of each partial window of a clip: the clip's spectrogram sliced, as
+    `embed_utterance` slices it (the clip zero-padded to its last window's end)."""
+    starts = partial_starts(samples.size)
+    end = int(starts[-1]) + WINDOW_SAMPLES
+    mel = mel_spectrogram(np.pad(samples, (0, max(0, end - samples.size))))
+    return [mel[f : f + PARTIAL_FRAMES] for f in starts // HOP]
+
+
 def _mono(samples: np.ndarray) -> np.ndarray:
     samples = np.asarray(samples, dtype=np.float32)
     if samples.ndim != 1:
@@ -190,7 +201,7 @@ class SpeakerEncoder:
     """The GE2E speaker encoder: 16 kHz mono speech in, unit-norm 256-d voice embeddings out.
 
     Create one per process from the weights file (`ModelDownloader.ensure_model_exists(VOICE_MODEL.name)`);
-    thread-safe.
+    thread-safe. It is the pipeline's `VoiceEmbedder` (worker/pipeline.py).
     """
 
     def __init__(self, model_path: Path) -> None:
@@ -205,29 +216,29 @@ class SpeakerEncoder:
     def embed(self, samples: np.ndarray) -> np.ndarray:
         """The voice embedding of one utterance: its volume normalised (`normalize_volume`), then
         resemblyzer's `embed_utterance` (the normalised mean of its partial windows' embeddings)."""
-        samples = normalize_volume(samples)
-        partials = self.embed_windows(samples, partial_starts(samples.size))
-        return _unit(partials.mean(axis=0))
+        return self.embed_windows([samples])[0]
 
-    def embed_windows(self, samples: np.ndarray, starts: np.ndarray) -> np.ndarray:
-        """(len(starts), 256) embeddings, one per 1.6 s window of `samples` beginning at each sample offset
-        in `starts` (rounded down to the 10 ms frame grid). The mel spectrogram is computed once over
-        all of `samples` (zeros past its end), so a window's edge frames see the audio around it, as
-        in `embed_utterance`; the samples are taken as they are (no volume normalisation)."""
-        frames = np.asarray(starts, dtype=np.int64) // HOP
-        if frames.ndim != 1 or (frames.size and frames.min() < 0):
-            raise ValueError("starts must be a 1-D sequence of non-negative sample offsets")
-        samples = _mono(samples)
-        if not frames.size:
-            return np.zeros((0, EMBEDDING_SIZE), dtype=np.float32)
-        end = (int(frames.max()) + PARTIAL_FRAMES) * HOP
-        mel = mel_spectrogram(np.pad(samples, (0, max(0, end - samples.size))))
-        windows = np.lib.stride_tricks.sliding_window_view(mel, PARTIAL_FRAMES, axis=0)  # (F', 40, 160)
-        out = np.empty((frames.size, EMBEDDING_SIZE), dtype=np.float32)
-        for start in range(0, frames.size, _BATCH):
-            batch = windows[frames[start : start + _BATCH]]
-            out[start : start + _BATCH] = self.embed_mels(batch.transpose(2, 0, 1))
-        return out
+    def embed_windows(self, windows: Iterable[np.ndarray]) -> np.ndarray:
+        """(n, 256): each window's `embed`, computed in batches. A window of up to 1.6 s (what
+        worker.media.turns cuts) is one partial window, zero-padded to 1.6 s as `embed_utterance` pads;
+        a longer one is the mean of its partial windows. The windows are read as they are needed."""
+        owners: list[int] = []
+        pending: list[np.ndarray] = []
+        partials: list[np.ndarray] = []
+        count = 0
+        for count, window in enumerate(windows, start=1):
+            for mel in _partial_mels(normalize_volume(window)):
+                owners.append(count - 1)
+                pending.append(mel)
+            if len(pending) >= _BATCH:
+                partials.append(self.embed_mels(np.stack(pending, axis=1)))
+                pending.clear()
+        if pending:
+            partials.append(self.embed_mels(np.stack(pending, axis=1)))
+        sums = np.zeros((count, EMBEDDING_SIZE), dtype=np.float32)
+        if partials:
+            np.add.at(sums, np.array(owners), np.concatenate(partials))
+        return _unit(sums, axis=1)
 
     def embed_mels(self, mels: np.ndarray) -> np.ndarray:
         """The model itself: time-major mel frames (T, n, 40) -> (n, 256) unit-norm embeddings."""
