@@ -220,6 +220,16 @@ def test_windows_embed_each_as_alone_whatever_their_length_and_batch(clips, enco
         np.testing.assert_allclose(batch[k], encoder.embed(samples[s:e]), rtol=0, atol=1e-5)
 
 
+def test_a_clip_of_more_partial_windows_than_a_batch_is_the_mean_of_them_all(clips, encoder):
+    samples = normalize_volume(np.concatenate(list(clips.values())))  # 60 s: 77 partial windows, batches of 64
+    starts = partial_starts(samples.size)
+    assert starts.size > 64
+    mel = mel_spectrogram(np.pad(samples, (0, max(0, starts[-1] + WINDOW_SAMPLES - samples.size))))
+    partials = encoder.embed_mels(np.stack([mel[f : f + PARTIAL_FRAMES] for f in starts // HOP], axis=1))
+    expected = partials.mean(axis=0) / np.linalg.norm(partials.mean(axis=0))
+    np.testing.assert_allclose(encoder.embed(samples), expected, rtol=0, atol=1e-5)
+
+
 def test_two_threads_get_what_one_thread_gets(clips, encoder):
     inputs = {name: clips[name] for name in ("jfk_inaugural_1961.flac", "ljspeech_LJ050-0131.wav")}
     expected = {name: encoder.embed(samples) for name, samples in inputs.items()}

@@ -230,9 +230,9 @@ class SpeakerEncoder:
             for mel in _partial_mels(normalize_volume(window)):
                 owners.append(count - 1)
                 pending.append(mel)
-            if len(pending) >= _BATCH:
-                partials.append(self.embed_mels(np.stack(pending, axis=1)))
-                pending.clear()
+                if len(pending) == _BATCH:  # a long window is split across batches too
+                    partials.append(self.embed_mels(np.stack(pending, axis=1)))
+                    pending.clear()
         if pending:
             partials.append(self.embed_mels(np.stack(pending, axis=1)))
         sums = np.zeros((count, EMBEDDING_SIZE), dtype=np.float32)
