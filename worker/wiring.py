@@ -20,6 +20,7 @@ from worker.config import Settings
 from worker.egress import EgressPolicy
 from worker.engine.models import (
     VAD_MODEL,
+    VOICE_MODEL,
     ModelDownloader,
     allowed_names,
     get_model_downloader,
@@ -28,6 +29,7 @@ from worker.engine.models import (
 )
 from worker.engine.speech import SpeechDetector, SpeechDetectorUnavailable
 from worker.engine.transcriber import CallSlots, DecodingOptions, WhisperTranscriber, available_cpus
+from worker.engine.voices import SpeakerEncoder
 from worker.errors import InputNotAllowed, ModelNotAllowed, UnknownModel
 from worker.media.chunking import ChunkingOptions
 from worker.media.speech import VadOptions
@@ -102,6 +104,17 @@ def speech_detector(settings: Settings) -> SpeechDetector | None:
 @functools.cache
 def _speech_detector(model_path: Path) -> SpeechDetector:
     return SpeechDetector(model_path)
+
+
+def voice_encoder(settings: Settings) -> SpeakerEncoder:
+    """The process's one speaker encoder (diarize "speakers"), made on first use: its weights (17 MB,
+    from the resemblyzer wheel) validated once, like a model."""
+    return _voice_encoder(model_downloader(settings).ensure_model_exists(VOICE_MODEL.name))
+
+
+@functools.cache
+def _voice_encoder(model_path: Path) -> SpeakerEncoder:
+    return SpeakerEncoder(model_path)
 
 
 def egress_policy(settings: Settings) -> EgressPolicy:
@@ -182,7 +195,14 @@ def processor(
     speech = speech_detector(settings)
     if speech is None:
         options = dataclasses.replace(options, chunker="energy")
-    return Processor(transcriber, model_name=name, options=options, work_root=work_root, speech=speech)
+    return Processor(
+        transcriber,
+        model_name=name,
+        options=options,
+        work_root=work_root,
+        speech=speech,
+        voices=functools.partial(voice_encoder, settings),
+    )
 
 
 def decoding_options(settings: Settings) -> DecodingOptions:

@@ -13,11 +13,14 @@ Memory is bounded whatever the recording's length: at most MAX_CLUSTERED windows
 (evenly spaced ones of a longer recording); every window is then given its nearest centroid.
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.ndimage import uniform_filter1d
+
+from worker.media.speech import VadOptions, speech_regions
 
 SAMPLE_RATE = 16000
 WINDOW_SECONDS = 1.6
@@ -44,6 +47,17 @@ class Turn:
     start: int
     end: int
     speaker: int
+
+
+# Pauses this long separate the stretches windows are cut from (a turn often changes at a pause).
+PAUSE_MS = 150
+
+
+def voiced_regions(probabilities: np.ndarray, n_samples: int, options: VadOptions) -> list[tuple[int, int]]:
+    """Speech split at every pause of PAUSE_MS or more, unpadded: the stretches speaker windows are cut
+    from (the chunks' regions bridge pauses and carry padding; a window across a pause may hold two voices)."""
+    fine = dataclasses.replace(options, min_silence_ms=PAUSE_MS, speech_pad_ms=0, min_speech_ms=0)
+    return speech_regions(probabilities, n_samples, fine)
 
 
 def windows(regions: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -107,7 +121,11 @@ def turns(spans: list[tuple[int, int]], embeddings: np.ndarray, labels: np.ndarr
         votes[start // step : -(-end // step)] += row
         covered[start // step : -(-end // step)] = True
     steps = np.flatnonzero(covered)
-    spoken = _majority(np.argmax(votes[steps], axis=1), speakers, int(round(options.min_turn_seconds / STEP_SECONDS)))
+    width = int(round(options.min_turn_seconds / STEP_SECONDS))
+    # Smoothed within each stretch of speech, never across a pause (where turns most often change).
+    runs = np.split(np.arange(steps.size), np.flatnonzero(np.diff(steps) > 1) + 1)
+    best = np.argmax(votes[steps], axis=1)
+    spoken = np.concatenate([_majority(best[run], speakers, width) for run in runs])
     order = _first_appearance(spoken)
     found: list[Turn] = []
     for index, label in zip(steps.tolist(), spoken.tolist(), strict=True):
