@@ -38,6 +38,8 @@ class TurnOptions:
     threshold: float = 0.5
     # Flips of the speaker shorter than this are smoothed out.
     min_turn_seconds: float = 1.0
+    # With the count estimated, a cluster of fewer windows (0.8 s apart) is no speaker of its own.
+    min_speaker_windows: int = 3
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,14 @@ def cluster(
         low, high = min_speakers, max_speakers or count
         if not low <= count <= high:
             labels = fcluster(tree, t=min(max(count, low), high, chosen.size), criterion="maxclust")
-    centroids = np.stack([_unit(embeddings[chosen][labels == k].mean(axis=0)) for k in np.unique(labels)])
+    kept = np.unique(labels)
+    if num_speakers is None:
+        # A speaker heard in fewer windows than this is a stray (a cough, applause, a shouted word):
+        # its windows go to the nearest real speaker.
+        sizes = {k: int((labels == k).sum()) for k in kept}
+        big = [k for k in kept if sizes[k] >= options.min_speaker_windows]
+        kept = np.array(big if len(big) >= min_speakers else sorted(kept, key=lambda k: -sizes[k])[:min_speakers])
+    centroids = np.stack([_unit(embeddings[chosen][labels == k].mean(axis=0)) for k in kept])
     return np.argmax(embeddings @ centroids.T, axis=1)
 
 
@@ -111,8 +120,9 @@ def turns(spans: list[tuple[int, int]], embeddings: np.ndarray, labels: np.ndarr
     if not spans:
         return []
     step = int(STEP_SECONDS * SAMPLE_RATE)
-    speakers = int(labels.max()) + 1
-    centroids = np.stack([_unit(embeddings[labels == k].mean(axis=0)) for k in range(speakers)])
+    present = np.unique(labels)
+    speakers = present.size
+    centroids = np.stack([_unit(embeddings[labels == k].mean(axis=0)) for k in present])
     similarity = embeddings @ centroids.T  # windows x speakers
     n_steps = -(-max(end for _, end in spans) // step)
     votes = np.zeros((n_steps, speakers))
