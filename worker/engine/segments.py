@@ -1,0 +1,69 @@
+"""What a whisper call returns: segments of text with their tokens, probabilities and words.
+
+Plain frozen data, shared by the transcriber (which makes it), the hallucination guard (which
+filters it) and the pipeline (which moves it to absolute time).
+"""
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Word:
+    """One word of a segment (with its leading space and punctuation, as OpenAI's), times in seconds.
+
+    `probability`: the mean probability of its tokens.
+    """
+
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of transcript; times in seconds from the start of the audio passed in.
+
+    `tokens`: the ids whisper decoded for it (text and timestamp tokens); `avg_logprob`: their mean log
+    probability (whisper.cpp's per-token values; OpenAI averages per 30 s window); `no_speech_prob`:
+    the probability that the call's audio holds no speech, as openai-whisper computes it (None from
+    the pywhispercpp fallback); `words`: only when asked for (None otherwise).
+    """
+
+    start: float
+    end: float
+    text: str
+    tokens: tuple[int, ...] = ()
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+    words: tuple[Word, ...] | None = None
+
+    def shifted(self, seconds: float, *, clamp: tuple[float, float] | None = None) -> "Segment":
+        """This segment `seconds` later (words too); with `clamp=(lo, hi)`, every time first held inside it."""
+
+        def move(t: float) -> float:
+            if clamp is not None:
+                t = min(max(t, clamp[0]), clamp[1])
+            return round(t + seconds, 3)
+
+        words = None
+        if self.words is not None:
+            words = tuple(
+                dataclasses.replace(w, start=move(w.start), end=move(max(w.end, w.start))) for w in self.words
+            )
+        return dataclasses.replace(self, start=move(self.start), end=move(max(self.end, self.start)), words=words)
+
+
+@dataclass(frozen=True)
+class Transcription:
+    """What one call returns. `language_probability` is None when the language was not detected."""
+
+    segments: tuple[Segment, ...]
+    language: str
+    language_probability: float | None = None
+
+    @property
+    def text(self) -> str:
+        # whisper.cpp segment texts carry no reliable separator between them: join with a space.
+        return " ".join(s.text.strip() for s in self.segments if s.text.strip())
