@@ -18,6 +18,7 @@ from loguru import logger
 
 from worker.config import Settings
 from worker.egress import EgressPolicy
+from worker.engine.guard import GuardOptions
 from worker.engine.models import ModelDownloader, allowed_names, get_model_downloader, model_names, resolve_model
 from worker.engine.transcriber import CallSlots, DecodingOptions, WhisperTranscriber, available_cpus
 from worker.errors import InputNotAllowed, ModelNotAllowed, UnknownModel
@@ -141,6 +142,7 @@ def processor(
         beam_size=settings.whisper_beam_size,
         decoding=decoding_options(settings),
         calls=calls,
+        guard=guard_options(settings),
     )
     return Processor(transcriber, model_name=name, options=options, work_root=work_root)
 
@@ -151,6 +153,16 @@ def decoding_options(settings: Settings) -> DecodingOptions:
         audio_ctx_margin=settings.whisper_audio_ctx_margin,
         temperature_fallback=settings.whisper_temperature_fallback,
         no_timestamps=settings.whisper_no_timestamps,
+    )
+
+
+def guard_options(settings: Settings) -> GuardOptions:
+    """The hallucination guard's rules: each one on when HALLUCINATION_GUARD and its own switch are."""
+    on = settings.hallucination_guard
+    return GuardOptions(
+        retry=on and settings.guard_retry,
+        drop_no_speech=on and settings.guard_drop_no_speech,
+        strip_nonspeech=on and settings.guard_strip_nonspeech,
     )
 
 
