@@ -18,6 +18,7 @@ from loguru import logger
 
 from worker.config import Settings
 from worker.egress import EgressPolicy
+from worker.engine.guard import GuardOptions
 from worker.engine.models import (
     VAD_MODEL,
     VOICE_MODEL,
@@ -190,6 +191,7 @@ def processor(
         beam_size=settings.whisper_beam_size,
         decoding=decoding_options(settings),
         calls=calls,
+        guard=guard_options(settings),
     )
     # Every processor gets the detector, whatever the default chunker: a job may ask for VAD.
     speech = speech_detector(settings)
@@ -211,6 +213,16 @@ def decoding_options(settings: Settings) -> DecodingOptions:
         audio_ctx_margin=settings.whisper_audio_ctx_margin,
         temperature_fallback=settings.whisper_temperature_fallback,
         no_timestamps=settings.whisper_no_timestamps,
+    )
+
+
+def guard_options(settings: Settings) -> GuardOptions:
+    """The hallucination guard's rules: each one on when HALLUCINATION_GUARD and its own switch are."""
+    on = settings.hallucination_guard
+    return GuardOptions(
+        retry=on and settings.guard_retry,
+        drop_no_speech=on and settings.guard_drop_no_speech,
+        strip_nonspeech=on and settings.guard_strip_nonspeech,
     )
 
 
