@@ -4,6 +4,7 @@ another's jobs, and one bound on whisper calls per process.
 Built from `Settings(...)`, no broker. The HTTP server is the test's own, on 127.0.0.1.
 """
 
+import dataclasses
 import http.server
 import shutil
 import threading
@@ -17,6 +18,7 @@ from conftest import MODELS_DIR
 
 from worker import wiring
 from worker.config import Settings
+from worker.engine.guard import GUARD_OFF, GuardOptions
 from worker.engine.models import Sidecar, model_names, variants
 from worker.engine.transcriber import SAMPLE_RATE
 from worker.errors import ModelNotAllowed, ModelUnavailable, UnknownModel
@@ -167,3 +169,17 @@ def test_whisper_calls_in_progress_never_exceed_the_stated_number_across_pools_a
     assert processors.calls.in_progress == 0
     assert tiny.calls is base.calls is processors.calls
     assert results[-2][0] == "en" and "fellow" in results[-1].text.lower()
+
+
+# --- the hallucination guard's settings ---------------------------------------------------------
+
+
+def test_each_guard_rule_runs_when_the_master_switch_and_its_own_are_on(tmp_path):
+    assert wiring.guard_options(settings(tmp_path)) == GuardOptions()
+    assert wiring.guard_options(settings(tmp_path, hallucination_guard=False, guard_retry=True)) == GUARD_OFF
+    alone = wiring.guard_options(settings(tmp_path, guard_retry=False, guard_strip_nonspeech=False))
+    assert alone == dataclasses.replace(GUARD_OFF, drop_no_speech=True)
+    off = wiring.processor(
+        settings(MODELS_DIR, hallucination_guard=False), "tiny.en-f16", wiring.pipeline_options(settings(MODELS_DIR))
+    )
+    assert off.transcriber.guard == GUARD_OFF  # what the transcriber applies

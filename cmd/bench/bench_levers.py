@@ -44,6 +44,7 @@ PIPELINE_ROWS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "fallback": _toggled("whisper_temperature_fallback", "temperature fallback"),
     "longest-first": _toggled("longest_chunks_first", "longest chunks first"),
     "no-timestamps": _toggled("whisper_no_timestamps", "no timestamp tokens"),
+    "guard": _toggled("hallucination_guard", "hallucination guard"),
     "chunk": (f"chunks <= {_OTHER_CHUNK:g} s", "", {"chunk_max_seconds": _OTHER_CHUNK}),
     "1x2": ("1 call x 2 threads (sequential)", "", {"use_parallel_transcription": False}),
     "before": (

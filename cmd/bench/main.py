@@ -5,6 +5,7 @@
     python cmd/bench/main.py --wer                   # per-file and aggregate WER over ../shared/audio
     python cmd/bench/main.py --quick --rows 1,4      # smoke run: ~22 s of speech, 3 overhead jobs
     python cmd/bench/main.py --words                 # word timestamps: accuracy, cost, the DTW lever
+    python cmd/bench/main.py --guard                 # the hallucination guard: WER, loops, words on noise
 
 Input: the files of ../shared/audio that count for WER (not the repeats, not the two-speaker
 stereo file), joined with 0.5 s of silence, the whole set repeated until it lasts at least
@@ -47,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_gateway
+import bench_guard
 import bench_levers
 import bench_scale
 import bench_words
@@ -572,7 +574,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     parser.add_argument("--wer", action="store_true", help="score every reference in ../shared/audio instead")
     parser.add_argument("--levers", action="store_true", help="each whisper.cpp lever on/off vs faster-whisper")
-    parser.add_argument("--models", default="tiny.en,base", help="models for --levers (comma-separated)")
+    parser.add_argument("--models", default="tiny.en,base", help="models for --levers and --guard (comma-separated)")
     parser.add_argument("--runs", type=int, default=2, help="runs of every --levers row (the minimum is kept)")
     parser.add_argument("--lever-rows", help="only these --levers rows, e.g. default,fw-int8 (default: all)")
     parser.add_argument(
@@ -584,6 +586,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--words", action="store_true", help="word timestamps: accuracy on LJ Speech's sentences, cost, DTW lever"
     )
+    parser.add_argument(
+        "--guard", action="store_true", help="the hallucination guard's rules: WER, loops, words on noise"
+    )
+    parser.add_argument("--guard-rows", default=",".join(bench_guard.ROWS), help="rows for --guard (comma-separated)")
     parser.add_argument(
         "--memory-minutes",
         type=lambda s: [float(m) for m in s.split(",") if m],
@@ -666,6 +672,11 @@ def main() -> int:
         return 0
     if args.words:
         print(bench_words.words_markdown(bench_words.run_words(args.model, args.runs)))
+        return 0
+    if args.guard:
+        rows = [r for r in args.guard_rows.split(",") if r]
+        results = bench_guard.run_guard([m for m in args.models.split(",") if m], rows)
+        print(json.dumps(results, indent=2) if args.json else bench_guard.guard_markdown(results))
         return 0
     if args.levers:
         return levers_main(args)

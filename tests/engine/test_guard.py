@@ -72,6 +72,10 @@ def test_a_retry_is_for_loops_and_improbable_decodes_but_not_for_silence():
     assert not needs_retry(check(avg_logprob=-1.2, no_speech_prob=0.8), RULES)  # silence: dropped instead
     assert needs_retry(check(compression_ratio=5.0, avg_logprob=-0.1, no_speech_prob=0.8), RULES)
     assert not needs_retry(check(compression_ratio=5.0), dataclasses.replace(RULES, retry=False))
+    loops_only = dataclasses.replace(RULES, retry_improbable=False)
+    assert needs_retry(check(compression_ratio=5.0), loops_only) and not needs_retry(
+        check(avg_logprob=-1.2), loops_only
+    )
 
 
 def test_the_retry_is_kept_unless_it_is_worse_by_the_same_rules():
@@ -79,8 +83,12 @@ def test_the_retry_is_kept_unless_it_is_worse_by_the_same_rules():
     assert preferred(loop, clean, RULES)
     assert not preferred(clean, loop, RULES)
     assert preferred(improbable, clean, RULES) and not preferred(clean, improbable, RULES)
-    # Failing the same rules: the shorter loop, then the likelier decode, and on a tie beam search's.
+    # Both loop: the shorter loop, however unlikely (tiny.en-q5_0, "When 40-win-win-..." for 219 tokens, then
+    # "When forty-win-w-w-w-w-w" from beam search).
     assert not preferred(check(repeated_tokens=8, text_tokens=12), check(repeated_tokens=16, text_tokens=20), RULES)
+    long_loop = check(compression_ratio=19.1, repeated_tokens=214, text_tokens=219, avg_logprob=-0.14)
+    assert preferred(long_loop, check(repeated_tokens=8, text_tokens=14, avg_logprob=-1.39), RULES)
+    # Failing the same rules otherwise: the likelier decode, and on a tie the retry.
     assert not preferred(loop, check(compression_ratio=3.0, avg_logprob=-0.2), RULES)
     assert preferred(loop, check(compression_ratio=3.0, avg_logprob=-0.1), RULES)
     assert not preferred(check(avg_logprob=-1.1), check(avg_logprob=-1.4), RULES)
@@ -225,7 +233,7 @@ def test_guarded_text_is_the_same_in_any_order_and_at_any_concurrency(tiny_en_pa
         concurrent = list(pool.map(one, clips))
     transcriber.close()
 
-    assert retries == len(LOOPING_ONE_THREAD)  # the beam-search retry is in play, once per looping window
+    assert retries >= len(LOOPING_ONE_THREAD)  # the retries are in play: beam search kept for every window
     assert backward == forward
     assert concurrent == forward
 
@@ -283,3 +291,21 @@ def test_the_pool_backend_keeps_the_filters_and_leaves_the_retry_off(tiny_en_pat
     finally:
         pool.close()
     assert any(level == "WARNING" and "retry is off on the pool backend" in m for level, m in log_messages)
+
+
+def test_when_beam_search_loops_too_greedy_decoding_over_the_full_context_follows(
+    offline_downloader, audio_dir, log_messages
+):
+    """tiny.en-q5_0, 2 threads: greedy with the fitted context loops, beam search over the full one
+    loops less ("When forty-win-w-w-w-w-w"), greedy over the full one does not."""
+    q5 = WhisperTranscriber(offline_downloader.ensure_model_exists("tiny.en-q5_0"), n_threads=2)
+    try:
+        result = q5.transcribe(window(audio_dir, "librivox_shakespeare_sonnet002.mp3", 1.0))
+    finally:
+        q5.close()
+    retries = [m for _, m in log_messages if "looked like a failure" in m]
+    assert [("beam search of 5" in m, "greedy decoding" in m, "kept the retry" in m) for m in retries] == [
+        (True, False, True),
+        (False, True, True),
+    ]
+    assert normalize(result.text) == "when 40 wind"  # "When forty winters shall besiege thy brow"

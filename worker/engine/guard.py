@@ -7,8 +7,10 @@ applies them to every call (`worker.engine.transcriber`):
 
 1. `assess` measures a decode with openai-whisper's failure signs (its `decode_with_fallback`) plus a
    repetition count that also sees loops too short for zlib. A decode that `needs_retry` is decoded
-   again by beam search at temperature 0 (deterministic: no sampling), and `preferred` keeps the
-   better of the two by the same measures.
+   again over the full 30 s encoder context, by beam search of 5 at temperature 0, then greedily if
+   that fails too, and `preferred` keeps the best by the same measures. Both are repeatable: greedy
+   takes the likeliest token, and the transcriber runs beam search (which whisper.cpp samples) on a
+   fresh state, whose generator always starts from the same seed.
 2. `drop_no_speech` removes segments whisper itself calls non-speech (openai-whisper's rule).
 3. `strip_nonspeech` removes the annotations whisper writes for sounds: "♪", "[MUSIC]", "(applause)".
 
@@ -29,20 +31,28 @@ from worker.engine.segments import Segment, Word
 class GuardOptions:
     """Which rules run, and their thresholds.
 
-    `retry`: decode a failed call again with beam search of `retry_beam_size`; `drop_no_speech`:
-    drop segments with no_speech_prob > `no_speech_threshold` and avg_logprob < `logprob_threshold`;
-    `strip_nonspeech`: remove sound annotations from the text.
+    `retry`: decode a failed call again over the full 30 s encoder context, with each beam size of
+    `retry_beam_sizes` in turn (1: greedy) until a decode passes; `retry_improbable`: an improbable decode
+    (mean logprob < `logprob_threshold`) fails too, not only a loop; `drop_no_speech`: drop segments with
+    no_speech_prob > `no_speech_threshold` and avg_logprob < `logprob_threshold`; `strip_nonspeech`:
+    remove sound annotations from the text.
     """
 
     retry: bool = True
     drop_no_speech: bool = True
     strip_nonspeech: bool = True
-    retry_beam_size: int = 5
+    # Beam search first (the stronger search); greedy over the full context when beam search loops too
+    # (seen once in 3 s windows, tiny.en-q5_0: "When forty-win-w-w-w-w-w" where greedy wrote "When 40 wind").
+    retry_beam_sizes: tuple[int, ...] = (5, 1)
+    retry_improbable: bool = True
     # openai-whisper's: its text compresses this well only when it repeats itself.
     compression_ratio_threshold: float = 2.4
-    # A decode fails when one n-gram of up to `repetition_max_ngram` tokens follows itself so often that its
+    # A decode loops when one n-gram of up to `repetition_max_ngram` tokens follows itself so often that its
     # extra copies hold at least `repetition_min_tokens` tokens and `repetition_share` of the decode's text
-    # tokens (see `repeated_tokens`).
+    # tokens (`repeated_tokens`). Why these: in 3 s windows of ../shared/audio (every model variant, 5,026
+    # decodes) every decode this flags was whisper repeating itself ("salt, salt, salt, salt, ..."), 80 of
+    # them short enough to compress under 2.4; speech that repeats ("no, no, no, no": 6 extra tokens) stays
+    # under 8, and a phrase said twice in a 24 s chunk (about 80 tokens) under 30%.
     repetition_max_ngram: int = 16
     repetition_min_tokens: int = 8
     repetition_share: float = 0.3
@@ -143,21 +153,22 @@ def assess(segments: Sequence[Segment], eot: int, options: GuardOptions) -> Deco
 
 
 def needs_retry(check: DecodeCheck, options: GuardOptions) -> bool:
-    """A decode to do again: it loops or is improbable, unless it is silence (dropped, not decoded again:
-    openai-whisper skips the fallback there too)."""
-    failed = check.loops(options) or check.improbable(options)
+    """A decode to do again: it loops (or is improbable, with `retry_improbable`), unless it is silence
+    (dropped, not decoded again: openai-whisper skips the fallback there too)."""
+    failed = check.loops(options) or (options.retry_improbable and check.improbable(options))
     return options.retry and failed and not check.silent(options)
 
 
 def preferred(first: DecodeCheck, retry: DecodeCheck, options: GuardOptions) -> bool:
-    """True when the retry's decode is to be kept: it fails fewer of the rules (looping first, then being
-    improbable) than the first decode; failing the same ones, it repeats fewer tokens (when both loop) or
-    is at least as likely (beam search wins a tie: it is the stronger search)."""
+    """True when the retry's decode is to be kept rather than `first`, by the same rules: a loop is worse
+    than no loop, a longer loop (more repeated tokens) worse than a shorter one, whatever their
+    likelihood; then an improbable decode is worse than a probable one, a less likely one worse than a
+    likelier one. A tie goes to the retry."""
 
-    def rank(check: DecodeCheck) -> tuple[bool, bool, int, float]:
+    def rank(check: DecodeCheck) -> tuple[bool, int, bool, float]:
         loops = check.loops(options)
         likelihood = check.avg_logprob if check.avg_logprob is not None else float("-inf")
-        return loops, check.improbable(options), check.repeated_tokens if loops else 0, -likelihood
+        return loops, check.repeated_tokens if loops else 0, check.improbable(options), -likelihood
 
     return rank(retry) <= rank(first)
 

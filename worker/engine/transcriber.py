@@ -502,35 +502,42 @@ class WhisperTranscriber:
         return dataclasses.replace(result, language_probability=probability)
 
     def _guarded(self, decode: Callable[..., Transcription], n_samples: int, *, sampled: bool) -> Transcription:
-        """`decode` once, again as the guard's retry if it failed (the better one kept); its speech only.
+        """`decode` once, again as the guard's retries if it failed (the best one kept); its speech only.
 
-        The retry is beam search at temperature 0 over the full 30 s encoder context: measured on 3 s
-        windows of ../shared/audio, every loop tiny.en-f16 made with a fitted context was gone with
-        the full one, and most were still there with beam search on the fitted one (docs/performance.md).
         A sampled call (temperature > 0) is not decoded again: its caller chose text that varies.
         """
         result = self._decode(decode, beam_size=self.beam_size)
-        same = self.beam_size == self.guard.retry_beam_size and not self._backend.fitted(n_samples)
-        if self.guard.retry and not sampled and not same:
-            result = self._retried(decode, result)
+        if self.guard.retry and not sampled:
+            result = self._retried(decode, result, n_samples)
         return dataclasses.replace(result, segments=filter_segments(result.segments, self.guard))
 
-    def _retried(self, decode: Callable[..., Transcription], first: Transcription) -> Transcription:
-        """`first`, or its retry when `first` needs one and the retry is preferred."""
-        check = assess(first.segments, self.eot, self.guard)
-        if not needs_retry(check, self.guard):
-            return first
-        retry = self._decode(decode, beam_size=self.guard.retry_beam_size, full_context=True)
-        second = assess(retry.segments, self.eot, self.guard)
-        kept = preferred(check, second, self.guard)
-        logger.info(
-            "A decode looked like a failure ({}); beam search of {} over the full context gave {}: kept the {}",
-            check.summary(),
-            self.guard.retry_beam_size,
-            second.summary(),
-            "retry" if kept else "first",
-        )
-        return retry if kept else first
+    def _retried(self, decode: Callable[..., Transcription], first: Transcription, n_samples: int) -> Transcription:
+        """`first`, or the best of its retries while the best so far needs one (`guard.preferred`).
+
+        Every retry has the full 30 s encoder context, the one whisper was trained on: measured on 3 s
+        windows of ../shared/audio, every loop tiny.en-f16 made with a fitted context was gone with
+        the full one, and most were still there with beam search on the fitted one (docs/performance.md).
+        A retry that would repeat the first decode exactly (same beam size, full context already) is skipped.
+        """
+        best, check = first, assess(first.segments, self.eot, self.guard)
+        for beam_size in self.guard.retry_beam_sizes:
+            if not needs_retry(check, self.guard):
+                break
+            if beam_size == self.beam_size and not self._backend.fitted(n_samples):
+                continue
+            retry = self._decode(decode, beam_size=beam_size, full_context=True)
+            again = assess(retry.segments, self.eot, self.guard)
+            kept = preferred(check, again, self.guard)
+            logger.info(
+                "A decode looked like a failure ({}); {} over the full context gave {}: kept the {}",
+                check.summary(),
+                "greedy decoding" if beam_size == 1 else f"beam search of {beam_size}",
+                again.summary(),
+                "retry" if kept else "decode before it",
+            )
+            if kept:
+                best, check = retry, again
+        return best
 
     def _decode(self, decode: Callable[..., Transcription], **how: object) -> Transcription:
         # One call slot per whisper call: a retry waits for a slot like any other call.
