@@ -5,13 +5,13 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from worker.devtools.nonspeech import KINDS, Sound, assemble, rms_dbfs, synthesize, words_in_gaps
+from worker.devtools.nonspeech import KINDS, Sound, assemble, place, rms_dbfs, spread, synthesize, words_in_gaps
 
 RATE = 16000
 
 
 @dataclass(frozen=True)
-class Seg:
+class Timed:
     start: float
     end: float
     text: str
@@ -87,18 +87,54 @@ def test_assemble_records_where_each_sound_lies():
     assert np.all(samples[round(3.0 * RATE) : round(5.0 * RATE)] == np.float32(0.2))
 
 
-def test_words_in_gaps_counts_words_whose_midpoint_is_inside_away_from_the_edges():
+def test_words_in_gaps_are_those_placed_inside_away_from_the_edges():
     _, gaps = assemble([Sound("silence", 10.0), np.zeros(10 * RATE), Sound("pink", 10.0)], RATE)  # gaps 0-10, 20-30
-    segments = [
-        Seg(0.0, 0.6, "Thank you."),  # within 0.5 s of the gap's start: not counted
-        Seg(4.0, 6.0, "[Music]"),  # normalized to one word, as the WER sees it
-        Seg(9.0, 12.0, "and so my fellow"),  # by length: "and" at 9.35 s counts, "so" (9.97 s) is too near
-        Seg(12.0, 18.0, "Americans ask not"),  # speech
-        Seg(25.0, 27.0, "you you you, you!"),
+    words = [
+        Timed(0.0, 0.4, " Thank"),  # within 0.5 s of the gap's start: not counted
+        Timed(4.0, 6.0, " [Music]"),  # normalized to one word, as the WER sees it
+        Timed(9.0, 9.6, " And"),  # midpoint 9.3 s: inside
+        Timed(9.5, 10.3, " so"),  # midpoint 9.9 s: too near the edge
+        Timed(10.3, 10.6, " my"),  # speech
+        Timed(25.0, 25.2, " 1961."),  # three words
+        Timed(29.4, 30.2, " you"),  # midpoint 29.8 s: too near the end
     ]
 
-    found = words_in_gaps(segments, gaps)
+    placed = place(words, None)
+    found = words_in_gaps(placed, gaps, tolerance=0.5)
 
-    assert found[gaps[0]] == ["music", "and"]
-    assert found[gaps[1]] == ["you", "you", "you", "you"]
-    assert words_in_gaps(segments, gaps, tolerance=0.0)[gaps[0]] == ["thank", "you", "music", "and", "so"]
+    assert all(w.inserted for w in placed)  # no reference: nothing was said
+    assert [w.text for w in found[gaps[0]]] == ["music", "and"]
+    assert [(w.text, w.time) for w in found[gaps[1]]] == [("nineteen", 25.1), ("sixty", 25.1), ("one", 25.1)]
+    assert {g: [w.text for w in ws] for g, ws in words_in_gaps(placed, gaps, tolerance=0.0).items()} == {
+        gaps[0]: ["thank", "music", "and", "so"],
+        gaps[1]: ["nineteen", "sixty", "one", "you"],
+    }
+
+
+def test_place_marks_the_words_nobody_said():
+    words = [Timed(0.0, 1.0, " Thank"), Timed(1.0, 2.0, " you."), Timed(8.0, 9.0, " And"), Timed(9.0, 9.5, " so,")]
+    words += [Timed(9.5, 10.0, " my"), Timed(10.0, 10.5, " fellow"), Timed(11.0, 12.0, " Americans")]
+
+    placed = place(words, "And so, my fellow Americans")
+
+    assert [(w.text, w.inserted) for w in placed] == [
+        ("thank", True),
+        ("you", True),
+        ("and", False),
+        ("so", False),
+        ("my", False),
+        ("fellow", False),
+        ("americans", False),
+    ]
+
+
+def test_spread_places_a_segments_words_by_their_length():
+    words = spread([Timed(10.0, 13.0, " ask not why"), Timed(13.0, 14.0, "  "), Timed(14.0, 15.0, "a country")])
+
+    assert [(w.text, w.start, w.end) for w in words] == [
+        ("ask", 10.0, pytest.approx(11.0)),
+        ("not", pytest.approx(11.0), pytest.approx(12.0)),
+        ("why", pytest.approx(12.0), 13.0),
+        ("a", 14.0, pytest.approx(14.2)),  # 2 of 10 characters, counting a space after each word
+        ("country", pytest.approx(14.2), 15.0),
+    ]

@@ -4,6 +4,11 @@ Pure and deterministic: a `Sound` (kind, length, RMS level, seed) always gives t
 so a benchmark built from them is the same on every machine. Used by cmd/bench --vad (issue 18:
 speech detection and the hallucination guard) and its tests.
 
+Which words lie on non-speech: a word placed (by its time) inside a gap is not enough, since
+whisper often times real words into the noise before them (a segment, or even a word, that
+starts with the noise). A word on non-speech is one placed inside a gap that the WER's alignment
+against the reference also finds nobody said (an insertion).
+
 The kinds are what a speech detector meets between the words of real recordings:
 - pink, brown: white noise filtered to 1/f and 1/f^2 power (-3 and -6 dB per octave above 20 Hz),
   shaped in the frequency domain; room tone, fans, traffic, a hiss of tape;
@@ -21,7 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
-from worker.devtools.accuracy import normalize
+from worker.devtools.accuracy import insertions, normalize
 
 KINDS = ("pink", "brown", "sines", "beep", "clicks", "silence")
 LOWEST_SHAPED_HZ = 20.0  # below it the noises stay flat (no DC drift, no rumble under the audio band)
@@ -65,6 +70,24 @@ class TimedText(Protocol):
     text: str
 
 
+@dataclass(frozen=True)
+class TimedWord:
+    """A word of a transcript as an engine times it (its text as the engine writes it)."""
+
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True)
+class PlacedWord:
+    """One word as the WER counts it (normalized), at a time; `inserted`: no word said matches it."""
+
+    text: str
+    time: float
+    inserted: bool
+
+
 def rms_dbfs(samples: np.ndarray) -> float:
     """RMS level in dB relative to full scale (-inf for silence)."""
     power = float(np.mean(np.square(samples, dtype=np.float64))) if samples.size else 0.0
@@ -96,34 +119,36 @@ def assemble(pieces: Sequence[np.ndarray | Sound], rate: int) -> tuple[np.ndarra
     return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)), tuple(gaps)
 
 
-def placed_words(segments: Iterable[TimedText]) -> list[tuple[float, str]]:
-    """Every normalized word (as the WER counts them) with the time of its midpoint.
-
-    A segment's words are spread over its span in proportion to their length in characters: segment
-    times are all that every engine gives without an extra alignment pass, and whisper ends a
-    segment at a pause, so a segment rarely straddles a long gap.
-    """
-    placed = []
+def spread(segments: Iterable[TimedText]) -> list[TimedWord]:
+    """Each segment's words (split at spaces), spread over its span in proportion to their length: the
+    word times of an engine that gives segment times only."""
+    spread_words = []
     for segment in segments:
-        words = normalize(segment.text).split()
-        total = sum(len(w) + 1 for w in words)
-        before = 0
+        words = segment.text.split()
+        total, before = sum(len(w) + 1 for w in words), 0
         for word in words:
-            middle = (before + (len(word) + 1) / 2) / total
-            placed.append((segment.start + middle * (segment.end - segment.start), word))
+            start = segment.start + before / total * (segment.end - segment.start)
             before += len(word) + 1
-    return placed
+            spread_words.append(TimedWord(start, segment.start + before / total * (segment.end - segment.start), word))
+    return spread_words
 
 
-def words_in_gaps(
-    segments: Iterable[TimedText], gaps: Sequence[Gap], *, tolerance: float = 0.5
-) -> dict[Gap, list[str]]:
-    """Per gap, the words whose midpoint lies inside it, more than `tolerance` seconds from its edges
-    (a word of the speech next to it, timed a little early or late, is not counted)."""
-    found: dict[Gap, list[str]] = {gap: [] for gap in gaps}
-    for time, word in placed_words(segments):
+def place(words: Iterable[TimedText], reference: str | None) -> list[PlacedWord]:
+    """An engine's timed words as the WER's words (" 1961." -> nineteen, sixty, one), each at the
+    midpoint of the engine's word, marked when the WER's alignment against `reference` finds no word
+    said for it (without a reference, nothing was said: every word is inserted)."""
+    split = [(normalized, (w.start + w.end) / 2) for w in words for normalized in normalize(w.text).split()]
+    inserted = insertions(reference, [w for w, _ in split]) if reference is not None else [True] * len(split)
+    return [PlacedWord(w, time, flag) for (w, time), flag in zip(split, inserted, strict=True)]
+
+
+def words_in_gaps(words: Iterable[PlacedWord], gaps: Sequence[Gap], *, tolerance: float) -> dict[Gap, list[PlacedWord]]:
+    """Per gap, the words placed inside it, at least `tolerance` seconds from its edges (so that a word
+    of the speech next to it, timed a little early or late, is not taken for one on the gap)."""
+    found: dict[Gap, list[PlacedWord]] = {gap: [] for gap in gaps}
+    for word in words:
         for gap in gaps:
-            if gap.start + tolerance <= time <= gap.end - tolerance:
+            if gap.start + tolerance <= word.time <= gap.end - tolerance:
                 found[gap].append(word)
                 break
     return found
