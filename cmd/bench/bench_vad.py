@@ -278,7 +278,8 @@ def _summary(key: str, runs: list[RowResult], item: Input) -> dict[str, Any]:
     return summary
 
 
-def vad_markdown(tables: dict[str, list[dict[str, Any]]], runs: int, inputs: dict[str, Input]) -> str:
+def vad_markdown(tables: dict[str, list[dict[str, Any]]], runs: int, inputs: dict[str, dict[str, Any]]) -> str:
+    """The tables, after what the inputs were (`Input.describe()` of each: the JSON report has them)."""
     lines = input_lines(inputs)
     for model, rows in tables.items():
         walls = {(r["input"], r["row"]): r.get("wall_seconds") for r in rows}
@@ -327,20 +328,20 @@ def _notes(r: dict[str, Any]) -> str:
     return "; ".join(notes)
 
 
-def input_lines(inputs: dict[str, Input]) -> list[str]:
+def input_lines(inputs: dict[str, dict[str, Any]]) -> list[str]:
+    """What the inputs were (from their `Input.describe()`)."""
     lines = []
-    for item in inputs.values():
-        d = item.describe()
+    for name, d in inputs.items():
         what = {
             "speech": f"the speech files joined with {GAP_SECONDS:g} s of silence",
-            "gaps": f"the same files with {len(item.gaps)} gaps of non-speech before, between and after them",
-            "nonspeech": f"{len(item.gaps)} sounds, no speech",
-        }[item.name]
+            "gaps": f"the same files with {len(d['gaps'])} gaps of non-speech before, between and after them",
+            "nonspeech": f"{len(d['gaps'])} sounds, no speech",
+        }[name]
         lines.append(
-            f"- {item.name}: {what}; {d['seconds']:.1f} s, {d['non_speech_seconds']:.1f} s of it non-speech, "
+            f"- {name}: {what}; {d['seconds']:.1f} s, {d['non_speech_seconds']:.1f} s of it non-speech, "
             f"{d['reference_words']} reference words."
         )
-        if item.gaps:
-            sounds = ", ".join(f"{g.sound.name} {g.end - g.start:.1f} s" for g in item.gaps)
+        if d["gaps"]:
+            sounds = ", ".join(f"{g['sound']} {g['end'] - g['start']:.1f} s" for g in d["gaps"])
             lines.append(f"  Non-speech in order: {sounds}.")
     return [*lines, ""]

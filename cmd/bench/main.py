@@ -667,11 +667,12 @@ def vad_main(args: argparse.Namespace) -> int:
             lambda key: run_in_child(key, paths[bench_vad.parts(key)[1]], Path("-"), args),
             [r for r in (args.vad_rows or "").split(",") if r],
         )
+    described = {name: item.describe() for name, item in inputs.items()}
     if args.json:
-        described = {name: item.describe() for name, item in inputs.items()}
-        print(json.dumps({"files": files, "inputs": described, "cpus": os.cpu_count(), "vad": tables}, indent=2))
+        report = {"files": files, "inputs": described, "cpus": os.cpu_count(), "runs": args.runs, "vad": tables}
+        print(json.dumps(report, indent=2))
     else:
-        print("Files: " + ", ".join(files) + "\n\n" + bench_vad.vad_markdown(tables, args.runs, inputs))
+        print("Files: " + ", ".join(files) + "\n\n" + bench_vad.vad_markdown(tables, args.runs, described))
     return 0
 
 
