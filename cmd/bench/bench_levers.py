@@ -111,6 +111,7 @@ def pipeline_row(
         "words": timed_words(transcript.segments),
         "details": {
             "variant": processor.model_name,
+            "language": transcript.language,
             "chunks": transcript.chunks,
             "calls_x_threads": f"{processor.options.concurrent_calls}x{processor.threads_for(transcript.chunks)}",
             "fit_audio_ctx": d.fit_audio_ctx,

@@ -195,7 +195,9 @@ def _faster_whisper(samples: np.ndarray, model: str, *, batched: bool, words: bo
         (segments, info), wall, cpu = timed(lambda: fw_transcribe(whisper, samples, model, batched=batched))
         peak_rss_mb = proc_status_mb("self", "VmHWM")
         text = _text(segments)
-        details: dict[str, Any] = {"seconds_after_vad": round(info.duration_after_vad, 1)} if batched else {}
+        details: dict[str, Any] = {"language": info.language}
+        if batched:
+            details["seconds_after_vad"] = round(info.duration_after_vad, 1)
         word_list: list[tuple[float, float, str]] = []
         if words and batched:
             again, _ = fw_transcribe(whisper, samples, model, batched=True, words=True)
@@ -253,6 +255,7 @@ def _summary(key: str, runs: list[RowResult], item: Input) -> dict[str, Any]:
     if summary["status"] != "ok":
         return summary
     first = next(r for r in runs if r.wall is not None)
+    summary["languages"] = [r.details.get("language") for r in runs if r.wall is not None]  # detected, per run
     said = normalize(first.text).split()
     summary["words"] = len(said)
     summary["inserted_words"] = sum(insertions(item.reference, said)) if item.reference is not None else len(said)
@@ -312,6 +315,8 @@ def vad_markdown(tables: dict[str, list[dict[str, Any]]], runs: int, inputs: dic
 def _notes(r: dict[str, Any]) -> str:
     d = r["details"]
     notes = [f"{k} {d[k]}" for k in ("chunks", "calls_x_threads") if k in d]
+    if (languages := sorted({lang for lang in r.get("languages", ()) if lang})) != ["en"]:
+        notes.append(f"language {'/'.join(languages) or '?'}")
     if "seconds_after_vad" in d:
         notes.append(f"{d['seconds_after_vad']:g} s after VAD")
     if "timed_in_gaps" in r:
