@@ -134,9 +134,17 @@ def proc_cpu_seconds(pid: int) -> float:
     return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu_seconds() -> float:
+    """CPU time every process of the machine has used since boot (the first line of /proc/stat, idle and
+    iowait left out): around a row, minus the row's own, what other work took from it."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = Path("/proc/stat").read_text().split()[1:9]
+    return sum(int(v) for v in (user, nice, system, irq, softirq, steal)) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class RowResult:
-    """One row of the table; `wall`/`cpu` cover the timed work only, `load` the set-up before it."""
+    """One row of the table; `wall`/`cpu` cover the timed work only, `load` the set-up before it;
+    `words`: (start, end, text) of every word transcribed, when the row asked for word times."""
 
     key: str
     status: str = "ok"
@@ -146,6 +154,7 @@ class RowResult:
     peak_rss_mb: float | None = None
     text: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    words: list[tuple[float, float, str]] = field(default_factory=list)
 
     @property
     def label(self) -> str:

@@ -9,9 +9,10 @@ weights (the CTranslate2 copy the packages ship, which our converter turns into 
 
 import os
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from worker.engine.models import DEFAULT_VARIANTS, PACKAGED_MODELS, resolve_mode
 _DEFAULTS = Settings.model_fields
 _CHUNK = _DEFAULTS["chunk_max_seconds"].default
 _OTHER_CHUNK = 29.0 if _CHUNK != 29.0 else 24.0
+BATCH_SIZE = 8  # faster-whisper's BatchedInferencePipeline default
 
 
 def _toggled(field: str, what: str) -> tuple[str, str, dict[str, Any]]:
@@ -80,26 +82,37 @@ def label(key: str) -> str:
 def child_row(key: str, samples: np.ndarray) -> dict[str, Any]:
     _, model, row = key.split(":")
     if row in PIPELINE_ROWS:
-        return _pipeline(samples, model, *PIPELINE_ROWS[row][1:])
+        return pipeline_row(samples, model, *PIPELINE_ROWS[row][1:])
     if row == "raw":
         return _raw(samples, model)
-    return _faster_whisper(samples, model, row.removeprefix("fw-"))
+    return faster_whisper_row(samples, model, row.removeprefix("fw-"))
 
 
-def _pipeline(samples: np.ndarray, model: str, pin: str, overrides: dict[str, Any]) -> dict[str, Any]:
+def timed_words(segments: Iterable[Any]) -> list[tuple[float, float, str]]:
+    """(start, end, text) of every word of the segments (pywhispercpp's and faster-whisper's alike)."""
+    return [(round(w.start, 3), round(w.end, 3), w.word) for s in segments for w in s.words or ()]
+
+
+def pipeline_row(
+    samples: np.ndarray, model: str, pin: str, overrides: dict[str, Any], *, words: bool = False
+) -> dict[str, Any]:
+    """The pipeline with the defaults but `overrides` (Settings fields), on the model's variant `pin`;
+    with `words`, word timestamps too (whisper.cpp's token timestamps: no extra pass)."""
     started = time.perf_counter()
     settings = Settings(whisper_models_dir=MODELS_DIR, whisper_download_url="", **overrides)
     processor = wiring.processor(settings, model + pin, wiring.pipeline_options(settings))
     load = time.perf_counter() - started
-    transcript, wall, cpu = timed(lambda: processor.process_samples(samples))
+    transcript, wall, cpu = timed(lambda: processor.process_samples(samples, word_timestamps=words))
     d = processor.transcriber.decoding
     return {
         "wall": wall,
         "cpu": cpu,
         "load": load,
         "text": transcript.text,
+        "words": timed_words(transcript.segments),
         "details": {
             "variant": processor.model_name,
+            "language": transcript.language,
             "chunks": transcript.chunks,
             "calls_x_threads": f"{processor.options.concurrent_calls}x{processor.threads_for(transcript.chunks)}",
             "fit_audio_ctx": d.fit_audio_ctx,
@@ -122,25 +135,49 @@ def _raw(samples: np.ndarray, model: str) -> dict[str, Any]:
     return {"wall": wall, "cpu": cpu, "load": load, "text": text, "details": {"variant": path.name}}
 
 
-def _faster_whisper(samples: np.ndarray, model: str, compute_type: str) -> dict[str, Any]:
+def faster_whisper_row(samples: np.ndarray, model: str, compute_type: str) -> dict[str, Any]:
     """faster-whisper, greedy, on the CTranslate2 copy that our converter reads for this model."""
+    with tempfile.TemporaryDirectory(prefix="fw-model-") as scratch:
+        whisper, load = load_faster_whisper(model, compute_type, Path(scratch))
+        (segments, _info), wall, cpu = timed(lambda: fw_transcribe(whisper, samples, model))
+    text = " ".join(t for s in segments if (t := s.text.strip()))
+    return {"wall": wall, "cpu": cpu, "load": load, "text": text, "details": {}}
+
+
+def load_faster_whisper(model: str, compute_type: str, scratch: Path) -> tuple[Any, float]:
+    """faster-whisper's WhisperModel on the packaged CTranslate2 copy (cpu_threads = CPUs), and its load time."""
     from faster_whisper import WhisperModel
 
-    with tempfile.TemporaryDirectory(prefix="fw-model-") as scratch:
-        directory = _ct2_directory(model, Path(scratch))
-        started = time.perf_counter()
-        whisper = WhisperModel(str(directory), device="cpu", compute_type=compute_type, cpu_threads=os.cpu_count())
-        load = time.perf_counter() - started
+    directory = _ct2_directory(model, scratch)
+    started = time.perf_counter()
+    whisper = WhisperModel(str(directory), device="cpu", compute_type=compute_type, cpu_threads=os.cpu_count())
+    return whisper, time.perf_counter() - started
 
-        def run() -> list[str]:  # segments are a generator: decoding happens while it is consumed
-            language = "en" if model.endswith(".en") else None
-            segments, _info = whisper.transcribe(
-                samples, beam_size=1, language=language, vad_filter=False, condition_on_previous_text=False
-            )
-            return [s.text.strip() for s in segments]
 
-        texts, wall, cpu = timed(run)
-    return {"wall": wall, "cpu": cpu, "load": load, "text": " ".join(t for t in texts if t), "details": {}}
+def fw_transcribe(
+    whisper: Any, samples: np.ndarray, model: str, *, batched: bool = False, words: bool = False
+) -> tuple[list[Any], Any]:
+    """Every segment (and the info) of greedy decoding: the whole file in 30 s windows one after
+    another, no VAD, no conditioning on the previous window; or `batched`: BatchedInferencePipeline at
+    its defaults (its Silero VAD, no timestamp tokens), BATCH_SIZE windows at once. `words`: word
+    timestamps (an alignment pass per window; sequential decoding then also seeks by the last word)."""
+    from faster_whisper import BatchedInferencePipeline
+
+    language = "en" if model.endswith(".en") else None
+    if batched:
+        segments, info = BatchedInferencePipeline(whisper).transcribe(
+            samples, beam_size=1, language=language, batch_size=BATCH_SIZE, word_timestamps=words
+        )
+    else:
+        segments, info = whisper.transcribe(
+            samples,
+            beam_size=1,
+            language=language,
+            vad_filter=False,
+            condition_on_previous_text=False,
+            word_timestamps=words,
+        )
+    return list(segments), info  # the segments are a generator: decoding happens here
 
 
 def _ct2_directory(model: str, scratch: Path) -> Path:
@@ -165,35 +202,43 @@ def _ct2_directory(model: str, scratch: Path) -> Path:
 # --- the parent: alternate, keep the minimum, print the table -----------------------------------
 
 
+def alternate(keys: list[str], runs: int, run_row: Callable[[str], RowResult]) -> dict[str, list[RowResult]]:
+    """Every row `runs` times, alternating (the order reversed on every other run)."""
+    results: dict[str, list[RowResult]] = {k: [] for k in keys}
+    for run in range(runs):
+        for key in keys if run % 2 == 0 else keys[::-1]:
+            print(f"run {run + 1}/{runs}: {key} ...", flush=True, file=sys.stderr)
+            results[key].append(run_row(key))
+    return results
+
+
 def run_levers(
     models: list[str], runs: int, recording: Recording, run_row: Callable[[str], RowResult], only: list[str] | None
 ) -> dict[str, list[dict[str, Any]]]:
-    """Every row of every model `runs` times, alternating (the order reversed on every other run)."""
+    """Every row of every model, alternating (`alternate`), each summarized against the recording."""
     tables = {}
     for model in models:
         keys = lever_keys(model, only)
-        results: dict[str, list[RowResult]] = {k: [] for k in keys}
-        for run in range(runs):
-            for key in keys if run % 2 == 0 else keys[::-1]:
-                print(f"run {run + 1}/{runs}: {key} ...", flush=True, file=__import__("sys").stderr)
-                results[key].append(run_row(key))
-        tables[model] = [_summary(key, results[key], recording) for key in keys]
+        results = alternate(keys, runs, run_row)
+        tables[model] = [summarize(key, label(key), results[key], recording.reference) for key in keys]
     return tables
 
 
-def _summary(key: str, runs: list[RowResult], recording: Recording) -> dict[str, Any]:
+def summarize(key: str, row_label: str, runs: list[RowResult], reference: str | None) -> dict[str, Any]:
+    """A row's runs as one: the minimum wall, the first run's text scored against `reference` (if any)."""
     ok = [r for r in runs if r.wall is not None]
     if not ok:
-        return {"key": key, "label": label(key), "status": runs[0].status}
+        return {"key": key, "label": row_label, "status": runs[0].status}
     return {
         "key": key,
-        "label": label(key),
+        "label": row_label,
         "status": "ok",
         "walls": [round(r.wall, 2) for r in ok],
+        "others_cpu_seconds": [r.details.get("others_cpu_seconds") for r in ok],  # per run, as the walls
         "wall_seconds": min(r.wall for r in ok),
         # The lowest: a first run that had to convert the model first peaks with the conversion.
         "peak_rss_mb": min(r.peak_rss_mb or 0 for r in ok),
-        "wer": round(wer([recording.reference], [ok[0].text]), 4),
+        "wer": round(wer([reference], [ok[0].text]), 4) if reference is not None else None,
         "same_text_every_run": len({r.text for r in ok}) == 1,
         "details": ok[0].details,
     }

@@ -6,6 +6,7 @@
     python cmd/bench/main.py --quick --rows 1,4      # smoke run: ~22 s of speech, 3 overhead jobs
     python cmd/bench/main.py --words                 # word timestamps: accuracy, cost, the DTW lever
     python cmd/bench/main.py --guard                 # the hallucination guard: WER, loops, words on noise
+    python cmd/bench/main.py --vad                   # speech detection (issue 18): words on non-speech
 
 Input: the files of ../shared/audio that count for WER (not the repeats, not the two-speaker
 stereo file), joined with 0.5 s of silence, the whole set repeated until it lasts at least
@@ -51,6 +52,7 @@ import bench_gateway
 import bench_guard
 import bench_levers
 import bench_scale
+import bench_vad
 import bench_words
 import numpy as np
 from bench_common import (
@@ -67,6 +69,7 @@ from bench_common import (
     RowResult,
     build_recording,
     counts_for_wer,
+    machine_cpu_seconds,
     manifest_files,
     proc_status_mb,
     reference_of,
@@ -222,6 +225,8 @@ def row_memory(samples: np.ndarray, model_path: Path) -> dict[str, Any]:
 def child_work(key: str, samples: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
     if key.startswith("L:"):
         return bench_levers.child_row(key, samples)
+    if key.startswith("V:"):
+        return bench_vad.child_row(key, samples)
     model_path = Path(args.model_path)
     work: dict[str, Callable[[], dict[str, Any]]] = {
         "seq": lambda: row_pipeline(samples, args.model, parallel=False, workers=1),
@@ -254,7 +259,7 @@ def child_main(args: argparse.Namespace) -> int:
     configure_child_logging(validations)
     result = child_work(args.child, np.load(args.samples), args)
     result.setdefault("details", {})["validations"] = len(validations)
-    result["peak_rss_mb"] = proc_status_mb("self", "VmHWM")
+    result.setdefault("peak_rss_mb", proc_status_mb("self", "VmHWM"))  # a row may read it before untimed extras
     Path(args.out).write_text(json.dumps(result))
     return 0
 
@@ -285,16 +290,21 @@ def run_in_child(key: str, samples_path: Path, model_path: Path, args: argparse.
         "--out",
         str(out),
     ]
+    machine_before = machine_cpu_seconds()
     process = subprocess.Popen(command, cwd=ROOT, env=child_environment())
     _pid, status, usage = os.wait4(process.pid, 0)
+    machine = machine_cpu_seconds() - machine_before
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         return RowResult(key, status=f"failed (exit {process.returncode}, see stderr)")
     data = json.loads(out.read_text())
+    own = usage.ru_utime + usage.ru_stime
     details = {
         **data.get("details", {}),
-        "process_cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+        "process_cpu_seconds": round(own, 2),
         "ru_maxrss_mb": round(usage.ru_maxrss / 1024, 1),
+        # CPU other processes used while the row ran (another benchmark, a build): its wall is suspect.
+        "others_cpu_seconds": round(max(0.0, machine - own), 1),
     }
     return RowResult(
         key,
@@ -304,6 +314,7 @@ def run_in_child(key: str, samples_path: Path, model_path: Path, args: argparse.
         peak_rss_mb=data["peak_rss_mb"],
         text=data.get("text", ""),
         details=details,
+        words=[tuple(w) for w in data.get("words", [])],
     )
 
 
@@ -574,9 +585,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     parser.add_argument("--wer", action="store_true", help="score every reference in ../shared/audio instead")
     parser.add_argument("--levers", action="store_true", help="each whisper.cpp lever on/off vs faster-whisper")
-    parser.add_argument("--models", default="tiny.en,base", help="models for --levers and --guard (comma-separated)")
-    parser.add_argument("--runs", type=int, default=2, help="runs of every --levers row (the minimum is kept)")
+    parser.add_argument(
+        "--models", default="tiny.en,base", help="models for --levers, --guard and --vad (comma-separated)"
+    )
+    parser.add_argument("--runs", type=int, default=2, help="runs of every --levers/--vad row (the minimum is kept)")
     parser.add_argument("--lever-rows", help="only these --levers rows, e.g. default,fw-int8 (default: all)")
+    parser.add_argument(
+        "--vad", action="store_true", help="speech detection (issue 18): words on non-speech, WER and cost"
+    )
+    parser.add_argument("--vad-rows", help="only these --vad rows, e.g. energy,fw-batched (default: all)")
+    parser.add_argument(
+        "--vad-inputs", default=",".join(bench_vad.INPUTS), help="--vad inputs (default: speech,gaps,nonspeech)"
+    )
     parser.add_argument(
         "--scale", action="store_true", help="one long job over 1 and 2 pinned workers with fan-out (>= 20 min)"
     )
@@ -638,6 +658,32 @@ def levers_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def vad_main(args: argparse.Namespace) -> int:
+    """`--vad`: the pipeline's chunking and guard rows and faster-whisper on speech, speech with
+    non-speech gaps, and non-speech only, per model."""
+    files = args.files or [f for f in manifest_files() if counts_for_wer(f)]
+    inputs = bench_vad.build_inputs(build_recording(files, 0), [n for n in args.vad_inputs.split(",") if n])
+    models = [m for m in args.models.split(",") if m]
+    with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
+        paths = {name: Path(scratch) / f"{name}.npy" for name in inputs}
+        for name, item in inputs.items():
+            np.save(paths[name], item.samples)
+        tables = bench_vad.run_vad(
+            models,
+            args.runs,
+            inputs,
+            lambda key: run_in_child(key, paths[bench_vad.parts(key)[1]], Path("-"), args),
+            [r for r in (args.vad_rows or "").split(",") if r],
+        )
+    described = {name: item.describe() for name, item in inputs.items()}
+    if args.json:
+        report = {"files": files, "inputs": described, "cpus": os.cpu_count(), "runs": args.runs, "vad": tables}
+        print(json.dumps(report, indent=2))
+    else:
+        print("Files: " + ", ".join(files) + "\n\n" + bench_vad.vad_markdown(tables, args.runs, described))
+    return 0
+
+
 def scale_main(args: argparse.Namespace) -> int:
     """`--scale` and/or `--memory-minutes`: fan-out over pinned workers; peak memory against length."""
     files = args.files or [f for f in manifest_files() if counts_for_wer(f)]
@@ -680,6 +726,8 @@ def main() -> int:
         return 0
     if args.levers:
         return levers_main(args)
+    if args.vad:
+        return vad_main(args)
     return wer_main(args) if args.wer else bench_main(args)
 
 

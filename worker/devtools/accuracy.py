@@ -98,3 +98,18 @@ def wer(references: list[str], hypotheses: list[str]) -> float:
     if not references:
         raise ValueError("no pairs to score")
     return jiwer.wer([normalize(r) for r in references], [normalize(h) for h in hypotheses])
+
+
+def insertions(reference: str, hypothesis_words: list[str]) -> list[bool]:
+    """Per word of a normalized hypothesis, whether the alignment behind the WER leaves it without a
+    reference word (an insertion: a word nobody said, wherever it sits)."""
+    flags = [False] * len(hypothesis_words)
+    if not hypothesis_words:
+        return flags
+    if not normalize(reference):
+        return [True] * len(hypothesis_words)
+    alignment = jiwer.process_words(normalize(reference), " ".join(hypothesis_words)).alignments[0]
+    for chunk in alignment:
+        if chunk.type == "insert":
+            flags[chunk.hyp_start_idx : chunk.hyp_end_idx] = [True] * (chunk.hyp_end_idx - chunk.hyp_start_idx)
+    return flags
