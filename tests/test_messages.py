@@ -57,6 +57,13 @@ def test_a_body_that_is_not_a_json_object_is_malformed(raw, message):
         (body(language="xx"), "'xx' is not a language code whisper knows"),
         (body(task="summarise"), "task: Input should be 'transcribe' or 'translate'"),
         (body(job_id="../etc"), "job_id: String should match pattern"),
+        (body(diarize="everyone"), "diarize: Input should be 'off', 'channels' or 'speakers'"),
+        (body(diarize="speakers", num_speakers=0), "num_speakers: Input should be greater than or equal to 1"),
+        (body(diarize="speakers", num_speakers=21), "num_speakers: Input should be less than or equal to 20"),
+        (body(num_speakers=2), 'need diarize "speakers"'),
+        (body(diarize="speakers", min_speakers=4, max_speakers=2), "min_speakers is above max_speakers"),
+        (body(diarize="speakers", num_speakers=2, max_speakers=3), "not both"),
+        (body(vad={"threshold": 1.5}), "vad.VadRequest.threshold: Input should be less than 1"),
     ],
     ids=[
         "no-job-id",
@@ -69,6 +76,13 @@ def test_a_body_that_is_not_a_json_object_is_malformed(raw, message):
         "unknown-language",
         "unknown-task",
         "job-id-path",
+        "unknown-diarize",
+        "no-speakers",
+        "too-many-speakers",
+        "count-without-speakers",
+        "min-over-max",
+        "count-and-bounds",
+        "vad-threshold",
     ],
 )
 def test_schema_violations_are_invalid_jobs_naming_the_field(raw, message):

@@ -89,3 +89,67 @@ def test_channels_on_a_mono_file_or_on_identical_channels_is_a_typed_error(proce
         processor.process_file(audio_dir / RIGHT, diarization=CHANNELS)
     with pytest.raises(SingleChannel, match="same sound"):  # JFK's flac: one sound stored as stereo
         processor.process_file(audio_dir / LEFT, diarization=CHANNELS)
+
+
+# Three voices: JFK, a LibriSpeech reader (1089) and LJ Speech's reader, taking turns with short pauses.
+TALK = (("jfk_inaugural_1961.flac", "jfk"), ("ls_test-clean_1089-134686-0000.flac", "1089"),
+        ("ljspeech_LJ050-0131.wav", "lj"), ("ls_test-clean_1089-134691-0001.flac", "1089"),
+        ("ljspeech_LJ001-0009.flac", "lj"), ("ls_test-clean_1089-134686-0001.flac", "1089"))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def talk(audio_dir) -> tuple[np.ndarray, list[tuple[float, float, str]]]:
+    """A mono conversation and who speaks when in it (start, end, speaker)."""
+    parts, truth, at = [], [], 0.0
+    for name, speaker in TALK:
+        clip = decode_audio(audio_dir / name)
+        parts += [clip, np.zeros(SAMPLE_RATE // 2, np.float32)]
+        truth.append((at, at + clip.size / SAMPLE_RATE, speaker))
+        at += clip.size / SAMPLE_RATE + 0.5
+    return np.concatenate(parts), truth
+
+
+def voice_processor(transcriber, speech_processor) -> Processor:
+    from worker.engine.models import VOICE_MODEL
+    from worker.engine.voices import SpeakerEncoder
+
+    encoder = SpeakerEncoder(ModelDownloader(MODELS_DIR, download_url="").ensure_model_exists(VOICE_MODEL.name))
+    return Processor(
+        transcriber,
+        model_name="tiny.en",
+        options=PipelineOptions(chunker="vad"),
+        speech=speech_processor.speech,
+        voices=lambda: encoder,
+    )
+
+
+def speaker_of_clip(result, start: float, end: float) -> str:
+    """The label most of a clip's words carry."""
+    labels = [w.speaker for s in result.segments for w in s.words if start <= (w.start + w.end) / 2 <= end]
+    return max(set(labels), key=labels.count)
+
+
+@pytest.mark.parametrize("count", [None, 3])
+def test_voices_are_told_apart_in_one_channel(transcriber, processor, talk, count):
+    samples, truth = talk
+    plain = processor.process_samples(samples)
+    result = voice_processor(transcriber, processor).process_samples(
+        samples, word_timestamps=True, diarization=Diarization("speakers", num_speakers=count, words=True)
+    )
+    labels = [speaker_of_clip(result, start, end) for start, end, _ in truth]
+    by_voice = {}
+    for label, (_, _, voice) in zip(labels, truth, strict=True):
+        by_voice.setdefault(voice, set()).add(label)
+    assert all(len(found) == 1 for found in by_voice.values()), by_voice  # one label per voice...
+    assert len({next(iter(found)) for found in by_voice.values()}) == 3, by_voice  # ...a different one each
+    assert labels[0] == "A" and labels[1] == "B" and labels[2] == "C"  # in order of first appearance
+    assert normalize(result.text) == normalize(plain.text)  # diarizing changes no word
+    assert all(len({w.speaker for w in s.words}) == 1 and s.speaker == s.words[0].speaker for s in result.segments)
+
+
+def test_without_word_timestamps_asked_the_diarized_segments_carry_no_words(transcriber, processor, talk):
+    samples, _ = talk
+    result = voice_processor(transcriber, processor).process_samples(
+        samples, word_timestamps=True, diarization=Diarization("speakers", words=False)
+    )
+    assert result.segments and all(s.words is None and s.speaker for s in result.segments)

@@ -59,6 +59,16 @@ class Settings(BaseSettings):
     whisper_temperature_fallback: bool = False
     # No timestamp tokens (segments then span whole chunks): measured, off (docs/performance.md).
     whisper_no_timestamps: bool = False
+    # The hallucination guard (worker/engine/guard.py), every rule measured in docs/performance.md. The
+    # master switch; each rule below runs only when it is on too.
+    hallucination_guard: bool = True
+    # A call whose text loops (repeats itself) or is improbable is decoded again, deterministically: beam
+    # search of 5 at temperature 0 over the full 30 s encoder context; the better decode is kept.
+    guard_retry: bool = True
+    # Segments whisper calls non-speech (no_speech_prob > 0.6 and avg_logprob < -1) are dropped.
+    guard_drop_no_speech: bool = True
+    # Sound annotations ("♪", "[MUSIC]", "(applause)", "*laughs*") are removed from the text.
+    guard_strip_nonspeech: bool = True
     # Base URL that serves ggml-<name>.bin; empty disables downloading entirely.
     whisper_download_url: str = DEFAULT_DOWNLOAD_URL
     whisper_download_timeout_seconds: float = Field(default=30.0, gt=0)

@@ -43,7 +43,7 @@ from worker.media.chunking import (
     voiced_seconds_after,
 )
 from worker.media.speech import VadOptions, dominant, same_sound, speech_chunks, window_levels
-from worker.media.turns import Turn, TurnOptions, cluster, speaker_of, turns, windows
+from worker.media.turns import Turn, TurnOptions, cluster, speaker_of, turns, voiced_regions, windows
 from worker.messages import MAX_SPEAKERS, SegmentOut
 
 Chunking = Literal["energy", "vad"]
@@ -191,10 +191,15 @@ class Processor:
         progress: ProgressCallback | None = None,
         word_timestamps: bool = False,
         vad: "VadChoice" = None,
+        diarization: "Diarization | None" = None,
     ) -> Transcript:
-        """Transcribe 16 kHz mono samples already in memory (clips, tests, benchmarks)."""
+        """Transcribe 16 kHz mono samples already in memory (clips, tests, benchmarks); diarize
+        "speakers" only (channels need a multichannel file)."""
+        if diarization is not None and diarization.mode == "channels":
+            raise SingleChannel('diarize "channels" needs a multichannel file, not mono samples')
         with tempfile.TemporaryDirectory(prefix="job-", dir=self.work_root) as work_dir:
             prepared = self.prepare_audio(InMemoryAudio(samples), language=language, vad=vad)
+            prepared = dataclasses.replace(prepared, diarization=diarization)
             per_chunk = self.transcribe_chunks(
                 prepared, task, progress, Path(work_dir), word_timestamps=word_timestamps
             )
@@ -225,10 +230,11 @@ class Processor:
         """Split decoded audio into chunks (read in blocks) and settle its language."""
         started = time.perf_counter() if started is None else started
         decoded = time.perf_counter()
-        chunks = self.split(audio, vad)
+        chunks, voiced = self.split(audio, vad)
         threads = self.threads_for(len(chunks))
         language, probability = self._language((audio,), chunks, language, threads)
-        return Prepared((audio,), chunks, language, probability, threads, decoded - started, started)
+        prepared = Prepared((audio,), chunks, language, probability, threads, decoded - started, started)
+        return dataclasses.replace(prepared, voiced=voiced)
 
     def prepare_channels(
         self, audio: ChannelsPcm, *, language: str | None = None, started: float, vad: "VadChoice" = None
@@ -268,16 +274,19 @@ class Processor:
         prepared = Prepared(sources, chunks, language, probability, threads, decoded - started, started)
         return dataclasses.replace(prepared, diarization=Diarization("channels"))
 
-    def split(self, audio: Audio, vad: "VadChoice" = None) -> list[Chunk]:
-        """The job's chunks: speech regions (VAD) or energy-based, as the job or the options say."""
+    def split(self, audio: Audio, vad: "VadChoice" = None) -> tuple[list[Chunk], tuple[tuple[int, int], ...]]:
+        """The job's chunks, speech regions (VAD) or energy-based as the job or the options say, and its
+        voiced stretches for diarization: speech split at every short pause (VAD), else the chunks."""
         options = self._vad_options(vad)
         if options is None:
-            return split_levels(block_levels(_blocks(audio)), audio.n_samples, self.options.chunking)
+            chunks = split_levels(block_levels(_blocks(audio)), audio.n_samples, self.options.chunking)
+            return chunks, tuple(span for chunk in chunks for span in chunk.spans)
         if self.speech is None:
             raise TranscriptionError("VAD chunking was asked for, but this worker has no speech detector")
         started = time.perf_counter()
         probabilities = self.speech.probabilities(_blocks(audio))
         chunks = speech_chunks(probabilities, audio.n_samples, options, max_seconds=self.options.chunking.max_seconds)
+        voiced = tuple(voiced_regions(probabilities, audio.n_samples, options))
         logger.debug(
             "Speech detection: {:.1f} s of speech in {:.1f} s of audio, {} chunks ({:.2f} s)",
             sum(c.seconds for c in chunks),
@@ -285,7 +294,7 @@ class Processor:
             len(chunks),
             time.perf_counter() - started,
         )
-        return chunks
+        return chunks, voiced
 
     def _vad_options(self, vad: "VadChoice") -> VadOptions | None:
         if vad is None:
@@ -474,7 +483,7 @@ class Processor:
         if self._voices is None:
             raise TranscriptionError('diarize "speakers" needs the voice encoder, and this worker has none')
         started = time.perf_counter()
-        spans = windows([span for chunk in prepared.chunks for span in chunk.spans])
+        spans = windows(list(prepared.voiced))
         embeddings = self._voices().embed_windows(prepared.audio.read(s, e) for s, e in spans)
         labels = cluster(
             embeddings,
@@ -602,6 +611,9 @@ class Prepared:
     decode_seconds: float
     started: float  # perf_counter() when the job's decoding began
     diarization: Diarization | None = None
+    # Stretches of speech without a pause (diarize "speakers" embeds windows inside them, never across
+    # a pause, where the speaker is likeliest to change).
+    voiced: tuple[tuple[int, int], ...] = ()
 
     @property
     def audio(self) -> Audio:

@@ -18,8 +18,10 @@ from loguru import logger
 
 from worker.config import Settings
 from worker.egress import EgressPolicy
+from worker.engine.guard import GuardOptions
 from worker.engine.models import (
     VAD_MODEL,
+    VOICE_MODEL,
     ModelDownloader,
     allowed_names,
     get_model_downloader,
@@ -28,6 +30,7 @@ from worker.engine.models import (
 )
 from worker.engine.speech import SpeechDetector, SpeechDetectorUnavailable
 from worker.engine.transcriber import CallSlots, DecodingOptions, WhisperTranscriber, available_cpus
+from worker.engine.voices import SpeakerEncoder
 from worker.errors import InputNotAllowed, ModelNotAllowed, UnknownModel
 from worker.media.chunking import ChunkingOptions
 from worker.media.speech import VadOptions
@@ -104,6 +107,17 @@ def _speech_detector(model_path: Path) -> SpeechDetector:
     return SpeechDetector(model_path)
 
 
+def voice_encoder(settings: Settings) -> SpeakerEncoder:
+    """The process's one speaker encoder (diarize "speakers"), made on first use: its weights (17 MB,
+    from the resemblyzer wheel) validated once, like a model."""
+    return _voice_encoder(model_downloader(settings).ensure_model_exists(VOICE_MODEL.name))
+
+
+@functools.cache
+def _voice_encoder(model_path: Path) -> SpeakerEncoder:
+    return SpeakerEncoder(model_path)
+
+
 def egress_policy(settings: Settings) -> EgressPolicy:
     """What the worker's outbound requests may reach (worker/egress.py): public addresses, plus the
     operator's ALLOWED_PRIVATE_ORIGINS / _NETWORKS, plus exactly the gateway's origin (its uploads)."""
@@ -177,12 +191,20 @@ def processor(
         beam_size=settings.whisper_beam_size,
         decoding=decoding_options(settings),
         calls=calls,
+        guard=guard_options(settings),
     )
     # Every processor gets the detector, whatever the default chunker: a job may ask for VAD.
     speech = speech_detector(settings)
     if speech is None:
         options = dataclasses.replace(options, chunker="energy")
-    return Processor(transcriber, model_name=name, options=options, work_root=work_root, speech=speech)
+    return Processor(
+        transcriber,
+        model_name=name,
+        options=options,
+        work_root=work_root,
+        speech=speech,
+        voices=functools.partial(voice_encoder, settings),
+    )
 
 
 def decoding_options(settings: Settings) -> DecodingOptions:
@@ -191,6 +213,16 @@ def decoding_options(settings: Settings) -> DecodingOptions:
         audio_ctx_margin=settings.whisper_audio_ctx_margin,
         temperature_fallback=settings.whisper_temperature_fallback,
         no_timestamps=settings.whisper_no_timestamps,
+    )
+
+
+def guard_options(settings: Settings) -> GuardOptions:
+    """The hallucination guard's rules: each one on when HALLUCINATION_GUARD and its own switch are."""
+    on = settings.hallucination_guard
+    return GuardOptions(
+        retry=on and settings.guard_retry,
+        drop_no_speech=on and settings.guard_drop_no_speech,
+        strip_nonspeech=on and settings.guard_strip_nonspeech,
     )
 
 

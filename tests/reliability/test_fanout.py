@@ -9,11 +9,13 @@ import datetime
 import re
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pika
 import pika.exceptions
 import pytest
+import soundfile
 from conftest import non_speech
 from harness import Client, Service, WorkerProcess, completed_ids
 
@@ -154,6 +156,51 @@ def test_a_fanned_out_job_of_speech_pieces_has_the_in_process_segments(service, 
     assert fanned.segments == alone.segments  # words included: each piece's times put back the same way
     assert fanned.text and fanned.segments[-1].end > 80  # the last clip, after three gaps, where it was spoken
     assert_broker_clean(client, "gapped-fanned-1")
+    client.close()
+
+
+def conversation(audio_dir, tmp_path) -> tuple[np.ndarray, np.ndarray]:
+    """Two speakers taking turns, over a minute: (left channel, right channel), each with the other's bleed."""
+    turns = [(0, "jfk_inaugural_1961.flac"), (1, "ls_test-clean_1089-134686-0000.flac"),
+             (0, "ljspeech_LJ050-0131.wav"), (1, "ls_test-clean_1089-134691-0001.flac"),
+             (0, "librivox_sonnet001_first9s_ogg.ogg"), (1, "ls_dev-clean_1272-128104-0000_leopard.wav"),
+             (0, "ljspeech_LJ001-0009.flac"), (1, "ls_test-clean_1089-134686-0001.flac")]  # fmt: skip
+    channels: list[list[np.ndarray]] = [[], []]
+    for speaker, name in turns:
+        clip = decode_audio(audio_dir / name)
+        pause = np.zeros(8000, np.float32)
+        channels[speaker] += [clip, pause]
+        channels[1 - speaker] += [np.zeros_like(clip), pause]
+    left, right = (np.concatenate(c) for c in channels)
+    return left + 0.1 * right, right + 0.1 * left
+
+
+@pytest.mark.parametrize("diarize", ["channels"])
+def test_a_fanned_out_diarized_job_has_the_in_process_speakers(service, audio_dir, tmp_path, diarize):
+    left, right = conversation(audio_dir, tmp_path)
+    if diarize == "channels":
+        soundfile.write(service.input_dir / "talk.wav", np.stack([left, right], axis=1), 16000, subtype="PCM_16")
+    else:
+        write_wav(service.input_dir / "talk.wav", (left + right) / 2)
+    job = {"audio": {"path": "talk.wav"}, "diarize": diarize, "formats": ["vtt"]}
+    client = service.client()
+    reference = service.start_worker(**{**FAN, "fanout_min_seconds": 0})
+    reference.wait_for("Consuming")
+    client.enqueue({**job, "job_id": f"talk-in-process-{diarize}"})
+    (alone,) = exactly_one_completed(client, f"talk-in-process-{diarize}", reference)
+    assert reference.stop() == 0
+    workers = [service.start_worker(**FAN) for _ in range(2)]
+    for worker in workers:
+        worker.wait_for("Taking chunk tasks")
+
+    client.enqueue({**job, "job_id": f"talk-fanned-{diarize}"})
+    (fanned,) = exactly_one_completed(client, f"talk-fanned-{diarize}", workers[0])
+    assert "Fanning out" in "".join(w.log() for w in workers)
+    assert fanned.segments == alone.segments  # the same speakers on the same words, whichever worker
+    assert [s.speaker for s in fanned.segments if s.speaker][:2] == ["A", "B"]
+    assert {s.speaker for s in fanned.segments} == {"A", "B"}
+    assert "<v A>" in Path(fanned.outputs["vtt"]).read_text()
+    assert_broker_clean(client, f"talk-fanned-{diarize}")
     client.close()
 
 

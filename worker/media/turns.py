@@ -13,11 +13,14 @@ Memory is bounded whatever the recording's length: at most MAX_CLUSTERED windows
 (evenly spaced ones of a longer recording); every window is then given its nearest centroid.
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.ndimage import uniform_filter1d
+
+from worker.media.speech import VadOptions, speech_regions
 
 SAMPLE_RATE = 16000
 WINDOW_SECONDS = 1.6
@@ -35,6 +38,8 @@ class TurnOptions:
     threshold: float = 0.5
     # Flips of the speaker shorter than this are smoothed out.
     min_turn_seconds: float = 1.0
+    # With the count estimated, a cluster of fewer windows (0.8 s apart) is no speaker of its own.
+    min_speaker_windows: int = 3
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,17 @@ class Turn:
     start: int
     end: int
     speaker: int
+
+
+# Pauses this long separate the stretches windows are cut from (a turn often changes at a pause).
+PAUSE_MS = 150
+
+
+def voiced_regions(probabilities: np.ndarray, n_samples: int, options: VadOptions) -> list[tuple[int, int]]:
+    """Speech split at every pause of PAUSE_MS or more, unpadded: the stretches speaker windows are cut
+    from (the chunks' regions bridge pauses and carry padding; a window across a pause may hold two voices)."""
+    fine = dataclasses.replace(options, min_silence_ms=PAUSE_MS, speech_pad_ms=0, min_speech_ms=0)
+    return speech_regions(probabilities, n_samples, fine)
 
 
 def windows(regions: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -88,7 +104,14 @@ def cluster(
         low, high = min_speakers, max_speakers or count
         if not low <= count <= high:
             labels = fcluster(tree, t=min(max(count, low), high, chosen.size), criterion="maxclust")
-    centroids = np.stack([_unit(embeddings[chosen][labels == k].mean(axis=0)) for k in np.unique(labels)])
+    kept = np.unique(labels)
+    if num_speakers is None:
+        # A speaker heard in fewer windows than this is a stray (a cough, applause, a shouted word):
+        # its windows go to the nearest real speaker.
+        sizes = {k: int((labels == k).sum()) for k in kept}
+        big = [k for k in kept if sizes[k] >= options.min_speaker_windows]
+        kept = np.array(big if len(big) >= min_speakers else sorted(kept, key=lambda k: -sizes[k])[:min_speakers])
+    centroids = np.stack([_unit(embeddings[chosen][labels == k].mean(axis=0)) for k in kept])
     return np.argmax(embeddings @ centroids.T, axis=1)
 
 
@@ -97,8 +120,9 @@ def turns(spans: list[tuple[int, int]], embeddings: np.ndarray, labels: np.ndarr
     if not spans:
         return []
     step = int(STEP_SECONDS * SAMPLE_RATE)
-    speakers = int(labels.max()) + 1
-    centroids = np.stack([_unit(embeddings[labels == k].mean(axis=0)) for k in range(speakers)])
+    present = np.unique(labels)
+    speakers = present.size
+    centroids = np.stack([_unit(embeddings[labels == k].mean(axis=0)) for k in present])
     similarity = embeddings @ centroids.T  # windows x speakers
     n_steps = -(-max(end for _, end in spans) // step)
     votes = np.zeros((n_steps, speakers))
@@ -107,7 +131,11 @@ def turns(spans: list[tuple[int, int]], embeddings: np.ndarray, labels: np.ndarr
         votes[start // step : -(-end // step)] += row
         covered[start // step : -(-end // step)] = True
     steps = np.flatnonzero(covered)
-    spoken = _majority(np.argmax(votes[steps], axis=1), speakers, int(round(options.min_turn_seconds / STEP_SECONDS)))
+    width = int(round(options.min_turn_seconds / STEP_SECONDS))
+    # Smoothed within each stretch of speech, never across a pause (where turns most often change).
+    runs = np.split(np.arange(steps.size), np.flatnonzero(np.diff(steps) > 1) + 1)
+    best = np.argmax(votes[steps], axis=1)
+    spoken = np.concatenate([_majority(best[run], speakers, width) for run in runs])
     order = _first_appearance(spoken)
     found: list[Turn] = []
     for index, label in zip(steps.tolist(), spoken.tolist(), strict=True):

@@ -84,9 +84,10 @@ class NativeState:
     a running call to finish, then frees the state.  Usable as a context manager.
 
     Reuse caveat: whisper.cpp seeds the RNG of decoder 0 once, in ``whisper_init_state``, and
-    that decoder samples whenever the temperature fallback kicks in (t > 0).  Results of such
-    calls therefore depend on what the state decoded before; a fresh state (about 6 ms to
-    create; its buffers are re-touched on first use) reproduces a first call exactly.
+    that decoder samples whenever the temperature fallback kicks in (t > 0), and in beam search
+    at any temperature (``whisper_sample_token_topk`` draws each beam's candidates from it).
+    Results of such calls therefore depend on what the state decoded before; a fresh state
+    (about 6 ms to create; its buffers are re-touched on first use) reproduces a first call exactly.
     """
 
     def __init__(self, context: NativeContext, handle: int) -> None:
