@@ -7,6 +7,8 @@
     python cmd/bench/main.py --words                 # word timestamps: accuracy, cost, the DTW lever
     python cmd/bench/main.py --guard                 # the hallucination guard: WER, loops, words on noise
     python cmd/bench/main.py --vad                   # speech detection (issue 18): words on non-speech
+    python cmd/bench/main.py --diarize               # who spoke when: DER, cpWER, cost (bench_diarize.py)
+    python cmd/bench/main.py --diarize --quick       # smoke run: tiny.en, 3 conversations, 1 run
 
 Input: the files of ../shared/audio that count for WER (not the repeats, not the two-speaker
 stereo file), joined with 0.5 s of silence, the whole set repeated until it lasts at least
@@ -48,6 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import bench_diarize
 import bench_gateway
 import bench_guard
 import bench_levers
@@ -257,7 +260,10 @@ def configure_child_logging(validations: list[str]) -> None:
 def child_main(args: argparse.Namespace) -> int:
     validations: list[str] = []
     configure_child_logging(validations)
-    result = child_work(args.child, np.load(args.samples), args)
+    if args.child.startswith("D:"):  # a diarize row reads its conversation's file, not samples
+        result = bench_diarize.child_row(args.child, Path(args.samples))
+    else:
+        result = child_work(args.child, np.load(args.samples), args)
     result.setdefault("details", {})["validations"] = len(validations)
     result.setdefault("peak_rss_mb", proc_status_mb("self", "VmHWM"))  # a row may read it before untimed extras
     Path(args.out).write_text(json.dumps(result))
@@ -586,9 +592,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--wer", action="store_true", help="score every reference in ../shared/audio instead")
     parser.add_argument("--levers", action="store_true", help="each whisper.cpp lever on/off vs faster-whisper")
     parser.add_argument(
-        "--models", default="tiny.en,base", help="models for --levers, --guard and --vad (comma-separated)"
+        "--models", default="tiny.en,base", help="models for --levers, --guard, --vad and --diarize (comma-separated)"
     )
-    parser.add_argument("--runs", type=int, default=2, help="runs of every --levers/--vad row (the minimum is kept)")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        help="runs of every --levers/--vad/--diarize row, the minimum kept (default 2; --diarize --quick 1)",
+    )
     parser.add_argument("--lever-rows", help="only these --levers rows, e.g. default,fw-int8 (default: all)")
     parser.add_argument(
         "--vad", action="store_true", help="speech detection (issue 18): words on non-speech, WER and cost"
@@ -610,6 +620,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--guard", action="store_true", help="the hallucination guard's rules: WER, loops, words on noise"
     )
     parser.add_argument("--guard-rows", default=",".join(bench_guard.ROWS), help="rows for --guard (comma-separated)")
+    parser.add_argument(
+        "--diarize", action="store_true", help="diarization on conversations of real speech: DER, cpWER, cost"
+    )
+    parser.add_argument(
+        "--conversations",
+        type=lambda s: [c for c in s.split(",") if c],
+        help="--diarize: only these conversations (comma-separated names)",
+    )
     parser.add_argument(
         "--memory-minutes",
         type=lambda s: [float(m) for m in s.split(",") if m],
@@ -633,6 +651,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.files = args.files or (list(QUICK_FILES) if not args.wer else [QUICK_FILES[0]])
     args.min_minutes = args.min_minutes if args.min_minutes is not None else (0.0 if args.quick else 10.0)
     args.overhead_jobs = args.overhead_jobs or (3 if args.quick else 20)
+    args.runs = args.runs if args.runs is not None else (1 if args.quick and args.diarize else 2)
     return args
 
 
@@ -681,6 +700,22 @@ def vad_main(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         print("Files: " + ", ".join(files) + "\n\n" + bench_vad.vad_markdown(tables, args.runs, described))
+
+
+def diarize_main(args: argparse.Namespace) -> int:
+    """`--diarize`: the conversations transcribed plain and diarized, per model (bench_diarize.py)."""
+    models = ["tiny.en"] if args.quick else [m for m in args.models.split(",") if m]
+    names = args.conversations or (list(bench_diarize.QUICK_CONVERSATIONS) if args.quick else None)
+    found = bench_diarize.conversation_set(names)
+    with tempfile.TemporaryDirectory(prefix="bench-diarize-") as scratch:
+        report = bench_diarize.run_diarize(
+            models, args.runs, found, Path(scratch), lambda key, path: run_in_child(key, path, Path("-"), args)
+        )
+    print(
+        json.dumps({"cpus": os.cpu_count(), **report}, indent=2)
+        if args.json
+        else bench_diarize.diarize_markdown(report)
+    )
     return 0
 
 
@@ -716,6 +751,8 @@ def main() -> int:
         report = bench_gateway.run_gateway(recording, args.model, args.runs, args.overhead_jobs)
         print(bench_gateway.gateway_markdown(report))
         return 0
+    if args.diarize:
+        return diarize_main(args)
     if args.words:
         print(bench_words.words_markdown(bench_words.run_words(args.model, args.runs)))
         return 0

@@ -2,7 +2,7 @@
 
 import pytest
 
-from worker.devtools.accuracy import normalize, wer
+from worker.devtools.accuracy import cp_wer, normalize, wer, word_errors
 
 
 @pytest.mark.parametrize(
@@ -56,3 +56,29 @@ def test_empty_hypothesis_is_all_deletions() -> None:
 def test_mismatched_lengths_are_rejected() -> None:
     with pytest.raises(ValueError):
         wer(["a"], ["a", "b"])
+
+
+def test_word_errors_count_against_an_empty_side_too():
+    assert word_errors("a b c", "a x c d") == 2
+    assert word_errors("", "one two") == 2 and word_errors("One, two.", "") == 2
+
+
+def test_cp_wer_pairs_speakers_whatever_their_labels():
+    references = {"lj": "printing then for our purpose", "jfk": "ask not what your country can do"}
+    swapped = {"A": "ask not what your country can do", "B": "Printing, then, for our purpose."}
+    result = cp_wer(references, swapped)
+    assert (result.errors, result.words, result.pairs, result.unpaired) == (0, 12, {"lj": "B", "jfk": "A"}, ())
+
+
+def test_cp_wer_counts_words_given_to_the_wrong_speaker_twice():
+    references = {"x": "one two three", "y": "four five six"}
+    result = cp_wer(references, {"A": "one two", "B": "three four five six"})  # "three" said by B
+    assert result.errors == 2 and result.rate == pytest.approx(2 / 6)
+
+
+def test_cp_wer_deletes_unpaired_speakers_and_inserts_extra_ones():
+    references = {"x": "one two three", "y": "four five six"}
+    assert cp_wer(references, {"A": "one two three four five six"}).errors == 6  # y's words: missing from its pair
+    extra = cp_wer({"x": "one two three"}, {"A": "one two three", "B": "hello there"})
+    assert extra.errors == 2 and extra.unpaired == ("B",)
+    assert cp_wer({}, {}).rate == 0.0

@@ -10,11 +10,17 @@ Numbers are read the way a speaker reads them, and no further: integers as cardi
 1100-1999 and 2010-2099, which are read as years in two pairs (1465 -> "fourteen sixty five",
 1900 -> "nineteen hundred", 1905 -> "nineteen oh five"); 15th -> "fifteenth"; 2.5 -> "two point
 five". Nothing else (currency, percent, times) is rewritten.
+
+`cp_wer` scores a diarized transcript: the concatenated minimum-permutation WER of CHiME-6 (cpWER),
+each reference speaker's words against those of the hypothesis speaker paired with them.
 """
 
 import re
+from dataclasses import dataclass
 
 import jiwer
+import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 _ONES = (
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
@@ -113,3 +119,44 @@ def insertions(reference: str, hypothesis_words: list[str]) -> list[bool]:
         if chunk.type == "insert":
             flags[chunk.hyp_start_idx : chunk.hyp_end_idx] = [True] * (chunk.hyp_end_idx - chunk.hyp_start_idx)
     return flags
+
+
+def word_errors(reference: str, hypothesis: str) -> int:
+    """Substitutions + deletions + insertions between the normalised texts (either may be empty)."""
+    ref, hyp = normalize(reference), normalize(hypothesis)
+    if not ref or not hyp:
+        return len(ref.split()) + len(hyp.split())
+    measures = jiwer.process_words(ref, hyp)
+    return measures.substitutions + measures.deletions + measures.insertions
+
+
+@dataclass(frozen=True)
+class SpeakerWer:
+    """cpWER: errors over the reference's words, and which hypothesis speaker each reference one was paired
+    with (None: unpaired, all its words deleted); `unpaired`: hypothesis speakers left over (all inserted)."""
+
+    errors: int
+    words: int
+    pairs: dict[str, str | None]
+    unpaired: tuple[str, ...]
+
+    @property
+    def rate(self) -> float:
+        return self.errors / self.words if self.words else float(self.errors > 0)
+
+
+def cp_wer(references: dict[str, str], hypotheses: dict[str, str]) -> SpeakerWer:
+    """Each speaker's text against one hypothesis speaker's, over the pairing with the fewest errors in all.
+
+    Errors add up over pairs, so the best of every permutation is an assignment problem (scipy's
+    linear_sum_assignment on the pairwise errors, padded with empty speakers to a square)."""
+    refs, hyps = list(references), list(hypotheses)
+    size = max(len(refs), len(hyps))
+    texts_r = [references[r] for r in refs] + [""] * (size - len(refs))
+    texts_h = [hypotheses[h] for h in hyps] + [""] * (size - len(hyps))
+    cost = np.array([[word_errors(r, h) for h in texts_h] for r in texts_r], dtype=np.int64).reshape(size, size)
+    rows, cols = linear_sum_assignment(cost)
+    pairs = {refs[r]: (hyps[c] if c < len(hyps) else None) for r, c in zip(rows, cols, strict=True) if r < len(refs)}
+    unpaired = tuple(hyps[c] for r, c in zip(rows, cols, strict=True) if r >= len(refs) and c < len(hyps))
+    words = sum(len(normalize(t).split()) for t in references.values())
+    return SpeakerWer(int(cost[rows, cols].sum()), words, pairs, unpaired)
