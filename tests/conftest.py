@@ -6,7 +6,6 @@ the test itself runs on 127.0.0.1.
 
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ import pytest
 from loguru import logger
 
 from worker.devtools import local_broker
+from worker.devtools.nonspeech import Sound, synthesize
 from worker.engine.models import ModelDownloader
 from worker.engine.transcriber import WhisperTranscriber
 from worker.media.audio import decode_audio
@@ -99,22 +99,10 @@ def broker() -> Iterator[str]:
     shutil.rmtree(base, ignore_errors=True)
 
 
-# Non-speech as a user would make it (ffmpeg's lavfi sources, fixed seeds), at speech-like levels.
-NON_SPEECH = {
-    "pink": "anoisesrc=color=pink:seed=1:amplitude=0.15",
-    "brown": "anoisesrc=color=brown:seed=2:amplitude=0.2",
-    "tones": "aevalsrc=0.05*sin(2*PI*440*t)+0.05*sin(2*PI*554*t)+0.05*sin(2*PI*659*t)",
-    "clicks": "aevalsrc=0.5*lt(mod(t\\,0.25)\\,0.002)",
-    "silence": "anullsrc",
-}
+# Non-speech at speech-like levels (worker.devtools.nonspeech: deterministic, seeded).
+NON_SPEECH = ("pink", "brown", "sines", "beep", "clicks", "silence")
 
 
-def non_speech(kind: str, seconds: float, tmp_dir: Path) -> np.ndarray:
-    """`seconds` of one kind of NON_SPEECH, 16 kHz mono float32."""
-    out = tmp_dir / f"{kind}-{seconds:g}.wav"
-    source = f"{NON_SPEECH[kind]}:d={seconds}" if kind != "silence" else f"anullsrc=r=16000:cl=mono:d={seconds}"
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", source, "-ar", "16000", "-ac", "1", str(out)],
-        check=True,
-    )
-    return decode_audio(out)
+def non_speech(kind: str, seconds: float, tmp_dir: Path | None = None) -> np.ndarray:
+    """`seconds` of one kind of non-speech, 16 kHz mono float32, at -30 dBFS (`tmp_dir`: unused, kept for callers)."""
+    return synthesize(Sound(kind, seconds, dbfs=-30.0, seed=len(kind)), 16000).astype(np.float32)

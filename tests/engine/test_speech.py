@@ -65,11 +65,20 @@ def test_read_speech_is_speech(detector, lj):
     assert speech > 0.9, speech  # 32 sentences with 0.3 s pauses: nearly all speech
 
 
-@pytest.mark.parametrize("kind", sorted(NON_SPEECH))
+@pytest.mark.parametrize("kind", [k for k in NON_SPEECH if k != "beep"])
 def test_synthesized_non_speech_has_no_speech_regions(detector, kind, tmp_path):
     samples = non_speech(kind, 30, tmp_path)
     p = detector.probabilities([samples])
     assert speech_regions(p, samples.size, VadOptions()) == [], f"{kind}: max p {p.max():.2f}"
+
+
+def test_a_hold_beep_passes_silero_now_and_then(detector, tmp_path):
+    # A 1 kHz beep, 0.5 s on and off, reaches p 0.55 in places: Silero lets a few seconds through (the
+    # hallucination guard drops what whisper makes of them: tests/test_pipeline_vad.py).
+    samples = non_speech("beep", 30, tmp_path)
+    p = detector.probabilities([samples])
+    kept = sum(e - s for s, e in speech_regions(p, samples.size, VadOptions())) / samples.size
+    assert 0 < kept < 0.5
 
 
 def test_blocks_give_the_probabilities_of_one_call_and_each_recording_starts_afresh(detector, lj):

@@ -30,7 +30,7 @@ from .test_faults import SHORT_CONSUMER_TIMEOUT, exactly_one_completed, healthz,
 LONG = "ljspeech_LJ001-0001_to_0032_concat.wav"  # 231 s: 12 chunks
 GAPPED_SPEECH = ("jfk_inaugural_1961.flac", "ls_test-clean_1089-134686-0000.flac",
                  "ljspeech_LJ050-0131.wav", "librivox_sonnet001_first9s_ogg.ogg")  # fmt: skip
-GAPPED_NOISE = (("pink", 20.0), ("tones", 15.0), ("clicks", 12.0), ("brown", 10.0))
+GAPPED_NOISE = (("pink", 20.0), ("sines", 15.0), ("clicks", 12.0), ("brown", 10.0))
 SHORT = "jfk_inaugural_1961.flac"
 # One whisper call of one thread per worker: the same decoding in both modes, and chunks spread out.
 FAN = {"fanout_min_seconds": 60, "max_parallel_workers": 1, "whisper_threads": 1, "log_level": "DEBUG"}
