@@ -703,7 +703,12 @@ def _absolute(segment: Segment, chunk: Chunk) -> Segment:
     inside the chunk), a chunk of speech pieces maps each onto the piece it falls in."""
     if not chunk.pieces:
         return segment.shifted(chunk.start_seconds, clamp=(0.0, chunk.seconds))
-    return segment.placed(lambda start, end, word: chunk.place(start, end, whole=word))
+    placed = segment.placed(lambda start, end, word: chunk.place(start, end, whole=word))
+    if placed.words:  # the words know where the segment's speech is; its own ends may span a cut
+        return dataclasses.replace(
+            placed, start=placed.words[0].start, end=max(placed.words[-1].end, placed.words[0].start)
+        )
+    return placed
 
 
 def _result_or_raise(future: Future, chunk: Chunk, pending: set[Future]) -> list[Segment]:

@@ -110,3 +110,10 @@ def test_a_word_across_a_seam_stays_in_the_piece_holding_most_of_it_and_a_segmen
     assert chunk.place(1.8, 2.1, whole=True) == (11.8, 12.0)  # mostly before the seam
     assert chunk.place(1.9, 2.5, whole=True) == (30.0, 30.5)  # mostly after it
     assert chunk.place(0.5, 4.0) == (10.5, 32.0)  # a segment: each end where it falls
+
+
+def test_a_segment_end_a_little_past_a_seam_is_not_stretched_over_the_cut():
+    chunk = Chunk.of_pieces(0, [(RATE * 10, RATE * 12), (RATE * 30, RATE * 33)])
+    assert chunk.place(0.5, 2.3) == (10.5, 12.0)  # ends 0.3 s into the next piece: whisper's slack
+    assert chunk.place(1.8, 4.0) == (30.0, 32.0)  # starts 0.2 s before the seam
+    assert chunk.place(0.5, 4.0) == (10.5, 32.0)  # truly across: both ends where they fall

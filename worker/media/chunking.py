@@ -39,6 +39,11 @@ class ChunkingOptions:
     headroom_db: float = 25.0  # ...or this far below the loud parts, whichever is lower
 
 
+# How far past a seam between two pieces of a chunk a segment's end may fall and still be the earlier
+# piece's (whisper's segment times are that loose; a real segment across the seam reaches far past it).
+SEAM_SLACK_SECONDS = 0.6
+
+
 @dataclass(frozen=True)
 class Chunk:
     """Samples [start, end) of the job's audio; `start` is the true offset used for timestamps.
@@ -104,6 +109,7 @@ class Chunk:
         holding most of it, since a word cannot straddle the non-speech cut out between two pieces; else
         (a segment, possibly several sentences) each end placed on its own."""
         if not whole:
+            start, end = self._off_seams(start, end)
             return self.absolute(start), max(self.absolute(start), self.absolute(end, ending=True))
         first, _ = self._locate(start)
         last, _ = self._locate(end, ending=True)
@@ -113,6 +119,18 @@ class Chunk:
         if seam - start >= end - seam:
             return self.absolute(start), self.spans[first][1] / SAMPLE_RATE
         return self.spans[last][0] / SAMPLE_RATE, self.absolute(end, ending=True)
+
+    def _off_seams(self, start: float, end: float) -> tuple[float, float]:
+        """whisper's segment ends are a few tenths of a second loose: an end just past a seam, or a start
+        just before one, is put at the seam, so a segment is not stretched over the non-speech cut out
+        there (the words, when there are any, place it exactly: worker.pipeline)."""
+        seams = np.cumsum([e - s for s, e in self.spans])[:-1] / SAMPLE_RATE
+        for seam in seams.tolist():
+            if 0 < end - seam <= SEAM_SLACK_SECONDS and start < seam:
+                end = seam
+            if 0 < seam - start <= SEAM_SLACK_SECONDS and end > seam:
+                start = seam
+        return start, end
 
     def _locate(self, seconds: float, *, ending: bool = False) -> tuple[int, int]:
         """(piece number, samples into it) of a time in the chunk's audio, held inside the chunk."""

@@ -34,8 +34,10 @@ MAX_CLUSTERED = 2000  # windows clustered at most (the distance matrix is this s
 class TurnOptions:
     """Clustering tuning (cmd/bench --diarize measures it; docs/accuracy.md)."""
 
-    # Average-linkage cosine distance under which two groups of windows are one speaker.
-    threshold: float = 0.5
+    # Average-linkage cosine distance under which two groups of windows are one speaker: measured with
+    # the GE2E encoder on ../shared/audio, 0.12-0.29 within a speaker, 0.49-0.50 between the closest
+    # two pairs of different speakers (cmd/bench --diarize; docs/accuracy.md).
+    threshold: float = 0.4
     # Flips of the speaker shorter than this are smoothed out.
     min_turn_seconds: float = 1.0
     # With the count estimated, a cluster of fewer windows (0.8 s apart) is no speaker of its own.
@@ -96,23 +98,31 @@ def cluster(
         return np.zeros(n, dtype=int)
     chosen = np.linspace(0, n - 1, min(n, MAX_CLUSTERED)).round().astype(int)
     tree = linkage(embeddings[chosen], method="average", metric="cosine")
-    if num_speakers is not None:
-        labels = fcluster(tree, t=min(num_speakers, chosen.size), criterion="maxclust")
-    else:
-        labels = fcluster(tree, t=options.threshold, criterion="distance")
-        count = int(labels.max())
-        low, high = min_speakers, max_speakers or count
-        if not low <= count <= high:
-            labels = fcluster(tree, t=min(max(count, low), high, chosen.size), criterion="maxclust")
-    kept = np.unique(labels)
     if num_speakers is None:
-        # A speaker heard in fewer windows than this is a stray (a cough, applause, a shouted word):
-        # its windows go to the nearest real speaker.
-        sizes = {k: int((labels == k).sum()) for k in kept}
-        big = [k for k in kept if sizes[k] >= options.min_speaker_windows]
-        kept = np.array(big if len(big) >= min_speakers else sorted(kept, key=lambda k: -sizes[k])[:min_speakers])
+        labels = fcluster(tree, t=options.threshold, criterion="distance")
+        count = len(_real(labels, options))
+        low, high = min_speakers, max_speakers or count
+        wanted = min(max(count, low), high)
+    else:
+        wanted = num_speakers
+    wanted = min(wanted, chosen.size)
+    # A speaker heard in fewer than min_speaker_windows windows is a stray (a cough, applause, a shouted
+    # word): it is no speaker of its own, so the tree is cut finer until `wanted` real ones come out.
+    for extra in range(0, 6):
+        labels = fcluster(tree, t=min(wanted + extra, chosen.size), criterion="maxclust")
+        kept = _real(labels, options)
+        if len(kept) >= wanted:
+            break
+    sizes = {k: int((labels == k).sum()) for k in np.unique(labels)}
+    kept = sorted(kept if len(kept) >= wanted else sizes, key=lambda k: -sizes[k])[:wanted]
     centroids = np.stack([_unit(embeddings[chosen][labels == k].mean(axis=0)) for k in kept])
     return np.argmax(embeddings @ centroids.T, axis=1)
+
+
+def _real(labels: np.ndarray, options: TurnOptions) -> list[int]:
+    """The clusters heard in at least min_speaker_windows windows."""
+    values, counts = np.unique(labels, return_counts=True)
+    return [int(v) for v, c in zip(values, counts, strict=True) if c >= options.min_speaker_windows]
 
 
 def turns(spans: list[tuple[int, int]], embeddings: np.ndarray, labels: np.ndarray, options: TurnOptions) -> list[Turn]:
