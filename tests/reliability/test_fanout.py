@@ -175,7 +175,7 @@ def conversation(audio_dir, tmp_path) -> tuple[np.ndarray, np.ndarray]:
     return left + 0.1 * right, right + 0.1 * left
 
 
-@pytest.mark.parametrize("diarize", ["channels"])
+@pytest.mark.parametrize("diarize", ["channels", "speakers"])
 def test_a_fanned_out_diarized_job_has_the_in_process_speakers(service, audio_dir, tmp_path, diarize):
     left, right = conversation(audio_dir, tmp_path)
     if diarize == "channels":
@@ -197,8 +197,10 @@ def test_a_fanned_out_diarized_job_has_the_in_process_speakers(service, audio_di
     (fanned,) = exactly_one_completed(client, f"talk-fanned-{diarize}", workers[0])
     assert "Fanning out" in "".join(w.log() for w in workers)
     assert fanned.segments == alone.segments  # the same speakers on the same words, whichever worker
-    assert [s.speaker for s in fanned.segments if s.speaker][:2] == ["A", "B"]
-    assert {s.speaker for s in fanned.segments} == {"A", "B"}
+    found = list(dict.fromkeys(s.speaker for s in fanned.segments))
+    # Two channels; in one channel five voices take turns (JFK, LJ Speech, a LibriVox reader, two LibriSpeech
+    # readers): labels in order of first appearance.
+    assert found == (["A", "B"] if diarize == "channels" else ["A", "B", "C", "D", "E"]), found
     assert "<v A>" in Path(fanned.outputs["vtt"]).read_text()
     assert_broker_clean(client, f"talk-fanned-{diarize}")
     client.close()
