@@ -430,6 +430,28 @@ def test_the_web_page_uploads_shows_progress_and_the_transcript(gateway, browser
     assert browser.save_screenshot(str(ARTIFACTS / "gateway-page.png"))
 
 
+def test_the_web_page_shows_each_speaker_in_its_colour(gateway, browser, audio_dir, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    call = stereo_call(audio_dir, tmp_path / "call.wav")
+    browser.get(f"{gateway.url}/")
+    browser.find_element(By.ID, "key").clear()
+    browser.find_element(By.ID, "key").send_keys(KEY + "\t")
+    Select(browser.find_element(By.ID, "diarize")).select_by_value("channels")
+    browser.find_element(By.ID, "file").send_keys(str(call))
+    browser.find_element(By.ID, "start").click()
+    WebDriverWait(browser, 300).until(
+        lambda d: d.find_element(By.ID, "status").text == "Done." or d.find_element(By.ID, "error").text
+    )
+    assert not browser.find_element(By.ID, "error").text
+    labels = browser.find_elements(By.CSS_SELECTOR, "#segments li .who")
+    assert [label.text for label in labels][0] == "A" and {label.text for label in labels} == {"A", "B"}
+    colours = {label.text: label.value_of_css_property("background-color") for label in labels}
+    assert colours["A"] != colours["B"]  # each speaker in its own colour
+    assert "fellow Americans" in browser.find_element(By.ID, "segments").text
+
+
 def test_a_gateway_restart_mid_job_loses_neither_the_job_nor_its_record(gateway):
     with open(Path(gateway.env["GATEWAY_UPLOAD_DIR"]).parent / LONG, "rb") as audio:
         job = requests.post(f"{gateway.url}/v1/jobs", headers=auth(), files={"file": audio}, timeout=30).json()
