@@ -85,9 +85,11 @@ def test_a_jobs_queue_deleted_and_declared_again_at_once_is_consumed_again(servi
         lambda rs: "redeclared-1" in completed_ids(rs), timeout=120, alive=lambda: worker.wait_for("Consuming")
     )
     assert completed_ids(results) == ["redeclared-1"]
-    log = worker.log()
-    assert "no longer delivers to this worker's consumer of " + service.topology.jobs_queue in log
-    assert "The broker cancelled the consumer" not in log  # the check did it, not a Basic.Cancel
+    # Without the check the job never completes (the ghost holds the worker's subscription). Which way
+    # the check finds it depends on when it runs: the new queue may or may not count the ghost (logged
+    # "no longer delivers", or cancelled and subscribed again quietly), and a check between the delete
+    # and the declare finds no queue and leaves it to the next one.
+    assert "The broker cancelled the consumer" not in worker.log()  # the check did it, not a Basic.Cancel
     client.close()
 
 
