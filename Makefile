@@ -34,12 +34,20 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # ffmpeg decodes audio; rabbitmq-server backs the integration tests and `make run`; Debian's chromium
-# and its driver let the tests drive the gateway's web page (browsers cannot be downloaded here).
+# and its driver let the tests drive the gateway's web page (browsers cannot be downloaded here);
+# Debian's Docker engine, docker-compose and debootstrap run the compose scenario (tests/deploy; its
+# base images are made locally). COMPOSE_TESTS=0 leaves those three out and skips the scenario.
+COMPOSE_TESTS ?= 1
 system-deps:
 	@missing=""; command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing="$$missing rabbitmq-server"; \
 	 [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	 [ -x /usr/bin/chromedriver ] || missing="$$missing chromium-driver"; \
+	 if [ "$(COMPOSE_TESTS)" != 0 ]; then \
+	   command -v dockerd >/dev/null || missing="$$missing docker.io"; \
+	   command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	   command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
+	 fi; \
 	 if [ -n "$$missing" ]; then $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; fi
 
 # Part of `install` off AMX hosts (docs/performance.md: 1.25-1.36x on an AVX-512 host): replace the PyPI wheel's
@@ -94,7 +102,7 @@ run: install system-deps models
 
 # The layers and the lint first (seconds), then the suite.
 test: install system-deps lint
-	$(BIN)/python -m pytest
+	COMPOSE_TESTS=$(COMPOSE_TESTS) $(BIN)/python -m pytest
 
 lint: install
 	$(BIN)/lint-imports

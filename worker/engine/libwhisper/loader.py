@@ -39,6 +39,9 @@ _ContextParamsPtr = ctypes.POINTER(WhisperContextParams)
 # are opaque, so plain c_void_p handles are enough.
 _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "whisper_version": (ctypes.c_char_p, []),
+    # ggml's backend registry (libggml, a dependency of libwhisper: found through its handle)
+    "ggml_backend_reg_count": (ctypes.c_size_t, []),
+    "ggml_backend_load_all": (None, []),
     "whisper_context_default_params_by_ref": (_ContextParamsPtr, []),
     "whisper_free_context_params": (None, [_ContextParamsPtr]),
     "whisper_full_default_params_by_ref": (_FullParamsPtr, [ctypes.c_int]),
@@ -186,7 +189,24 @@ def open_library(path: Path | None = None) -> ctypes.CDLL:
     lib = load_library(path if path is not None else find_library())
     check_abi(lib)
     install_log_forwarding(lib)
+    load_backends(lib)
     return lib
+
+
+def load_backends(lib: ctypes.CDLL) -> None:
+    """Register ggml's backends when the build left that to the program.
+
+    A libwhisper built with GGML_BACKEND_DL (the Docker image's: a CPU backend for each x86-64 level
+    in GGML_BACKEND_DIR, the best one this CPU runs chosen at load time) has no backend registered
+    until someone loads them, and whisper.cpp leaves that to its programs (whisper-cli calls
+    ggml_backend_load_all). The PyPI wheel and `make native-whisper` link the CPU backend in: nothing
+    to do. Idempotent; ggml logs which file it loaded (DEBUG, through install_log_forwarding).
+    """
+    if lib.ggml_backend_reg_count() > 0:
+        return
+    lib.ggml_backend_load_all()
+    if lib.ggml_backend_reg_count() == 0:
+        raise NativeABIError("libwhisper has no ggml backend and none could be loaded (GGML_BACKEND_DIR?)")
 
 
 # --------------------------------------------------------------------------------------
