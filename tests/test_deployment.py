@@ -134,7 +134,7 @@ def test_compose_fans_out_over_scaled_workers():
 
 
 def test_compose_runs_the_gateway_where_workers_can_fetch_uploads():
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    compose = compose_config()  # ports and URLs with their defaults
     gateway, worker = compose["services"]["gateway"], compose["services"]["worker"]
     env = gateway["environment"]
     assert gateway["command"] == ["python", "cmd/gateway/main.py"] and gateway["build"] == "."
@@ -142,7 +142,7 @@ def test_compose_runs_the_gateway_where_workers_can_fetch_uploads():
     assert {(port.target, port.published) for port in published_ports(gateway)} == {(int(env["GATEWAY_PORT"]),) * 2}
     assert env["GATEWAY_PUBLIC_URL"] == f"http://gateway:{env['GATEWAY_PORT']}"  # the service name, on the network
     hosts = worker["environment"]["ALLOWED_URL_HOSTS"]
-    assert hosts == "${ALLOWED_URL_HOSTS:-}"  # any host by default, so the gateway's URLs are allowed
+    assert hosts == ""  # any host by default (ALLOWED_URL_HOSTS unset), so the gateway's URLs are allowed
     # ... and the workers know the gateway's origin: the one private origin they allow by default
     assert worker["environment"]["GATEWAY_PUBLIC_URL"] == env["GATEWAY_PUBLIC_URL"]
     database = env["GATEWAY_DATABASE_URL"].removeprefix("sqlite:///")
@@ -241,10 +241,13 @@ def test_compose_publishes_the_broker_on_loopback_only():
     rabbitmq = compose_config()["services"]["rabbitmq"]
     ports = published_ports(rabbitmq)
     assert ports and all(is_loopback(port.host_ip) for port in ports), ports
-    # The management UI stays on loopback whatever .env says (an ssh tunnel reaches it).
+    # The management UI stays on loopback whatever .env says (an ssh tunnel reaches it): its address is
+    # no variable (its host port may be, MANAGEMENT_PORT).
     raw = yaml.safe_load(COMPOSE.read_text())["services"]["rabbitmq"]
     management = [entry for entry, port in zip(raw["ports"], ports, strict=True) if port.target == 15672]
-    assert all("$" not in str(entry) for entry in management), management
+    assert management and all(str(entry).startswith("127.0.0.1:") for entry in management), management
+    opened = compose_config({name: "x" for name in required_compose_variables()} | {"AMQP_BIND": "0.0.0.0"})
+    assert [p.host_ip for p in published_ports(opened["services"]["rabbitmq"]) if p.target == 15672] == ["127.0.0.1"]
 
 
 def test_compose_publishes_no_metrics_port_and_serves_metrics_on_the_container_network():
