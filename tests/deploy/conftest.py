@@ -7,7 +7,6 @@ Docker cannot run (no engine and no way to start one) it is skipped with the rea
 
 import os
 import secrets
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,9 +18,11 @@ import pytest
 from conftest import ROOT
 
 from worker.devtools.containers import BaseImages, Compose, DockerUnavailable, ensure_base_images, ensure_engine
+from worker.devtools.local_broker import free_port
 
 HERE = Path(__file__).resolve().parent
 ENGINE_LOG = Path("/tmp/transcription-worker-dockerd.log")
+FANOUT_MIN_SECONDS = 120  # a long recording fans out over the workers (compose's default is 10 min)
 APP_IMAGE = "transcription-worker-test/app:latest"  # what the scenario builds; kept as the next build's cache
 
 
@@ -60,12 +61,6 @@ def pytest_runtest_makereport(item, call):
     if report.when == "call":
         item.rep_call = report
     return report
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -108,7 +103,10 @@ def stack(base_images: BaseImages, tmp_path_factory) -> Iterator[Stack]:
     input_dir, output_dir = root / "input", root / "output"
     for directory in (input_dir, output_dir):
         directory.mkdir()
-        os.chown(directory, 10001, 0) if os.geteuid() == 0 else directory.chmod(0o777)  # the image's user
+        if os.geteuid() == 0:  # the image's user writes there
+            os.chown(directory, 10001, 0)
+        else:
+            directory.chmod(0o777)
     password, api_key = secrets.token_hex(16), f"sk-{secrets.token_hex(12)}"
     env_file = root / "compose.env"  # as deploy/compose.env.example asks an operator to write .env
     env_file.write_text(f"RABBITMQ_DEFAULT_PASS={password}\nGATEWAY_API_KEYS={api_key}\n")
@@ -127,8 +125,7 @@ def stack(base_images: BaseImages, tmp_path_factory) -> Iterator[Stack]:
             "GATEWAY_PUBLISHED_PORT": str(gateway_port),
             "AMQP_PORT": str(amqp_port),
             "MANAGEMENT_PORT": str(free_port()),
-            # a long recording fans out over the workers (the default is 10 min)
-            "FANOUT_MIN_SECONDS": "120",
+            "FANOUT_MIN_SECONDS": str(FANOUT_MIN_SECONDS),
         },
     )
     yield Stack(compose, base_images, password, api_key, gateway_port, amqp_port, input_dir, output_dir)

@@ -18,21 +18,23 @@ import requests
 from conftest import normalize, reference
 from harness import Client, completed_ids
 from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from worker import wiring
 from worker.config import Settings
 from worker.devtools.containers import docker, image_size_mb
 
-from .conftest import STEPS, Stack
+from .conftest import FANOUT_MIN_SECONDS, STEPS, Stack
 
 JFK = "jfk_inaugural_1961.flac"
-LONG = "ljspeech_LJ001-0001_to_0032_concat.wav"  # 231 s: fans out (FANOUT_MIN_SECONDS=120 here)
+LONG = "ljspeech_LJ001-0001_to_0032_concat.wav"  # 231 s: fans out (over FANOUT_MIN_SECONDS)
 SERVICES = ("rabbitmq", "worker", "gateway")
 MARKER = "compose-test-marker"
+CHUNKS_DONE = "transcription_chunk_tasks_total"
 
 
 def topology():
-    return wiring.topology(Settings(_env_file=None, fanout_min_seconds=120))
+    return wiring.topology(Settings(_env_file=None, fanout_min_seconds=FANOUT_MIN_SECONDS))
 
 
 def exact(text: str, audio_dir, name: str = JFK) -> bool:
@@ -54,13 +56,13 @@ def wait_for_log(stack: Stack, service: str, job_id: str, text: str, timeout: fl
     raise AssertionError(f"no {service} logged {text!r} for {job_id} within {timeout:.0f} s")
 
 
-def metric(container: str, name: str) -> float:
+def metric(container: str, name: str, labels: dict[str, str]) -> float:
     """A sample of the worker's /metrics, read inside its container (no port is published for it)."""
     script = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9100/metrics').read().decode())"
-    for line in docker("exec", container, "python", "-c", script).splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    samples = (
+        s for f in text_string_to_metric_families(docker("exec", container, "python", "-c", script)) for s in f.samples
+    )
+    return next((s.value for s in samples if s.name == name and s.labels == labels), 0.0)
 
 
 def enqueue_path(stack: Stack, client: Client, job_id: str, name: str, audio_dir) -> None:
@@ -182,7 +184,7 @@ def test_three_workers_share_a_long_recording(stack: Stack, audio_dir):
         stack.compose.wait_healthy(["worker"], timeout=300)
     workers = stack.compose.containers("worker")
     assert len(workers) == 3
-    before = {w: metric(w, 'transcription_chunk_tasks_total{status="completed"}') for w in workers}
+    before = {w: metric(w, CHUNKS_DONE, {"status": "completed"}) for w in workers}
     client = Client(stack.amqp_url, topology())
     with STEPS.timed("a 231 s recording fanned out over 3 workers"):
         enqueue_path(stack, client, "long-1", LONG, audio_dir)
@@ -190,7 +192,7 @@ def test_three_workers_share_a_long_recording(stack: Stack, audio_dir):
     client.close()
     (result,) = [r for r in results if r.job_id == "long-1"]
     assert jiwer.wer(normalize(reference(audio_dir, LONG)), normalize(result.text)) < 0.1
-    took = {w: metric(w, 'transcription_chunk_tasks_total{status="completed"}') - before[w] for w in workers}
+    took = {w: metric(w, CHUNKS_DONE, {"status": "completed"}) - before[w] for w in workers}
     STEPS.notes["chunk tasks per worker"] = ", ".join(f"{int(n)}" for n in took.values())
     assert all(n > 0 for n in took.values()), took  # every worker container transcribed chunks
     assert (stack.output_dir / "long-1").is_dir()

@@ -116,11 +116,13 @@ def ensure_base_images(recipes: Path, work: Path) -> BaseImages:
         _import_debian(debian, mirror, work)
     certs = sorted(HOST_CA_DIR.glob("*.crt")) if HOST_CA_DIR.is_dir() else []
     names = {}
-    for name, extra in (("python", [c.read_bytes() for c in certs]), ("rabbitmq", [])):
+    for name, copied in (("python", certs), ("rabbitmq", [])):  # only the Python base carries the certs
         recipe = recipes / f"{name}.Dockerfile"
-        tag = f"{LOCAL}/{name}:{SUITE}-{_digest(debian.encode(), recipe.read_bytes(), *extra)}"
+        tag = (
+            f"{LOCAL}/{name}:{SUITE}-{_digest(debian.encode(), recipe.read_bytes(), *(c.read_bytes() for c in copied))}"
+        )
         if not image_exists(tag):
-            _build_from_recipe(tag, recipe, debian, certs if name == "python" else [])
+            _build_from_recipe(tag, recipe, debian, copied)
         names[name] = tag
     return BaseImages(debian, names["python"], names["rabbitmq"])
 
