@@ -14,6 +14,7 @@ ENV PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY worker ./worker
+COPY whisper/patches ./whisper/patches
 # The project (not editable: the runtime stage gets site-packages only), then the packages that only
 # carry model files, without their requirements (pyproject's [tool.worker]).
 RUN pip install '.[base]' \
@@ -23,7 +24,9 @@ RUN pip install '.[base]' \
 # CPU backend is built once per x86-64 level (GGML_CPU_ALL_VARIANTS, loaded at run time from
 # GGML_BACKEND_DIR: worker/engine/libwhisper/loader.load_backends), and ggml picks the best one the CPU
 # runs. The AMX variant is left out: its kernels crash whisper_full on quantized models (Makefile,
-# native-whisper); AMX CPUs get the AVX-512 one. WHISPER_ENGINE=wheel keeps the PyPI wheel's build.
+# native-whisper); AMX CPUs get the AVX-512 one. whisper/patches are applied first (the batched engine's
+# whisper_group, docs/engine.md) and ggml's tiled kernels turned on (GGML_LLAMAFILE), as `make native-whisper`
+# does. WHISPER_ENGINE=wheel keeps the PyPI wheel's build (no batched engine: calls run one by one).
 # setup.py passes every environment variable to CMake as -D, hence the plain assignments; $ORIGIN
 # lets the libraries find each other in site-packages. The wheel leaves the CPU backends in the build
 # tree (they are loaded, not linked): copied beside libggml. A wheel holds copies, not symlinks: the loop
@@ -38,7 +41,8 @@ RUN if [ "$WHISPER_ENGINE" = portable ]; then set -e; \
       tar xzf /tmp/engine/pywhispercpp-$version.tar.gz -C /tmp/engine; \
       site=$(python -c "import sysconfig; print(sysconfig.get_paths()['platlib'])"); \
       cd /tmp/engine/pywhispercpp-$version; \
-      GGML_NATIVE=OFF GGML_BACKEND_DL=ON GGML_CPU_ALL_VARIANTS=ON GGML_BACKEND_DIR="$site" \
+      for patch in /src/whisper/patches/*.patch; do patch -p1 --forward < "$patch"; done; \
+      GGML_NATIVE=OFF GGML_BACKEND_DL=ON GGML_CPU_ALL_VARIANTS=ON GGML_BACKEND_DIR="$site" GGML_LLAMAFILE=ON \
         CMAKE_INSTALL_RPATH='$ORIGIN' CMAKE_BUILD_WITH_INSTALL_RPATH=ON CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
         pip wheel --no-deps . -w /tmp/engine/dist; \
       pip install --force-reinstall --no-deps /tmp/engine/dist/*.whl; \

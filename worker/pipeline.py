@@ -377,6 +377,14 @@ class Processor:
         )
         return [_absolute(segment, chunk) for segment in segments]
 
+    @property
+    def chunks_in_flight(self) -> int:
+        """Chunks handed to the transcriber at once: its batch (the batched engine decodes them together,
+        one thread computing), else the calls that run at once; one in sequential mode."""
+        if not self.options.parallel:
+            return 1
+        return max(self.options.concurrent_calls, self.transcriber.in_flight)
+
     def threads_for(self, n_chunks: int) -> int:
         """Threads per whisper call: sequential mode gives its one call every CPU; parallel mode
         splits them among the calls that will really run at once (fewer for a short job)."""
@@ -410,7 +418,7 @@ class Processor:
     ) -> list[list[Segment]]:
         results: list[list[Segment]] = [[] for _ in chunks]
         done, done_seconds = 0, 0.0
-        with ThreadPoolExecutor(max_workers=self.options.concurrent_calls, thread_name_prefix="chunk") as pool:
+        with ThreadPoolExecutor(max_workers=self.chunks_in_flight, thread_name_prefix="chunk") as pool:
             # Each task runs in a copy of this thread's context, so log lines keep the job id.
             order = sorted(zip(chunks, paths, strict=True), key=lambda pair: -pair[0].seconds)
             futures: dict[Future, Chunk] = {

@@ -192,6 +192,8 @@ def processor(
         decoding=decoding_options(settings),
         calls=calls,
         guard=guard_options(settings),
+        batch_size=settings.whisper_batch_size,
+        engine_threads=settings.whisper_threads or None,
     )
     # Every processor gets the detector, whatever the default chunker: a job may ask for VAD.
     speech = speech_detector(settings)
@@ -252,6 +254,12 @@ class Processors:
         """Whisper calls this process runs at once, jobs and chunk tasks of every model together
         (MAX_PARALLEL_WORKERS, or 1 when not parallel, x CONCURRENT_JOBS): also its chunk task slots."""
         return self._options.concurrent_calls * self._settings.concurrent_jobs
+
+    @property
+    def chunk_slots(self) -> int:
+        """Chunk tasks this process takes at once: its whisper calls, or the default model's batch when its
+        transcriber decodes in batches (the tasks it holds are decoded together)."""
+        return max(self.whisper_calls, self(None).transcriber.in_flight * self._settings.concurrent_jobs)
 
     def __call__(self, model: str | None) -> Processor:
         name = model or self._settings.whisper_model
@@ -340,7 +348,7 @@ def consumer(
         session_options=session_options(settings),
         on_settled=on_settled,
         chunk_handler=chunks,
-        chunk_slots=processors.whisper_calls,
+        chunk_slots=processors.chunk_slots,
         on_chunk_settled=on_chunk_settled,
     )
 

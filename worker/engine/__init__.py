@@ -2,12 +2,16 @@
 
 The only package that loads libwhisper (pywhispercpp and ctypes).
 
-OpenMP's wait policy is set here, the one place for it: libgomp reads OMP_WAIT_POLICY once, when
+OpenMP's wait is bounded here, the one place for it: libgomp reads GOMP_SPINCOUNT once, when
 libwhisper loads, and this package's __init__ runs before any of its modules can load it.
-Threads that spin while idle steal the CPU from the other concurrent calls (a decode step went
-from 6 ms to 745 ms here). An operator's value wins.
+ggml's threads meet at a barrier after every node of a graph (hundreds per decoder pass): threads
+that sleep there (OMP_WAIT_POLICY=passive) made a decoder pass of tiny.en 2-4x slower on two
+threads (1.85 -> 6.6 ms alone, 7.7 -> 18 ms for 8 windows, docs/performance.md), and threads
+that spin forever (active) steal the CPU from whatever else runs when a graph is done (a decode
+step went from 6 ms to 745 ms with two calls of two threads on two cores). So they spin a little
+(100,000 turns, a fraction of a millisecond), then sleep. An operator's values win.
 """
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+os.environ.setdefault("GOMP_SPINCOUNT", "100000")

@@ -411,7 +411,7 @@ def _no_speech_prob(ctx: NativeContext, state_handle: int, prompt: str | None, n
     tokens = [lib.whisper_token_sot(ctx.handle)]
     if prompt:
         budget = lib.whisper_n_text_ctx(ctx.handle) // 2 - 1  # what whisper.cpp keeps of a prompt
-        tokens = [lib.whisper_token_prev(ctx.handle), *_tokenize(ctx, prompt)[-budget:], *tokens]
+        tokens = [lib.whisper_token_prev(ctx.handle), *tokenize(ctx, prompt)[-budget:], *tokens]
     array = (ctypes.c_int32 * len(tokens))(*tokens)
     code = lib.whisper_decode_with_state(ctx.handle, state_handle, array, len(tokens), 0, n_threads)
     if code != 0:
@@ -423,7 +423,8 @@ def _no_speech_prob(ctx: NativeContext, state_handle: int, prompt: str | None, n
     return round(float(probabilities[lib.whisper_token_nosp(ctx.handle)] / probabilities.sum()), 4)
 
 
-def _tokenize(ctx: NativeContext, text: str) -> list[int]:
+def tokenize(ctx: NativeContext, text: str) -> list[int]:
+    """`text` as the model's tokens (whisper.cpp's tokenizer)."""
     encoded = text.encode("utf-8")
     room = len(encoded) + 1  # never more tokens than bytes
     tokens = (ctypes.c_int32 * room)()

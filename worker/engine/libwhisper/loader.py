@@ -78,6 +78,18 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "whisper_token_eot": (ctypes.c_int32, [ctypes.c_void_p]),
     "whisper_full_get_segment_no_speech_prob_from_state": (ctypes.c_float, [ctypes.c_void_p, ctypes.c_int]),
     "whisper_token_sot": (ctypes.c_int32, [ctypes.c_void_p]),
+    "whisper_token_beg": (ctypes.c_int32, [ctypes.c_void_p]),
+    "whisper_token_not": (ctypes.c_int32, [ctypes.c_void_p]),
+    "whisper_token_translate": (ctypes.c_int32, [ctypes.c_void_p]),
+    "whisper_token_transcribe": (ctypes.c_int32, [ctypes.c_void_p]),
+    "whisper_token_lang": (ctypes.c_int32, [ctypes.c_void_p, ctypes.c_int]),
+    "whisper_token_to_str": (ctypes.c_char_p, [ctypes.c_void_p, ctypes.c_int32]),
+    "whisper_n_audio_ctx": (ctypes.c_int, [ctypes.c_void_p]),
+    "whisper_model_n_mels": (ctypes.c_int, [ctypes.c_void_p]),
+    "whisper_set_mel_with_state": (
+        ctypes.c_int,
+        [ctypes.c_void_p, ctypes.c_void_p, FloatPtr, ctypes.c_int, ctypes.c_int],
+    ),
     "whisper_token_prev": (ctypes.c_int32, [ctypes.c_void_p]),
     "whisper_token_nosp": (ctypes.c_int32, [ctypes.c_void_p]),
     "whisper_n_vocab": (ctypes.c_int, [ctypes.c_void_p]),
@@ -112,6 +124,26 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "whisper_vad_probs": (FloatPtr, [ctypes.c_void_p]),
     "whisper_vad_free": (None, [ctypes.c_void_p]),
 }
+
+
+# whisper_group (whisper/patches: batched passes over several states), in libwhisper builds that carry
+# the patch (`make native-whisper`, the image); the PyPI wheel has none of them.
+_StatePtrs = ctypes.POINTER(ctypes.c_void_p)
+_Ints = ctypes.POINTER(ctypes.c_int)
+_GROUP_SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
+    "whisper_group_init": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int]),
+    "whisper_group_free": (None, [ctypes.c_void_p]),
+    "whisper_group_encode": (ctypes.c_int, [ctypes.c_void_p, _StatePtrs, _Ints, ctypes.c_int, ctypes.c_int]),
+    "whisper_group_decode": (
+        ctypes.c_int,
+        [ctypes.c_void_p, _StatePtrs, ctypes.POINTER(ctypes.c_int32), _Ints, _Ints, ctypes.c_int, ctypes.c_int],
+    ),
+}
+
+
+def has_group(lib: ctypes.CDLL) -> bool:
+    """Whether this libwhisper carries the whisper_group patch (batched decoding across states)."""
+    return all(hasattr(lib, name) for name in _GROUP_SIGNATURES)
 
 
 # --------------------------------------------------------------------------------------
@@ -175,7 +207,8 @@ def load_library(path: Path) -> ctypes.CDLL:
     run truly in parallel from Python threads.  Does not verify the ABI: call ``check_abi``.
     """
     lib = ctypes.CDLL(str(path))
-    for name, (restype, argtypes) in _SIGNATURES.items():
+    optional = _GROUP_SIGNATURES if has_group(lib) else {}
+    for name, (restype, argtypes) in {**_SIGNATURES, **optional}.items():
         function = getattr(lib, name)
         function.restype = restype
         function.argtypes = argtypes
