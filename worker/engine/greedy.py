@@ -230,4 +230,7 @@ def _append(
     if not text:
         return
     tokens = tuple(NativeToken(c.token, vocab.pieces[c.token], c.p, c.plog, -1, -1, -1) for c in choices)
+    # A timestamp may fall in the silence encoded after the audio (the context's margin): held inside it.
+    last = sequence.n_centiseconds
+    start, end = min(start, last), min(end, last)
     found.append(NativeSegment(start / 100.0, end / 100.0, text, tokens, sequence.no_speech_prob))
