@@ -37,8 +37,8 @@ def _logits(**scores: float) -> np.ndarray:
     return row
 
 
-def _pick(row: np.ndarray, tokens: list[int] = (), rules: Rules = Rules(), seconds: float = 10.0) -> int:
-    decoding = Decoding(n_centiseconds=int(seconds * 100), max_tokens=220, rules=rules)
+def _pick(row: np.ndarray, tokens: tuple[int, ...] = (), rules: Rules | None = None, seconds: float = 10.0) -> int:
+    decoding = Decoding(n_centiseconds=int(seconds * 100), max_tokens=220, rules=rules or Rules())
     for token in tokens:
         decoding.add(Choice(token, 1.0, 0.0), VOCAB)
     return choose(row, [decoding], VOCAB)[0].token
