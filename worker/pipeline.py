@@ -42,7 +42,15 @@ from worker.media.chunking import (
     voiced_frames,
     voiced_seconds_after,
 )
-from worker.media.speech import VadOptions, dominant, same_sound, speech_chunks, window_levels
+from worker.media.speech import (
+    Levelled,
+    VadOptions,
+    detection_gains,
+    dominant,
+    same_sound,
+    speech_chunks,
+    window_levels,
+)
 from worker.media.turns import Turn, TurnOptions, cluster, speaker_of, turns, voiced_regions, windows
 from worker.messages import MAX_SPEAKERS, SegmentOut
 
@@ -230,10 +238,10 @@ class Processor:
         """Split decoded audio into chunks (read in blocks) and settle its language."""
         started = time.perf_counter() if started is None else started
         decoded = time.perf_counter()
-        chunks, voiced = self.split(audio, vad)
+        chunks, voiced, heard = self.split(audio, vad)
         threads = self.threads_for(len(chunks))
-        language, probability = self._language((audio,), chunks, language, threads)
-        prepared = Prepared((audio,), chunks, language, probability, threads, decoded - started, started)
+        language, probability = self._language((heard,), chunks, language, threads)
+        prepared = Prepared((heard,), chunks, language, probability, threads, decoded - started, started)
         return dataclasses.replace(prepared, voiced=voiced)
 
     def prepare_channels(
@@ -250,10 +258,11 @@ class Processor:
         if self.speech is None:
             raise TranscriptionError('diarize "channels" needs speech detection, and this worker has none')
         options = self._vad_options(vad) or self.options.vad  # channels are always split by speech
-        sources = tuple(audio.channel(k) for k in range(audio.n_channels))
-        probabilities = [self.speech.probabilities(_blocks(channel)) for channel in sources]
-        levels = [np.concatenate([np.zeros(0), *map(window_levels, _blocks(channel))]) for channel in sources]
-        if same_sound(levels):
+        channels = tuple(audio.channel(k) for k in range(audio.n_channels))
+        probabilities, levels, sources = zip(
+            *(detect_speech(self.speech, channel) for channel in channels), strict=True
+        )
+        if same_sound(list(levels)):
             raise SingleChannel(
                 'diarize "channels": every channel carries the same sound (a mono recording stored as '
                 'multichannel), so channels cannot tell speakers apart; use diarize "speakers"'
@@ -261,7 +270,7 @@ class Processor:
         limit = self.options.chunking.max_seconds
         found = [
             chunk
-            for number, p in enumerate(dominant(probabilities, levels))
+            for number, p in enumerate(dominant(list(probabilities), list(levels)))
             for chunk in speech_chunks(p, audio.n_samples, options, max_seconds=limit, source=number)
         ]
         # In time order across the channels, renumbered: chunk order is transcript order.
@@ -274,17 +283,18 @@ class Processor:
         prepared = Prepared(sources, chunks, language, probability, threads, decoded - started, started)
         return dataclasses.replace(prepared, diarization=Diarization("channels"))
 
-    def split(self, audio: Audio, vad: "VadChoice" = None) -> tuple[list[Chunk], tuple[tuple[int, int], ...]]:
-        """The job's chunks, speech regions (VAD) or energy-based as the job or the options say, and its
-        voiced stretches for diarization: speech split at every short pause (VAD), else the chunks."""
+    def split(self, audio: Audio, vad: "VadChoice" = None) -> tuple[list[Chunk], tuple[tuple[int, int], ...], Audio]:
+        """The job's chunks, speech regions (VAD) or energy-based as the job or the options say; its
+        voiced stretches for diarization: speech split at every short pause (VAD), else the chunks; and the
+        audio whisper hears (VAD: with quiet stretches raised, as the detector heard it)."""
         options = self._vad_options(vad)
         if options is None:
             chunks = split_levels(block_levels(_blocks(audio)), audio.n_samples, self.options.chunking)
-            return chunks, tuple(span for chunk in chunks for span in chunk.spans)
+            return chunks, tuple(span for chunk in chunks for span in chunk.spans), audio
         if self.speech is None:
             raise TranscriptionError("VAD chunking was asked for, but this worker has no speech detector")
         started = time.perf_counter()
-        probabilities = self.speech.probabilities(_blocks(audio))
+        probabilities, _, heard = detect_speech(self.speech, audio)
         chunks = speech_chunks(probabilities, audio.n_samples, options, max_seconds=self.options.chunking.max_seconds)
         voiced = tuple(voiced_regions(probabilities, audio.n_samples, options))
         logger.debug(
@@ -294,7 +304,7 @@ class Processor:
             len(chunks),
             time.perf_counter() - started,
         )
-        return chunks, voiced
+        return chunks, voiced, heard
 
     def _vad_options(self, vad: "VadChoice") -> VadOptions | None:
         if vad is None:
@@ -640,6 +650,14 @@ class Prepared:
 def _blocks(audio: Audio) -> Iterator[np.ndarray]:
     for start in range(0, audio.n_samples, LEVEL_BLOCK):
         yield audio.read(start, start + LEVEL_BLOCK)
+
+
+def detect_speech(speech: SpeechDetector, audio: Audio) -> tuple[np.ndarray, np.ndarray, Levelled]:
+    """Speech probability and level (dBFS) of every 512-sample window, and the recording with its quiet
+    stretches raised (worker.media.speech.detection_gains), which the detector hears; read in blocks."""
+    levels = np.concatenate([np.zeros(0), *map(window_levels, _blocks(audio))])
+    heard = Levelled(audio, detection_gains(levels))
+    return speech.probabilities(_blocks(heard)), levels, heard
 
 
 def speaker_label(number: int) -> str:

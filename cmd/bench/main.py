@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_diarize
+import bench_engine
 import bench_gateway
 import bench_guard
 import bench_levers
@@ -87,6 +88,7 @@ import worker.engine  # noqa: F401
 from worker import wiring
 from worker.config import Settings
 from worker.devtools.accuracy import normalize, wer
+from worker.engine import OPENMP_SET_HERE
 from worker.engine.models import ModelDownloader
 from worker.logs import configure_logging
 from worker.media.audio import SAMPLE_RATE, decode_audio
@@ -230,6 +232,8 @@ def child_work(key: str, samples: np.ndarray, args: argparse.Namespace) -> dict[
         return bench_levers.child_row(key, samples)
     if key.startswith("V:"):
         return bench_vad.child_row(key, samples)
+    if key.startswith("E:"):
+        return bench_engine.child_row(key, samples)
     model_path = Path(args.model_path)
     work: dict[str, Callable[[], dict[str, Any]]] = {
         "seq": lambda: row_pipeline(samples, args.model, parallel=False, workers=1),
@@ -270,9 +274,16 @@ def child_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def child_environment() -> dict[str, str]:
-    # faster-whisper imports huggingface_hub; the model is a local directory, never fetched.
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}
+def child_environment(key: str = "") -> dict[str, str]:
+    """The row's environment. faster-whisper imports huggingface_hub; the model is a local directory, never
+    fetched. Its rows run without the OpenMP settings `worker.engine` makes for libwhisper (CTranslate2 has
+    a libgomp of its own): as a user would run it, unless the operator set them."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if bench_engine.is_faster_whisper(key):
+        for name in OPENMP_SET_HERE:
+            env.pop(name, None)
+        env.update(bench_engine.FW_ENVIRONMENT)
+    return env
 
 
 def run_in_child(key: str, samples_path: Path, model_path: Path, args: argparse.Namespace) -> RowResult:
@@ -283,7 +294,7 @@ def run_in_child(key: str, samples_path: Path, model_path: Path, args: argparse.
     """
     out = samples_path.with_name(f"{key}.json")
     command = [
-        sys.executable,
+        bench_engine.interpreter(key) or sys.executable,
         str(Path(__file__).resolve()),
         "--child",
         key,
@@ -297,7 +308,7 @@ def run_in_child(key: str, samples_path: Path, model_path: Path, args: argparse.
         str(out),
     ]
     machine_before = machine_cpu_seconds()
-    process = subprocess.Popen(command, cwd=ROOT, env=child_environment())
+    process = subprocess.Popen(command, cwd=ROOT, env=child_environment(key))
     _pid, status, usage = os.wait4(process.pid, 0)
     machine = machine_cpu_seconds() - machine_before
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -608,6 +619,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--vad-inputs", default=",".join(bench_vad.INPUTS), help="--vad inputs (default: speech,gaps,nonspeech)"
     )
     parser.add_argument(
+        "--engine", action="store_true", help="the batched engine against faster-whisper, with its profile (issue 25)"
+    )
+    parser.add_argument(
+        "--engine-rows",
+        default=",".join(bench_engine.DEFAULT_ROWS),
+        help=f"--engine rows (comma-separated) of {', '.join([*bench_engine.PIPELINE_ROWS, *bench_engine.FW_ROWS])}",
+    )
+    parser.add_argument("--engine-inputs", default="speech,gaps", help="--engine inputs (default: speech,gaps)")
+    parser.add_argument("--fw-isa", help="faster-whisper's instruction set (CT2_FORCE_CPU_ISA), e.g. AVX2")
+    parser.add_argument("--engine-python", help="the Python of the pipeline's rows (a venv with another libwhisper)")
+    parser.add_argument(
         "--scale", action="store_true", help="one long job over 1 and 2 pinned workers with fan-out (>= 20 min)"
     )
     parser.add_argument(
@@ -702,6 +724,35 @@ def vad_main(args: argparse.Namespace) -> int:
         print("Files: " + ", ".join(files) + "\n\n" + bench_vad.vad_markdown(tables, args.runs, described))
 
 
+def engine_main(args: argparse.Namespace) -> int:
+    """`--engine`: the batched engine's rows and faster-whisper's, per model and input, with the profile."""
+    if args.fw_isa:
+        bench_engine.FW_ENVIRONMENT["CT2_FORCE_CPU_ISA"] = args.fw_isa
+    bench_engine.ENGINE_PYTHON = args.engine_python
+    files = args.files or [f for f in manifest_files() if counts_for_wer(f)]
+    inputs = bench_vad.build_inputs(build_recording(files, 0), [n for n in args.engine_inputs.split(",") if n])
+    with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
+        paths = {name: Path(scratch) / f"{name}.npy" for name in inputs}
+        for name, item in inputs.items():
+            np.save(paths[name], item.samples)
+        tables = bench_engine.run_engine(
+            [m for m in args.models.split(",") if m],
+            inputs,
+            [r for r in args.engine_rows.split(",") if r],
+            args.runs,
+            lambda key: run_in_child(key, paths[bench_engine.parts(key)[1]], Path("-"), args),
+        )
+    if args.json:
+        described = {name: item.describe() for name, item in inputs.items()}
+        print(json.dumps({"files": files, "inputs": described, "runs": args.runs, "engine": tables}, indent=2))
+    else:
+        lines = bench_vad.input_lines({name: item.describe() for name, item in inputs.items()})
+        print(
+            "\n".join(["Files: " + ", ".join(files), "", *lines, "", bench_engine.engine_markdown(tables, args.runs)])
+        )
+    return 0
+
+
 def diarize_main(args: argparse.Namespace) -> int:
     """`--diarize`: the conversations transcribed plain and diarized, per model (bench_diarize.py)."""
     models = ["tiny.en"] if args.quick else [m for m in args.models.split(",") if m]
@@ -765,6 +816,8 @@ def main() -> int:
         return levers_main(args)
     if args.vad:
         return vad_main(args)
+    if args.engine:
+        return engine_main(args)
     return wer_main(args) if args.wer else bench_main(args)
 
 

@@ -312,16 +312,25 @@ def mono_conversation(name: str, speakers: list[Speaker], *, seconds: float, see
 
 
 def stereo_call(
-    name: str, left: Speaker, right: Speaker, *, seconds: float, seed: int, bleed_db: float = BLEED_DB
+    name: str,
+    left: Speaker,
+    right: Speaker,
+    *,
+    seconds: float,
+    seed: int,
+    bleed_db: float = BLEED_DB,
+    right_db: float = 0.0,
 ) -> Conversation:
-    """A call recorded one speaker per channel (left first), each channel hearing the other at `bleed_db`."""
+    """A call recorded one speaker per channel (left first), each channel hearing the other at `bleed_db`;
+    `right_db`: the right speaker that much quieter or louder than the left (a far or soft voice)."""
     rng = np.random.default_rng(seed)
     placed = _placed(_schedule(rng, [left, right], seconds), rng, overlap=True)
     n = max(start + audio.size for start, _, audio, _ in placed) + round(EDGE_SECONDS * SAMPLE_RATE)
     channel = {left.name: 0, right.name: 1}
+    gain = {left.name: np.float32(1.0), right.name: np.float32(10 ** (right_db / 20))}
     own = np.zeros((n, 2), dtype=np.float32)
     for start, speaker, audio, _ in placed:
-        own[start : start + audio.size, channel[speaker]] += audio
+        own[start : start + audio.size, channel[speaker]] += gain[speaker] * audio
     bleed = np.float32(10 ** (bleed_db / 20))
     samples = own + bleed * own[:, ::-1]
     return Conversation(name, samples, _turns(placed, channel), (left.name, right.name), bleed_db)

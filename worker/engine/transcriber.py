@@ -31,6 +31,7 @@ import numpy as np
 from loguru import logger
 
 from worker.engine.backends import Backend, Batch, WhisperBackend, make_backend, word_tokens
+from worker.engine.batching import EngineStats
 from worker.engine.guard import GUARD_ON, GuardOptions, assess, filter_segments, needs_retry, preferred
 from worker.engine.libwhisper import context as libwhisper
 from worker.engine.options import (
@@ -170,6 +171,11 @@ class WhisperTranscriber:
     @property
     def backend(self) -> str:
         return self._backend.name
+
+    def engine_stats(self) -> EngineStats | None:
+        """Where the batched engine's time went so far (None without the engine): the profile's source."""
+        engine = self._backend.engine
+        return engine.stats.snapshot() if engine else None
 
     @property
     def in_flight(self) -> int:
