@@ -657,7 +657,7 @@ def detect_speech(speech: SpeechDetector, audio: Audio) -> tuple[np.ndarray, np.
     stretches raised (worker.media.speech.detection_gains), which the detector hears; read in blocks."""
     levels = np.concatenate([np.zeros(0), *map(window_levels, _blocks(audio))])
     heard = Levelled(audio, detection_gains(levels))
-    return speech.probabilities(_blocks(heard)), levels, heard
+    return speech.probabilities(heard.read, heard.n_samples), levels, heard
 
 
 def speaker_label(number: int) -> str:

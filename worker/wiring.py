@@ -104,7 +104,7 @@ def speech_detector(settings: Settings) -> SpeechDetector | None:
 
 @functools.cache
 def _speech_detector(model_path: Path) -> SpeechDetector:
-    return SpeechDetector(model_path)
+    return SpeechDetector(model_path, parts=min(available_cpus(), 4))
 
 
 def voice_encoder(settings: Settings) -> SpeakerEncoder:

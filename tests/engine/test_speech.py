@@ -26,8 +26,8 @@ def lj(audio_dir) -> np.ndarray:
     return decode_audio(audio_dir / LJ)
 
 
-def blocks(samples: np.ndarray, size: int):
-    return (samples[i : i + size] for i in range(0, samples.size, size))
+def probabilities(detector: SpeechDetector, samples: np.ndarray) -> np.ndarray:
+    return detector.probabilities(lambda start, end: samples[start:end], samples.size)
 
 
 def test_the_vad_model_comes_from_its_package_offline_checked_and_recorded(tmp_path, log_messages):
@@ -57,7 +57,7 @@ def test_the_vad_model_is_not_a_model_a_job_may_name():
 
 
 def test_read_speech_is_speech(detector, lj):
-    p = detector.probabilities(blocks(lj, 960_000))
+    p = probabilities(detector, lj)
     assert p.size == -(-lj.size // 512)
     assert p.size / PROBABILITIES_PER_SECOND == pytest.approx(lj.size / 16000, abs=0.05)
     regions = speech_regions(p, lj.size, VadOptions())
@@ -68,7 +68,7 @@ def test_read_speech_is_speech(detector, lj):
 @pytest.mark.parametrize("kind", [k for k in NON_SPEECH if k != "beep"])
 def test_synthesized_non_speech_has_no_speech_regions(detector, kind, tmp_path):
     samples = non_speech(kind, 30, tmp_path)
-    p = detector.probabilities([samples])
+    p = probabilities(detector, samples)
     assert speech_regions(p, samples.size, VadOptions()) == [], f"{kind}: max p {p.max():.2f}"
 
 
@@ -76,29 +76,41 @@ def test_a_hold_beep_passes_silero_now_and_then(detector, tmp_path):
     # A 1 kHz beep, 0.5 s on and off, reaches p 0.55 in places: Silero lets a few seconds through (the
     # hallucination guard drops what whisper makes of them: tests/test_pipeline_vad.py).
     samples = non_speech("beep", 30, tmp_path)
-    p = detector.probabilities([samples])
+    p = probabilities(detector, samples)
     kept = sum(e - s for s, e in speech_regions(p, samples.size, VadOptions())) / samples.size
     assert 0 < kept < 0.5
 
 
 def test_blocks_give_the_probabilities_of_one_call_and_each_recording_starts_afresh(detector, lj):
-    whole = detector.probabilities([lj])
-    assert np.array_equal(detector.probabilities(blocks(lj, 512 * 100)), whole)
-    assert np.array_equal(detector.probabilities([lj]), whole)  # the state was reset in between
+    detector._vads[0].reset()
+    whole = np.concatenate([detector._vads[0].probabilities(lj[i : i + 51200]) for i in range(0, lj.size, 51200)])
+    detector._vads[0].reset()
+    assert np.array_equal(detector._vads[0].probabilities(lj), whole)  # one call, or blocks of windows
+    assert np.array_equal(probabilities(detector, lj), probabilities(detector, lj))  # reset in between
 
 
-def test_a_block_ending_inside_a_window_must_be_the_last(detector, lj):
-    with pytest.raises(ValueError, match="last block"):
-        detector.probabilities(blocks(lj[:16000], 1000))
+def test_parts_on_their_own_contexts_find_the_same_speech(lj):
+    """Two parts of a 231 s recording, each on its own context and thread: the first part's probabilities
+    are one pass's; the second's, started 5 s early, find the same speech (regions within 0.1 s)."""
+    path = ModelDownloader(MODELS_DIR, download_url="").ensure_model_exists(VAD_MODEL.name)
+    one, two = SpeechDetector(path), SpeechDetector(path, parts=2)
+    alone, parted = probabilities(one, lj), probabilities(two, lj)
+    assert parted.size == alone.size
+    half = alone.size // 2
+    assert np.array_equal(parted[:half], alone[:half])
+    assert not np.array_equal(parted, alone)  # the second part really started afresh
+    assert np.array_equal(probabilities(two, lj), parted)
+    a, b = (speech_regions(p, lj.size, VadOptions()) for p in (alone, parted))
+    assert len(a) == len(b) and all(
+        abs(x - y) <= 1600 for r, q in zip(a, b, strict=True) for x, y in zip(r, q, strict=True)
+    )
 
 
 def test_two_threads_share_the_detector_and_get_what_one_gets(detector, lj):
     clip = lj[: 60 * 16000]
-    alone = detector.probabilities([clip])
+    alone = probabilities(detector, clip)
     results: list[np.ndarray] = []
-    threads = [
-        threading.Thread(target=lambda: results.append(detector.probabilities(blocks(clip, 51200)))) for _ in range(2)
-    ]
+    threads = [threading.Thread(target=lambda: results.append(probabilities(detector, clip))) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:

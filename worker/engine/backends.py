@@ -211,6 +211,9 @@ class _NativeBackend:
         return self._decoding.audio_ctx(n_samples) != 0
 
     def detect_language(self, audio: np.ndarray, *, n_threads: int) -> tuple[str, float]:
+        if self.engine is not None:
+            return self.engine.detect_language(audio)
+
         def detect(threads: int) -> tuple[str, float]:
             with self._full.borrow() as state:
                 return libwhisper.detect_language(self._context, state, audio, n_threads=threads)

@@ -140,6 +140,33 @@ class BatchedEngine:
         self._submit(lambda: self._waiting.append(window))
         return window.future.result()
 
+    def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
+        """(language code, probability) of the first window of `audio`: one encoder pass over exactly its
+        audio and one decoder pass from <|startoftranscript|> (whisper.cpp encodes the full 30 s for it)."""
+        return self.call(lambda: self._detect(audio[: self.max_samples]))
+
+    def _detect(self, audio: np.ndarray) -> tuple[str, float]:
+        lib, ctx = self.context.lib, self.context.handle
+        codes = [lib.whisper_lang_str(i).decode() for i in range(lib.whisper_lang_max_id() + 1)]
+        tokens = np.array([lib.whisper_token_lang(ctx, i) for i in range(len(codes))])
+        known = tokens < self.vocabulary.translate  # the model's own languages (large-v3 has one more)
+        state = self._take_state()
+        handle = state.acquire()
+        try:
+            n_audio_ctx = self._audio_ctx(audio.size)
+            self._group.set_mel(handle, log_mel(audio, FRAMES_PER_POSITION * n_audio_ctx, n_mels=self._group.n_mels))
+            self._group.encode([handle], [n_audio_ctx], self.n_threads)
+            row = self._group.decode([handle], [[self.vocabulary.sot]], [0], self.n_threads)[0]
+        finally:
+            state.release()
+            self._idle.append(state)
+        scores = row[tokens[known]].astype(np.float64)
+        probabilities = np.exp(scores - scores.max())
+        best = int(np.argmax(probabilities))
+        return [c for c, k in zip(codes, known, strict=True) if k][best], float(
+            probabilities[best] / probabilities.sum()
+        )
+
     def call(self, work: Callable[[], T]) -> T:
         """`work()` on the engine thread, between two passes (a whisper call the batch cannot take)."""
         future: Future = Future()
