@@ -8,7 +8,9 @@ from conftest import MODELS_DIR, non_speech, normalize, reference
 from worker.devtools.accuracy import wer
 from worker.engine.models import VAD_MODEL, ModelDownloader
 from worker.engine.speech import SpeechDetector
+from worker.engine.transcriber import WhisperTranscriber
 from worker.media.audio import SAMPLE_RATE, InMemoryAudio, decode_audio
+from worker.media.chunking import ChunkingOptions
 from worker.media.speech import VadOptions
 from worker.pipeline import PipelineOptions, Processor
 
@@ -126,3 +128,29 @@ def test_a_job_chooses_energy_chunking_or_its_own_vad_options(transcriber, detec
 def test_vad_without_a_detector_is_refused(transcriber):
     with pytest.raises(ValueError, match="speech detector"):
         Processor(transcriber, model_name="tiny.en", options=PipelineOptions(chunker="vad"))
+
+
+def test_a_quiet_speaker_is_heard_because_quiet_stretches_are_raised(tiny_en_path, detector, audio_dir):
+    """A call of two readers, the right one 28 dB under the left, mixed to mono, through the batched engine
+    (one pass per window): with quiet stretches raised (the default) the quiet reader's words are
+    transcribed; heard as it is, whisper leaves many out."""
+    from worker.devtools import conversations
+
+    speakers = conversations.load_speakers(audio_dir)
+    call = conversations.stereo_call(
+        "quiet", speakers["sonnet"], speakers["ls1089"], seconds=60.0, seed=3, right_db=-28.0
+    )
+    mono = call.samples.mean(axis=1).astype(np.float32)
+    transcriber = WhisperTranscriber(tiny_en_path, batch_size=8)
+    processor = vad_processor(transcriber, detector, chunking=ChunkingOptions(max_seconds=24.0))  # the service's
+
+    def lost(level_quiet: bool) -> int:
+        text = processor.process_samples(mono, vad=VadOptions(level_quiet=level_quiet)).text
+        return conversations.words_lost(call, text, channel=1)[0]
+
+    try:
+        said = conversations.words_lost(call, "", channel=1)[1]
+        assert lost(True) <= 0.1 * said
+        assert lost(False) >= 0.3 * said
+    finally:
+        transcriber.close()

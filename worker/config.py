@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     vad_min_speech_ms: int = Field(default=250, ge=0, le=10_000)
     vad_min_silence_ms: int = Field(default=500, ge=0, le=10_000)
     vad_speech_pad_ms: int = Field(default=300, ge=0, le=5_000)
+    # Quiet stretches raised toward -30 dBFS (at most +24 dB) for the detector and whisper: a quiet speaker's
+    # words are not lost (docs/performance.md). Off: both hear the recording as it is.
+    vad_level_quiet: bool = True
     # Submit a job's longest chunks first (shorter ones then fill the gaps at the end).
     longest_chunks_first: bool = False  # measured within noise (docs/performance.md): left off
 

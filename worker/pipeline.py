@@ -151,7 +151,7 @@ class Processor:
     ) -> None:
         if options.chunker == "vad" and speech is None:
             raise ValueError("VAD chunking needs a speech detector")
-        if options.concurrent_calls > transcriber.max_concurrent_calls:
+        if options.concurrent_calls > max(transcriber.max_concurrent_calls, transcriber.in_flight):
             raise ValueError(
                 f"{options.workers} workers need a transcriber for {options.workers} concurrent calls "
                 f"(it allows {transcriber.max_concurrent_calls})"
@@ -260,7 +260,7 @@ class Processor:
         options = self._vad_options(vad) or self.options.vad  # channels are always split by speech
         channels = tuple(audio.channel(k) for k in range(audio.n_channels))
         probabilities, levels, sources = zip(
-            *(detect_speech(self.speech, channel) for channel in channels), strict=True
+            *(detect_speech(self.speech, channel, options) for channel in channels), strict=True
         )
         if same_sound(list(levels)):
             raise SingleChannel(
@@ -294,7 +294,7 @@ class Processor:
         if self.speech is None:
             raise TranscriptionError("VAD chunking was asked for, but this worker has no speech detector")
         started = time.perf_counter()
-        probabilities, _, heard = detect_speech(self.speech, audio)
+        probabilities, _, heard = detect_speech(self.speech, audio, options)
         chunks = speech_chunks(probabilities, audio.n_samples, options, max_seconds=self.options.chunking.max_seconds)
         voiced = tuple(voiced_regions(probabilities, audio.n_samples, options))
         logger.debug(
@@ -652,11 +652,11 @@ def _blocks(audio: Audio) -> Iterator[np.ndarray]:
         yield audio.read(start, start + LEVEL_BLOCK)
 
 
-def detect_speech(speech: SpeechDetector, audio: Audio) -> tuple[np.ndarray, np.ndarray, Levelled]:
-    """Speech probability and level (dBFS) of every 512-sample window, and the recording with its quiet
-    stretches raised (worker.media.speech.detection_gains), which the detector hears; read in blocks."""
+def detect_speech(speech: SpeechDetector, audio: Audio, options: VadOptions) -> tuple[np.ndarray, np.ndarray, Audio]:
+    """Speech probability and level (dBFS) of every 512-sample window, and the recording as the detector
+    hears it: with its quiet stretches raised (worker.media.speech.detection_gains) when `level_quiet`."""
     levels = np.concatenate([np.zeros(0), *map(window_levels, _blocks(audio))])
-    heard = Levelled(audio, detection_gains(levels))
+    heard = Levelled(audio, detection_gains(levels)) if options.level_quiet else audio
     return speech.probabilities(heard.read, heard.n_samples), levels, heard
 
 

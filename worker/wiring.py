@@ -88,6 +88,7 @@ def vad_options(settings: Settings) -> VadOptions:
         min_speech_ms=settings.vad_min_speech_ms,
         min_silence_ms=settings.vad_min_silence_ms,
         speech_pad_ms=settings.vad_speech_pad_ms,
+        level_quiet=settings.vad_level_quiet,
     )
 
 

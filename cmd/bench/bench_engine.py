@@ -27,12 +27,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jiwer
 import numpy as np
-from bench_common import MODELS_DIR, RowResult, proc_status_mb, timed
+from bench_common import AUDIO_DIR, MODELS_DIR, ROOT, RowResult, proc_status_mb, timed
 from bench_levers import alternate, load_faster_whisper, summarize
+from bench_vad import Input
 
 from worker import wiring
 from worker.config import Settings
+from worker.devtools import conversations, heldout
+from worker.devtools.accuracy import normalize
 from worker.engine.libwhisper import context as libwhisper
 from worker.engine.models import DEFAULT_VARIANTS
 from worker.media.audio import InMemoryAudio
@@ -49,6 +53,7 @@ PIPELINE_ROWS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "batch16": ("batched x16", "", {"whisper_batch_size": 16}),
     "chunk28": ("batched, chunks <= 28 s", "", {"chunk_max_seconds": 28.0}),
     "margin16": ("batched, context margin 16 (0.32 s)", "", {"whisper_audio_ctx_margin": 16}),
+    "unlevelled": ("batched, quiet stretches not raised (VAD_LEVEL_QUIET=false)", "", {"vad_level_quiet": False}),
 }
 # row -> (label, batched, beam size)
 FW_ROWS: dict[str, tuple[str, bool, int]] = {
@@ -107,22 +112,28 @@ def _pipeline(samples: np.ndarray, model: str, overrides: dict[str, Any], *, cou
     state_counters = _StateCounters() if counters else None
     phases: dict[str, float] = {}
 
+    engine: dict[str, Any] = {}
+
     def run() -> Any:
         with tempfile.TemporaryDirectory(prefix="bench-job-") as work:
             t0 = time.perf_counter()
-            prepared = processor.prepare_audio(InMemoryAudio(samples))
+            prepared = processor.prepare_audio(InMemoryAudio(samples))  # speech detection, language
             t1 = time.perf_counter()
+            before = processor.transcriber.engine_stats()
             per_chunk = processor.transcribe_chunks(prepared, "transcribe", None, Path(work))
+            after = processor.transcriber.engine_stats()
             t2 = time.perf_counter()
             transcript = processor.assemble(prepared, per_chunk)
             phases.update(speech_detection=t1 - t0, transcription=t2 - t1, assembly=time.perf_counter() - t2)
+            if before is not None and after is not None:  # the transcription's share of the engine's time
+                engine.update({k: v - getattr(before, k) for k, v in vars(after).items()})
+                engine["language_seconds"] = before.call_seconds
             return transcript
 
     transcript, wall, cpu = timed(run)
     profile: dict[str, Any] = {k: round(v, 3) for k, v in phases.items()}
-    stats = processor.transcriber.engine_stats()
-    if stats is not None:
-        profile["engine"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in vars(stats).items()}
+    if engine:
+        profile["engine"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in engine.items()}
     if state_counters is not None:
         profile["calls"] = state_counters.totals()
     return {
@@ -193,6 +204,55 @@ def _faster_whisper(samples: np.ndarray, model: str, batched: bool, beam_size: i
 
 # --- the parent --------------------------------------------------------------------------------
 
+HELDOUT_CACHE = ROOT / ".cache" / "heldout"
+QUIET_DB = -28.0  # the right speaker of each call, under the left
+
+
+def quiet_input() -> tuple[Input, list[int]]:
+    """The diarization bench's three stereo calls with the right speaker QUIET_DB under the left, as the mono mix
+    a job gets (1 s of silence between calls), and the channel of each reference word (1: the quiet one)."""
+    speakers = conversations.load_speakers(AUDIO_DIR)
+    gap = np.zeros(16000, dtype=np.float32)
+    pieces, words, owners = [], [], []
+    for name, who, seconds, seed in conversations.CALLS:
+        call = conversations.stereo_call(
+            name, *(speakers[s] for s in who), seconds=seconds, seed=seed, right_db=QUIET_DB
+        )
+        pieces += [call.samples.mean(axis=1).astype(np.float32), gap]
+        for turn in sorted(call.turns, key=lambda t: t.start):
+            said = normalize(turn.text).split()
+            words += said
+            owners += [turn.channel] * len(said)
+    return Input("quiet", np.concatenate(pieces[:-1]), " ".join(words), ()), owners
+
+
+def quiet_words_lost(reference: str, owners: list[int], text: str) -> tuple[int, int]:
+    """(words of the quiet speaker the transcript leaves out, how many they said)."""
+    aligned = jiwer.process_words(reference, normalize(text))
+    lost = sum(
+        owners[i] == 1
+        for chunk in aligned.alignments[0]
+        if chunk.type == "delete"
+        for i in range(chunk.ref_start_idx, chunk.ref_end_idx)
+    )
+    return lost, owners.count(1)
+
+
+def heldout_input() -> tuple[Input, list[heldout.Clip]]:
+    """worker.devtools.heldout's clips joined with 0.5 s of silence (fetched into .cache/heldout once)."""
+    clips = heldout.clips(HELDOUT_CACHE)
+    samples, reference = heldout.recording(clips)
+    return Input("heldout", samples, reference, ()), clips
+
+
+def heldout_lines(item: Input, clips: list[heldout.Clip]) -> list[str]:
+    d = item.describe()
+    return [
+        f"- heldout: {len(clips)} clips of other voices (worker/devtools/heldout.py), joined with 0.5 s of silence; "
+        f"{d['seconds']:.1f} s, {d['reference_words']} reference words: {', '.join(c.name for c in clips)}.",
+        "",
+    ]
+
 
 def run_engine(
     models: list[str], inputs: dict[str, Any], rows: list[str], runs: int, run_row
@@ -207,13 +267,22 @@ def run_engine(
 
 
 def _summary(key: str, runs: list[RowResult], reference: str | None) -> dict[str, Any]:
-    """summarize's row, with the details (the profile) of its fastest run."""
+    """summarize's row, with the details (the profile) of its fastest run; on `quiet`, the quiet words lost."""
     _, name, row = parts(key)
     summary = {"input": name, "row": row, **summarize(key, label(row), runs, reference)}
     ok = [r for r in runs if r.wall is not None]
     if ok:
-        summary["details"] = min(ok, key=lambda r: r.wall).details
+        summary["details"] = dict(min(ok, key=lambda r: r.wall).details)
+        if name == "quiet" and reference is not None:
+            summary["details"]["quiet_words_lost"] = quiet_words_lost(reference, QUIET_OWNERS, ok[0].text)
     return summary
+
+
+QUIET_OWNERS: list[int] = []  # set with the quiet input (main.engine_main)
+QUIET_LINE = (
+    f"- quiet: the three stereo calls of --diarize (two readers of ../shared/audio taking turns), the right "
+    f"speaker {-QUIET_DB:g} dB under the left, mixed to mono as a job gets them, 1 s apart.\n"
+)
 
 
 def engine_markdown(tables: dict[str, list[dict[str, Any]]], runs: int) -> str:
@@ -235,6 +304,9 @@ def engine_markdown(tables: dict[str, list[dict[str, Any]]], runs: int) -> str:
             notes = f"runs {', '.join(f'{w:.1f}' for w in r['walls'])}; others' CPU {_others(r)}"
             if "chunks" in r["details"]:
                 notes = f"{r['details']['variant']}, {r['details']['chunks']} chunks; " + notes
+            if "quiet_words_lost" in r["details"]:
+                lost, said = r["details"]["quiet_words_lost"]
+                notes = f"quiet speaker's words lost {lost} of {said}; " + notes
             notes += "" if r["same_text_every_run"] else "; text varied"
             lines.append(
                 f"| {r['input']} | {r['label']} | {wall:.1f} | {' | '.join(ratios)} | {r['wer']:.1%} | "
@@ -247,8 +319,9 @@ def engine_markdown(tables: dict[str, list[dict[str, Any]]], runs: int) -> str:
 def profile_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Where each pipeline row's time went (its fastest run)."""
     lines = [
-        "| input | row | wall s | speech detection s | transcription s | mel s | encoder s (us/position) | "
-        "decoder s (passes, ms/token) | rules s | whisper_full calls s | not in the engine s |",
+        "| input | row | wall s | speech detection (+ language) s | transcription s | mel s | "
+        "encoder s (us/position) | decoder s (passes, ms/token) | rules s | whisper_full calls s | "
+        "not in the engine s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -279,8 +352,9 @@ def profile_lines(rows: list[dict[str, Any]]) -> list[str]:
             ]
         else:
             continue
+        language = f" ({e['language_seconds']:.2f})" if e and e.get("language_seconds") else ""
         lines.append(
-            f"| {r['input']} | {r['label']} | {r['wall_seconds']:.1f} | {profile['speech_detection']:.2f} | "
+            f"| {r['input']} | {r['label']} | {r['wall_seconds']:.1f} | {profile['speech_detection']:.2f}{language} | "
             f"{profile['transcription']:.2f} | {' | '.join(cells)} |"
         )
     lines.append(

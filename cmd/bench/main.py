@@ -626,7 +626,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=",".join(bench_engine.DEFAULT_ROWS),
         help=f"--engine rows (comma-separated) of {', '.join([*bench_engine.PIPELINE_ROWS, *bench_engine.FW_ROWS])}",
     )
-    parser.add_argument("--engine-inputs", default="speech,gaps", help="--engine inputs (default: speech,gaps)")
+    parser.add_argument(
+        "--engine-inputs",
+        default="speech,heldout",
+        help="--engine inputs of speech, gaps, heldout, quiet (default: speech,heldout)",
+    )
     parser.add_argument("--fw-isa", help="faster-whisper's instruction set (CT2_FORCE_CPU_ISA), e.g. AVX2")
     parser.add_argument("--engine-python", help="the Python of the pipeline's rows (a venv with another libwhisper)")
     parser.add_argument(
@@ -730,7 +734,13 @@ def engine_main(args: argparse.Namespace) -> int:
         bench_engine.FW_ENVIRONMENT["CT2_FORCE_CPU_ISA"] = args.fw_isa
     bench_engine.ENGINE_PYTHON = args.engine_python
     files = args.files or [f for f in manifest_files() if counts_for_wer(f)]
-    inputs = bench_vad.build_inputs(build_recording(files, 0), [n for n in args.engine_inputs.split(",") if n])
+    names = [n for n in args.engine_inputs.split(",") if n]
+    inputs = bench_vad.build_inputs(build_recording(files, 0), [n for n in names if n not in ("heldout", "quiet")])
+    clips = []
+    if "heldout" in names:
+        inputs["heldout"], clips = bench_engine.heldout_input()
+    if "quiet" in names:
+        inputs["quiet"], bench_engine.QUIET_OWNERS[:] = bench_engine.quiet_input()
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         paths = {name: Path(scratch) / f"{name}.npy" for name in inputs}
         for name, item in inputs.items():
@@ -746,7 +756,10 @@ def engine_main(args: argparse.Namespace) -> int:
         described = {name: item.describe() for name, item in inputs.items()}
         print(json.dumps({"files": files, "inputs": described, "runs": args.runs, "engine": tables}, indent=2))
     else:
-        lines = bench_vad.input_lines({name: item.describe() for name, item in inputs.items()})
+        seen = {name: item.describe() for name, item in inputs.items() if name in bench_vad.INPUTS}
+        held = bench_engine.heldout_lines(inputs["heldout"], clips) if clips else []
+        quiet = [bench_engine.QUIET_LINE] if "quiet" in inputs else []
+        lines = [*bench_vad.input_lines(seen), *held, *quiet]
         print(
             "\n".join(["Files: " + ", ".join(files), "", *lines, "", bench_engine.engine_markdown(tables, args.runs)])
         )

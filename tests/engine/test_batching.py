@@ -254,3 +254,15 @@ def test_closing_the_engine_fails_what_waits_and_refuses_new_work(contexts, lj_w
     assert all(o is None or isinstance(o, RuntimeError) for o in outcomes)
     with pytest.raises(RuntimeError):
         _transcribe(engine, lj_windows[0])
+
+
+def test_the_engine_detects_the_language_of_a_window_in_one_encoder_pass(base_path, audio_dir):
+    transcriber = WhisperTranscriber(base_path, batch_size=2)
+    try:
+        for name in ("jfk_inaugural_1961.flac", "librivox_shakespeare_sonnet001.mp3"):
+            language, probability = transcriber.detect_language(decode_audio(audio_dir / name))
+            assert (language, probability > 0.8) == ("en", True), name
+        stats = transcriber.engine_stats()
+    finally:
+        transcriber.close()
+    assert stats.calls == 2 and stats.windows == 0  # on the engine's thread, not as windows of the batch

@@ -437,3 +437,25 @@ def _turns(placed: list[tuple[int, str, np.ndarray, str]], channel: dict[str, in
 
 def _first_appearance(placed: list[tuple[int, str, np.ndarray, str]]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(speaker for _, speaker, _, _ in placed))
+
+
+def words_lost(conversation: Conversation, text: str, channel: int) -> tuple[int, int]:
+    """(words `channel`'s speaker said that `text` leaves out, how many they said): the deletions of the
+    alignment of `text` against the reference in time order (jiwer, a test and bench dependency)."""
+    import jiwer
+
+    from worker.devtools.accuracy import normalize
+
+    words, owners = [], []
+    for turn in sorted(conversation.turns, key=lambda t: t.start):
+        said = normalize(turn.text).split()
+        words += said
+        owners += [turn.channel] * len(said)
+    aligned = jiwer.process_words(" ".join(words), normalize(text))
+    lost = sum(
+        owners[i] == channel
+        for chunk in aligned.alignments[0]
+        if chunk.type == "delete"
+        for i in range(chunk.ref_start_idx, chunk.ref_end_idx)
+    )
+    return lost, owners.count(channel)

@@ -35,6 +35,8 @@ class VadOptions:
     speech_pad_ms: int = 300
     # Where a region longer than a chunk is cut: the least speech-like window in this last stretch.
     search_seconds: float = 8.0
+    # Quiet stretches raised for the detector and whisper (`detection_gains`).
+    level_quiet: bool = True
 
     @property
     def off_threshold(self) -> float:
