@@ -9,7 +9,7 @@ import jiwer
 from conftest import MODELS_DIR, ROOT, normalize, reference
 from harness import NO_ENV_FILE
 
-from worker.engine.models import DEFAULT_VARIANTS
+from worker.engine.catalog import DEFAULT_VARIANTS
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

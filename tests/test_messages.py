@@ -5,7 +5,7 @@ import json
 import pika.data
 import pytest
 
-from worker.engine.libwhisper import context
+from worker.engine import libwhisper
 from worker.errors import InvalidJob, MalformedJob
 from worker.messages import LANGUAGES, MAX_JOB_BYTES, ChunkTask, job_id_of, parse_chunk_task, parse_job
 
@@ -97,7 +97,7 @@ def test_language_codes_are_case_insensitive_and_auto_means_detect():
 
 
 def test_the_language_table_is_libwhispers():
-    lib = context.open_library()
+    lib = libwhisper.open_library()
     assert LANGUAGES == {lib.whisper_lang_str(i).decode() for i in range(lib.whisper_lang_max_id() + 1)}
 
 

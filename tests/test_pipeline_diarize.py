@@ -7,7 +7,8 @@ import pytest
 import soundfile
 from conftest import MODELS_DIR, normalize
 
-from worker.engine.models import VAD_MODEL, ModelDownloader
+from worker.engine.catalog import VAD_MODEL
+from worker.engine.models import ModelDownloader
 from worker.engine.speech import SpeechDetector
 from worker.errors import SingleChannel
 from worker.formats import render
@@ -110,7 +111,7 @@ def talk(audio_dir) -> tuple[np.ndarray, list[tuple[float, float, str]]]:
 
 
 def voice_processor(transcriber, speech_processor) -> Processor:
-    from worker.engine.models import VOICE_MODEL
+    from worker.engine.catalog import VOICE_MODEL
     from worker.engine.voices import SpeakerEncoder
 
     encoder = SpeakerEncoder(ModelDownloader(MODELS_DIR, download_url="").ensure_model_exists(VOICE_MODEL.name))

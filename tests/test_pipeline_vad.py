@@ -6,7 +6,8 @@ import pytest
 from conftest import MODELS_DIR, non_speech, normalize, reference
 
 from worker.devtools.accuracy import wer
-from worker.engine.models import VAD_MODEL, ModelDownloader
+from worker.engine.catalog import VAD_MODEL
+from worker.engine.models import ModelDownloader
 from worker.engine.speech import SpeechDetector
 from worker.engine.transcriber import WhisperTranscriber
 from worker.media.audio import SAMPLE_RATE, InMemoryAudio, decode_audio

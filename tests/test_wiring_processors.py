@@ -18,8 +18,9 @@ from conftest import MODELS_DIR
 
 from worker import wiring
 from worker.config import Settings
+from worker.engine.catalog import model_names, variants
 from worker.engine.guard import GUARD_OFF, GuardOptions
-from worker.engine.models import Sidecar, model_names, variants
+from worker.engine.models import Sidecar
 from worker.engine.transcriber import SAMPLE_RATE
 from worker.errors import ModelNotAllowed, ModelUnavailable, UnknownModel
 

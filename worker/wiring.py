@@ -18,16 +18,9 @@ from loguru import logger
 
 from worker.config import Settings
 from worker.egress import EgressPolicy
+from worker.engine.catalog import VAD_MODEL, VOICE_MODEL, allowed_names, model_names, resolve_model
 from worker.engine.guard import GuardOptions
-from worker.engine.models import (
-    VAD_MODEL,
-    VOICE_MODEL,
-    ModelDownloader,
-    allowed_names,
-    get_model_downloader,
-    model_names,
-    resolve_model,
-)
+from worker.engine.models import ModelDownloader, get_model_downloader
 from worker.engine.speech import SpeechDetector, SpeechDetectorUnavailable
 from worker.engine.transcriber import CallSlots, DecodingOptions, WhisperTranscriber, available_cpus
 from worker.engine.voices import SpeakerEncoder

@@ -37,8 +37,8 @@ from worker import wiring
 from worker.config import Settings
 from worker.devtools import conversations, heldout
 from worker.devtools.accuracy import normalize
-from worker.engine.libwhisper import context as libwhisper
-from worker.engine.models import DEFAULT_VARIANTS
+from worker.engine import libwhisper
+from worker.engine.catalog import DEFAULT_VARIANTS
 from worker.media.audio import InMemoryAudio
 
 # row -> (label, model suffix pinned, Settings overrides)

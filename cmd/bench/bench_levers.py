@@ -22,7 +22,7 @@ from bench_common import MODELS_DIR, Recording, RowResult, timed
 from worker import wiring
 from worker.config import Settings
 from worker.devtools.accuracy import wer
-from worker.engine.models import DEFAULT_VARIANTS, PACKAGED_MODELS, resolve_model
+from worker.engine.catalog import DEFAULT_VARIANTS, PACKAGED_MODELS, resolve_model
 
 _DEFAULTS = Settings.model_fields
 _CHUNK = _DEFAULTS["chunk_max_seconds"].default

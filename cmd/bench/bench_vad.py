@@ -47,7 +47,7 @@ from bench_levers import alternate, fw_transcribe, load_faster_whisper, pipeline
 from worker.config import Settings
 from worker.devtools.accuracy import insertions, normalize
 from worker.devtools.nonspeech import Gap, PlacedWord, Sound, assemble, place, spread, words_in_gaps
-from worker.engine.models import DEFAULT_VARIANTS
+from worker.engine.catalog import DEFAULT_VARIANTS
 from worker.media.audio import SAMPLE_RATE, decode_audio
 
 INPUTS = ("speech", "gaps", "nonspeech")

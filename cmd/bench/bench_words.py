@@ -13,7 +13,7 @@ Rows, alternating, `runs` times each (wall time: the minimum):
   DTW time is where the alignment path moves on to the next token, i.e. the token's end: a word
   runs from the previous token's time to its last token's;
 - tokens without the no_speech_prob pass: what the extra decoder pass per call (whisper.cpp 1.8.5's
-  own value is wrong unless the prompt is one token; see worker/engine/libwhisper/context.py) costs.
+  own value is wrong unless the prompt is one token; see worker/engine/libwhisper/full.py) costs.
 """
 
 import statistics
@@ -27,7 +27,7 @@ from bench_common import AUDIO_DIR, MODELS_DIR
 from worker import wiring
 from worker.config import Settings
 from worker.devtools.word_timing import EdgeErrors, clip_bounds, edge_errors
-from worker.engine.libwhisper import context as libwhisper
+from worker.engine import libwhisper
 from worker.engine.libwhisper.structs import ALIGNMENT_HEADS_PRESETS
 from worker.engine.transcriber import word_tokens
 from worker.media.audio import SAMPLE_RATE, InMemoryAudio, decode_audio

@@ -13,7 +13,8 @@ from loguru import logger
 from worker import wiring
 from worker.config import Settings
 from worker.engine import ggml_convert
-from worker.engine.models import convert_to, model_names
+from worker.engine.catalog import model_names
+from worker.engine.models import convert_to
 from worker.engine.quantize import QUANT_TYPES
 from worker.errors import ModelConversionError, ModelUnavailable
 from worker.logs import configure_logging

@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 from conftest import normalize, reference
 
-from worker.engine import backends
+from worker.engine import backends, libwhisper
 from worker.engine.batching import BatchedEngine
+from worker.engine.catalog import DEFAULT_VARIANTS, resolve_model
 from worker.engine.greedy import Rules
-from worker.engine.libwhisper import context as libwhisper
 from worker.engine.libwhisper.group import NativeGroup
 from worker.engine.libwhisper.loader import has_group, open_library
 from worker.engine.mel import log_mel
-from worker.engine.models import DEFAULT_VARIANTS, resolve_model
 from worker.engine.transcriber import WhisperTranscriber
 from worker.media.audio import decode_audio
 from worker.media.chunking import split

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from worker.engine import libwhisper
 from worker.engine.greedy import Choice, Decoding, Rules, Vocabulary, choose, no_speech_probability, segments
-from worker.engine.libwhisper import context as libwhisper
 from worker.engine.libwhisper.group import NativeGroup
 from worker.engine.libwhisper.loader import open_library
 from worker.engine.mel import log_mel
@@ -122,7 +122,9 @@ def test_numpy_log_mel_encodes_like_whisper_cpps_own(tiny_en_path, jfk):
         audio = np.ascontiguousarray(jfk, dtype=np.float32)
         lib = context.lib
         assert (
-            lib.whisper_pcm_to_mel_with_state(context.handle, handles[0], libwhisper._float_ptr(audio), audio.size, 1)
+            lib.whisper_pcm_to_mel_with_state(
+                context.handle, handles[0], libwhisper.full._float_ptr(audio), audio.size, 1
+            )
             == 0
         )
         n_ctx = audio.size // 320 + 1

@@ -20,23 +20,20 @@ from conftest import ROOT
 from harness import NO_ENV_FILE
 
 from worker.egress import EgressPolicy
-from worker.engine.models import (
+from worker.engine.catalog import (
     DEFAULT_VARIANTS,
     MODEL_CONFIGS,
     PACKAGED_MODELS,
     ModelConfig,
-    ModelDownloader,
     PackagedModel,
-    Sidecar,
     allowed_names,
-    file_digests,
     model_family,
     model_names,
     requestable,
     resolve_model,
-    validation_problem,
     variants,
 )
+from worker.engine.models import ModelDownloader, Sidecar, file_digests, validation_problem
 from worker.engine.quantize import FILE_TYPES, QUANT_TYPES
 from worker.errors import ModelUnavailable, UnknownModel
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from conftest import MODELS_DIR, NON_SPEECH, non_speech
 
-from worker.engine.models import VAD_MODEL, ModelDownloader, Sidecar, model_names
+from worker.engine.catalog import VAD_MODEL, model_names
+from worker.engine.models import ModelDownloader, Sidecar
 from worker.engine.speech import PROBABILITIES_PER_SECOND, SpeechDetector
 from worker.media.audio import decode_audio
 from worker.media.speech import VadOptions, speech_regions

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import normalize, reference
 
-from worker.engine.libwhisper import context as libwhisper
+from worker.engine import libwhisper
 from worker.engine.transcriber import DecodingOptions, WhisperTranscriber, threads_per_call
 from worker.media.audio import decode_audio
 from worker.media.chunking import split

@@ -16,7 +16,8 @@ import pytest
 from conftest import MODELS_DIR, ROOT
 from threadpoolctl import threadpool_info
 
-from worker.engine.models import VOICE_MODEL, ModelDownloader, Sidecar, model_names
+from worker.engine.catalog import VOICE_MODEL, model_names
+from worker.engine.models import ModelDownloader, Sidecar
 from worker.engine.voices import (
     EMBEDDING_SIZE,
     HOP,

@@ -26,9 +26,9 @@ import numpy as np
 from loguru import logger
 from pywhispercpp.model import Model
 
+from worker.engine import libwhisper
 from worker.engine.batching import BatchedEngine
 from worker.engine.greedy import Rules
-from worker.engine.libwhisper import context as libwhisper
 from worker.engine.libwhisper.loader import has_group
 from worker.engine.options import DecodingOptions, Task
 from worker.engine.segments import Segment, Transcription, Word

@@ -31,7 +31,7 @@ from loguru import logger
 from threadpoolctl import threadpool_limits
 
 from worker.engine.greedy import Decoding, Rules, choose, no_speech_probability, read_vocabulary, segments
-from worker.engine.libwhisper.context import NativeContext, NativeResult, NativeState, tokenize
+from worker.engine.libwhisper import NativeContext, NativeResult, NativeState, tokenize
 from worker.engine.libwhisper.group import NativeGroup
 from worker.engine.mel import FRAMES_PER_POSITION, HOP, log_mel
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from worker.engine.libwhisper.context import NativeSegment, NativeToken
+from worker.engine.libwhisper.full import NativeSegment, NativeToken
 
 # Timestamp tokens are 20 ms apart; times below are in whisper's 10 ms units.
 CENTISECONDS_PER_TIMESTAMP = 2

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 from loguru import logger
 
+from worker.engine import libwhisper
 from worker.engine.backends import Backend, Batch, WhisperBackend, make_backend, word_tokens
 from worker.engine.batching import EngineStats
 from worker.engine.guard import GUARD_ON, GuardOptions, assess, filter_segments, needs_retry, preferred
-from worker.engine.libwhisper import context as libwhisper
 from worker.engine.options import (
     AUDIO_CTX_STEP,
     FRAMES_PER_SECOND,

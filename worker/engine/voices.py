@@ -201,7 +201,7 @@ class SpeakerEncoder:
     """The GE2E speaker encoder: 16 kHz mono speech in, unit-norm 256-d voice embeddings out.
 
     Create one per process from the weights file (`ModelDownloader.ensure_model_exists(VOICE_MODEL.name)`);
-    thread-safe. It is the pipeline's `VoiceEmbedder` (worker/pipeline.py).
+    thread-safe. It is the pipeline's `VoiceEmbedder` (worker/pipeline/model.py).
     """
 
     def __init__(self, model_path: Path) -> None:

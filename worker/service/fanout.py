@@ -26,7 +26,7 @@ import pika.exceptions
 from loguru import logger
 from pika.adapters.blocking_connection import BlockingChannel
 
-from worker.engine.models import requestable
+from worker.engine.catalog import requestable
 from worker.engine.transcriber import Segment
 from worker.errors import ChunkFailed, GatherTimeout
 from worker.media.audio import encode_flac

@@ -1,0 +1,42 @@
+"""One audio input to one transcript: decode, split into WAV chunks, transcribe, merge.
+
+The chunks of a job run in a ThreadPoolExecutor over the ONE WhisperTranscriber the entry point
+created for the process (parallel mode), or one after another with every CPU thread (sequential
+mode). Results are merged in chunk order, whatever order threads finish in, with each chunk's true
+start offset added to its segment times. The stages: processor.py composes splitting.py (where the
+speech is), chunks.py (the transcriber) and speakers.py (who said it) over model.py's data.
+"""
+
+from worker.pipeline.model import (
+    Chunking,
+    Diarization,
+    PipelineOptions,
+    Prepared,
+    Progress,
+    ProgressCallback,
+    Transcript,
+    VadChoice,
+    VoiceEmbedder,
+    chunk_samples,
+    segment_document,
+    segment_in,
+    segment_out,
+)
+from worker.pipeline.processor import Processor
+
+__all__ = [
+    "Chunking",
+    "Diarization",
+    "PipelineOptions",
+    "Prepared",
+    "Processor",
+    "Progress",
+    "ProgressCallback",
+    "Transcript",
+    "VadChoice",
+    "VoiceEmbedder",
+    "chunk_samples",
+    "segment_document",
+    "segment_in",
+    "segment_out",
+]
