@@ -159,6 +159,9 @@ def test_progress_reports_every_chunk_once_as_it_finishes(transcriber, audio_dir
     assert all(u.chunks_total == result.chunks for u in updates)
     assert updates[-1].percent == 100.0
     assert 40 < updates[-1].audio_seconds_done <= updates[-1].audio_seconds_total
+    # Each update carries its chunk's text: in chunk order, joined, they are the transcript's.
+    texts = [u.text for u in sorted(updates, key=lambda u: u.chunk_index) if u.text]
+    assert sorted(u.chunk_index for u in updates) == list(range(result.chunks)) and " ".join(texts) == result.text
 
 
 def test_silence_only_audio_gives_an_empty_transcript(transcriber):

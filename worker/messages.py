@@ -178,6 +178,10 @@ class ProgressEvent(_Strict):
     chunks_done: int = 0
     chunks_total: int = 0
     percent: float = 0.0
+    # With "transcribing": the chunk that just finished (chunks finish in any order) and its text, the
+    # transcript's text being every chunk's, in index order, joined by a space (empty ones skipped).
+    chunk_index: int | None = None
+    text: str | None = None
 
 
 def parse_job(body: bytes) -> Job:

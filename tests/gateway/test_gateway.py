@@ -191,6 +191,55 @@ def test_diarized_json_through_the_openai_client_and_curl(client, gateway, audio
     assert status == 400 and body["error"]["code"] == "invalid_field"
 
 
+def streamed(client: openai.OpenAI, path: Path, **fields) -> list:
+    with open(path, "rb") as audio:
+        return list(client.audio.transcriptions.create(model="whisper-1", file=audio, stream=True, **fields))
+
+
+def test_a_streamed_transcription_sends_its_chunks_in_order_then_the_whole_text(client, gateway):
+    long = Path(gateway.env["GATEWAY_UPLOAD_DIR"]).parent / LONG
+    events = streamed(client, long)
+    with open(long, "rb") as audio:
+        plain = client.audio.transcriptions.create(model="whisper-1", file=audio)
+    deltas = [e for e in events if e.type == "transcript.text.delta"]
+    assert [e.type for e in events] == ["transcript.text.delta"] * len(deltas) + ["transcript.text.done"]
+    # One delta per chunk (12), sent as its turn came; none made up from the result at the end.
+    assert len(deltas) >= 10 and all(d.segment_id is None for d in deltas)
+    assert "".join(d.delta for d in deltas) == events[-1].text == plain.text
+    assert plain.usage.type == "duration" and abs(plain.usage.seconds - 231.0) < 0.5
+
+
+def test_a_streamed_diarized_transcription_sends_each_speakers_segments(client, audio_dir, tmp_path):
+    events = streamed(client, stereo_call(audio_dir, tmp_path / "call.wav"), response_format="diarized_json",
+                      extra_body={"diarize": "channels"})  # fmt: skip
+    segments = [e for e in events if e.type == "transcript.text.segment"]
+    deltas = [e for e in events if e.type == "transcript.text.delta"]
+    assert {s.speaker for s in segments} == {"A", "B"} and events[-1].type == "transcript.text.done"
+    assert [d.segment_id for d in deltas] == [s.id for s in segments if s.text]
+    assert "".join(d.delta for d in deltas) == events[-1].text == " ".join(s.text for s in segments if s.text)
+
+
+def test_a_stream_is_server_sent_events_and_formats_it_cannot_stream_are_refused(gateway, client, audio_dir):
+    answer = subprocess.run(
+        ["curl", "-sS", "-N", "-H", f"Authorization: Bearer {KEY}", "-H", "Expect:", "-F", f"file=@{audio_dir / JFK}",
+         "-F", "stream=true", "-D", "-", f"{gateway.url}/v1/audio/transcriptions"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    head, _, body = answer.partition("\n\n")  # text mode: CRLF read as LF
+    assert "content-type: text/event-stream" in head.lower()
+    lines = [line for line in body.splitlines() if line and not line.startswith(":")]
+    assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
+    done = json.loads(lines[-2][len("data: ") :])
+    assert done["type"] == "transcript.text.done" and "your country" in done["text"]
+    for fields in ({"response_format": "srt"}, {"response_format": "verbose_json"}):
+        with pytest.raises(openai.BadRequestError, match="not streamed"):
+            streamed(client, audio_dir / JFK, **fields)
+    status, body = curl(gateway, f"file=@{audio_dir / JFK}", "stream=maybe")
+    assert status == 400 and body["error"]["code"] == "invalid_field"
+    status, body = curl(gateway, f"file=@{audio_dir / JFK}", "timestamp_granularities[]=word")  # json: OpenAI's 400
+    assert status == 400 and "verbose_json" in body["error"]["message"]
+
+
 def test_translations_and_models(client, audio_dir):
     with open(audio_dir / JFK, "rb") as audio:
         translated = client.audio.translations.create(model="whisper-1", file=audio)

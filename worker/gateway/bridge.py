@@ -36,6 +36,9 @@ class Waiters:
     def forget(self, job_id: str) -> None:
         self._futures.pop(job_id, None)
 
+    def __contains__(self, job_id: str) -> bool:
+        return job_id in self._futures
+
     @property
     def waiting(self) -> int:
         return len(self._futures)
@@ -107,5 +110,6 @@ class Bridge:
     def on_progress(self, event: ProgressEvent) -> None:
         if event.stage in ("completed", "failed"):
             return  # the result itself ends the stream
-        if self.store.progress(event):
+        # A request of this process that streams its answer (it waits: no record), else an async job's.
+        if event.job_id in self.waiters or self.store.progress(event):
             self.subscribers.send(event.job_id, "progress", event.model_dump_json())

@@ -138,10 +138,15 @@ def render(
     if fmt == "vtt":
         return to_vtt(segments), "text/vtt; charset=utf-8"
     if fmt == "json":
-        return json.dumps({"text": result.text or ""}), "application/json"
+        return json.dumps({"text": result.text or "", "usage": usage(result)}), "application/json"
     if fmt == "diarized_json":
         return json.dumps(diarized(result, task)), "application/json"
     return json.dumps(verbose(result, task, temperature, granularities)), "application/json"
+
+
+def usage(result: Result) -> dict[str, Any]:
+    """OpenAI's usage of a duration-billed model: the seconds of audio transcribed."""
+    return {"type": "duration", "seconds": round(result.duration_seconds or 0.0, 3)}
 
 
 def diarized(result: Result, task: str) -> dict[str, Any]:
@@ -161,6 +166,7 @@ def diarized(result: Result, task: str) -> dict[str, Any]:
             }
             for i, s in enumerate(result.segments or [])
         ],
+        "usage": usage(result),
     }
 
 
@@ -199,4 +205,5 @@ def verbose(
             for s in result.segments or []
             for w in s.words or []
         ]
+    document["usage"] = usage(result)
     return document

@@ -34,6 +34,7 @@ from worker.gateway.openai_api import (
     vad_of,
 )
 from worker.gateway.store import JobStore, dumps
+from worker.gateway.streaming import STREAMED_FORMATS, transcript_events
 from worker.gateway.uploads import UploadStore
 from worker.messages import LANGUAGES, MAX_PROMPT_CHARS, ErrorInfo, Job, Result, problems
 
@@ -153,6 +154,15 @@ def _text(form, name: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _flag(form, name: str) -> bool:
+    value = _text(form, name)
+    if value is None or value.lower() in ("false", "0"):
+        return False
+    if value.lower() in ("true", "1"):
+        return True
+    raise ApiError(400, f"{name} must be true or false", code="invalid_field")
+
+
 def _count(form, name: str) -> int | None:
     value = _text(form, name)
     if value is None:
@@ -207,6 +217,12 @@ def audio_routes(parts: Parts) -> APIRouter:
         num_speakers = _count(form, "num_speakers")
         if response_format not in RESPONSE_FORMATS:
             raise ApiError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}", code="invalid_field")
+        stream = _flag(form, "stream")
+        if stream and response_format not in STREAMED_FORMATS:
+            raise ApiError(400, f"stream=true answers {', '.join(STREAMED_FORMATS)} as events; {response_format} "
+                           "is not streamed (ask without stream)", code="invalid_field")  # fmt: skip
+        if form.getlist("timestamp_granularities[]") and response_format != "verbose_json":
+            raise ApiError(400, "timestamp_granularities needs response_format=verbose_json", code="invalid_field")
         name = parts.check_request(model, language)
         if prompt and len(prompt) > MAX_PROMPT_CHARS:
             raise ApiError(400, f"prompt is longer than {MAX_PROMPT_CHARS} characters", code="invalid_field")
@@ -215,6 +231,8 @@ def audio_routes(parts: Parts) -> APIRouter:
                             word_timestamps="word" in granularities, vad=vad, diarize=diarize,
                             num_speakers=num_speakers)  # fmt: skip
         waiting = parts.bridge.waiters.expect(job.job_id, token)
+        if stream:
+            return await streamed(job, token, waiting, response_format)
         await parts.publish(job, token, wait=True)
         try:
             result: Result = await asyncio.wait_for(asyncio.shield(waiting), options.result_timeout_seconds)
@@ -229,6 +247,27 @@ def audio_routes(parts: Parts) -> APIRouter:
             raise failed(result)
         body, media_type = render(result, response_format, task, temperature, granularities=granularities)
         return Response(body, media_type=media_type, headers={"x-job-id": job.job_id})
+
+    async def streamed(job: Job, token: str, waiting: asyncio.Future, response_format: str) -> Response:
+        subscribers = parts.bridge.subscribers
+        progress = subscribers.subscribe(job.job_id)  # before the publish: no chunk's progress is missed
+        try:
+            await parts.publish(job, token, wait=True)
+        except ApiError:
+            subscribers.unsubscribe(job.job_id, progress)
+            raise
+        events = transcript_events(job.job_id, progress, waiting, response_format, options.result_timeout_seconds,
+                                   live=job.diarize == "off")  # fmt: skip
+
+        async def forgetting():
+            try:
+                async for event in events:
+                    yield event
+            finally:  # the end, or the client went away: the job goes on, its result is dropped here
+                subscribers.unsubscribe(job.job_id, progress)
+                parts.bridge.waiters.forget(job.job_id)
+
+        return EventSourceResponse(forgetting(), headers={"x-job-id": job.job_id})
 
     @router.post("/v1/audio/transcriptions")
     async def transcriptions(

@@ -47,6 +47,10 @@ class Progress:
     chunks_total: int
     audio_seconds_done: float
     audio_seconds_total: float
+    # The chunk that just finished and its text (its segments joined as the transcript joins them):
+    # what a streamed answer sends, in chunk order, as the chunks before it are done.
+    chunk_index: int | None = None
+    text: str | None = None
 
     @property
     def percent(self) -> float:
@@ -121,6 +125,11 @@ class Prepared:
     @property
     def duration_seconds(self) -> float:
         return self.audio.n_samples / SAMPLE_RATE
+
+
+def joined(segments: Iterable[Segment]) -> str:
+    """The text of segments, as a transcript has it: their texts (none empty) joined by a space."""
+    return " ".join(s.text for s in segments if s.text)
 
 
 def chunk_samples(audio: Audio, chunk: Chunk) -> np.ndarray:

@@ -32,6 +32,7 @@ from worker.pipeline.model import (
     VadChoice,
     VoiceEmbedder,
     chunk_samples,
+    joined,
 )
 from worker.pipeline.speakers import VoiceLabeller, by_channel
 from worker.pipeline.splitting import Split, Splitter
@@ -176,7 +177,7 @@ class Processor:
             segments = self.speakers.label(prepared, segments, diarization)
         language = prepared.language
         transcript = Transcript(
-            text=" ".join(s.text for s in segments if s.text),
+            text=joined(segments),
             segments=segments,
             language=language if prepared.chunks or language else (None if self.transcriber.multilingual else "en"),
             language_probability=prepared.language_probability,

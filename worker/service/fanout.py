@@ -31,7 +31,7 @@ from worker.engine.transcriber import Segment
 from worker.errors import ChunkFailed, GatherTimeout
 from worker.media.audio import encode_flac
 from worker.messages import ChunkTask, GatherMessage, Job
-from worker.pipeline import Prepared, Processor, Progress, ProgressCallback, segment_in
+from worker.pipeline import Prepared, Processor, Progress, ProgressCallback, joined, segment_in
 from worker.service import publisher, session
 from worker.service.publisher import Topology
 from worker.service.session import BrokerSession, SessionOptions
@@ -257,9 +257,7 @@ class FanOut:
                 news = True
                 logger.debug("Chunk {} back from {} ({:.2f} s)", message.index, message.worker, message.seconds)
                 if progress is not None:
-                    progress(
-                        Progress(
-                            len(gathered.results), gathered.total, gathered.done_seconds, prepared.duration_seconds
-                        )
-                    )
+                    done, seconds = len(gathered.results), gathered.done_seconds
+                    text = joined(gathered.results[message.index])
+                    progress(Progress(done, gathered.total, seconds, prepared.duration_seconds, message.index, text))
         return news

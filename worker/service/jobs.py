@@ -335,9 +335,20 @@ class _Emitter:
     sink: ProgressSink
 
     def __call__(self, stage: str, progress: Progress | None = None) -> None:
-        done, total = (progress.chunks_done, progress.chunks_total) if progress else (0, 0)
-        percent = round(progress.percent, 1) if progress else 0.0
-        self.sink(ProgressEvent(job_id=self.job_id, stage=stage, chunks_done=done, chunks_total=total, percent=percent))
+        if progress is None:
+            self.sink(ProgressEvent(job_id=self.job_id, stage=stage))
+            return
+        self.sink(
+            ProgressEvent(
+                job_id=self.job_id,
+                stage=stage,
+                chunks_done=progress.chunks_done,
+                chunks_total=progress.chunks_total,
+                percent=round(progress.percent, 1),
+                chunk_index=progress.chunk_index,
+                text=progress.text,
+            )
+        )
 
 
 def error_code(exc: BaseException) -> str:
