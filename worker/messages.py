@@ -79,6 +79,8 @@ class Job(_Strict):
     # Each segment's words with their times (whisper.cpp's token timestamps; no measurable cost,
     # docs/performance.md).
     word_timestamps: bool = False
+    # Each segment's text tokens with their log probabilities (OpenAI's include[]=logprobs).
+    logprobs: bool = False
     # Who spoke when: "channels" = one speaker per channel (calls), "speakers" = voices clustered (a
     # mono meeting), with the count given (num_speakers) or estimated within min/max_speakers.
     diarize: Literal["off", "channels", "speakers"] = "off"
@@ -140,6 +142,12 @@ class WordOut(_Strict):
     speaker: str | None = None  # diarized jobs only
 
 
+class TokenLogprobOut(_Strict):
+    token: str
+    bytes: list[int]
+    logprob: float
+
+
 class SegmentOut(_Strict):
     start: float
     end: float
@@ -149,6 +157,7 @@ class SegmentOut(_Strict):
     no_speech_prob: float | None = None
     words: list[WordOut] | None = None  # only when the job asked for word_timestamps
     speaker: str | None = None  # diarized jobs only: "A", "B", ... in order of first appearance
+    logprobs: list[TokenLogprobOut] | None = None  # only when the job asked for logprobs
 
 
 class Result(_Strict):

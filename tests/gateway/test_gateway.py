@@ -240,6 +240,22 @@ def test_a_stream_is_server_sent_events_and_formats_it_cannot_stream_are_refused
     assert status == 400 and "verbose_json" in body["error"]["message"]
 
 
+def test_token_logprobs_when_asked_for(client, gateway, audio_dir):
+    with open(audio_dir / JFK, "rb") as audio:
+        asked = client.audio.transcriptions.create(model="whisper-1", file=audio, include=["logprobs"])
+        audio.seek(0)
+        plain = client.audio.transcriptions.create(model="whisper-1", file=audio)
+    assert plain.logprobs is None and asked.text == plain.text
+    tokens = asked.logprobs
+    assert len(tokens) > 20 and all(t.logprob <= 0 for t in tokens) and min(t.logprob for t in tokens) < -0.01
+    assert all(bytes(map(int, t.bytes)).decode(errors="replace") == t.token for t in tokens)  # the client has floats
+    assert bytes(int(b) for t in tokens for b in t.bytes).decode().strip() == asked.text  # every text token, in order
+    done = streamed(client, audio_dir / JFK, include=["logprobs"])[-1]
+    assert done.type == "transcript.text.done" and [t.token for t in done.logprobs] == [t.token for t in tokens]
+    status, body = curl(gateway, f"file=@{audio_dir / JFK}", "include[]=everything")
+    assert status == 400 and body["error"]["code"] == "invalid_field"
+
+
 def test_translations_and_models(client, audio_dir):
     with open(audio_dir / JFK, "rb") as audio:
         translated = client.audio.translations.create(model="whisper-1", file=audio)

@@ -31,7 +31,7 @@ from worker.engine.batching import BatchedEngine
 from worker.engine.greedy import Rules
 from worker.engine.libwhisper.loader import has_group
 from worker.engine.options import DecodingOptions, Task
-from worker.engine.segments import Segment, Transcription, Word
+from worker.engine.segments import Segment, TokenLogprob, Transcription, Word
 
 Backend = Literal["auto", "native", "pool"]
 Hold = Callable[[], contextlib.AbstractContextManager[None]]
@@ -351,6 +351,11 @@ def _segment(native: libwhisper.NativeSegment, eot: int, *, words: bool) -> Segm
         avg_logprob=round(sum(plogs) / len(plogs), 4) if plogs else None,
         no_speech_prob=native.no_speech_prob,
         words=_words(native, eot) if words else None,
+        logprobs=tuple(
+            TokenLogprob(t.text.decode("utf-8", errors="replace"), tuple(t.text), round(t.plog, 4))
+            for t in native.tokens
+            if t.id < eot
+        ),
     )
 
 

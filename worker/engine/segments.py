@@ -10,6 +10,16 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A text token whisper decoded: its text, its bytes (a multi-byte character may be split between
+    tokens: `token` then has a replacement character where `bytes` has the piece), its log probability."""
+
+    token: str
+    bytes: tuple[int, ...]
+    logprob: float
+
+
+@dataclass(frozen=True)
 class Word:
     """One word of a segment (with its leading space and punctuation, as OpenAI's), times in seconds.
 
@@ -41,6 +51,8 @@ class Segment:
     no_speech_prob: float | None = None
     words: tuple[Word, ...] | None = None
     speaker: str | None = None  # set by diarization (worker.pipeline), never by whisper
+    # The text tokens' log probabilities (None from the pywhispercpp fallback, or after a cut at a turn).
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
     def shifted(self, seconds: float, *, clamp: tuple[float, float] | None = None) -> "Segment":
         """This segment `seconds` later (words too); with `clamp=(lo, hi)`, every time first held inside it."""

@@ -43,7 +43,7 @@ from worker.engine.options import (
     DecodingOptions,
     Task,
 )
-from worker.engine.segments import Segment, Transcription, Word
+from worker.engine.segments import Segment, TokenLogprob, Transcription, Word
 from worker.errors import TranscriptionError
 
 # Re-exported: the pipeline, the service and the benchmark import these from here.
@@ -58,6 +58,7 @@ __all__ = [
     "DecodingOptions",
     "Segment",
     "Task",
+    "TokenLogprob",
     "Transcription",
     "WhisperTranscriber",
     "Word",
@@ -234,7 +235,8 @@ class WhisperTranscriber:
             seconds = round(audio.size / SAMPLE_RATE, 2)
             words = tuple(w for s in result.segments for w in s.words or ()) if word_timestamps else None
             tokens = tuple(t for s in result.segments for t in s.tokens)
-            whole = Segment(0.0, seconds, result.text, tokens=tokens, words=words)
+            logprobs = tuple(p for s in result.segments for p in s.logprobs or ())
+            whole = Segment(0.0, seconds, result.text, tokens=tokens, words=words, logprobs=logprobs)
             result = dataclasses.replace(result, segments=(whole,))
         return dataclasses.replace(result, language_probability=probability)
 

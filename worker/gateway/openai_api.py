@@ -138,10 +138,18 @@ def render(
     if fmt == "vtt":
         return to_vtt(segments), "text/vtt; charset=utf-8"
     if fmt == "json":
-        return json.dumps({"text": result.text or "", "usage": usage(result)}), "application/json"
+        return json.dumps({"text": result.text or "", **logprobs(result), "usage": usage(result)}), "application/json"
     if fmt == "diarized_json":
         return json.dumps(diarized(result, task)), "application/json"
     return json.dumps(verbose(result, task, temperature, granularities)), "application/json"
+
+
+def logprobs(result: Result) -> dict[str, Any]:
+    """OpenAI's `logprobs` (every text token's, in order) when the job asked for them, else nothing."""
+    segments = result.segments or []
+    if not any(s.logprobs is not None for s in segments):
+        return {}
+    return {"logprobs": [p.model_dump() for s in segments for p in s.logprobs or ()]}
 
 
 def usage(result: Result) -> dict[str, Any]:

@@ -72,6 +72,7 @@ class JobRequest(BaseModel):
     prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     word_timestamps: bool = False
+    logprobs: bool = False
     chunking_strategy: ChunkingStrategy | None = None
     diarize: Diarize = "off"
     num_speakers: int | None = None
@@ -83,6 +84,7 @@ class JobRequest(BaseModel):
             "prompt": self.prompt or None,
             "temperature": self.temperature,
             "word_timestamps": self.word_timestamps,
+            "logprobs": self.logprobs,
             "vad": vad_of(self.chunking_strategy),
             "diarize": diarize_of(self.diarize if self.diarize != "off" else None, self.model, ""),
             "num_speakers": self.num_speakers,
@@ -221,6 +223,9 @@ def audio_routes(parts: Parts) -> APIRouter:
         if stream and response_format not in STREAMED_FORMATS:
             raise ApiError(400, f"stream=true answers {', '.join(STREAMED_FORMATS)} as events; {response_format} "
                            "is not streamed (ask without stream)", code="invalid_field")  # fmt: skip
+        include = [v for v in form.getlist("include[]") + form.getlist("include") if isinstance(v, str)]
+        if set(include) - {"logprobs"}:
+            raise ApiError(400, "include[] takes logprobs only", code="invalid_field")
         if form.getlist("timestamp_granularities[]") and response_format != "verbose_json":
             raise ApiError(400, "timestamp_granularities needs response_format=verbose_json", code="invalid_field")
         name = parts.check_request(model, language)
@@ -229,7 +234,7 @@ def audio_routes(parts: Parts) -> APIRouter:
         token = parts.store_upload(file)
         job = parts.new_job(token, None, name, language, task, prompt=prompt or None, temperature=temperature,
                             word_timestamps="word" in granularities, vad=vad, diarize=diarize,
-                            num_speakers=num_speakers)  # fmt: skip
+                            num_speakers=num_speakers, logprobs=bool(include))  # fmt: skip
         waiting = parts.bridge.waiters.expect(job.job_id, token)
         if stream:
             return await streamed(job, token, waiting, response_format)

@@ -26,7 +26,7 @@ from typing import Any
 from loguru import logger
 
 from worker.errors import BrokerUnavailable
-from worker.gateway.openai_api import ApiError, failed
+from worker.gateway.openai_api import ApiError, failed, logprobs
 from worker.messages import ProgressEvent, Result
 
 STREAMED_FORMATS = ("json", "text", "diarized_json")
@@ -137,4 +137,4 @@ def _final(result: Result, response_format: str, order: InOrder) -> list[dict[st
     rest = order.rest(text)
     if rest:
         events.append(_delta(rest))
-    return [*events, _data({"type": "transcript.text.done", "text": text})]
+    return [*events, _data({"type": "transcript.text.done", "text": text, **logprobs(result)})]

@@ -7,7 +7,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from worker.engine.transcriber import Segment, Task, Word
+from worker.engine.transcriber import Segment, Task, TokenLogprob, Word
 from worker.media.audio import SAMPLE_RATE, Audio
 from worker.media.chunking import Chunk, ChunkingOptions
 from worker.media.speech import VadOptions
@@ -169,14 +169,17 @@ class Transcript:
         }
 
 
-def segment_out(segment: Segment) -> SegmentOut:
-    """A segment as results and fanned-out chunk results carry it."""
-    return SegmentOut.model_validate(segment_document(segment))
+def segment_out(segment: Segment, *, logprobs: bool = False) -> SegmentOut:
+    """A segment as results and fanned-out chunk results carry it (its token log probabilities when asked)."""
+    return SegmentOut.model_validate(segment_document(segment, logprobs=logprobs))
 
 
 def segment_in(segment: SegmentOut) -> Segment:
     """The segment a fanned-out chunk result carried, as the pipeline's own."""
     words = None if segment.words is None else tuple(Word(**w.model_dump()) for w in segment.words)
+    logprobs = None
+    if segment.logprobs is not None:
+        logprobs = tuple(TokenLogprob(p.token, tuple(p.bytes), p.logprob) for p in segment.logprobs)
     return Segment(
         start=segment.start,
         end=segment.end,
@@ -186,11 +189,13 @@ def segment_in(segment: SegmentOut) -> Segment:
         no_speech_prob=segment.no_speech_prob,
         words=words,
         speaker=segment.speaker,
+        logprobs=logprobs,
     )
 
 
-def segment_document(segment: Segment) -> dict[str, Any]:
-    """A segment's JSON form (results, the json output, fanned-out chunk results): words only when asked for."""
+def segment_document(segment: Segment, *, logprobs: bool = False) -> dict[str, Any]:
+    """A segment's JSON form (results, the json output, fanned-out chunk results): words only when asked
+    for, token log probabilities with `logprobs` (where the engine has them)."""
     document = {
         "start": round(segment.start, 3),
         "end": round(segment.end, 3),
@@ -203,6 +208,8 @@ def segment_document(segment: Segment) -> dict[str, Any]:
         document["words"] = [_drop_none(dataclasses.asdict(w), "speaker") for w in segment.words]
     if segment.speaker is not None:
         document["speaker"] = segment.speaker
+    if logprobs and segment.logprobs is not None:
+        document["logprobs"] = [dataclasses.asdict(p) for p in segment.logprobs]
     return document
 
 

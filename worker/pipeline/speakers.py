@@ -80,6 +80,7 @@ def split_at_turns(segment: Segment, found: list[Turn], *, words: bool) -> list[
             end=group[-1].end if len(groups) > 1 else segment.end,
             text="".join(w.word for w in group).strip() if len(groups) > 1 else segment.text,
             tokens=segment.tokens if len(groups) == 1 else (),  # whisper's tokens are the whole segment's
+            logprobs=segment.logprobs if len(groups) == 1 else None,
             words=tuple(group),
         )
         if speaker is not None:

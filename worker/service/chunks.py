@@ -117,7 +117,7 @@ class ChunkHandler:
             kind="chunk",
             job_id=task.job_id,
             index=task.index,
-            segments=[segment_out(s) for s in segments],
+            segments=[segment_out(s, logprobs=True) for s in segments],  # the job decides what it keeps
             worker=WORKER_NAME,
             seconds=round(time.perf_counter() - started, 3),
         )

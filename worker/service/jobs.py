@@ -234,7 +234,7 @@ class JobHandler:
             total_seconds=round(time.time() - started, 3),
             real_time_factor=round(transcript.real_time_factor, 4),
         )
-        result = _completed(job.job_id, transcript, outputs, timings, delivery.attempt)
+        result = _completed(job, transcript, outputs, timings, delivery.attempt)
         if job.callback_url is not None:
             result = self._call_back(str(job.callback_url), result)
         return result
@@ -370,13 +370,13 @@ def _failed(job_id: str, exc: BaseException, delivery: Delivery) -> Result:
     )
 
 
-def _completed(job_id: str, t: Transcript, outputs: dict[str, str], timings: Timings, attempt: int) -> Result:
+def _completed(job: Job, t: Transcript, outputs: dict[str, str], timings: Timings, attempt: int) -> Result:
     return Result(
-        job_id=job_id,
+        job_id=job.job_id,
         status="completed",
         attempt=attempt,
         text=t.text,
-        segments=[segment_out(s) for s in t.segments],
+        segments=[segment_out(s, logprobs=job.logprobs) for s in t.segments],
         language=t.language,
         language_probability=t.language_probability,
         duration_seconds=t.duration_seconds,
