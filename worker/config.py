@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     # Submit a job's longest chunks first (shorter ones then fill the gaps at the end).
     longest_chunks_first: bool = False  # measured within noise (docs/performance.md): left off
 
-    # Windows decoded at once by the batched engine (worker/engine/batching.py, with the patched libwhisper
+    # Windows decoded at once by the batched engine (worker/engine/batching.py and passes.py, with the patched libwhisper
     # that `make native-whisper` and the image build): one thread computes with every CPU, each decoder pass
     # serving this many chunks; greedy calls only (beam search and word timestamps run one at a time on
     # the same thread). 1 = no engine: MAX_PARALLEL_WORKERS calls of WHISPER_THREADS each, as before.

@@ -11,7 +11,7 @@ Rows, per model, each a whole process, alternating, the minimum of `--runs`:
   greedy), BatchedInferencePipeline x8 with its VAD (greedy), and the same at its defaults (beam 5).
 
 The profile (pipeline rows): the job's phases (speech detection and chunking, transcription, assembly)
-and, inside transcription, the engine thread's time (worker.engine.batching.EngineStats): the log-mel,
+and, inside transcription, the engine thread's time (worker.engine.passes.EngineStats): the log-mel,
 the encoder (per 20 ms position), the decoder (passes, per token), the rules in numpy, the whisper calls
 the batch cannot take (the guard's retries); what is left of the transcription's wall time is the chunk
 threads' Python and the engine waiting. The row of calls one by one reads whisper.cpp's own counters off

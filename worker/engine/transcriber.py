@@ -32,7 +32,6 @@ from loguru import logger
 
 from worker.engine import libwhisper
 from worker.engine.backends import Backend, Batch, WhisperBackend, make_backend, word_tokens
-from worker.engine.batching import EngineStats
 from worker.engine.guard import GUARD_ON, GuardOptions, assess, filter_segments, needs_retry, preferred
 from worker.engine.options import (
     AUDIO_CTX_STEP,
@@ -43,6 +42,7 @@ from worker.engine.options import (
     DecodingOptions,
     Task,
 )
+from worker.engine.passes import EngineStats
 from worker.engine.segments import Segment, TokenLogprob, Transcription, Word
 from worker.errors import TranscriptionError
 
