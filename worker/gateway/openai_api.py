@@ -115,6 +115,16 @@ def failed(result: Result) -> ApiError:
     return ApiError(status, message, type=kind, code=code)
 
 
+def timed_out(job_id: str, seconds: float) -> ApiError:
+    """No result in time: the job goes on (its upload stays until it expires)."""
+    message = f"no result within {seconds:g} s; job {job_id} is still queued or running"
+    return ApiError(504, message, type="server_error", code="timeout")
+
+
+def broker_lost(exc: Exception) -> ApiError:
+    return ApiError(503, str(exc), type="server_error", code="broker_unavailable")
+
+
 def compression_ratio(text: str) -> float:
     """As openai-whisper computes it: bytes of the text over bytes of its zlib compression."""
     data = text.encode()
@@ -163,19 +173,24 @@ def diarized(result: Result, task: str) -> dict[str, Any]:
         "task": task,
         "duration": result.duration_seconds,
         "text": result.text or "",
-        "segments": [
-            {
-                "type": "transcript.text.segment",
-                "id": f"seg_{i:03d}",
-                "start": s.start,
-                "end": s.end,
-                "text": s.text,
-                "speaker": s.speaker or "A",
-            }
-            for i, s in enumerate(result.segments or [])
-        ],
+        "segments": diarized_segments(result),
         "usage": usage(result),
     }
+
+
+def diarized_segments(result: Result) -> list[dict[str, Any]]:
+    """OpenAI's `transcript.text.segment`s: diarized_json's segments, and a diarized stream's events."""
+    return [
+        {
+            "type": "transcript.text.segment",
+            "id": f"seg_{i:03d}",
+            "start": s.start,
+            "end": s.end,
+            "text": s.text,
+            "speaker": s.speaker or "A",
+        }
+        for i, s in enumerate(result.segments or [])
+    ]
 
 
 def verbose(

@@ -27,10 +27,12 @@ from worker.gateway.openai_api import (
     ApiError,
     ChunkingStrategy,
     Diarize,
+    broker_lost,
     chunking_field,
     diarize_of,
     failed,
     render,
+    timed_out,
     vad_of,
 )
 from worker.gateway.store import JobStore, dumps
@@ -243,11 +245,9 @@ def audio_routes(parts: Parts) -> APIRouter:
             result: Result = await asyncio.wait_for(asyncio.shield(waiting), options.result_timeout_seconds)
         except TimeoutError:
             parts.bridge.waiters.forget(job.job_id)
-            # The job goes on; its upload stays until it expires.
-            raise ApiError(504, f"no result within {options.result_timeout_seconds:g} s; job {job.job_id} is "
-                           "still queued or running", type="server_error", code="timeout") from None  # fmt: skip
+            raise timed_out(job.job_id, options.result_timeout_seconds) from None
         except BrokerUnavailable as exc:
-            raise ApiError(503, str(exc), type="server_error", code="broker_unavailable") from None
+            raise broker_lost(exc) from None
         if result.status != "completed":
             raise failed(result)
         body, media_type = render(result, response_format, task, temperature, granularities=granularities)

@@ -26,7 +26,7 @@ from typing import Any
 from loguru import logger
 
 from worker.errors import BrokerUnavailable
-from worker.gateway.openai_api import ApiError, failed, logprobs
+from worker.gateway.openai_api import ApiError, broker_lost, diarized_segments, failed, logprobs, timed_out
 from worker.messages import ProgressEvent, Result
 
 STREAMED_FORMATS = ("json", "text", "diarized_json")
@@ -101,8 +101,7 @@ async def transcript_events(
         if not getting.done():
             getting.cancel()
             if not waiting.done():  # the deadline
-                message = f"no result within {timeout_seconds:g} s; job {job_id} is still queued or running"
-                yield _error(ApiError(504, message, type="server_error", code="timeout"))
+                yield _error(timed_out(job_id, timeout_seconds))
                 return
             continue
         event = ProgressEvent.model_validate_json(getting.result()[1])
@@ -112,7 +111,7 @@ async def transcript_events(
     try:
         result: Result = waiting.result()
     except BrokerUnavailable as exc:
-        yield _error(ApiError(503, str(exc), type="server_error", code="broker_unavailable"))
+        yield _error(broker_lost(exc))
         return
     if result.status != "completed":
         yield _error(failed(result))
@@ -126,14 +125,10 @@ def _final(result: Result, response_format: str, order: InOrder) -> list[dict[st
     text = result.text or ""
     events = []
     if response_format == "diarized_json":
-        for i, s in enumerate(result.segments or []):
-            segment_id = f"seg_{i:03d}"
-            events.append(
-                _data({"type": "transcript.text.segment", "id": segment_id, "start": s.start, "end": s.end,
-                       "speaker": s.speaker or "A", "text": s.text})
-            )  # fmt: skip
-            if s.text:
-                events.append(_delta(order.append(s.text), segment_id))
+        for segment in diarized_segments(result):
+            events.append(_data(segment))
+            if segment["text"]:
+                events.append(_delta(order.append(segment["text"]), segment["id"]))
     rest = order.rest(text)
     if rest:
         events.append(_delta(rest))

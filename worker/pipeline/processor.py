@@ -76,8 +76,10 @@ class Processor:
         """Decode `path` and transcribe it. Raises AudioDecodeError or TranscriptionError."""
         with tempfile.TemporaryDirectory(prefix="job-", dir=self.work_root) as work_dir:
             prepared = self.prepare(path, Path(work_dir), language=language, vad=vad, diarization=diarization)
-            how = dict(prompt=prompt, temperature=temperature, word_timestamps=word_timestamps)
-            per_chunk = self.transcribe_chunks(prepared, task, progress, Path(work_dir), **how)
+            per_chunk = self.transcribe_chunks(
+                prepared, task, progress, Path(work_dir),
+                prompt=prompt, temperature=temperature, word_timestamps=word_timestamps,
+            )  # fmt: skip
             return self.assemble(prepared, per_chunk)
 
     def process_samples(
@@ -189,11 +191,6 @@ class Processor:
         )
         self._log_summary(transcript, prepared.threads)
         return transcript
-
-    @property
-    def chunks_in_flight(self) -> int:
-        """Chunks handed to the transcriber at once (ChunkRunner.in_flight)."""
-        return self.runner.in_flight
 
     def threads_for(self, n_chunks: int) -> int:
         """Threads per whisper call for a job of `n_chunks` (ChunkRunner.threads_for)."""

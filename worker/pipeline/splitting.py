@@ -52,7 +52,7 @@ class Splitter:
     def mono(self, audio: Audio, vad: VadChoice = None) -> Split:
         """The chunks of one channel; with VAD, the audio whisper hears has its quiet stretches raised,
         as the detector heard it; without, the voiced stretches are the chunks'."""
-        options = self.vad_options(vad)
+        options = self._vad_options(vad)
         if options is None:
             chunks = split_levels(block_levels(_blocks(audio)), audio.n_samples, self.options.chunking)
             return Split((audio,), chunks, tuple(span for chunk in chunks for span in chunk.spans))
@@ -77,7 +77,7 @@ class Splitter:
                 f'{audio.n_channels} (diarize "speakers" tells voices apart in one channel)'
             )
         speech = self._detector('diarize "channels" needs speech detection')
-        options = self.vad_options(vad) or self.options.vad  # channels are always split by speech
+        options = self._vad_options(vad) or self.options.vad  # channels are always split by speech
         channels = tuple(audio.channel(k) for k in range(audio.n_channels))
         probabilities, levels, sources = zip(*(detect_speech(speech, c, options) for c in channels), strict=True)
         if same_sound(list(levels)):
@@ -95,7 +95,7 @@ class Splitter:
         ordered = sorted(found, key=lambda c: (c.start, c.source))
         return Split(sources, [dataclasses.replace(chunk, index=index) for index, chunk in enumerate(ordered)])
 
-    def vad_options(self, vad: VadChoice) -> VadOptions | None:
+    def _vad_options(self, vad: VadChoice) -> VadOptions | None:
         """The speech detection a job gets (None: the level-based splitter)."""
         if vad is None:
             return self.options.vad if self.options.chunker == "vad" else None
