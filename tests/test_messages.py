@@ -7,6 +7,7 @@ import pytest
 
 from worker.engine import libwhisper
 from worker.errors import InvalidJob, MalformedJob
+from worker.formats import PLAIN, SubtitleOptions
 from worker.messages import LANGUAGES, MAX_JOB_BYTES, ChunkTask, job_id_of, parse_chunk_task, parse_job
 
 GOOD = {"job_id": "a-1", "audio": {"path": "a.flac"}}
@@ -127,3 +128,61 @@ def test_a_chunk_task_survives_its_trip_through_amqp_headers():
     pika.data.encode_table(pieces, task.headers())
     received, _ = pika.data.decode_table(b"".join(pieces), 0)
     assert parse_chunk_task({**received, "x-delivery-count": 1}) == task
+
+
+def test_subtitle_options_ask_for_word_times_only_where_srt_or_vtt_cues_need_them():
+    job = parse_job(body(formats=["srt"], subtitles={"max_line_width": 42, "max_line_count": 2}))
+    assert job.subtitle_options == SubtitleOptions(max_line_width=42, max_line_count=2)
+    assert job.needs_word_times and not job.word_timestamps  # the cues are timed by them; the result keeps none
+    assert not parse_job(body(formats=["vtt"], subtitles={"max_line_width": 42})).needs_word_times  # wrapping only
+    assert parse_job(body(formats=["vtt"], subtitles={"highlight_words": True})).needs_word_times
+    assert not parse_job(body(subtitles={"highlight_words": True})).needs_word_times  # json only: no cues
+    assert parse_job(body()).subtitle_options == PLAIN
+
+
+@pytest.mark.parametrize(
+    ("subtitles", "message"),
+    [
+        ({"max_line_count": 2}, "max_line_count needs max_line_width"),
+        ({"max_line_width": 0}, "subtitles.max_line_width: Input should be greater than or equal to 1"),
+        ({"max_line_width": 1001}, "subtitles.max_line_width: Input should be less than or equal to 1000"),
+        ({"max_line_width": 42, "max_line_count": 11}, "subtitles.max_line_count: Input should be less than or equal"),
+        ({"max_line_width": "wide"}, "subtitles.max_line_width: Input should be a valid integer"),
+        ({"highlight_words": "maybe"}, "subtitles.highlight_words: Input should be a valid boolean"),
+        ({"max_words_per_line": 3}, "subtitles.max_words_per_line: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_subtitle_options_are_invalid_jobs(subtitles, message):
+    with pytest.raises(InvalidJob, match=message):
+        parse_job(body(formats=["srt"], subtitles=subtitles))
+
+
+def test_known_speakers_need_diarize_speakers_distinct_names_and_at_most_four():
+    clip = {"path": "ann.wav"}
+    base = {"job_id": "j", "audio": {"path": "a.wav"}, "diarize": "speakers"}
+    job = parse_job(json.dumps({**base, "known_speakers": [{"name": "Ann", "audio": clip}]}).encode())
+    assert job.known_speakers[0].name == "Ann"
+    bad = [
+        {**base, "diarize": "channels", "known_speakers": [{"name": "Ann", "audio": clip}]},
+        {**base, "known_speakers": [{"name": "Ann", "audio": clip}, {"name": "Ann", "audio": clip}]},
+        {**base, "known_speakers": [{"name": f"n{k}", "audio": clip} for k in range(5)]},
+        {**base, "known_speakers": [{"name": "", "audio": clip}]},
+        {**base, "known_speakers": [{"name": "a\nb", "audio": clip}]},
+        {**base, "known_speakers": [{"name": "Ann", "audio": {}}]},
+    ]
+    for document in bad:
+        with pytest.raises(InvalidJob):
+            parse_job(json.dumps(document).encode())
+
+
+def test_keywords_are_folded_into_the_prompt_last_and_languages_are_checked_codes():
+    base = {"job_id": "j", "audio": {"path": "a.wav"}}
+    job = parse_job(json.dumps({**base, "prompt": "A talk on queues.", "keywords": ["RabbitMQ", "Dramatiq"]}).encode())
+    assert job.decoder_prompt == "A talk on queues. RabbitMQ, Dramatiq."
+    assert parse_job(json.dumps({**base, "keywords": ["whisper.cpp"]}).encode()).decoder_prompt == "whisper.cpp."
+    assert parse_job(json.dumps(base).encode()).decoder_prompt is None
+    assert parse_job(json.dumps({**base, "languages": ["EN", "de", "en"]}).encode()).languages == ("en", "de")
+    for bad in ({"languages": ["xx"]}, {"languages": ["en"], "language": "de"}, {"keywords": [""]},
+                {"prompt": "p" * 1990, "keywords": ["a long keyword"]}):  # fmt: skip
+        with pytest.raises(InvalidJob):
+            parse_job(json.dumps({**base, **bad}).encode())

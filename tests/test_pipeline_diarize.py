@@ -154,3 +154,31 @@ def test_without_word_timestamps_asked_the_diarized_segments_carry_no_words(tran
         samples, word_timestamps=True, diarization=Diarization("speakers", words=False)
     )
     assert result.segments and all(s.words is None and s.speaker for s in result.segments)
+
+
+def test_known_speakers_are_named_and_the_others_lettered(transcriber, processor, audio_dir):
+    """Two of three voices named by clips the conversation does not contain, a third clip of somebody
+    absent: >= 90% of the speech time carries the right label (worker/devtools/known_speakers.py)."""
+    from worker.devtools import known_speakers
+    from worker.pipeline import known_voice
+
+    case = known_speakers.first_set(audio_dir)[0]
+    known = tuple(known_voice(name, clip) for name, clip in case.known.items())
+    result = voice_processor(transcriber, processor).process_samples(
+        case.conversation.samples, diarization=Diarization("speakers", words=False, known=known)
+    )
+    labels = {s.speaker for s in result.segments}
+    present, absent = case.conversation.speakers, set(case.known) - set(case.conversation.speakers)
+    assert labels == {*(set(case.known) & set(present)), "A"}, labels  # the unnamed voice is A
+    assert not labels & absent
+    assert known_speakers.score(case, [(s.start, s.end, s.speaker) for s in result.segments]) >= 0.9
+
+
+@pytest.mark.parametrize(("seconds", "gain", "why"), [(1.5, 1.0, "1.5 s"), (11.0, 1.0, "11.0 s"), (3.0, 0.0, "silent")])
+def test_a_reference_clip_that_cannot_name_anyone_is_a_typed_error(audio_dir, seconds, gain, why):
+    from worker.errors import InvalidReference
+    from worker.pipeline import known_voice
+
+    speech = np.tile(decode_audio(audio_dir / LEFT), 2)[: int(seconds * SAMPLE_RATE)] * gain
+    with pytest.raises(InvalidReference, match=why):
+        known_voice("Ann", speech)

@@ -7,7 +7,8 @@ WorkerError
 │   │   ├── InputNotAllowed the input is outside what the worker may read or fetch
 │   │   ├── ModelNotAllowed the model is not in ALLOWED_MODELS (refused before any download)
 │   │   ├── InvalidChunkTask  a fanned-out chunk task breaks the chunk contract
-│   │   └── SingleChannel   diarize "channels" on audio whose channels cannot tell speakers apart
+│   │   ├── SingleChannel   diarize "channels" on audio whose channels cannot tell speakers apart
+│   │   └── InvalidReference  a known speaker's clip is not 2-10 s of audible audio
 │   ├── UnknownJob          a chunk task names a job that is not being gathered (ended, or never was)
 │   ├── ChunkFailed         a chunk of a fanned-out job failed (its cause in the message)
 │   ├── InputNotFound       the input path or URL does not exist (or is not a file)
@@ -63,6 +64,10 @@ class InvalidChunkTask(InvalidJob):
 class SingleChannel(InvalidJob):
     """diarize "channels" on a recording whose channels cannot tell speakers apart (one channel, the
     same sound on every channel, or more channels than speakers a job may have)."""
+
+
+class InvalidReference(InvalidJob):
+    """A known speaker's reference clip cannot name anyone: not audio, silent, under 2 s or over 10 s."""
 
 
 class UnknownJob(PermanentError):

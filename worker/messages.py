@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AnyUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from worker.errors import InvalidChunkTask, InvalidJob, MalformedJob
-from worker.formats import Format
+from worker.formats import Format, SubtitleOptions
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 
@@ -24,6 +24,10 @@ MAX_PROMPT_CHARS = 2000
 MAX_CHUNK_PIECES = 200
 # Speakers one job may ask for (and channels a "channels" job may have): labels A..T.
 MAX_SPEAKERS = 20
+# Known speakers of a diarized job, and their reference clips' length: OpenAI's limits.
+MAX_KNOWN_SPEAKERS = 4
+REFERENCE_SECONDS = (2.0, 10.0)
+MAX_SPEAKER_NAME_CHARS = 64
 
 # whisper.cpp's language codes, in its own order (whisper_lang_str(0..whisper_lang_max_id()));
 # tests/test_messages.py checks this list against the installed libwhisper.
@@ -64,6 +68,37 @@ class VadRequest(_Strict):
     speech_pad_ms: Annotated[int, Field(ge=0, le=5_000)] | None = None
 
 
+class KnownSpeaker(_Strict):
+    """A speaker a diarized job names: segments in their voice are labelled `name` (a 2-10 s clip of
+    them speaking, fetched under the same rules as the job's audio)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=MAX_SPEAKER_NAME_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    audio: AudioSource
+
+
+class SubtitleRequest(_Strict):
+    """How a job's srt and vtt cues are laid out for reading (worker.formats.SubtitleOptions: what each does)."""
+
+    max_line_width: Annotated[int, Field(ge=1, le=1000)] | None = None  # characters per line
+    max_line_count: Annotated[int, Field(ge=1, le=10)] | None = None  # lines per cue
+    highlight_words: bool = False
+
+    @model_validator(mode="after")
+    def _count_needs_width(self) -> "SubtitleRequest":
+        if self.max_line_count is not None and self.max_line_width is None:
+            raise ValueError("max_line_count needs max_line_width")
+        return self
+
+    @property
+    def needs_word_times(self) -> bool:
+        """Whether the cues are timed by whisper's word times (without them, cues split by line count are
+        timed by their share of the segment's characters, and no word is highlighted)."""
+        return self.highlight_words or self.max_line_count is not None
+
+    def options(self) -> SubtitleOptions:
+        return SubtitleOptions(**self.model_dump())
+
+
 class Job(_Strict):
     """A transcription request."""
 
@@ -71,9 +106,13 @@ class Job(_Strict):
     audio: AudioSource
     model: str | None = None
     language: str | None = Field(default=None, description="language code, or 'auto' / null to detect")
+    # The languages detection may choose from (OpenAI's `languages`), when `language` is not given.
+    languages: Annotated[tuple[str, ...], Field(max_length=len(LANGUAGES))] = ()
     task: Literal["transcribe", "translate"] = "transcribe"
     # Text that conditions the decoder of every chunk (spellings, names, style), as OpenAI's `prompt`.
     prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] | None = None
+    # Words and names to spell as given (OpenAI's `keywords`): folded into the prompt (`decoder_prompt`).
+    keywords: Annotated[tuple[Annotated[str, Field(min_length=1, max_length=100)], ...], Field(max_length=100)] = ()
     # 0: greedy, repeatable. Above 0 whisper samples, and the text changes from run to run.
     temperature: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     # Each segment's words with their times (whisper.cpp's token timestamps; no measurable cost,
@@ -87,17 +126,39 @@ class Job(_Strict):
     num_speakers: Annotated[int, Field(ge=1, le=MAX_SPEAKERS)] | None = None
     min_speakers: Annotated[int, Field(ge=1, le=MAX_SPEAKERS)] | None = None
     max_speakers: Annotated[int, Field(ge=1, le=MAX_SPEAKERS)] | None = None
+    # diarize "speakers": voices to name (the closest cluster to each clip, when close enough).
+    known_speakers: Annotated[tuple[KnownSpeaker, ...], Field(max_length=MAX_KNOWN_SPEAKERS)] = ()
     # Speech detection: null = the worker's CHUNKING; false = no VAD (the energy splitter: everything
     # loud is transcribed); true = VAD with the worker's settings; an object = VAD tuned by the job.
     vad: VadRequest | bool | None = None
     formats: tuple[Format, ...] = ("json",)
+    # How the srt and vtt formats lay out their cues; absent: a cue per segment, on one line.
+    subtitles: SubtitleRequest | None = None
     callback_url: AnyUrl | None = None
+
+    @property
+    def decoder_prompt(self) -> str | None:
+        """The prompt every chunk is decoded with: the job's, then its keywords as a list ("A, B, C."),
+        last, as whisper keeps the end of a long prompt and weighs what it saw last most."""
+        glossary = ", ".join(self.keywords) + "." if self.keywords else None
+        return " ".join(p for p in (self.prompt, glossary) if p) or None
 
     @property
     def needs_word_times(self) -> bool:
         """Whether the job's chunks are transcribed with word times: asked for, or needed to cut segments
-        at speaker turns (diarize "speakers"; the output keeps them only when asked for)."""
-        return self.word_timestamps or self.diarize == "speakers"
+        at speaker turns (diarize "speakers") or to time its subtitles (`subtitle_words`); the result and
+        the json format keep them only when asked for."""
+        return self.word_timestamps or self.diarize == "speakers" or self.subtitle_words
+
+    @property
+    def subtitle_words(self) -> bool:
+        """Whether the job writes srt or vtt cues timed by word times (highlight_words, max_line_count)."""
+        writes_cues = "srt" in self.formats or "vtt" in self.formats
+        return writes_cues and self.subtitles is not None and self.subtitles.needs_word_times
+
+    @property
+    def subtitle_options(self) -> SubtitleOptions:
+        return self.subtitles.options() if self.subtitles is not None else SubtitleOptions()
 
     @model_validator(mode="after")
     def _speaker_counts(self) -> "Job":
@@ -108,7 +169,28 @@ class Job(_Strict):
             raise ValueError("min_speakers is above max_speakers")
         if self.num_speakers and (self.min_speakers or self.max_speakers):
             raise ValueError("give num_speakers, or min_speakers/max_speakers, not both")
+        if self.known_speakers and self.diarize != "speakers":
+            raise ValueError('known_speakers needs diarize "speakers"')
+        names = [k.name for k in self.known_speakers]
+        if len(set(names)) != len(names):
+            raise ValueError("known_speakers: each name once")
         return self
+
+    @model_validator(mode="after")
+    def _prompt_and_languages(self) -> "Job":
+        if self.keywords and len(self.decoder_prompt or "") > MAX_PROMPT_CHARS:
+            raise ValueError(f"prompt and keywords together are over {MAX_PROMPT_CHARS} characters")
+        if self.language and self.languages:
+            raise ValueError("give language, or the languages detection may choose from, not both")
+        return self
+
+    @field_validator("languages")
+    @classmethod
+    def _known_languages(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [v for v in values if v.lower() not in LANGUAGES]
+        if unknown:
+            raise ValueError(f"{', '.join(map(repr, unknown))}: not language codes whisper knows")
+        return tuple(dict.fromkeys(v.lower() for v in values))
 
     @field_validator("language")
     @classmethod

@@ -54,6 +54,7 @@ import bench_diarize
 import bench_engine
 import bench_gateway
 import bench_guard
+import bench_known
 import bench_levers
 import bench_scale
 import bench_vad
@@ -650,6 +651,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--diarize", action="store_true", help="diarization on conversations of real speech: DER, cpWER, cost"
     )
     parser.add_argument(
+        "--known-speakers", action="store_true", help="known speakers named on 3-voice conversations (accuracy)"
+    )
+    parser.add_argument(
         "--conversations",
         type=lambda s: [c for c in s.split(",") if c],
         help="--diarize: only these conversations (comma-separated names)",
@@ -817,6 +821,9 @@ def main() -> int:
         return 0
     if args.diarize:
         return diarize_main(args)
+    if args.known_speakers:
+        print(bench_known.known_markdown(bench_known.run_known(args.model), args.model))
+        return 0
     if args.words:
         print(bench_words.words_markdown(bench_words.run_words(args.model, args.runs)))
         return 0

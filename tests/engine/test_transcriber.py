@@ -119,8 +119,15 @@ def test_multilingual_base_detects_english(base_path, jfk, audio_dir):
     try:
         result = base.transcribe(jfk)
         forced = base.transcribe(jfk, language="en")
+        alone = base.detect_language(jfk)
+        either = base.detect_language(jfk, among=("en", "de"))
+        neither = base.detect_language(jfk, among=("de", "fr"))
     finally:
         base.close()
+
+    # Detection among the languages the audio may be in: the likeliest of those, sure among them.
+    assert alone[0] == either[0] == "en" and 0.5 < alone[1] <= either[1] <= 1.0
+    assert neither[0] in ("de", "fr") and 0.5 <= neither[1] < 1.0
 
     assert base.multilingual
     assert result.language == "en" and result.language_probability > 0.5

@@ -1,6 +1,7 @@
 """The gateway as its users meet it: the official `openai` client and curl against `cmd/gateway/main.py`,
 with a real worker process behind a real rabbitmq-server (everything on 127.0.0.1)."""
 
+import base64
 import functools
 import http.server
 import json
@@ -21,6 +22,8 @@ import soundfile
 from conftest import ROOT
 from harness import GatewayProcess, Service, gateway_env, new_topology, stop_and_check
 
+from worker.devtools import known_speakers
+from worker.devtools.conversations import write
 from worker.devtools.local_broker import free_port
 from worker.media.audio import decode_audio, write_wav
 
@@ -118,6 +121,35 @@ def test_word_timestamps_through_the_openai_client_and_curl(client, gateway, aud
     assert status == 200 and [w["word"] for w in body["words"]] == [w.word for w in words]
     status, body = curl(gateway, f"file=@{audio_dir / JFK}", "timestamp_granularities[]=letter")
     assert status == 400 and "timestamp_granularities" in body["error"]["message"]
+
+
+def cue_lines(subtitles: str) -> list[list[str]]:
+    """Each srt cue's text lines (its number and times left out)."""
+    return [cue.split("\n")[2:] for cue in subtitles.strip().split("\n\n")]
+
+
+def test_readable_subtitles_wrap_lines_split_cues_and_highlight_words(client, gateway, audio_dir):
+    with open(audio_dir / JFK, "rb") as audio:
+        plain = client.audio.transcriptions.create(model="whisper-1", file=audio, response_format="srt")
+        audio.seek(0)
+        readable = client.audio.transcriptions.create(
+            model="whisper-1", file=audio, response_format="srt", extra_body={"max_line_width": 16, "max_line_count": 2}
+        )
+    cues = cue_lines(readable)
+    assert all(len(line) <= 16 for lines in cues for line in lines) and all(len(lines) <= 2 for lines in cues)
+    assert len(cues) > len(cue_lines(plain))  # segments too long for two lines went on in new cues
+    words = [w for lines in cues for line in lines for w in line.split()]
+    assert words == [w for lines in cue_lines(plain) for line in lines for w in line.split()]  # the same text
+    starts = [line.split(" --> ")[0] for line in readable.splitlines() if " --> " in line]
+    assert starts == sorted(starts)
+    status, vtt = curl(gateway, f"file=@{audio_dir / JFK}", "response_format=vtt", "highlight_words=true")
+    highlighted = [cue for cue in vtt.split("\n\n") if "<u>" in cue]
+    assert status == 200 and vtt.startswith("WEBVTT") and len(highlighted) >= 20  # a cue per word said
+    for field in ("max_line_count=2", "max_line_width=0", "max_line_width=wide", "highlight_words=maybe"):
+        status, body = curl(gateway, f"file=@{audio_dir / JFK}", "response_format=srt", field)
+        assert (status, body["error"]["code"]) == (400, "invalid_field"), field
+    status, body = curl(gateway, f"file=@{audio_dir / JFK}", "max_line_width=42")  # json: no cues to lay out
+    assert status == 400 and "response_format srt or vtt" in body["error"]["message"]
 
 
 def test_a_prompt_reaches_every_chunk_and_the_temperature_is_echoed(client, gateway):
@@ -599,3 +631,83 @@ def test_a_url_job_for_this_machine_is_refused_without_a_request(gateway, file_s
 
     assert record["state"] == "failed" and "InputNotAllowed" in json.dumps(record), record
     assert "loopback" in json.dumps(record) and seen == []
+
+
+def data_url(samples: np.ndarray, path: Path) -> str:
+    soundfile.write(path, samples, 16000, subtype="PCM_16")
+    return "data:audio/wav;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def test_known_speakers_are_named_by_their_clips(client, gateway, audio_dir, tmp_path):
+    """Three voices, two named by clips of their own that the conversation does not hold, plus the clip of
+    somebody who is not there (worker/devtools/known_speakers.py): OpenAI's fields through its client."""
+    case = known_speakers.first_set(audio_dir)[0]
+    names = list(case.known)
+    references = [data_url(clip, tmp_path / f"{name}.wav") for name, clip in case.known.items()]
+    with open(write(case.conversation, tmp_path / "talk.wav"), "rb") as audio:
+        answer = client.audio.transcriptions.create(
+            model="gpt-4o-transcribe-diarize", file=audio, response_format="diarized_json", chunking_strategy="auto",
+            known_speaker_names=names, known_speaker_references=references,
+        )  # fmt: skip
+    labels = {s.speaker for s in answer.segments}
+    assert labels == {*(set(names) & set(case.conversation.speakers)), "A"}, labels  # the unnamed voice: A
+    assert known_speakers.score(case, [(s.start, s.end, s.speaker) for s in answer.segments]) >= 0.9
+    assert list(gateway.upload_dir.iterdir()) == []  # the clips went with the audio
+
+
+def test_known_speakers_that_cannot_be_used_are_refused(gateway, audio_dir, tmp_path):
+    speech = decode_audio(audio_dir / JFK)
+    (tmp_path / "clip.txt").write_text(data_url(speech[: 4 * 16000], tmp_path / "clip.wav"))
+    (tmp_path / "short.txt").write_text(data_url(speech[:16000], tmp_path / "short.wav"))
+    clip = f"<{tmp_path / 'clip.txt'}"  # curl -F name=<file: the field's value read from the file as it is
+
+    def literally(value: str) -> str:  # curl -F would take a value's ";type=..." as its own option
+        path = tmp_path / f"value-{len(list(tmp_path.iterdir()))}.txt"
+        path.write_text(value)
+        return f"<{path}"
+
+    jfk = f"file=@{audio_dir / JFK}"
+    diarized = "response_format=diarized_json"
+    cases = {
+        "invalid_known_speakers": [
+            (jfk, diarized, "known_speaker_names[]=Ann"),  # a name without a clip
+            (jfk, "known_speaker_names[]=Ann", f"known_speaker_references[]={clip}"),  # not diarized
+            (jfk, diarized, *(f"known_speaker_names[]=n{k}" for k in range(5)),
+             *(f"known_speaker_references[]={clip}" for _ in range(5))),  # more than 4
+            (jfk, diarized, "known_speaker_names[]=Ann", "known_speaker_references[]=http://127.0.0.1/ann.wav"),
+            (jfk, diarized, "known_speaker_names[]=Ann", f"known_speaker_references[]={literally('data:text/plain;base64,aGk=')}"),
+            (jfk, diarized, "known_speaker_names[]=Ann", f"known_speaker_references[]={literally('data:audio/wav;base64,@@')}"),
+        ],
+        "InvalidReference": [  # checked by the worker, which decodes the clip
+            (jfk, diarized, "known_speaker_names[]=Ann",
+             f"known_speaker_references[]=<{tmp_path / 'short.txt'}"),
+            (jfk, diarized, "known_speaker_names[]=Ann",
+             "known_speaker_references[]="
+             + literally("data:audio/wav;base64," + base64.b64encode(b"not audio" * 500).decode())),
+        ],
+    }  # fmt: skip
+    for code, requests_ in cases.items():
+        for fields in requests_:
+            status, body = curl(gateway, *fields)
+            assert (status, body["error"]["code"]) == (400, code), (fields[1:], body)
+    time.sleep(0.5)
+    assert list(gateway.upload_dir.iterdir()) == []  # nothing left behind
+
+
+def test_languages_limit_detection_and_keywords_reach_every_chunk(client, gateway, audio_dir):
+    with open(audio_dir / JFK, "rb") as audio:
+        free = client.audio.transcriptions.create(model="base", file=audio, response_format="verbose_json")
+        audio.seek(0)
+        among = client.audio.transcriptions.create(
+            model="base", file=audio, response_format="verbose_json", languages=["de", "fr"]
+        )
+    assert free.language == "en" and 0.5 < free.model_extra["language_probability"] <= 1.0
+    assert among.language in ("de", "fr") and 0.5 <= among.model_extra["language_probability"] < 1.0
+    status, body = curl(gateway, f"file=@{audio_dir / JFK}", "languages[]=klingon")
+    assert status == 400 and "klingon" in body["error"]["message"]
+    status, body = curl(gateway, f"file=@{audio_dir / JFK}", "language=en", "languages[]=de")
+    assert status == 400 and "not both" in body["error"]["message"]
+    # The 231 s recording's Gutenberg is misspelt without help (the prompt test); a keyword spells it.
+    with open(Path(gateway.env["GATEWAY_UPLOAD_DIR"]).parent / LONG, "rb") as audio:
+        spelt = client.audio.transcriptions.create(model="whisper-1", file=audio, keywords=["Gutenberg"])
+    assert spelt.text.count("Gutenberg") >= 1

@@ -50,3 +50,29 @@ def test_a_span_gets_the_speaker_it_overlaps_most_else_the_nearest():
     assert speaker_of(found, 1.9, 3.0) == 1
     assert speaker_of(found, 6.0, 6.5) == 1
     assert speaker_of([], 0, 1) is None
+
+
+def test_known_speakers_are_paired_one_each_and_only_when_close_enough():
+    from worker.media.turns import named
+
+    centres = voices(1, 1, 1, seed=4)
+    heard = {0: centres[0], 1: centres[1]}
+    references = np.stack([centres[1], centres[2], 0.9 * centres[0] + 0.1 * centres[1]])
+    references /= np.linalg.norm(references, axis=1, keepdims=True)
+    assert named(heard, references, least=0.8) == {0: 2, 1: 0}  # each voice its own clip, the absent one unused
+    assert named(heard, references[1:2], least=0.8) == {}  # a clip like nobody here names nobody
+    assert named({}, references, least=0.8) == {}
+
+
+def test_windows_that_clearly_sound_like_a_known_speaker_are_split_out_of_the_cluster_they_fell_in():
+    from worker.media.turns import anchored
+
+    embeddings = voices(10, 6, 8, seed=5)
+    merged = np.array([0] * 16 + [1] * 8)  # the count estimate put voice 1 in voice 0's cluster
+    reference = embeddings[10:16].mean(axis=0)
+    reference /= np.linalg.norm(reference)
+    split = anchored(merged, embeddings, reference[None, :], TurnOptions())
+    assert len(set(split[10:16].tolist())) == 1 and split[10] not in (0, 1)
+    assert (split[:10] == 0).all() and (split[16:] == 1).all()
+    too_few = TurnOptions(min_speaker_windows=7)  # 6 windows: no speaker of their own
+    assert (anchored(merged, embeddings, reference[None, :], too_few) == merged).all()

@@ -8,9 +8,9 @@ import pytest
 
 from worker.egress import EgressPolicy
 from worker.errors import InputNotAllowed
-from worker.messages import Result
+from worker.messages import Result, parse_job
 from worker.pipeline import PipelineOptions, Processor
-from worker.service.jobs import Delivery, HandlerOptions, JobHandler
+from worker.service.jobs import Delivery, HandlerOptions, JobHandler, diarization_of
 
 
 @pytest.fixture
@@ -123,3 +123,24 @@ def test_a_marker_that_cannot_be_written_does_not_raise(handler, tmp_path, log_m
     handler.mark_published(Result(job_id="blocked", status="completed", text="hi"))
 
     assert any("marker could not be written" in m for level, m in log_messages if level == "ERROR")
+
+
+def test_subtitles_timed_by_word_times_the_job_did_not_ask_to_see(handler, tmp_path):
+    subtitles = {"max_line_width": 20, "max_line_count": 1, "highlight_words": True}
+    body = {"job_id": "subs", "audio": {"path": "jfk.flac"}, "formats": ["json", "srt"], "subtitles": subtitles}
+
+    outcome = handler.handle(Delivery(body=json.dumps(body).encode()))
+
+    assert outcome.action == "complete"
+    srt = (tmp_path / "out" / "subs" / "transcript.srt").read_text()
+    assert "<u>ask</u>" in srt.lower()  # the words reached the srt writer...
+    document = json.loads((tmp_path / "out" / "subs" / "transcript.json").read_text())
+    assert all("words" not in s for s in document["segments"])  # ...and stay out of the json and the result
+    assert all(s.words is None for s in outcome.result.segments)
+
+
+def test_speaker_turns_keep_their_words_for_subtitles_timed_by_them():
+    job = {"job_id": "d", "audio": {"path": "a.flac"}, "diarize": "speakers", "formats": ["srt"]}
+    assert not diarization_of(parse_job(json.dumps(job).encode())).words  # cut at turns, then dropped
+    job["subtitles"] = {"highlight_words": True}
+    assert diarization_of(parse_job(json.dumps(job).encode())).words  # kept for the srt writer

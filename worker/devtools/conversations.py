@@ -264,6 +264,11 @@ def _cut(samples: np.ndarray, bounds: list[tuple[int, int]], texts: list[str]) -
     return tuple(utterances)
 
 
+def utterance(samples: np.ndarray, text: str) -> Utterance:
+    """A whole recording as one utterance: trimmed to its speech, levelled."""
+    return _cut(samples, [(0, samples.size)], [text])[0]
+
+
 def _trimmed(voiced: np.ndarray, start: int, end: int) -> tuple[int, int]:
     """[start, end) narrowed to its first and last voiced frame (plus PAD_SECONDS)."""
     first, last = start // FRAME, min(voiced.size, -(-end // FRAME))

@@ -210,11 +210,11 @@ class _NativeBackend:
             return n_samples <= self.engine.max_samples
         return self._decoding.audio_ctx(n_samples) != 0
 
-    def detect_language(self, audio: np.ndarray, *, n_threads: int) -> tuple[str, float]:
+    def detect_language(self, audio: np.ndarray, *, n_threads: int) -> dict[str, float]:
         if self.engine is not None:
             return self.engine.detect_language(audio)
 
-        def detect(threads: int) -> tuple[str, float]:
+        def detect(threads: int) -> dict[str, float]:
             with self._full.borrow() as state:
                 return libwhisper.detect_language(self._context, state, audio, n_threads=threads)
 
@@ -320,10 +320,10 @@ class _ModelPoolBackend:
     def fitted(self, n_samples: int) -> bool:
         return False
 
-    def detect_language(self, audio: np.ndarray, *, n_threads: int) -> tuple[str, float]:
+    def detect_language(self, audio: np.ndarray, *, n_threads: int) -> dict[str, float]:
         with self._hold(), self._models.borrow() as model:
-            (language, probability), _ = model.auto_detect_language(audio, n_threads=n_threads)
-        return language, float(probability)
+            _, probabilities = model.auto_detect_language(audio, n_threads=n_threads)
+        return {code: float(p) for code, p in probabilities.items()}
 
     def close(self) -> None:
         self._models = None

@@ -100,8 +100,8 @@ class BatchedEngine:
         self._submit(lambda: self._waiting.append(window))
         return window.future.result()
 
-    def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
-        """(language code, probability) of the first window of `audio`: one encoder pass over exactly its
+    def detect_language(self, audio: np.ndarray) -> dict[str, float]:
+        """Each language's probability in the first window of `audio`: one encoder pass over exactly its
         audio and one decoder pass from <|startoftranscript|> (whisper.cpp encodes the full 30 s for it)."""
         audio = audio[: self.max_samples]
         return self.call(lambda: self._passes.detect(audio, self._audio_ctx(audio.size)))

@@ -71,8 +71,8 @@ class Passes:
         self.active: list[Window] = []
         self.stats = EngineStats()
 
-    def detect(self, audio: np.ndarray, n_audio_ctx: int) -> tuple[str, float]:
-        """(language, probability) from one encoder pass over `audio` and one decoder pass from <|startoftranscript|>."""
+    def detect(self, audio: np.ndarray, n_audio_ctx: int) -> dict[str, float]:
+        """Each language's probability, by code, from one encoder pass over `audio` and one decoder pass from <|startoftranscript|>."""
         lib, ctx = self.context.lib, self.context.handle
         codes = [lib.whisper_lang_str(i).decode() for i in range(lib.whisper_lang_max_id() + 1)]
         tokens = np.array([lib.whisper_token_lang(ctx, i) for i in range(len(codes))])
@@ -88,10 +88,8 @@ class Passes:
             self._idle.append(state)
         scores = row[tokens[known]].astype(np.float64)
         probabilities = np.exp(scores - scores.max())
-        best = int(np.argmax(probabilities))
-        return [c for c, k in zip(codes, known, strict=True) if k][best], float(
-            probabilities[best] / probabilities.sum()
-        )
+        probabilities /= probabilities.sum()
+        return dict(zip([c for c, k in zip(codes, known, strict=True) if k], probabilities.tolist(), strict=True))
 
     def admit(self, windows: list[Window]) -> None:
         """Mel and one encoder pass for each window; then they join the batch."""

@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -215,7 +215,7 @@ class WhisperTranscriber:
         try:
             probability = None
             if language is None and self.multilingual:
-                language, probability = self._backend.detect_language(audio, n_threads=n_threads)
+                language, probability = likeliest(self._backend.detect_language(audio, n_threads=n_threads))
             decode = functools.partial(
                 self._backend.transcribe,
                 audio,
@@ -278,12 +278,15 @@ class WhisperTranscriber:
                 best, check = retry, again
         return best
 
-    def detect_language(self, audio: np.ndarray, *, n_threads: int | None = None) -> tuple[str, float]:
-        """(language code, probability) from the first 30 s of `audio`; multilingual models only."""
+    def detect_language(
+        self, audio: np.ndarray, *, n_threads: int | None = None, among: Sequence[str] = ()
+    ) -> tuple[str, float]:
+        """(language code, probability) from the first 30 s of `audio`; multilingual models only.
+        `among`: the languages it may be (OpenAI's `languages`), the probability then among them."""
         if not self.multilingual:
             raise ValueError(f"{self.model_path.name} is English-only: it cannot detect languages")
         audio = _as_model_input(audio)
-        return self._backend.detect_language(audio, n_threads=n_threads or self.n_threads)
+        return likeliest(self._backend.detect_language(audio, n_threads=n_threads or self.n_threads), among)
 
     def close(self) -> None:
         self._backend.close()
@@ -300,6 +303,15 @@ def _guard_for(backend: WhisperBackend, guard: GuardOptions) -> GuardOptions:
         backend.name,
     )
     return dataclasses.replace(guard, retry=False)
+
+
+def likeliest(probabilities: dict[str, float], among: Sequence[str] = ()) -> tuple[str, float]:
+    """The likeliest language and its probability; with `among`, the likeliest of those, its probability
+    renormalised over them (how sure detection is between the languages the audio may be in)."""
+    choices = {code: probabilities.get(code, 0.0) for code in among} if among else probabilities
+    best = max(choices, key=choices.__getitem__)
+    total = sum(choices.values())
+    return best, (choices[best] / total if total > 0 else 0.0)
 
 
 def _as_model_input(audio: np.ndarray) -> np.ndarray:

@@ -25,12 +25,13 @@ class Waiters:
 
     def __init__(self, uploads: UploadStore) -> None:
         self._uploads = uploads
-        self._futures: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future, str]] = {}
+        self._futures: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future, tuple[str, ...]]] = {}
 
-    def expect(self, job_id: str, token: str) -> asyncio.Future:
+    def expect(self, job_id: str, *tokens: str) -> asyncio.Future:
+        """The future of `job_id`'s result; its uploads (`tokens`: the audio, known speakers' clips) go with it."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._futures[job_id] = (loop, future, token)
+        self._futures[job_id] = (loop, future, tokens)
         return future
 
     def forget(self, job_id: str) -> None:
@@ -48,14 +49,15 @@ class Waiters:
         entry = self._futures.pop(result.job_id, None)
         if entry is None:
             return  # its request gave up (504, or the connection was lost): the upload expires
-        loop, future, token = entry
-        self._uploads.delete(token)
+        loop, future, tokens = entry
+        for token in tokens:
+            self._uploads.delete(token)
         loop.call_soon_threadsafe(_settle, future, result, None)
 
     def fail_all(self) -> None:
         """The broker connection was lost (the broker's thread): every waiting request gets 503 now."""
         entries, self._futures = self._futures, {}
-        for job_id, (loop, future, _token) in entries.items():
+        for job_id, (loop, future, _tokens) in entries.items():
             error = BrokerUnavailable(f"the broker connection was lost while job {job_id} waited for its result")
             loop.call_soon_threadsafe(_settle, future, None, error)
 

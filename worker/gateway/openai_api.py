@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from worker.formats import to_srt, to_vtt
-from worker.messages import Result, VadRequest, problems
+from worker.formats import PLAIN, SubtitleOptions, to_srt, to_vtt
+from worker.messages import Result, SubtitleRequest, VadRequest, problems
 
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json", "diarized_json"]
 RESPONSE_FORMATS: tuple[str, ...] = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")
@@ -32,6 +32,7 @@ def diarize_of(requested: str | None, model: str, response_format: str) -> Diari
 _STATUS = {
     "InvalidJob": (400, "invalid_request_error"),
     "SingleChannel": (400, "invalid_request_error"),
+    "InvalidReference": (400, "invalid_request_error"),
     "MalformedJob": (400, "invalid_request_error"),
     "AudioDecodeError": (400, "invalid_request_error"),
     "EmptyAudio": (400, "invalid_request_error"),
@@ -107,6 +108,24 @@ def chunking_field(form: Mapping[str, Any]) -> "ChunkingStrategy | None":
         ) from None
 
 
+def subtitles_of(
+    max_line_width: int | None, max_line_count: int | None, highlight_words: bool, response_format: str
+) -> SubtitleRequest | None:
+    """The job's `subtitles` from our form fields (whisper-asr-webservice's and WhisperX's names), None when
+    none is given. They lay out srt and vtt cues only: with another response_format they are a 400."""
+    if max_line_width is None and max_line_count is None and not highlight_words:
+        return None
+    if response_format not in ("srt", "vtt"):
+        message = "max_line_width, max_line_count and highlight_words need response_format srt or vtt"
+        raise ApiError(400, message, code="invalid_field")
+    try:
+        return SubtitleRequest(
+            max_line_width=max_line_width, max_line_count=max_line_count, highlight_words=highlight_words
+        )
+    except ValidationError as exc:
+        raise ApiError(400, problems(exc.errors(), whole="request"), code="invalid_field") from None
+
+
 def failed(result: Result) -> ApiError:
     """The ApiError of a failed job (its error code kept as OpenAI's `code`)."""
     code = result.error.code if result.error else "InternalError"
@@ -138,15 +157,17 @@ def render(
     temperature: float = 0.0,
     *,
     granularities: Sequence[str] = ("segment",),
+    subtitles: SubtitleOptions = PLAIN,
 ) -> tuple[str, str]:
-    """(body, media type) of a completed result in OpenAI's `response_format`; `granularities` shape verbose_json."""
+    """(body, media type) of a completed result in OpenAI's `response_format`; `granularities` shape
+    verbose_json, `subtitles` srt and vtt."""
     segments = result.segments or []
     if fmt == "text":
         return (result.text or "") + "\n", "text/plain; charset=utf-8"
     if fmt == "srt":
-        return to_srt(segments), "text/plain; charset=utf-8"
+        return to_srt(segments, subtitles=subtitles), "text/plain; charset=utf-8"
     if fmt == "vtt":
-        return to_vtt(segments), "text/vtt; charset=utf-8"
+        return to_vtt(segments, subtitles=subtitles), "text/vtt; charset=utf-8"
     if fmt == "json":
         return json.dumps({"text": result.text or "", **logprobs(result), "usage": usage(result)}), "application/json"
     if fmt == "diarized_json":
@@ -200,6 +221,7 @@ def verbose(
     document: dict[str, Any] = {
         "task": task,
         "language": result.language,
+        "language_probability": result.language_probability,  # ours: detection's, null when none ran
         "duration": result.duration_seconds,
         "text": result.text or "",
     }

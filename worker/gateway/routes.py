@@ -32,13 +32,15 @@ from worker.gateway.openai_api import (
     diarize_of,
     failed,
     render,
+    subtitles_of,
     timed_out,
     vad_of,
 )
+from worker.gateway.speakers import check_known, stored
 from worker.gateway.store import JobStore, dumps
 from worker.gateway.streaming import STREAMED_FORMATS, transcript_events
 from worker.gateway.uploads import UploadStore
-from worker.messages import LANGUAGES, MAX_PROMPT_CHARS, ErrorInfo, Job, Result, problems
+from worker.messages import LANGUAGES, MAX_PROMPT_CHARS, ErrorInfo, Job, Result, SubtitleRequest, problems
 
 PAGE = Path(__file__).with_name("static") / "index.html"
 AudioFile = Annotated[UploadFile, File()]
@@ -48,6 +50,7 @@ Temperature = Annotated[float, Form(ge=0.0, le=1.0)]
 # OpenAI's clients send a list field as repeated `name[]` parts.
 Granularities = Annotated[list[Literal["segment", "word"]], Form(alias="timestamp_granularities[]")]
 _SSE_RECHECK_SECONDS = 5.0
+LIST_FIELDS = ("languages", "keywords", "known_speaker_names", "known_speaker_references")
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,22 @@ class JobRequest(BaseModel):
     num_speakers: int | None = None
     min_speakers: int | None = None
     max_speakers: int | None = None
+    # The job's `subtitles` (checked there): they lay out a job's srt and vtt; a record answers with the
+    # result, not with cues, so today they only travel with the job.
+    max_line_width: int | None = None
+    max_line_count: int | None = None
+    highlight_words: bool = False
+    # OpenAI's fields (the job checks them); a known speaker's reference: a data URL, or an http(s) URL
+    # the worker fetches under its URL rules.
+    languages: list[str] = []
+    keywords: list[str] = []
+    known_speaker_names: list[str] = []
+    known_speaker_references: list[str] = []
 
     def decoding(self) -> dict:
         return {
+            "languages": self.languages,
+            "keywords": self.keywords,
             "prompt": self.prompt or None,
             "temperature": self.temperature,
             "word_timestamps": self.word_timestamps,
@@ -92,6 +108,7 @@ class JobRequest(BaseModel):
             "num_speakers": self.num_speakers,
             "min_speakers": self.min_speakers,
             "max_speakers": self.max_speakers,
+            "subtitles": self.model_dump(include=set(SubtitleRequest.model_fields), exclude_defaults=True) or None,
         }
 
 
@@ -167,6 +184,11 @@ def _flag(form, name: str) -> bool:
     raise ApiError(400, f"{name} must be true or false", code="invalid_field")
 
 
+def _list(form, name: str) -> list[str]:
+    """A list field: repeated `name[]` parts, as OpenAI's clients send one (or `name`, as curl users may)."""
+    return [v for v in form.getlist(f"{name}[]") + form.getlist(name) if isinstance(v, str)]
+
+
 def _count(form, name: str) -> int | None:
     value = _text(form, name)
     if value is None:
@@ -175,6 +197,11 @@ def _count(form, name: str) -> int | None:
         return int(value)
     except ValueError:
         raise ApiError(400, f"{name} must be a whole number", code="invalid_field") from None
+
+
+def _subtitles(form, response_format: str) -> SubtitleRequest | None:
+    width, count = _count(form, "max_line_width"), _count(form, "max_line_count")
+    return subtitles_of(width, count, _flag(form, "highlight_words"), response_format)
 
 
 def misc_routes(parts: Parts) -> APIRouter:
@@ -221,11 +248,12 @@ def audio_routes(parts: Parts) -> APIRouter:
         num_speakers = _count(form, "num_speakers")
         if response_format not in RESPONSE_FORMATS:
             raise ApiError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}", code="invalid_field")
+        subtitles = _subtitles(form, response_format)
         stream = _flag(form, "stream")
         if stream and response_format not in STREAMED_FORMATS:
             raise ApiError(400, f"stream=true answers {', '.join(STREAMED_FORMATS)} as events; {response_format} "
                            "is not streamed (ask without stream)", code="invalid_field")  # fmt: skip
-        include = [v for v in form.getlist("include[]") + form.getlist("include") if isinstance(v, str)]
+        include = _list(form, "include")
         if set(include) - {"logprobs"}:
             raise ApiError(400, "include[] takes logprobs only", code="invalid_field")
         if form.getlist("timestamp_granularities[]") and response_format != "verbose_json":
@@ -233,11 +261,26 @@ def audio_routes(parts: Parts) -> APIRouter:
         name = parts.check_request(model, language)
         if prompt and len(prompt) > MAX_PROMPT_CHARS:
             raise ApiError(400, f"prompt is longer than {MAX_PROMPT_CHARS} characters", code="invalid_field")
-        token = parts.store_upload(file)
-        job = parts.new_job(token, None, name, language, task, prompt=prompt or None, temperature=temperature,
-                            word_timestamps="word" in granularities, vad=vad, diarize=diarize,
-                            num_speakers=num_speakers, logprobs=bool(include))  # fmt: skip
-        waiting = parts.bridge.waiters.expect(job.job_id, token)
+        names, references = _list(form, "known_speaker_names"), _list(form, "known_speaker_references")
+        check_known(names, references, diarized=diarize == "speakers")
+        known, clips = stored(names, references, parts.uploads, options.public_url)
+        openai_fields = {
+            "known_speakers": known,
+            "languages": _list(form, "languages"),
+            "keywords": _list(form, "keywords"),
+        }
+        # The answer is srt or vtt: word times that lay out its cues are asked for, and never shown.
+        words = "word" in granularities or (subtitles is not None and subtitles.needs_word_times)
+        try:
+            token = parts.store_upload(file)
+            job = parts.new_job(token, None, name, language, task, prompt=prompt or None, temperature=temperature,
+                                word_timestamps=words, vad=vad, diarize=diarize, num_speakers=num_speakers,
+                                logprobs=bool(include), subtitles=subtitles, **openai_fields)  # fmt: skip
+        except ApiError:
+            for clip in clips:
+                parts.uploads.delete(clip)
+            raise
+        waiting = parts.bridge.waiters.expect(job.job_id, token, *clips)
         if stream:
             return await streamed(job, token, waiting, response_format)
         await parts.publish(job, token, wait=True)
@@ -250,7 +293,8 @@ def audio_routes(parts: Parts) -> APIRouter:
             raise broker_lost(exc) from None
         if result.status != "completed":
             raise failed(result)
-        body, media_type = render(result, response_format, task, temperature, granularities=granularities)
+        body, media_type = render(result, response_format, task, temperature, granularities=granularities,
+                                  subtitles=job.subtitle_options)  # fmt: skip
         return Response(body, media_type=media_type, headers={"x-job-id": job.job_id})
 
     async def streamed(job: Job, token: str, waiting: asyncio.Future, response_format: str) -> Response:
@@ -315,15 +359,19 @@ def job_routes(parts: Parts) -> APIRouter:
                 return JobRequest.model_validate_json(await request.body()), None
             except ValidationError as exc:
                 raise ApiError(400, problems(exc.errors()), code="invalid_field") from None
-        form = await request.form(max_files=1, max_fields=20)
+        form = await request.form(max_files=1, max_fields=250)  # keywords: up to 100
         file = form.get("file")
         if not isinstance(file, FormFile):
             raise ApiError(400, "file: a file upload is required", code="invalid_field")
         fields = {
             k: v
             for k, v in form.items()
-            if k != "file" and isinstance(v, str) and not k.startswith("chunking_strategy")
+            if k != "file"
+            and isinstance(v, str)
+            and not k.startswith("chunking_strategy")
+            and k.removesuffix("[]") not in LIST_FIELDS
         }
+        fields |= {name: _list(form, name) for name in LIST_FIELDS if name in form or f"{name}[]" in form}
         try:
             return JobRequest(url="http://upload.invalid/", chunking_strategy=chunking_field(form), **fields), file
         except ValidationError as exc:
@@ -336,7 +384,10 @@ def job_routes(parts: Parts) -> APIRouter:
         name = parts.check_request(spec.model, spec.language)
         token = parts.store_upload(file) if file is not None else None
         url = None if file is not None else str(spec.url)
-        job = parts.new_job(token, url, name, spec.language, spec.task, **spec.decoding())
+        names, references = spec.known_speaker_names, spec.known_speaker_references
+        check_known(names, references, diarized=spec.decoding()["diarize"] == "speakers")
+        known, _clips = stored(names, references, parts.uploads, parts.options.public_url, urls=True)  # expire by TTL
+        job = parts.new_job(token, url, name, spec.language, spec.task, known_speakers=known, **spec.decoding())
         # Recorded before the publish (its result may come back before this request ends), and marked
         # failed if the publish fails: no record stays "queued" for a job the broker never had.
         record = await asyncio.to_thread(store.add, job.job_id, task=spec.task, model=name, upload_token=token)

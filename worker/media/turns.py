@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.ndimage import uniform_filter1d
+from scipy.optimize import linear_sum_assignment
 
 from worker.media.speech import VadOptions, speech_regions
 
@@ -28,6 +29,10 @@ HOP_SECONDS = 0.8
 MIN_WINDOW_SECONDS = 0.5  # a region shorter than this gives no window of its own
 STEP_SECONDS = 0.1  # the grid turns are decided on
 MAX_CLUSTERED = 2000  # windows clustered at most (the distance matrix is this squared)
+
+
+KNOWN_SIMILARITY = 0.8
+KNOWN_WINDOW_SIMILARITY = 0.7
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,13 @@ class TurnOptions:
     min_turn_seconds: float = 1.0
     # With the count estimated, a cluster of fewer windows (0.8 s apart) is no speaker of its own.
     min_speaker_windows: int = 3
+    # Cosine similarity a speaker's voice (the mean of their windows) must reach with a known speaker's
+    # reference clip to take their name: chosen on ../shared/audio's voices, checked on held-out ones
+    # (cmd/bench --known-speakers; docs/accuracy.md).
+    known_similarity: float = KNOWN_SIMILARITY
+    # A window at least this similar to a known speaker's clip (and more than to any other clip) is
+    # theirs, whatever cluster it fell in: a voice the count estimate merged with another is split out.
+    known_window_similarity: float = KNOWN_WINDOW_SIMILARITY
 
 
 @dataclass(frozen=True)
@@ -169,6 +181,42 @@ def speaker_of(turns_: list[Turn], start: float, end: float) -> int | None:
         return turns_[best].speaker
     middle = (lo + hi) / 2
     return min(turns_, key=lambda t: min(abs(t.start - middle), abs(t.end - middle))).speaker
+
+
+def anchored(labels: np.ndarray, embeddings: np.ndarray, references: np.ndarray, options: TurnOptions) -> np.ndarray:
+    """Cluster labels with the windows that clearly sound like a known speaker (their clip the closest,
+    at least known_window_similarity) given a label of that speaker's own, when min_speaker_windows do."""
+    if references.size == 0 or labels.size == 0:
+        return labels
+    similarity = embeddings @ references.T
+    best = np.argmax(similarity, axis=1)
+    clear = similarity[np.arange(labels.size), best] >= options.known_window_similarity
+    relabelled = labels.copy()
+    for k in range(references.shape[0]):
+        theirs = clear & (best == k)
+        if theirs.sum() >= options.min_speaker_windows:
+            relabelled[theirs] = labels.max() + 1 + k
+    return relabelled
+
+
+def voices_of(found: list[Turn], spans: list[tuple[int, int]], embeddings: np.ndarray) -> dict[int, np.ndarray]:
+    """Each speaker's voice: the unit mean of the windows their turns cover most."""
+    owners = [speaker_of(found, start / SAMPLE_RATE, end / SAMPLE_RATE) for start, end in spans]
+    return {
+        speaker: _unit(embeddings[[k for k, owner in enumerate(owners) if owner == speaker]].mean(axis=0))
+        for speaker in sorted({o for o in owners if o is not None})
+    }
+
+
+def named(voices: dict[int, np.ndarray], references: np.ndarray, least: float) -> dict[int, int]:
+    """speaker -> known speaker (a row of `references`): one each, the pairing of the highest total
+    cosine similarity (Hungarian), a pair kept only when its similarity is at least `least`."""
+    if not voices or references.size == 0:
+        return {}
+    speakers = list(voices)
+    similarity = np.stack([voices[s] for s in speakers]) @ references.T
+    rows, columns = linear_sum_assignment(similarity, maximize=True)
+    return {speakers[r]: int(c) for r, c in zip(rows, columns, strict=True) if similarity[r, c] >= least}
 
 
 def _majority(labels: np.ndarray, speakers: int, width: int) -> np.ndarray:

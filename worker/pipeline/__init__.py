@@ -10,6 +10,7 @@ speech is), chunks.py (the transcriber) and speakers.py (who said it) over model
 from worker.pipeline.model import (
     Chunking,
     Diarization,
+    KnownVoice,
     PipelineOptions,
     Prepared,
     Progress,
@@ -24,10 +25,12 @@ from worker.pipeline.model import (
     segment_out,
 )
 from worker.pipeline.processor import Processor
+from worker.pipeline.speakers import known_voice
 
 __all__ = [
     "Chunking",
     "Diarization",
+    "KnownVoice",
     "PipelineOptions",
     "Prepared",
     "Processor",
@@ -38,6 +41,7 @@ __all__ = [
     "VoiceEmbedder",
     "chunk_samples",
     "joined",
+    "known_voice",
     "segment_document",
     "segment_in",
     "segment_out",

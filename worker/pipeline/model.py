@@ -76,6 +76,14 @@ class Conditioning:
 
 
 @dataclass(frozen=True)
+class KnownVoice:
+    """A speaker a job names, and a clip of their voice (16 kHz mono, checked by speakers.known_voice)."""
+
+    name: str
+    samples: np.ndarray = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Diarization:
     """Who spoke when, as a job asks: "channels" (one speaker per channel) or "speakers" (voices
     clustered), with the number of speakers given or bounded. `words`: the job wants word times in
@@ -86,6 +94,7 @@ class Diarization:
     min_speakers: int | None = None
     max_speakers: int | None = None
     words: bool = True
+    known: tuple[KnownVoice, ...] = ()  # "speakers": voices to name
 
 
 class VoiceEmbedder(Protocol):

@@ -10,7 +10,7 @@ A fanned-out job runs the same stages with the transcription on other workers (w
 import dataclasses
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -111,10 +111,12 @@ class Processor:
         work_dir: Path,
         *,
         language: str | None = None,
+        languages: Sequence[str] = (),
         vad: VadChoice = None,
         diarization: Diarization | None = None,
     ) -> Prepared:
-        """Decode `path` into a PCM file in `work_dir`, split it, settle its language."""
+        """Decode `path` into a PCM file in `work_dir`, split it, settle its language (detected among
+        `languages` when given)."""
         started = time.perf_counter()
         limit = self.options.max_audio_seconds
         if diarization is not None and diarization.mode == "channels":
@@ -125,7 +127,7 @@ class Processor:
             audio = decode_to_file(path, work_dir / "audio.pcm", max_seconds=limit)
             decoded = time.perf_counter()
             split = self.splitter.mono(audio, vad)
-        return self._settled(split, language, decoded - started, started, diarization)
+        return self._settled(split, language, decoded - started, started, diarization, languages)
 
     def prepare_audio(
         self, audio: Audio, *, language: str | None = None, started: float | None = None, vad: VadChoice = None
@@ -197,24 +199,30 @@ class Processor:
         return self.runner.threads_for(n_chunks)
 
     def _settled(
-        self, split: Split, language: str | None, decode_seconds: float, started: float, how: Diarization | None
+        self,
+        split: Split,
+        language: str | None,
+        decode_seconds: float,
+        started: float,
+        how: Diarization | None,
+        languages: Sequence[str] = (),
     ) -> Prepared:
         """The split job with its language settled (detected once, on the first chunk, so every chunk is
         decoded in the same language) and its threads per call."""
         threads = self.threads_for(len(split.chunks))
         probability = None
         if language is None and split.chunks:
-            language, probability = self._detected_language(split, threads)
+            language, probability = self._detected_language(split, threads, languages)
         return Prepared(
             split.sources, split.chunks, language, probability, threads, decode_seconds, started, how, split.voiced
         )
 
-    def _detected_language(self, split: Split, threads: int) -> tuple[str, float | None]:
+    def _detected_language(self, split: Split, threads: int, among: Sequence[str]) -> tuple[str, float | None]:
         if not self.transcriber.multilingual:
             return "en", None
         first = split.chunks[0]
         samples = chunk_samples(split.sources[first.source], first)
-        detected, probability = self.transcriber.detect_language(samples, n_threads=threads)
+        detected, probability = self.transcriber.detect_language(samples, n_threads=threads, among=among)
         logger.info("Detected language {} (p={:.2f})", detected, probability)
         return detected, probability
 

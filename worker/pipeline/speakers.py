@@ -4,13 +4,29 @@ import dataclasses
 import time
 from collections.abc import Callable
 
+import numpy as np
 from loguru import logger
 
 from worker.engine.transcriber import Segment, Word
-from worker.errors import TranscriptionError
+from worker.errors import InvalidReference, TranscriptionError
+from worker.media.audio import SAMPLE_RATE
 from worker.media.chunking import Chunk
-from worker.media.turns import Turn, TurnOptions, cluster, speaker_of, turns, windows
-from worker.pipeline.model import Diarization, Prepared, VoiceEmbedder
+from worker.media.turns import (
+    Turn,
+    TurnOptions,
+    anchored,
+    cluster,
+    named,
+    speaker_of,
+    turns,
+    voices_of,
+    windows,
+)
+from worker.messages import REFERENCE_SECONDS
+from worker.pipeline.model import Diarization, KnownVoice, Prepared, VoiceEmbedder
+
+# A reference clip quieter than this (RMS, dBFS) holds no voice to match.
+SILENT_DBFS = -60.0
 
 
 class VoiceLabeller:
@@ -23,6 +39,13 @@ class VoiceLabeller:
 
     def label(self, prepared: Prepared, segments: tuple[Segment, ...], how: Diarization) -> tuple[Segment, ...]:
         """Segments split at speaker turns and labelled."""
+        found, name = self.turns(prepared, how)
+        return tuple(
+            piece for segment in segments for piece in split_at_turns(segment, found, words=how.words, name=name)
+        )
+
+    def turns(self, prepared: Prepared, how: Diarization) -> tuple[list[Turn], Callable[[int], str]]:
+        """Who spoke when in the job's speech, and each speaker number's label."""
         if self._voices is None:
             raise TranscriptionError('diarize "speakers" needs the voice encoder, and this worker has none')
         started = time.perf_counter()
@@ -36,14 +59,43 @@ class VoiceLabeller:
             max_speakers=how.max_speakers,
         )
         found = turns(spans, embeddings, labels, self.options)
-        split = tuple(piece for segment in segments for piece in split_at_turns(segment, found, words=how.words))
+        name = speaker_label
+        if how.known:
+            found, name = self._known(found, spans, embeddings, labels, how.known)
         logger.info(
             "Diarized: {} speakers over {} windows in {:.2f} s",
             len({t.speaker for t in found}),
             len(spans),
             time.perf_counter() - started,
         )
-        return split
+        return found, name
+
+    def _known(
+        self,
+        found: list[Turn],
+        spans: list[tuple[int, int]],
+        embeddings: np.ndarray,
+        labels: np.ndarray,
+        known: tuple[KnownVoice, ...],
+    ) -> tuple[list[Turn], Callable[[int], str]]:
+        """The turns with known speakers found, and each speaker number's label: a known speaker's name
+        when their clip is close enough to that voice, the others A, B, ... in order of first appearance.
+        A known speaker whom no voice matches may have been merged with another by the count estimate:
+        the windows that clearly sound like them are split out, and the turns found again."""
+        assert self._voices is not None
+        references = self._voices().embed_windows(k.samples for k in known)
+        least = self.options.known_similarity
+        matched = named(voices_of(found, spans, embeddings), references, least)
+        missing = np.array([k not in matched.values() for k in range(len(known))])
+        if missing.any():
+            split = anchored(labels, embeddings, np.where(missing[:, None], references, 0.0), self.options)
+            if not np.array_equal(split, labels):
+                found = turns(spans, embeddings, split, self.options)
+                matched = named(voices_of(found, spans, embeddings), references, least)
+        others = [s for s in dict.fromkeys(t.speaker for t in found) if s not in matched]
+        names = {s: known[k].name for s, k in matched.items()} | {s: speaker_label(n) for n, s in enumerate(others)}
+        logger.info("Known speakers found: {} of {}", len(matched), len(known))
+        return found, lambda speaker: names.get(speaker, speaker_label(speaker))
 
 
 def speaker_label(number: int) -> str:
@@ -57,14 +109,31 @@ def labelled(segment: Segment, speaker: str) -> Segment:
     return dataclasses.replace(segment, speaker=speaker, words=words)
 
 
-def split_at_turns(segment: Segment, found: list[Turn], *, words: bool) -> list[Segment]:
-    """A segment cut where its words change speaker (each piece labelled); `words`: keep the words.
+def known_voice(name: str, samples: np.ndarray) -> KnownVoice:
+    """A known speaker's clip, checked: 2-10 s (OpenAI's limits) and audible. InvalidReference if not."""
+    seconds = samples.size / SAMPLE_RATE
+    low, high = REFERENCE_SECONDS
+    if not low <= seconds <= high:
+        raise InvalidReference(
+            f"known speaker {name!r}: the reference is {seconds:.1f} s; it must be {low:g}-{high:g} s"
+        )
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+    if rms == 0.0 or 20 * np.log10(rms) < SILENT_DBFS:
+        raise InvalidReference(f"known speaker {name!r}: the reference is silent")
+    return KnownVoice(name, samples)
+
+
+def split_at_turns(
+    segment: Segment, found: list[Turn], *, words: bool, name: Callable[[int], str] = speaker_label
+) -> list[Segment]:
+    """A segment cut where its words change speaker (each piece labelled `name(speaker)`); `words`: keep
+    the words.
 
     Needs the segment's words (diarize "speakers" always asks whisper for them); a segment without
     any is labelled whole, by overlap."""
     if not segment.words:
         speaker = speaker_of(found, segment.start, segment.end)
-        return [segment if speaker is None else labelled(segment, speaker_label(speaker))]
+        return [segment if speaker is None else labelled(segment, name(speaker))]
     groups: list[tuple[int | None, list[Word]]] = []
     for word in segment.words:
         speaker = speaker_of(found, word.start, word.end)
@@ -84,7 +153,7 @@ def split_at_turns(segment: Segment, found: list[Turn], *, words: bool) -> list[
             words=tuple(group),
         )
         if speaker is not None:
-            piece = labelled(piece, speaker_label(speaker))
+            piece = labelled(piece, name(speaker))
         pieces.append(piece if words else dataclasses.replace(piece, words=None))
     return pieces
 

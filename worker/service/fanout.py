@@ -180,7 +180,7 @@ class FanOut:
                 model=requestable(processor.model_name),  # the chunk workers load the very same file
                 language=prepared.language,
                 task=job.task,
-                prompt=job.prompt,
+                prompt=job.decoder_prompt,
                 temperature=job.temperature,
                 word_timestamps=job.needs_word_times,
             )

@@ -1,4 +1,5 @@
-"""A job's audio from a URL, fetched under the egress policy (worker/egress.py).
+"""A job's audio (and its known speakers' clips) from INPUT_DIR or a URL fetched under the egress
+policy (worker/egress.py).
 
 Every request goes through `EgressPolicy.session()`, which checks the URL, resolves its host,
 refuses non-public addresses (unless the operator allowed them) and connects to the address it
@@ -7,6 +8,8 @@ checked request: an allowed host cannot bounce the worker somewhere else. URLs i
 redacted (`egress.redact`): no credentials, no query strings.
 """
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin
 
@@ -14,13 +17,59 @@ import requests
 
 from worker.egress import MAX_REDIRECTS, EgressPolicy, redact, redact_text
 from worker.errors import (
+    AudioDecodeError,
     DownloadFailed,
     DownloadRejected,
+    InputNotAllowed,
     InputNotFound,
     InputTooLarge,
+    InvalidReference,
 )
+from worker.media.audio import decode_audio
+from worker.messages import REFERENCE_SECONDS, AudioSource, Job
+from worker.pipeline import KnownVoice, known_voice
 
 _CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where a job's audio may come from: a path inside `input_dir`, or a URL the egress policy allows."""
+
+    input_dir: Path
+    egress: EgressPolicy
+    max_bytes: int
+    timeout_seconds: float
+
+    def fetch(self, source: AudioSource, dest: Path) -> Path:
+        """The file of `source`: the local file itself, or the URL downloaded into `dest`."""
+        if source.path is not None:
+            return self.local(source.path)
+        download_audio(
+            str(source.url), dest, max_bytes=self.max_bytes, timeout_seconds=self.timeout_seconds, egress=self.egress
+        )
+        return dest
+
+    def local(self, relative: str) -> Path:
+        if os.path.isabs(relative):  # even one inside INPUT_DIR: the contract is a relative path
+            raise InputNotAllowed(f"audio path must be relative to INPUT_DIR: {relative}")
+        root = self.input_dir.resolve()
+        path = (root / relative).resolve()
+        if not path.is_relative_to(root):  # a symlink inside INPUT_DIR pointing out of it
+            raise InputNotAllowed(f"audio path escapes INPUT_DIR: {relative}")
+        return path  # missing, or not a regular file: decode_audio raises InputNotFound
+
+    def known_voices(self, job: Job, scratch: Path) -> tuple[KnownVoice, ...]:
+        """The job's known speakers with their clips fetched, decoded and checked (InvalidReference)."""
+        voices = []
+        for k, speaker in enumerate(job.known_speakers):
+            path = self.fetch(speaker.audio, scratch / f"known-speaker-{k}")
+            try:
+                samples = decode_audio(path, max_seconds=REFERENCE_SECONDS[1])
+            except AudioDecodeError as exc:
+                raise InvalidReference(f"known speaker {speaker.name!r}: {exc}") from None
+            voices.append(known_voice(speaker.name, samples))
+        return tuple(voices)
 
 
 def download_audio(url: str, dest: Path, *, max_bytes: int, timeout_seconds: float, egress: EgressPolicy) -> int:

@@ -8,7 +8,6 @@ plus a dead-lettered job, transient ones a retry with backoff until the delivery
 
 import dataclasses
 import functools
-import os
 import tempfile
 import threading
 import time
@@ -44,6 +43,7 @@ from worker.messages import (
 )
 from worker.pipeline import (
     Diarization,
+    KnownVoice,
     Prepared,
     Processor,
     Progress,
@@ -53,7 +53,7 @@ from worker.pipeline import (
     segment_out,
 )
 from worker.service.callbacks import post_callback
-from worker.service.inputs import download_audio
+from worker.service.inputs import Sources
 
 RESULT_MARKER = "result.json"
 MAX_UNPUBLISHED = 64  # results kept for redeliveries after a lost publish (oldest dropped first)
@@ -197,19 +197,26 @@ class JobHandler:
         started = time.time()
         self._check_urls(job)
         processor = self._processor_for(job.model)
-        if job.language not in (None, "en") and not processor.transcriber.multilingual:
-            raise InvalidJob(f"model {processor.model_name} is English-only; it cannot transcribe {job.language!r}")
+        if not processor.transcriber.multilingual and (
+            job.language not in (None, "en") or (job.languages and "en" not in job.languages)
+        ):
+            wanted = job.language or ", ".join(job.languages)
+            raise InvalidJob(f"model {processor.model_name} is English-only; it cannot transcribe {wanted!r}")
         with tempfile.TemporaryDirectory(prefix=f"input-{job.job_id}-", dir=self.options.work_dir) as scratch:
             download_started = time.perf_counter()
-            audio = self._input_path(job, Path(scratch), emit)
+            if job.audio.url is not None:
+                emit("downloading")
+            audio = self._sources.fetch(job.audio, Path(scratch) / "input")
+            known = self._sources.known_voices(job, Path(scratch))
             download_seconds = time.perf_counter() - download_started
             emit("decoding")
             prepared = processor.prepare(
                 audio,
                 Path(scratch),
                 language=job.language,
+                languages=job.languages,
                 vad=vad_choice(job, processor),
-                diarization=diarization_of(job),
+                diarization=diarization_of(job, known),
             )
             on_chunk: ProgressCallback = functools.partial(emit, "transcribing")
             if self._scatter is not None and self._scatter.wanted(prepared):
@@ -220,12 +227,13 @@ class JobHandler:
                     job.task,
                     on_chunk,
                     Path(scratch),
-                    prompt=job.prompt,
+                    prompt=job.decoder_prompt,
                     temperature=job.temperature,
                     word_timestamps=job.needs_word_times,
                 )
             transcript = processor.assemble(prepared, per_chunk)
-        outputs = self._write_outputs(job, transcript)
+        shown = _as_asked(job, transcript)
+        outputs = self._write_outputs(job, transcript, shown.document())
         timings = Timings(
             queue_wait_seconds=max(0.0, started - delivery.published_at) if delivery.published_at else None,
             download_seconds=round(download_seconds, 3),
@@ -234,10 +242,15 @@ class JobHandler:
             total_seconds=round(time.time() - started, 3),
             real_time_factor=round(transcript.real_time_factor, 4),
         )
-        result = _completed(job, transcript, outputs, timings, delivery.attempt)
+        result = _completed(job, shown, outputs, timings, delivery.attempt)
         if job.callback_url is not None:
             result = self._call_back(str(job.callback_url), result)
         return result
+
+    @property
+    def _sources(self) -> Sources:
+        o = self.options
+        return Sources(o.input_dir, o.egress, o.max_download_bytes, o.download_timeout_seconds)
 
     def _check_urls(self, job: Job) -> None:
         """Reject a URL the worker may not contact before any work or connection (InputNotAllowed).
@@ -245,7 +258,7 @@ class JobHandler:
         A host that does not resolve now is left to the request itself (a transient DownloadFailed,
         or a callback warning); every request checks its URL again when it connects.
         """
-        for url in (job.audio.url, job.callback_url):
+        for url in (job.audio.url, *(k.audio.url for k in job.known_speakers), job.callback_url):
             if url is not None:
                 try:
                     self.options.egress.resolve(str(url))
@@ -273,35 +286,20 @@ class JobHandler:
             return result.model_copy(update={"warnings": [*result.warnings, str(exc)]})
         return result
 
-    def _input_path(self, job: Job, scratch: Path, emit: "_Emitter") -> Path:
-        if job.audio.path is not None:
-            return self._local_input(job.audio.path)
-        emit("downloading")
-        dest = scratch / "input"
-        download_audio(
-            str(job.audio.url),
-            dest,
-            max_bytes=self.options.max_download_bytes,
-            timeout_seconds=self.options.download_timeout_seconds,
-            egress=self.options.egress,
-        )
-        return dest
-
-    def _local_input(self, relative: str) -> Path:
-        if os.path.isabs(relative):  # even one inside INPUT_DIR: the contract is a relative path
-            raise InputNotAllowed(f"audio path must be relative to INPUT_DIR: {relative}")
-        root = self.options.input_dir.resolve()
-        path = (root / relative).resolve()
-        if not path.is_relative_to(root):  # a symlink inside INPUT_DIR pointing out of it
-            raise InputNotAllowed(f"audio path escapes INPUT_DIR: {relative}")
-        return path  # missing, or not a regular file: decode_audio raises InputNotFound
-
-    def _write_outputs(self, job: Job, transcript: Transcript) -> dict[str, str]:
+    def _write_outputs(self, job: Job, transcript: Transcript, document: dict) -> dict[str, str]:
+        """Each of the job's formats, from the transcript with its words (srt and vtt may be timed by them);
+        the json format writes `document`."""
         directory = self.options.output_dir / job.job_id
         directory.mkdir(parents=True, exist_ok=True)
         outputs = {}
         for fmt in job.formats:
-            text = render(fmt, text=transcript.text, segments=transcript.segments, document=transcript.document())
+            text = render(
+                fmt,
+                text=transcript.text,
+                segments=transcript.segments,
+                document=document,
+                subtitles=job.subtitle_options,
+            )
             outputs[fmt] = str(write_atomically(directory / f"transcript.{fmt}", text))
         return outputs
 
@@ -394,7 +392,17 @@ def vad_choice(job: Job, processor: Processor) -> VadChoice:
     return dataclasses.replace(processor.options.vad, **job.vad.model_dump(exclude_none=True))
 
 
-def diarization_of(job: Job) -> Diarization | None:
+def diarization_of(job: Job, known: tuple[KnownVoice, ...] = ()) -> Diarization | None:
     if job.diarize == "off":
         return None
-    return Diarization(job.diarize, job.num_speakers, job.min_speakers, job.max_speakers, words=job.word_timestamps)
+    counts = (job.num_speakers, job.min_speakers, job.max_speakers)
+    return Diarization(job.diarize, *counts, words=job.word_timestamps or job.subtitle_words, known=known)
+
+
+def _as_asked(job: Job, transcript: Transcript) -> Transcript:
+    """The transcript as the result and the json format carry it: without the words that only timed the
+    job's srt or vtt cues (it did not ask for word_timestamps)."""
+    if job.word_timestamps or not job.subtitle_words:
+        return transcript
+    segments = tuple(dataclasses.replace(s, words=None) for s in transcript.segments)
+    return dataclasses.replace(transcript, segments=segments)

@@ -302,10 +302,10 @@ def transcribe(
         state.release()
 
 
-def detect_language(ctx: NativeContext, state: NativeState, audio: np.ndarray, *, n_threads: int) -> tuple[str, float]:
+def detect_language(ctx: NativeContext, state: NativeState, audio: np.ndarray, *, n_threads: int) -> dict[str, float]:
     """Detect the spoken language from the first 30 s of ``audio``.
 
-    Returns ``(language code, probability)``.  Multilingual models only (``ValueError``
+    Returns each language's probability, by code.  Multilingual models only (``ValueError``
     otherwise); same audio validation and state exclusivity as ``transcribe``.  Overwrites
     the mel stored in ``state``.
     """
@@ -327,4 +327,4 @@ def detect_language(ctx: NativeContext, state: NativeState, audio: np.ndarray, *
             raise NativeCallError("whisper_lang_auto_detect_with_state", lang_id)
     finally:
         state.release()
-    return lib.whisper_lang_str(lang_id).decode("ascii"), float(probs[lang_id])
+    return {lib.whisper_lang_str(i).decode("ascii"): float(probs[i]) for i in range(len(probs))}
