@@ -273,6 +273,7 @@ class ProgressEvent(_Strict):
     # transcript's text being every chunk's, in index order, joined by a space (empty ones skipped).
     chunk_index: int | None = None
     text: str | None = None
+    logprobs: list[TokenLogprobOut] | None = None  # the chunk's text tokens', when the job asked for logprobs
 
 
 def parse_job(body: bytes) -> Job:

@@ -35,14 +35,30 @@ from loguru import logger
 
 from worker import wiring
 from worker.config import Settings
-from worker.devtools import conversations
+from worker.devtools import conversations, known_speakers
 from worker.devtools.accuracy import cp_wer, normalize, wer
 from worker.devtools.conversations import Conversation
 from worker.pipeline import Diarization
 
+HELDOUT_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "heldout"
 QUICK_CONVERSATIONS = ("call-ls1089-lj", "fw-stereo", "talk-3")
 WORD_GAP_SECONDS = 1.0
 DIARIZED = re.compile(r"Diarized: (\d+) speakers over (\d+) windows in ([\d.]+) s")
+
+
+def heldout_conversations() -> list[Conversation]:
+    """Calls and a talk of the held-out voices (worker/devtools/known_speakers.py), kept out of every
+    diarization threshold chosen on ../shared/audio's."""
+    held = known_speakers.heldout_speakers(HELDOUT_CACHE)
+    return [
+        conversations.stereo_call(
+            "heldout-call-allison-librivox", held["allison"], held["librivox"], seconds=60, seed=41
+        ),
+        conversations.stereo_call("heldout-call-mfa-allison", held["mfa"], held["allison"], seconds=60, seed=42),
+        conversations.mono_conversation(
+            "heldout-talk-3", [held["allison"], held["librivox"], held["mfa"]], seconds=90, seed=43
+        ),
+    ]
 
 
 def conversation_set(names: list[str] | None = None) -> list[Conversation]:
@@ -51,6 +67,7 @@ def conversation_set(names: list[str] | None = None) -> list[Conversation]:
         *conversations.calls(speakers),
         conversations.reference_call(AUDIO_DIR),
         *conversations.talks(speakers),
+        *heldout_conversations(),
     ]
     if unknown := set(names or ()) - {c.name for c in found}:
         raise SystemExit(

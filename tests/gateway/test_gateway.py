@@ -5,6 +5,7 @@ import base64
 import functools
 import http.server
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -282,8 +283,11 @@ def test_token_logprobs_when_asked_for(client, gateway, audio_dir):
     assert len(tokens) > 20 and all(t.logprob <= 0 for t in tokens) and min(t.logprob for t in tokens) < -0.01
     assert all(bytes(map(int, t.bytes)).decode(errors="replace") == t.token for t in tokens)  # the client has floats
     assert bytes(int(b) for t in tokens for b in t.bytes).decode().strip() == asked.text  # every text token, in order
-    done = streamed(client, audio_dir / JFK, include=["logprobs"])[-1]
+    events = streamed(client, audio_dir / JFK, include=["logprobs"])
+    done, deltas = events[-1], events[:-1]
     assert done.type == "transcript.text.done" and [t.token for t in done.logprobs] == [t.token for t in tokens]
+    assert [t.token for d in deltas for t in d.logprobs] == [t.token for t in tokens]  # each delta its tokens'
+    assert all(d.logprobs is None for d in streamed(client, audio_dir / JFK)[:-1])
     status, body = curl(gateway, f"file=@{audio_dir / JFK}", "include[]=everything")
     assert status == 400 and body["error"]["code"] == "invalid_field"
 
@@ -511,13 +515,19 @@ def test_the_web_page_uploads_shows_progress_and_the_transcript(gateway, browser
     browser.find_element(By.ID, "file").send_keys(str(Path(gateway.env["GATEWAY_UPLOAD_DIR"]).parent / LONG))
     browser.find_element(By.ID, "start").click()
 
-    seen, deadline = set(), time.monotonic() + 300
+    seen, live, deadline = set(), [], time.monotonic() + 300
     while browser.find_element(By.ID, "status").text != "Done.":
         assert not browser.find_element(By.ID, "error").text, browser.find_element(By.ID, "error").text
         seen.add(float(browser.find_element(By.ID, "progress").get_attribute("value")))
+        live.append(browser.find_element(By.ID, "live").text)
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert any(0 < value < 100 for value in seen), seen  # the bar moved with the chunks, not only at the end
+    # The text showed as its chunks came, growing, before the transcript: a start of the final text.
+    grown = [text for text in dict.fromkeys(live) if text]
+    final = re.sub(r"\d\d:\d\d:\d\d", " ", browser.find_element(By.ID, "segments").text)
+    assert len(grown) >= 2 and all(a in b for a, b in zip(grown, grown[1:], strict=False)), grown[:3]
+    assert grown[0].split()[:3] == final.split()[:3], (grown[0][:80], final[:80])
     rows = browser.find_elements(By.CSS_SELECTOR, "#segments li")
     assert len(rows) > 10 and rows[0].find_element(By.TAG_NAME, "time").text == "00:00:00"
     assert "printing" in browser.find_element(By.ID, "segments").text.lower()

@@ -5,9 +5,9 @@ from worker.gateway.streaming import InOrder
 
 def test_a_chunk_that_finishes_early_waits_for_those_before_it():
     order = InOrder()
-    assert order.add(1, "world.") == []
+    assert order.add(1, "world.", [{"token": " world."}]) == []
     assert order.add(2, "") == []
-    assert order.add(0, "Hello") == ["Hello", " world."]
+    assert order.add(0, "Hello") == [("Hello", None), (" world.", [{"token": " world."}])]
     assert order.add(1, "world.") == []  # a chunk reported twice (a redelivered chunk task)
     assert order.add(4, "Again.") == []
     assert order.rest("Hello world. Lost. Again.") == " Lost. Again."  # chunk 3's progress never came

@@ -2,7 +2,7 @@
 
 The events (openai-python's `types/audio/transcription_text_*_event.py`), one `data:` line each, no
 `event:` line (OpenAI's client would take one for an event of its own):
-- `transcript.text.delta` `{type, delta[, segment_id]}`: the text of each chunk as it is ready, in
+- `transcript.text.delta` `{type, delta[, segment_id][, logprobs]}`: the text of each chunk as it is ready, in
   chunk order (a chunk that finishes before those ahead of it is held until they are in), fed by the
   job's progress events; with `diarized_json`, one per speaker segment once the job is done (speakers
   are known only then), after that segment's `transcript.text.segment` `{type, id, start, end, speaker,
@@ -33,23 +33,24 @@ STREAMED_FORMATS = ("json", "text", "diarized_json")
 
 
 class InOrder:
-    """Chunk texts in, in any order; deltas out, in chunk order, each (but the first) after a space."""
+    """Chunk texts (and their tokens' logprobs) in, in any order; deltas out, in chunk order, each (but
+    the first) after a space."""
 
     def __init__(self) -> None:
-        self._held: dict[int, str] = {}
+        self._held: dict[int, tuple[str, list | None]] = {}
         self._next = 0
         self.sent = ""
 
-    def add(self, index: int, text: str) -> list[str]:
+    def add(self, index: int, text: str, logprobs: list | None = None) -> list[tuple[str, list | None]]:
         if index < self._next or index in self._held:
             return []  # a chunk already in (a redelivered chunk task reports again)
-        self._held[index] = text
+        self._held[index] = (text, logprobs)
         deltas = []
         while self._next in self._held:
-            text = self._held.pop(self._next)
+            text, logprobs = self._held.pop(self._next)
             self._next += 1
             if text:
-                deltas.append(self.append(text))
+                deltas.append((self.append(text), logprobs))
         return deltas
 
     def append(self, text: str) -> str:
@@ -73,9 +74,13 @@ def _data(document: dict[str, Any]) -> dict[str, str]:
     return {"data": json.dumps(document)}
 
 
-def _delta(text: str, segment_id: str | None = None) -> dict[str, str]:
-    document = {"type": "transcript.text.delta", "delta": text}
-    return _data(document if segment_id is None else {**document, "segment_id": segment_id})
+def _delta(text: str, segment_id: str | None = None, logprobs: list | None = None) -> dict[str, str]:
+    document: dict[str, Any] = {"type": "transcript.text.delta", "delta": text}
+    if segment_id is not None:
+        document["segment_id"] = segment_id
+    if logprobs is not None:
+        document["logprobs"] = logprobs
+    return _data(document)
 
 
 def _error(error: ApiError) -> dict[str, str]:
@@ -106,8 +111,9 @@ async def transcript_events(
             continue
         event = ProgressEvent.model_validate_json(getting.result()[1])
         if live and event.chunk_index is not None and event.text is not None:
-            for delta in order.add(event.chunk_index, event.text):
-                yield _delta(delta)
+            asked = None if event.logprobs is None else [p.model_dump() for p in event.logprobs]
+            for delta, tokens in order.add(event.chunk_index, event.text, asked):
+                yield _delta(delta, logprobs=tokens)
     try:
         result: Result = waiting.result()
     except BrokerUnavailable as exc:

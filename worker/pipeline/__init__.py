@@ -23,6 +23,7 @@ from worker.pipeline.model import (
     segment_document,
     segment_in,
     segment_out,
+    token_logprobs,
 )
 from worker.pipeline.processor import Processor
 from worker.pipeline.speakers import known_voice
@@ -45,4 +46,5 @@ __all__ = [
     "segment_document",
     "segment_in",
     "segment_out",
+    "token_logprobs",
 ]

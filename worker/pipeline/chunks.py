@@ -18,7 +18,14 @@ from worker.engine.transcriber import Segment, WhisperTranscriber, threads_per_c
 from worker.errors import TranscriptionError, WorkerError
 from worker.media.audio import SAMPLE_RATE, read_wav
 from worker.media.chunking import Chunk, frame_db, voiced_frames, voiced_seconds_after
-from worker.pipeline.model import Conditioning, PipelineOptions, Progress, ProgressCallback, joined
+from worker.pipeline.model import (
+    Conditioning,
+    PipelineOptions,
+    Progress,
+    ProgressCallback,
+    joined,
+    token_logprobs,
+)
 
 # whisper sometimes closes a window early: it ends its last segment with a lone timestamp and
 # skips the rest of the window, speech included (seen with tiny.en: 16 s of a sonnet dropped
@@ -86,8 +93,8 @@ class ChunkRunner:
                     results[chunk.index] = _result_or_raise(future, chunk, pending)
                     done, done_seconds = done + 1, done_seconds + chunk.seconds
                     if progress is not None:
-                        text = joined(results[chunk.index])
-                        progress(Progress(done, len(chunks), done_seconds, total_seconds, chunk.index, text))
+                        text, tokens = joined(results[chunk.index]), token_logprobs(results[chunk.index])
+                        progress(Progress(done, len(chunks), done_seconds, total_seconds, chunk.index, text, tokens))
         return results
 
     def transcribe(

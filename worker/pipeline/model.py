@@ -51,6 +51,7 @@ class Progress:
     # what a streamed answer sends, in chunk order, as the chunks before it are done.
     chunk_index: int | None = None
     text: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()  # the chunk's text tokens', in order
 
     @property
     def percent(self) -> float:
@@ -139,6 +140,11 @@ class Prepared:
 def joined(segments: Iterable[Segment]) -> str:
     """The text of segments, as a transcript has it: their texts (none empty) joined by a space."""
     return " ".join(s.text for s in segments if s.text)
+
+
+def token_logprobs(segments: Iterable[Segment]) -> tuple[TokenLogprob, ...]:
+    """The segments' text tokens with their log probabilities, in order (the text `joined` spells)."""
+    return tuple(p for s in segments for p in s.logprobs or ())
 
 
 def chunk_samples(audio: Audio, chunk: Chunk) -> np.ndarray:

@@ -31,7 +31,7 @@ from worker.engine.transcriber import Segment
 from worker.errors import ChunkFailed, GatherTimeout
 from worker.media.audio import encode_flac
 from worker.messages import ChunkTask, GatherMessage, Job
-from worker.pipeline import Prepared, Processor, Progress, ProgressCallback, joined, segment_in
+from worker.pipeline import Prepared, Processor, Progress, ProgressCallback, joined, segment_in, token_logprobs
 from worker.service import publisher, session
 from worker.service.publisher import Topology
 from worker.service.session import BrokerSession, SessionOptions
@@ -258,6 +258,8 @@ class FanOut:
                 logger.debug("Chunk {} back from {} ({:.2f} s)", message.index, message.worker, message.seconds)
                 if progress is not None:
                     done, seconds = len(gathered.results), gathered.done_seconds
-                    text = joined(gathered.results[message.index])
-                    progress(Progress(done, gathered.total, seconds, prepared.duration_seconds, message.index, text))
+                    segments = gathered.results[message.index]
+                    total, audio = gathered.total, prepared.duration_seconds
+                    tokens = token_logprobs(segments)
+                    progress(Progress(done, total, seconds, audio, message.index, joined(segments), tokens))
         return news

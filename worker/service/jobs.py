@@ -167,7 +167,7 @@ class JobHandler:
     def _process(self, job: Job, delivery: Delivery, progress: ProgressSink) -> Outcome:
         logger.info("Processing job {} (attempt {})", job.job_id, delivery.attempt)
         try:
-            result = self._run(job, delivery, _Emitter(job.job_id, progress))
+            result = self._run(job, delivery, _Emitter(job.job_id, progress, job.logprobs))
         except PermanentError as exc:
             logger.info("Job {} failed permanently: {}", job.job_id, exc)
             return Outcome("dead_letter", _failed(job.job_id, exc, delivery))
@@ -331,6 +331,7 @@ class _Emitter:
 
     job_id: str
     sink: ProgressSink
+    logprobs: bool = False  # the job asked for them: each chunk's go with its text
 
     def __call__(self, stage: str, progress: Progress | None = None) -> None:
         if progress is None:
@@ -345,6 +346,7 @@ class _Emitter:
                 percent=round(progress.percent, 1),
                 chunk_index=progress.chunk_index,
                 text=progress.text,
+                logprobs=[dataclasses.asdict(p) for p in progress.logprobs] if self.logprobs else None,
             )
         )
 
