@@ -1,5 +1,6 @@
 """Who spoke when, on real speech: one speaker per channel (calls, with bleed), and the typed refusals."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +183,18 @@ def test_a_reference_clip_that_cannot_name_anyone_is_a_typed_error(audio_dir, se
     speech = np.tile(decode_audio(audio_dir / LEFT), 2)[: int(seconds * SAMPLE_RATE)] * gain
     with pytest.raises(InvalidReference, match=why):
         known_voice("Ann", speech)
+
+
+def test_a_channels_segment_with_words_is_cut_at_its_speakers_pauses():
+    from worker.engine.segments import Segment, Word
+    from worker.pipeline.speakers import split_at_pauses
+
+    words = (Word(" Yes,", 1.0, 1.4, 0.9), Word(" right.", 1.5, 1.9, 0.9), Word(" And", 4.0, 4.2, 0.9),
+             Word(" then?", 4.3, 4.8, 0.9))  # fmt: skip
+    segment = Segment(0.8, 5.0, "Yes, right. And then?", tokens=(1, 2, 3), words=words)
+    first, second = split_at_pauses(segment, 1.0)
+    assert (first.start, first.end, first.text, second.start, second.end, second.text) == (
+        1.0, 1.9, "Yes, right.", 4.0, 4.8, "And then?"
+    )  # fmt: skip
+    assert split_at_pauses(segment, 2.5) == [segment]  # no pause that long: the segment as it was
+    assert split_at_pauses(dataclasses.replace(segment, words=None), 1.0) == [dataclasses.replace(segment, words=None)]

@@ -146,9 +146,9 @@ class Job(_Strict):
     @property
     def needs_word_times(self) -> bool:
         """Whether the job's chunks are transcribed with word times: asked for, or needed to cut segments
-        at speaker turns (diarize "speakers") or to time its subtitles (`subtitle_words`); the result and
-        the json format keep them only when asked for."""
-        return self.word_timestamps or self.diarize == "speakers" or self.subtitle_words
+        at speaker turns (diarize "speakers") or at a channel's pauses (diarize "channels"), or to time its
+        subtitles (`subtitle_words`); the result and the json format keep them only when asked for."""
+        return self.word_timestamps or self.diarize != "off" or self.subtitle_words
 
     @property
     def subtitle_words(self) -> bool:

@@ -96,7 +96,7 @@ def diarization(variant: str) -> Diarization | None:
 def speakers_unavailable(model: str) -> str | None:
     """Why diarize "speakers" cannot run in this checkout, or None."""
     processor = wiring.processor(_settings(), model, wiring.pipeline_options(_settings()))
-    if getattr(processor, "_voices", None) is None:
+    if not processor.speakers.available:
         return "skipped: no voice encoder in this checkout (worker/engine/voices.py, wired into Processor(voices=...))"
     return None
 

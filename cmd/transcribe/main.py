@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             language=args.language,
             task=args.task,
             prompt=args.prompt,
-            word_timestamps=args.word_timestamps or args.diarize == "speakers",  # turns cut segments at words
+            word_timestamps=args.word_timestamps or args.diarize is not None,  # cut at turns or pauses
             vad=vad_choice(args, processor.options.vad),
             diarization=Diarization(args.diarize, args.num_speakers, words=args.word_timestamps)
             if args.diarize

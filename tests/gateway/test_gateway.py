@@ -487,6 +487,22 @@ def test_an_async_url_job_and_bad_job_requests(gateway, file_server):
     assert requests.get(f"{gateway.url}/v1/jobs/x", timeout=10).status_code == 401
 
 
+def test_an_async_job_names_a_known_speaker_by_a_clip_at_a_url(gateway, file_server):
+    # LJ Speech's reader, named by another of her recordings, fetched by the worker under its URL rules.
+    job = {"url": f"{file_server}/ljspeech_LJ001-0009.flac", "diarize": "speakers", "languages": ["en"],
+           "known_speaker_names": ["Linda"], "known_speaker_references": [f"{file_server}/ljspeech_LJ050-0131.wav"]}  # fmt: skip
+    response = requests.post(f"{gateway.url}/v1/jobs", headers=auth(), json=job, timeout=10)
+    assert response.status_code == 202, response.text
+    record = wait_for_state(gateway, response.json()["id"], {"completed", "failed"})
+    assert record["state"] == "completed", record
+    assert {s["speaker"] for s in record["result"]["segments"]} == {"Linda"}
+    refused = {**job, "diarize": "off"}
+    response = requests.post(f"{gateway.url}/v1/jobs", headers=auth(), json=refused, timeout=10)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_known_speakers"
+    response = requests.post(f"{gateway.url}/v1/jobs", headers=auth(), json={**job, "languages": ["xx"]}, timeout=10)
+    assert response.status_code == 400 and "xx" in response.json()["error"]["message"]
+
+
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")  # Debian's packages
 ARTIFACTS = ROOT / "test-artifacts"
 

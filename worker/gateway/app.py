@@ -2,7 +2,8 @@
 
 Its parts, one role each:
 - edge.py: the request edge (key, body size, idle bodies, last-resort errors) in front of everything;
-- routes.py: the routes (audio, async jobs, models, page, uploads, health);
+- routes.py: the audio routes, models, page, uploads, health; jobs_api.py: the async jobs;
+  parts.py: what the routes share;
 - uploads.py: uploads on disk under unguessable, expiring tokens (workers fetch them over HTTP);
 - store.py: the async jobs' records (a SQL database);
 - bridge.py: results and progress from the broker's thread to the waiting requests and SSE streams;
@@ -20,8 +21,10 @@ from starlette.exceptions import HTTPException
 from worker.gateway.bridge import Bridge
 from worker.gateway.broker import BrokerClient
 from worker.gateway.edge import EdgeOptions, RequestEdge, error_body
+from worker.gateway.jobs_api import job_routes
 from worker.gateway.openai_api import ApiError
-from worker.gateway.routes import GatewayOptions, Parts, audio_routes, job_routes, misc_routes
+from worker.gateway.parts import GatewayOptions, Parts
+from worker.gateway.routes import audio_routes, misc_routes
 from worker.gateway.store import JobStore
 from worker.gateway.uploads import UploadStore
 from worker.messages import problems

@@ -54,6 +54,8 @@ class TurnOptions:
     # A window at least this similar to a known speaker's clip (and more than to any other clip) is
     # theirs, whatever cluster it fell in: a voice the count estimate merged with another is split out.
     known_window_similarity: float = KNOWN_WINDOW_SIMILARITY
+    # diarize "channels" with word times: a channel's segment is cut where its speaker pauses this long.
+    channel_pause_seconds: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -176,7 +176,8 @@ class Processor:
         segments = tuple(s for chunk_segments in per_chunk for s in chunk_segments)
         diarization = prepared.diarization
         if diarization is not None and diarization.mode == "channels":
-            segments = by_channel(prepared.chunks, per_chunk)
+            pause = self.speakers.options.channel_pause_seconds
+            segments = by_channel(prepared.chunks, per_chunk, pause, words=diarization.words)
         elif diarization is not None:
             segments = self.speakers.label(prepared, segments, diarization)
         language = prepared.language

@@ -37,6 +37,11 @@ class VoiceLabeller:
         self._voices = voices  # made on first use: only diarize "speakers" needs the voice encoder
         self.options = options
 
+    @property
+    def available(self) -> bool:
+        """Whether this worker can tell voices apart (it has the voice encoder)."""
+        return self._voices is not None
+
     def label(self, prepared: Prepared, segments: tuple[Segment, ...], how: Diarization) -> tuple[Segment, ...]:
         """Segments split at speaker turns and labelled."""
         found, name = self.turns(prepared, how)
@@ -142,27 +147,58 @@ def split_at_turns(
         else:
             groups.append((speaker, [word]))
     pieces = []
-    for speaker, group in groups:
-        piece = dataclasses.replace(
-            segment,
-            start=group[0].start if len(groups) > 1 else segment.start,
-            end=group[-1].end if len(groups) > 1 else segment.end,
-            text="".join(w.word for w in group).strip() if len(groups) > 1 else segment.text,
-            tokens=segment.tokens if len(groups) == 1 else (),  # whisper's tokens are the whole segment's
-            logprobs=segment.logprobs if len(groups) == 1 else None,
-            words=tuple(group),
-        )
+    for (speaker, _), piece in zip(groups, _pieces(segment, [group for _, group in groups]), strict=True):
         if speaker is not None:
             piece = labelled(piece, name(speaker))
         pieces.append(piece if words else dataclasses.replace(piece, words=None))
     return pieces
 
 
-def by_channel(chunks: list[Chunk], per_chunk: list[list[Segment]]) -> tuple[Segment, ...]:
-    """Every channel's segments labelled with its speaker (A = the first channel), merged in time order."""
+def split_at_pauses(segment: Segment, pause_seconds: float) -> list[Segment]:
+    """A segment cut where its speaker pauses `pause_seconds` or more between two words (a segment of a
+    channel otherwise spans its speaker's silences, while the other channel's speaker talks)."""
+    if not segment.words:
+        return [segment]
+    groups: list[list[Word]] = [[segment.words[0]]]
+    for before, word in zip(segment.words, segment.words[1:], strict=False):
+        if word.start - before.end >= pause_seconds:
+            groups.append([word])
+        else:
+            groups[-1].append(word)
+    return _pieces(segment, groups)
+
+
+def _pieces(segment: Segment, groups: list[list[Word]]) -> list[Segment]:
+    """The segment as one piece per group of its words (itself, when there is one group)."""
+    if len(groups) == 1:
+        return [dataclasses.replace(segment, words=tuple(groups[0]))]
+    return [
+        dataclasses.replace(
+            segment,
+            start=group[0].start,
+            end=group[-1].end,
+            text="".join(w.word for w in group).strip(),
+            tokens=(),  # whisper's tokens and their logprobs are the whole segment's
+            logprobs=None,
+            words=tuple(group),
+        )
+        for group in groups
+    ]
+
+
+def by_channel(
+    chunks: list[Chunk], per_chunk: list[list[Segment]], pause_seconds: float, *, words: bool
+) -> tuple[Segment, ...]:
+    """Every channel's segments labelled with its speaker (A = the first channel), those with words cut
+    at their speaker's pauses (`split_at_pauses`), merged in time order; `words`: keep the words."""
     merged = [
-        (segment.start, chunk.source, labelled(segment, speaker_label(chunk.source)))
+        (
+            piece.start,
+            chunk.source,
+            labelled(piece if words else dataclasses.replace(piece, words=None), speaker_label(chunk.source)),
+        )
         for chunk, segments in zip(chunks, per_chunk, strict=True)
         for segment in segments
+        for piece in split_at_pauses(segment, pause_seconds)
     ]
     return tuple(segment for _, _, segment in sorted(merged, key=lambda item: item[:2]))

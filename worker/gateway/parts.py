@@ -1,0 +1,115 @@
+"""What every gateway route works with: the options, the broker, the bridge, the stores (`Parts`), and
+readers of form fields that answer a bad value with OpenAI's 400."""
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile as FormFile
+
+from worker.errors import BrokerUnavailable
+from worker.gateway.bridge import Bridge
+from worker.gateway.openai_api import OPENAI_DIARIZE_MODEL, OPENAI_MODEL, ApiError
+from worker.gateway.store import JobStore
+from worker.gateway.uploads import UploadStore
+from worker.messages import LANGUAGES, Job, problems
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    public_url: str  # how workers reach this gateway (the uploads' URLs)
+    default_model: str
+    models: tuple[str, ...]  # the names jobs may give (the workers' ALLOWED_MODELS)
+    api_keys: frozenset[str]  # empty: open
+    max_upload_bytes: int
+    result_timeout_seconds: float
+    publish_timeout_seconds: float = 10.0
+    body_idle_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What every route works with."""
+
+    options: GatewayOptions
+    broker: object  # worker.gateway.broker.BrokerClient: publish(job_id, body, wait=) -> Future, connected
+    bridge: Bridge
+    store: JobStore
+    uploads: UploadStore
+
+    def check_request(self, model: str, language: str | None) -> str:
+        """The model name the job gets; ApiError for a model that is not allowed or an unknown language."""
+        name = self.options.default_model if model in (OPENAI_MODEL, OPENAI_DIARIZE_MODEL) else model
+        if name not in self.options.models:
+            allowed = ", ".join((OPENAI_MODEL, OPENAI_DIARIZE_MODEL, *self.options.models))
+            raise ApiError(400, f"model {model!r} is not available here; allowed: {allowed}", code="model_not_found")
+        if language and language.lower() not in LANGUAGES:
+            raise ApiError(400, f"unknown language {language!r}", code="invalid_language")
+        return name
+
+    def store_upload(self, file: FormFile) -> str:
+        token, size = self.uploads.save(file.file)
+        if size == 0:
+            self.uploads.delete(token)
+            raise ApiError(400, "the uploaded file is empty", code="empty_file")
+        return token
+
+    def new_job(self, token: str | None, url: str | None, model: str, language: str | None, task: str,
+                **decoding) -> Job:  # fmt: skip
+        audio = {"url": f"{self.options.public_url}/uploads/{token}"} if token else {"url": url}
+        try:
+            return Job(
+                job_id=f"gw-{uuid.uuid4().hex}",
+                audio=audio,
+                model=model,
+                language=language or None,
+                task=task,
+                **decoding,
+            )
+        except ValidationError as exc:  # fields checked together (speaker counts with diarize)
+            if token:
+                self.uploads.delete(token)
+            raise ApiError(400, problems(exc.errors(), whole="request"), code="invalid_field") from None
+
+    async def publish(self, job: Job, token: str | None, *, wait: bool) -> None:
+        """Publish and wait for the broker's confirm, at most publish_timeout_seconds; else 503."""
+        body = job.model_dump_json(exclude_none=True).encode()
+        try:
+            future = asyncio.wrap_future(self.broker.publish(job.job_id, body, wait=wait))
+            await asyncio.wait_for(future, self.options.publish_timeout_seconds)
+        except (BrokerUnavailable, TimeoutError) as exc:
+            self.bridge.waiters.forget(job.job_id)
+            if token:
+                self.uploads.delete(token)
+            reason = str(exc) or f"the broker did not confirm job {job.job_id} in time"
+            raise ApiError(503, reason, type="server_error", code="broker_unavailable") from None
+
+
+def text_field(form, name: str) -> str | None:
+    value = form.get(name)
+    return value if isinstance(value, str) and value else None
+
+
+def flag_field(form, name: str) -> bool:
+    value = text_field(form, name)
+    if value is None or value.lower() in ("false", "0"):
+        return False
+    if value.lower() in ("true", "1"):
+        return True
+    raise ApiError(400, f"{name} must be true or false", code="invalid_field")
+
+
+def list_field(form, name: str) -> list[str]:
+    """A list field: repeated `name[]` parts, as OpenAI's clients send one (or `name`, as curl users may)."""
+    return [v for v in form.getlist(f"{name}[]") + form.getlist(name) if isinstance(v, str)]
+
+
+def count_field(form, name: str) -> int | None:
+    value = text_field(form, name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a whole number", code="invalid_field") from None
