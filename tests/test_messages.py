@@ -8,7 +8,8 @@ import pytest
 from worker.engine import libwhisper
 from worker.errors import InvalidJob, MalformedJob
 from worker.formats import PLAIN, SubtitleOptions
-from worker.messages import LANGUAGES, MAX_JOB_BYTES, ChunkTask, job_id_of, parse_chunk_task, parse_job
+from worker.messages import LANGUAGES, MAX_JOB_BYTES, job_id_of, parse_job
+from worker.messages.fanout import ChunkTask, parse_chunk_task
 
 GOOD = {"job_id": "a-1", "audio": {"path": "a.flac"}}
 

@@ -58,7 +58,7 @@ class ModelNotAllowed(InvalidJob):
 
 
 class InvalidChunkTask(InvalidJob):
-    """A chunk task's headers or audio break the chunk contract (worker/messages.py)."""
+    """A chunk task's headers or audio break the chunk contract (worker/messages/fanout.py)."""
 
 
 class SingleChannel(InvalidJob):

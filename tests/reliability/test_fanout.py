@@ -21,7 +21,8 @@ from harness import Client, Service, WorkerProcess, completed_ids
 
 from worker.devtools.local_broker import free_port
 from worker.media.audio import decode_audio, encode_flac, write_wav
-from worker.messages import ChunkTask, GatherMessage, ProgressEvent, Result
+from worker.messages import ProgressEvent, Result
+from worker.messages.fanout import ChunkTask, GatherMessage
 from worker.service.publisher import declare_gather
 
 from .conftest import LEDGER

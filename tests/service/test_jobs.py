@@ -10,7 +10,8 @@ from worker.egress import EgressPolicy
 from worker.errors import InputNotAllowed
 from worker.messages import Result, parse_job
 from worker.pipeline import PipelineOptions, Processor
-from worker.service.jobs import Delivery, HandlerOptions, JobHandler, diarization_of
+from worker.service.asked import diarization_of
+from worker.service.jobs import Delivery, HandlerOptions, JobHandler
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from loguru import logger
 from worker.errors import ChunkFailed, InvalidChunkTask, UnknownJob, WorkerError
 from worker.media.audio import decode_flac
 from worker.media.chunking import Chunk
-from worker.messages import ChunkTask, ErrorInfo, GatherMessage, parse_chunk_task, valid_job_id
+from worker.messages import ErrorInfo, valid_job_id
+from worker.messages.fanout import ChunkTask, GatherMessage, parse_chunk_task
 from worker.pipeline import Processor, segment_out
 from worker.service.jobs import error_info
 

@@ -30,7 +30,8 @@ from worker.engine.catalog import requestable
 from worker.engine.transcriber import Segment
 from worker.errors import ChunkFailed, GatherTimeout
 from worker.media.audio import encode_flac
-from worker.messages import ChunkTask, GatherMessage, Job
+from worker.messages import Job
+from worker.messages.fanout import ChunkTask, GatherMessage
 from worker.pipeline import Prepared, Processor, Progress, ProgressCallback, joined, segment_in, token_logprobs
 from worker.service import publisher, session
 from worker.service.publisher import Topology

@@ -36,22 +36,19 @@ from worker.messages import (
     ProgressEvent,
     Result,
     Timings,
-    VadRequest,
     job_id_of,
     parse_job,
     valid_job_id,
 )
 from worker.pipeline import (
-    Diarization,
-    KnownVoice,
     Prepared,
     Processor,
     Progress,
     ProgressCallback,
     Transcript,
-    VadChoice,
     segment_out,
 )
+from worker.service.asked import as_asked, diarization_of, vad_choice
 from worker.service.callbacks import post_callback
 from worker.service.inputs import Sources
 
@@ -232,7 +229,7 @@ class JobHandler:
                     word_timestamps=job.needs_word_times,
                 )
             transcript = processor.assemble(prepared, per_chunk)
-        shown = _as_asked(job, transcript)
+        shown = as_asked(job, transcript)
         outputs = self._write_outputs(job, transcript, shown.document())
         timings = Timings(
             queue_wait_seconds=max(0.0, started - delivery.published_at) if delivery.published_at else None,
@@ -385,26 +382,3 @@ def _completed(job: Job, t: Transcript, outputs: dict[str, str], timings: Timing
         outputs=outputs,
         timings=timings,
     )
-
-
-def vad_choice(job: Job, processor: Processor) -> VadChoice:
-    """The pipeline's speech-detection choice for a job: its `vad` object over the worker's options."""
-    if not isinstance(job.vad, VadRequest):
-        return job.vad
-    return dataclasses.replace(processor.options.vad, **job.vad.model_dump(exclude_none=True))
-
-
-def diarization_of(job: Job, known: tuple[KnownVoice, ...] = ()) -> Diarization | None:
-    if job.diarize == "off":
-        return None
-    counts = (job.num_speakers, job.min_speakers, job.max_speakers)
-    return Diarization(job.diarize, *counts, words=job.word_timestamps or job.subtitle_words, known=known)
-
-
-def _as_asked(job: Job, transcript: Transcript) -> Transcript:
-    """The transcript as the result and the json format carry it: without the words that only timed the
-    job's srt or vtt cues (it did not ask for word_timestamps)."""
-    if job.word_timestamps or not job.subtitle_words:
-        return transcript
-    segments = tuple(dataclasses.replace(s, words=None) for s in transcript.segments)
-    return dataclasses.replace(transcript, segments=segments)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from worker.messages import ChunkTask, ErrorInfo, GatherMessage, ProgressEvent, Result
+from worker.messages import ErrorInfo, ProgressEvent, Result
+from worker.messages.fanout import ChunkTask, GatherMessage
 
 JSON = "application/json"
 FLAC = "audio/flac"

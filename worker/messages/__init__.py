@@ -6,11 +6,11 @@ A job is validated once, here, at the edge (`parse_job`); everything after trust
 import json
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import AnyUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from worker.errors import InvalidChunkTask, InvalidJob, MalformedJob
+from worker.errors import InvalidJob, MalformedJob
 from worker.formats import Format, SubtitleOptions
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
@@ -38,11 +38,11 @@ LANGUAGES = frozenset(
 )
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class AudioSource(_Strict):
+class AudioSource(Strict):
     """Exactly one of `url` (http/https) or `path` (relative to INPUT_DIR, no escapes).
 
     What a URL or path may point at (scheme, host, staying inside INPUT_DIR) is checked by the
@@ -59,7 +59,7 @@ class AudioSource(_Strict):
         return self
 
 
-class VadRequest(_Strict):
+class VadRequest(Strict):
     """A job's speech-detection tuning; what it leaves out is the worker's (Settings VAD_*)."""
 
     threshold: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
@@ -68,7 +68,7 @@ class VadRequest(_Strict):
     speech_pad_ms: Annotated[int, Field(ge=0, le=5_000)] | None = None
 
 
-class KnownSpeaker(_Strict):
+class KnownSpeaker(Strict):
     """A speaker a diarized job names: segments in their voice are labelled `name` (a 2-10 s clip of
     them speaking, fetched under the same rules as the job's audio)."""
 
@@ -76,7 +76,7 @@ class KnownSpeaker(_Strict):
     audio: AudioSource
 
 
-class SubtitleRequest(_Strict):
+class SubtitleRequest(Strict):
     """How a job's srt and vtt cues are laid out for reading (worker.formats.SubtitleOptions: what each does)."""
 
     max_line_width: Annotated[int, Field(ge=1, le=1000)] | None = None  # characters per line
@@ -99,7 +99,7 @@ class SubtitleRequest(_Strict):
         return SubtitleOptions(**self.model_dump())
 
 
-class Job(_Strict):
+class Job(Strict):
     """A transcription request."""
 
     job_id: Annotated[str, Field(pattern=JOB_ID_PATTERN)]
@@ -202,12 +202,12 @@ class Job(_Strict):
         return value.lower()
 
 
-class ErrorInfo(_Strict):
+class ErrorInfo(Strict):
     code: str
     message: str
 
 
-class Timings(_Strict):
+class Timings(Strict):
     queue_wait_seconds: float | None = None
     download_seconds: float = 0.0
     decode_seconds: float = 0.0
@@ -216,7 +216,7 @@ class Timings(_Strict):
     real_time_factor: float | None = None
 
 
-class WordOut(_Strict):
+class WordOut(Strict):
     word: str
     start: float
     end: float
@@ -224,13 +224,13 @@ class WordOut(_Strict):
     speaker: str | None = None  # diarized jobs only
 
 
-class TokenLogprobOut(_Strict):
+class TokenLogprobOut(Strict):
     token: str
     bytes: list[int]
     logprob: float
 
 
-class SegmentOut(_Strict):
+class SegmentOut(Strict):
     start: float
     end: float
     text: str
@@ -242,7 +242,7 @@ class SegmentOut(_Strict):
     logprobs: list[TokenLogprobOut] | None = None  # only when the job asked for logprobs
 
 
-class Result(_Strict):
+class Result(Strict):
     """What the worker publishes for every job it finishes or gives up on."""
 
     job_id: str
@@ -263,7 +263,7 @@ class Result(_Strict):
     finished_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
-class ProgressEvent(_Strict):
+class ProgressEvent(Strict):
     job_id: str
     stage: Literal["queued", "downloading", "decoding", "transcribing", "publishing", "completed", "failed"]
     chunks_done: int = 0
@@ -324,91 +324,3 @@ def job_id_of(body: bytes) -> str | None:
 def valid_job_id(value: object) -> str | None:
     """`value` when it is a job id the contract allows, else None."""
     return value if isinstance(value, str) and re.fullmatch(JOB_ID_PATTERN, value) else None
-
-
-# --- fan-out: chunk tasks to any worker, chunk results back to the job's coordinator ---
-
-
-class ChunkTask(_Strict):
-    """What a worker needs to transcribe one chunk of a fanned-out job.
-
-    Carried in the AMQP headers of a chunk task (names: `x-` + field, `_` as `-`); the body is the
-    chunk's audio as 16 kHz mono FLAC, and `reply_to` names the job's gather queue.
-    """
-
-    job_id: Annotated[str, Field(pattern=JOB_ID_PATTERN)]
-    index: Annotated[int, Field(ge=0)]
-    start: Annotated[int, Field(ge=0)]  # samples from the start of the job's audio
-    end: int
-    # A chunk of speech regions: the sample ranges its audio is made of (the body is them one after
-    # another); absent for a chunk of one piece, [start, end).
-    pieces: Annotated[list[tuple[int, int]], Field(max_length=MAX_CHUNK_PIECES)] | None = None
-    chunks_total: Annotated[int, Field(ge=1)]
-    model: Annotated[str, Field(min_length=1, max_length=100)]
-    language: str | None = None
-    task: Literal["transcribe", "translate"] = "transcribe"
-    prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] | None = None
-    temperature: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    word_timestamps: bool = False
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "ChunkTask":
-        if self.end <= self.start:
-            raise ValueError("end must be after start")
-        if self.pieces is not None:
-            bounds = [b for piece in self.pieces for b in piece]
-            if not bounds or bounds[0] != self.start or bounds[-1] != self.end:
-                raise ValueError("pieces must run from start to end")
-            if any(a >= b for a, b in zip(bounds[::2], bounds[1::2], strict=True)) or bounds != sorted(bounds):
-                raise ValueError("pieces must be ascending, non-empty, disjoint sample ranges")
-        if self.index >= self.chunks_total:
-            raise ValueError("index must be below chunks_total")
-        if self.language is not None and self.language not in LANGUAGES:
-            raise ValueError(f"{self.language!r} is not a language code whisper knows")
-        return self
-
-    def headers(self) -> dict:
-        return {
-            "x-" + name.replace("_", "-"): _header_value(value)
-            for name, value in self.model_dump().items()
-            if value is not None
-        }
-
-
-def _header_value(value: Any) -> Any:
-    # pika's field tables take no floats (a float travels as its decimal string, parsed back exactly)
-    # and no tuples (pieces travel as lists of lists).
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, list):
-        return [list(item) if isinstance(item, tuple) else item for item in value]
-    return value
-
-
-def parse_chunk_task(headers: dict | None) -> ChunkTask:
-    """The chunk task in a message's headers; InvalidChunkTask when they break the contract."""
-    # Other headers (the broker's x-delivery-count, x-death of a replayed dead letter) are not ours.
-    fields = {
-        name: value.decode(errors="replace") if isinstance(value, bytes) else value
-        for name in ChunkTask.model_fields
-        if (value := (headers or {}).get("x-" + name.replace("_", "-"))) is not None
-    }
-    try:
-        return ChunkTask.model_validate(fields)
-    except ValidationError as exc:
-        raise InvalidChunkTask(f"invalid chunk task: {problems(exc.errors(), whole='headers')}") from None
-
-
-class GatherMessage(_Strict):
-    """A message on a job's gather queue: one chunk's result, or the coordinator's scatter record."""
-
-    kind: Literal["chunk", "scattered"]
-    job_id: str
-    index: int | None = None  # chunk
-    status: Literal["completed", "failed"] = "completed"  # chunk
-    segments: list[SegmentOut] = Field(default_factory=list)  # chunk: absolute times
-    error: ErrorInfo | None = None  # chunk, when failed
-    worker: str | None = None  # chunk: who transcribed it
-    seconds: float = 0.0  # chunk: transcription wall time
-    chunks: int | None = None  # scattered: how many chunk tasks were published
-    at: float | None = None  # scattered: when (epoch seconds)
