@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     download_timeout_seconds: float = Field(default=30.0, gt=0)
     callback_timeout_seconds: float = Field(default=10.0, gt=0)
     callback_retries: int = Field(default=3, ge=0)
+    # Signs every callback POST as Standard Webhooks do (webhook-id, webhook-timestamp, webhook-signature):
+    # "whsec_" + base64 of at least 24 random bytes. Empty: callbacks go unsigned (a warning at start-up).
+    webhook_secret: SecretStr = SecretStr("")
     # Several workers on one host need one port each. 0 disables /metrics and /healthz.
     metrics_port: int = Field(default=9100, ge=0, le=65535)
     # Where /metrics and /healthz listen: loopback by default; 0.0.0.0 in containers (compose, k8s probes).

@@ -28,6 +28,7 @@ from worker.errors import InputNotAllowed, ModelNotAllowed, UnknownModel
 from worker.media.chunking import ChunkingOptions
 from worker.media.speech import VadOptions
 from worker.pipeline import PipelineOptions, Processor
+from worker.service.callbacks import WebhookSigner
 from worker.service.chunks import ChunkHandler, ChunkOutcome
 from worker.service.consumer import Consumer
 from worker.service.fanout import FanOut, FanOutOptions
@@ -291,6 +292,20 @@ class Processors:
         )
 
 
+def webhook_signer(settings: Settings) -> WebhookSigner | None:
+    """The callbacks' signer (WEBHOOK_SECRET); a malformed secret stops the start-up (ValueError)."""
+    secret = settings.webhook_secret.get_secret_value()
+    if not secret:
+        logger.warning(
+            "WEBHOOK_SECRET is not set: callbacks are not signed, and receivers cannot tell them from forgeries"
+        )
+        return None
+    try:
+        return WebhookSigner.from_secret(secret)
+    except ValueError as exc:
+        raise ValueError(f"WEBHOOK_SECRET: {exc}") from None
+
+
 def handler_options(settings: Settings, work_dir: Path) -> HandlerOptions:
     return HandlerOptions(
         input_dir=settings.input_dir,
@@ -302,6 +317,7 @@ def handler_options(settings: Settings, work_dir: Path) -> HandlerOptions:
         download_timeout_seconds=settings.download_timeout_seconds,
         callback_timeout_seconds=settings.callback_timeout_seconds,
         callback_retries=settings.callback_retries,
+        signer=webhook_signer(settings),
         retry_backoff_seconds=settings.retry_backoff_seconds,
         retry_backoff_max_seconds=settings.retry_backoff_max_seconds,
     )

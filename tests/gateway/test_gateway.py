@@ -501,6 +501,11 @@ def test_an_async_job_names_a_known_speaker_by_a_clip_at_a_url(gateway, file_ser
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_known_speakers"
     response = requests.post(f"{gateway.url}/v1/jobs", headers=auth(), json={**job, "languages": ["xx"]}, timeout=10)
     assert response.status_code == 400 and "xx" in response.json()["error"]["message"]
+    # A callback the workers may not reach fails the job before any work (their URL rules).
+    private = {"url": job["url"], "callback_url": "http://10.1.2.3/hook"}
+    response = requests.post(f"{gateway.url}/v1/jobs", headers=auth(), json=private, timeout=10)
+    record = wait_for_state(gateway, response.json()["id"], {"completed", "failed"})
+    assert record["state"] == "failed" and record["result"]["error"]["code"] == "InputNotAllowed", record
 
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")  # Debian's packages

@@ -3,6 +3,7 @@
 Each test gets its own queue names, so tests never see each other's messages.
 """
 
+import base64
 import dataclasses
 import functools
 import http.server
@@ -18,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import openai
 import pika
 import pytest
 from conftest import MODELS_DIR, ROOT
@@ -30,6 +32,7 @@ from worker.egress import EgressPolicy
 from worker.messages import Result
 from worker.pipeline import PipelineOptions, Processor
 from worker.service import metrics
+from worker.service.callbacks import WebhookSigner
 from worker.service.consumer import Consumer
 from worker.service.jobs import RESULT_MARKER, HandlerOptions, JobHandler, Outcome
 from worker.service.publisher import Topology, declare, publish_job
@@ -282,13 +285,17 @@ def test_sigterm_mid_job_finishes_the_job_in_flight_and_exits_zero(broker, chann
     assert "fairest creatures" in result.text.lower()
 
 
-def test_the_result_is_posted_to_the_callback_url(channel, topology, start_consumer):
-    received: list[bytes] = []
+SECRET = "whsec_" + base64.b64encode(b"a secret of thirty-two bytes....").decode()
+
+
+def test_the_result_is_posted_to_the_callback_url_signed(channel, topology, start_consumer):
+    received: list[tuple[bytes, dict]] = []
 
     class Callback(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            received.append(self.rfile.read(int(self.headers["Content-Length"])))
-            self.send_response(204)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((body, dict(self.headers)))
+            self.send_response(500 if len(received) == 1 else 204)  # the first attempt fails: a retry
             self.end_headers()
 
         def log_message(self, *args) -> None:
@@ -297,7 +304,9 @@ def test_the_result_is_posted_to_the_callback_url(channel, topology, start_consu
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Callback)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     origin = f"http://127.0.0.1:{server.server_address[1]}"
-    start_consumer(egress=EgressPolicy.build(origins=[origin]))
+    start_consumer(
+        egress=EgressPolicy.build(origins=[origin]), signer=WebhookSigner.from_secret(SECRET), callback_retries=1
+    )
     try:
         url = f"{origin}/done"
         enqueue(channel, topology, {"job_id": "cb", "audio": {"path": "jfk_inaugural_1961.flac"}, "callback_url": url})
@@ -306,9 +315,27 @@ def test_the_result_is_posted_to_the_callback_url(channel, topology, start_consu
         server.shutdown()
         server.server_close()
 
-    assert len(received) == 1
-    posted = Result.model_validate_json(received[0])
-    assert (posted.job_id, posted.status) == ("cb", "completed")
+    assert len(received) == 2
+    (first, first_headers), (body, headers) = received
+    posted = Result.model_validate_json(body)
+    assert (posted.job_id, posted.status) == ("cb", "completed") and first == body
+    # Standard Webhooks' headers, verified as OpenAI's client verifies its own webhooks; a retry keeps the id.
+    client = openai.OpenAI(api_key="unused", webhook_secret=SECRET)
+    client.webhooks.verify_signature(body, headers)
+    assert headers["webhook-id"] == first_headers["webhook-id"] and headers["webhook-id"].startswith("msg_")
+    with pytest.raises(openai.InvalidWebhookSignatureError):
+        client.webhooks.verify_signature(body.replace(b"completed", b"failed"), headers)
+    with pytest.raises(openai.InvalidWebhookSignatureError):
+        client.webhooks.verify_signature(body, headers, secret="whsec_" + base64.b64encode(b"another" * 5).decode())
+
+
+def test_a_webhook_secret_is_checked_once_at_start_up():
+    with pytest.raises(ValueError, match="whsec_ followed by base64"):
+        WebhookSigner.from_secret("whsec_not base64!")
+    with pytest.raises(ValueError, match="at least 24 bytes"):
+        WebhookSigner.from_secret("whsec_" + base64.b64encode(b"short").decode())
+    signed = WebhookSigner.from_secret(SECRET).headers("msg_1", "{}", 1_700_000_000)
+    assert signed["webhook-timestamp"] == "1700000000" and signed["webhook-signature"].startswith("v1,")
 
 
 def test_broker_down_at_start_is_retried_with_growing_backoff(topology, transcriber, dirs, log_messages):

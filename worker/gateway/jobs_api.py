@@ -61,6 +61,8 @@ class JobRequest(BaseModel):
     keywords: list[str] = []
     known_speaker_names: list[str] = []
     known_speaker_references: list[str] = []
+    # The worker POSTs the result there, signed (WEBHOOK_SECRET), under its URL rules.
+    callback_url: AnyHttpUrl | None = None
 
     def decoding(self) -> dict:
         return {
@@ -76,6 +78,7 @@ class JobRequest(BaseModel):
             "min_speakers": self.min_speakers,
             "max_speakers": self.max_speakers,
             "subtitles": self.model_dump(include=set(SubtitleRequest.model_fields), exclude_defaults=True) or None,
+            "callback_url": str(self.callback_url) if self.callback_url else None,
         }
 
 

@@ -97,8 +97,10 @@ class VoiceLabeller:
             if not np.array_equal(split, labels):
                 found = turns(spans, embeddings, split, self.options)
                 matched = named(voices_of(found, spans, embeddings), references, least)
-        others = [s for s in dict.fromkeys(t.speaker for t in found) if s not in matched]
-        names = {s: known[k].name for s, k in matched.items()} | {s: speaker_label(n) for n, s in enumerate(others)}
+        names = {s: known[k].name for s, k in matched.items()}
+        taken = {k.name for k in known}  # a known speaker named "A" leaves the letter to nobody else
+        letters = (speaker_label(n) for n in range(len(found) + len(known) + 1) if speaker_label(n) not in taken)
+        names |= {s: next(letters) for s in dict.fromkeys(t.speaker for t in found) if s not in matched}
         logger.info("Known speakers found: {} of {}", len(matched), len(known))
         return found, lambda speaker: names.get(speaker, speaker_label(speaker))
 

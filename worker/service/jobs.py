@@ -49,7 +49,7 @@ from worker.pipeline import (
     segment_out,
 )
 from worker.service.asked import as_asked, diarization_of, vad_choice
-from worker.service.callbacks import post_callback
+from worker.service.callbacks import WebhookSigner, post_callback
 from worker.service.inputs import Sources
 
 RESULT_MARKER = "result.json"
@@ -92,6 +92,7 @@ class HandlerOptions:
     download_timeout_seconds: float = 30.0
     callback_timeout_seconds: float = 10.0
     callback_retries: int = 3
+    signer: WebhookSigner | None = None  # WEBHOOK_SECRET: callbacks signed as Standard Webhooks
     retry_backoff_seconds: float = 2.0
     retry_backoff_max_seconds: float = 60.0
 
@@ -277,6 +278,7 @@ class JobHandler:
                 retries=self.options.callback_retries,
                 timeout_seconds=self.options.callback_timeout_seconds,
                 egress=self.options.egress,
+                signer=self.options.signer,
             )
         except (CallbackFailed, InputNotAllowed) as exc:
             logger.warning("Job {}: {}; the result is still published", result.job_id, exc)
