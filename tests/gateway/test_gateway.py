@@ -31,6 +31,7 @@ from worker.media.audio import decode_audio, write_wav
 JFK = "jfk_inaugural_1961.flac"
 LONG = "ljspeech_LJ001-0001_to_0032_concat.wav"  # 231 s: 10 chunks, progress to watch
 KEY = "test-key-1"
+OTHER_KEY = "test-key-2"  # another team's
 MAX_UPLOAD = 64 * 2**20
 
 
@@ -61,7 +62,7 @@ def gateway(broker, tmp_path_factory, file_server) -> Iterator[GatewayProcess]:
         )
         for _ in range(2)
     ]
-    env = gateway_env(service, port, root, gateway_api_keys=KEY, gateway_max_upload_bytes=MAX_UPLOAD)
+    env = gateway_env(service, port, root, gateway_api_keys=f"{KEY},{OTHER_KEY}", gateway_max_upload_bytes=MAX_UPLOAD)
     shutil.copyfile(ROOT.parent / "shared" / "audio" / LONG, root / LONG)
     gw = GatewayProcess(f"http://127.0.0.1:{port}", env, root / "gateway.log", uploads)
     try:
@@ -416,8 +417,8 @@ def test_a_large_upload_streams_to_disk_not_memory(gateway, tmp_path):
 # --- async jobs: /v1/jobs, SSE progress, records in the database ---
 
 
-def auth() -> dict[str, str]:
-    return {"Authorization": f"Bearer {KEY}"}
+def auth(key: str = KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 def sse_events(url: str, timeout: float = 300) -> list[tuple[str, dict]]:
@@ -461,6 +462,21 @@ def test_an_async_upload_job_streams_its_progress_and_completes(gateway):
     assert record["state"] == "completed" and record["progress"]["percent"] == 100.0
     assert "printing" in record["result"]["text"].lower() and record["result"]["duration_seconds"] > 230
     assert list(gateway.upload_dir.iterdir()) == []
+
+
+def test_a_job_is_seen_only_by_the_key_that_made_it(gateway, file_server):
+    response = requests.post(f"{gateway.url}/v1/jobs", headers=auth(), json={"url": f"{file_server}/{JFK}"}, timeout=10)
+    job_id = response.json()["id"]
+    wait_for_state(gateway, job_id, {"completed"})
+    routes = [f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/events"]
+    for route in routes:  # owner, another tenant, no key, a wrong key
+        answers = [requests.get(f"{gateway.url}{route}", headers=headers, timeout=10) for headers in
+                   (auth(), auth(OTHER_KEY), {}, auth("not-a-key"))]  # fmt: skip
+        assert [a.status_code for a in answers] == [200, 404, 401, 401], route
+        # Another tenant learns nothing: its 404 is the one for a job that does not exist.
+        missing = requests.get(f"{gateway.url}/v1/jobs/gw-none", headers=auth(OTHER_KEY), timeout=10).json()
+        assert answers[1].json()["error"]["code"] == missing["error"]["code"] == "not_found"
+    assert KEY not in gateway.log() and OTHER_KEY not in gateway.log()  # logs hold no key
 
 
 def test_an_async_url_job_and_bad_job_requests(gateway, file_server):

@@ -66,3 +66,21 @@ def test_a_gateway_reachable_by_anyone_without_a_key_refuses_to_start(broker, tm
     done = subprocess.run([sys.executable, "cmd/gateway/main.py"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=60)  # fmt: skip
     assert done.returncode == 2 and "GATEWAY_API_KEYS is empty" in done.stderr + done.stdout
+
+
+def test_a_database_from_before_owners_gets_the_column_and_its_records_stay_hidden(tmp_path):
+    from worker.gateway.store import JobStore
+
+    path = tmp_path / "jobs.sqlite3"
+    with sqlite3.connect(path) as db:  # the table as it was, with one record
+        db.execute(
+            "CREATE TABLE jobs (id VARCHAR(64) PRIMARY KEY, state VARCHAR(16) NOT NULL, task VARCHAR(16) NOT NULL,"
+            " model VARCHAR(64) NOT NULL, upload_token VARCHAR(64), created_at FLOAT NOT NULL, updated_at FLOAT NOT NULL,"
+            " chunks_done INTEGER NOT NULL, chunks_total INTEGER NOT NULL, percent FLOAT NOT NULL, result TEXT)"
+        )
+        db.execute("INSERT INTO jobs VALUES ('gw-old', 'queued', 'transcribe', 'tiny.en', NULL, 1, 1, 0, 0, 0, NULL)")
+    store = JobStore(f"sqlite:///{path}")
+    assert store.get("gw-old").owner is None and store.get("gw-old", owner="key-a") is None
+    store.add("gw-new", task="transcribe", model="tiny.en", upload_token=None, owner="key-a")
+    assert store.get("gw-new", owner="key-a").id == "gw-new" and store.get("gw-new", owner="key-b") is None
+    JobStore(f"sqlite:///{path}")  # a second start finds the column there

@@ -124,7 +124,9 @@ def job_routes(parts: Parts) -> APIRouter:
         job = parts.new_job(token, url, name, spec.language, spec.task, known_speakers=known, **spec.decoding())
         # Recorded before the publish (its result may come back before this request ends), and marked
         # failed if the publish fails: no record stays "queued" for a job the broker never had.
-        record = await asyncio.to_thread(store.add, job.job_id, task=spec.task, model=name, upload_token=token)
+        record = await asyncio.to_thread(
+            store.add, job.job_id, task=spec.task, model=name, upload_token=token, owner=tenant(request)
+        )
         try:
             await parts.publish(job, token, wait=False)
         except ApiError as exc:
@@ -132,23 +134,30 @@ def job_routes(parts: Parts) -> APIRouter:
             raise
         return JSONResponse(record.document(), status_code=202, headers={"location": f"/v1/jobs/{job.job_id}"})
 
-    async def record_of(job_id: str):
-        record = await asyncio.to_thread(store.get, job_id)
+    async def record_of(job_id: str, owner: str):
+        """The job's record for its owner; 404 for any other tenant, as for a job that is not there."""
+        record = await asyncio.to_thread(store.get, job_id, owner=owner)
         if record is None:
             raise ApiError(404, f"no job {job_id!r}", code="not_found")
         return record
 
     @router.get("/v1/jobs/{job_id}")
-    async def get_job(job_id: str) -> JSONResponse:
-        return JSONResponse((await record_of(job_id)).document())
+    async def get_job(request: Request, job_id: str) -> JSONResponse:
+        return JSONResponse((await record_of(job_id, tenant(request))).document())
 
     @router.get("/v1/jobs/{job_id}/events")
-    async def job_events(job_id: str) -> EventSourceResponse:
+    async def job_events(request: Request, job_id: str) -> EventSourceResponse:
         """Server-Sent Events: `state` first, then `progress` per chunk, then `completed` or `failed`."""
-        record = await record_of(job_id)
-        return EventSourceResponse(_events(parts, job_id, record, record_of))
+        owner = tenant(request)
+        record = await record_of(job_id, owner)
+        return EventSourceResponse(_events(parts, job_id, record, lambda job: record_of(job, owner)))
 
     return router
+
+
+def tenant(request: Request) -> str:
+    """The tenant the request edge found for the request's key (worker.gateway.edge)."""
+    return request.state.tenant
 
 
 async def _events(parts: Parts, job_id: str, record, record_of):

@@ -30,6 +30,9 @@ _jobs = sa.Table(
     sa.Column("chunks_total", sa.Integer, nullable=False, default=0),
     sa.Column("percent", sa.Float, nullable=False, default=0.0),
     sa.Column("result", sa.Text, nullable=True),  # the worker's Result, as JSON
+    # The tenant that made the job (worker.gateway.edge.tenant_of): only it sees the record. Records made
+    # before owners were kept have none, and nobody sees them.
+    sa.Column("owner", sa.String(64), nullable=True),
 )
 
 
@@ -46,6 +49,7 @@ class JobRecord:
     chunks_total: int
     percent: float
     result: Result | None
+    owner: str | None = None
 
     def document(self) -> dict[str, Any]:
         """The record as GET /v1/jobs/{id} answers it."""
@@ -68,22 +72,30 @@ class JobStore:
     def __init__(self, url: str) -> None:
         self._engine = sa.create_engine(url, pool_pre_ping=True)
         _metadata.create_all(self._engine)
+        self._add_owner_column()
 
-    def add(self, job_id: str, *, task: str, model: str, upload_token: str | None) -> JobRecord:
+    def _add_owner_column(self) -> None:
+        """A database made before records had owners gets the column (its old records keep none)."""
+        if "owner" not in {c["name"] for c in sa.inspect(self._engine).get_columns("jobs")}:
+            with self._engine.begin() as db:
+                db.execute(sa.text("ALTER TABLE jobs ADD COLUMN owner VARCHAR(64)"))
+
+    def add(self, job_id: str, *, task: str, model: str, upload_token: str | None, owner: str) -> JobRecord:
         now = time.time()
         with self._engine.begin() as db:
             db.execute(
                 _jobs.insert().values(
                     id=job_id, state="queued", task=task, model=model, upload_token=upload_token,
-                    created_at=now, updated_at=now, chunks_done=0, chunks_total=0, percent=0.0,
+                    created_at=now, updated_at=now, chunks_done=0, chunks_total=0, percent=0.0, owner=owner,
                 )
             )  # fmt: skip
         return self.get(job_id)
 
-    def get(self, job_id: str) -> JobRecord | None:
+    def get(self, job_id: str, *, owner: str | None = None) -> JobRecord | None:
+        """The record; with `owner`, only when that tenant made the job (else None, as for no job)."""
         with self._engine.connect() as db:
             row = db.execute(sa.select(_jobs).where(_jobs.c.id == job_id)).mappings().first()
-        if row is None:
+        if row is None or (owner is not None and row["owner"] != owner):
             return None
         result = Result.model_validate_json(row["result"]) if row["result"] else None
         return JobRecord(**{**row, "result": result})
