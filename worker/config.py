@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     # Comma-separated API keys (Authorization: Bearer KEY). Empty: open, which the gateway allows only on a
     # loopback GATEWAY_HOST (make run), unless GATEWAY_ALLOW_ANONYMOUS says so (e.g. behind an authenticating proxy).
     gateway_api_keys: SecretStr = SecretStr("")
+    # A TOML file of tenants and the SHA-256 digests of their keys (worker/gateway/tenants.py); with keys
+    # of GATEWAY_API_KEYS, each of those its own tenant.
+    gateway_keys_file: str = ""
     gateway_allow_anonymous: bool = False
     gateway_max_upload_bytes: int = Field(default=500 * 2**20, gt=0)
     # A request waits this long for its result, then gets 504 (the job still completes).

@@ -375,19 +375,22 @@ def gateway(settings: Settings):
     # Imported here: the worker's entry points need none of the web stack.
     from worker.gateway.app import GatewayOptions, create_app
     from worker.gateway.store import JobStore
+    from worker.gateway.tenants import KeyTable
     from worker.gateway.uploads import UploadStore
 
-    keys = frozenset(k.strip() for k in settings.gateway_api_keys.get_secret_value().split(",") if k.strip())
+    listed = frozenset(k.strip() for k in settings.gateway_api_keys.get_secret_value().split(",") if k.strip())
+    keys = KeyTable.build(listed, Path(settings.gateway_keys_file) if settings.gateway_keys_file else None)
     if not keys and not _loopback(settings.gateway_host) and not settings.gateway_allow_anonymous:
         raise ValueError(
-            f"GATEWAY_HOST={settings.gateway_host} is reachable from other machines but GATEWAY_API_KEYS is empty: "
+            f"GATEWAY_HOST={settings.gateway_host} is reachable from other machines but it has no API keys "
+            "(GATEWAY_API_KEYS, GATEWAY_KEYS_FILE): "
             "set API keys (or GATEWAY_ALLOW_ANONYMOUS=true to serve anyone, e.g. behind an authenticating proxy)"
         )
     options = GatewayOptions(
         public_url=gateway_public_url(settings),
         default_model=settings.whisper_model,
         models=allowed_models(settings),
-        api_keys=keys,
+        keys=keys,
         max_upload_bytes=settings.gateway_max_upload_bytes,
         result_timeout_seconds=settings.gateway_result_timeout_seconds,
         publish_timeout_seconds=settings.gateway_publish_timeout_seconds,

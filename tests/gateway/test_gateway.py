@@ -3,6 +3,7 @@ with a real worker process behind a real rabbitmq-server (everything on 127.0.0.
 
 import base64
 import functools
+import hashlib
 import http.server
 import json
 import re
@@ -32,6 +33,7 @@ JFK = "jfk_inaugural_1961.flac"
 LONG = "ljspeech_LJ001-0001_to_0032_concat.wav"  # 231 s: 10 chunks, progress to watch
 KEY = "test-key-1"
 OTHER_KEY = "test-key-2"  # another team's
+TEAM_KEYS = ("team-key-old", "team-key-new")  # one tenant of GATEWAY_KEYS_FILE, its key being rotated
 MAX_UPLOAD = 64 * 2**20
 
 
@@ -62,7 +64,10 @@ def gateway(broker, tmp_path_factory, file_server) -> Iterator[GatewayProcess]:
         )
         for _ in range(2)
     ]
-    env = gateway_env(service, port, root, gateway_api_keys=f"{KEY},{OTHER_KEY}", gateway_max_upload_bytes=MAX_UPLOAD)
+    digests = ", ".join(f'"{hashlib.sha256(k.encode()).hexdigest()}"' for k in TEAM_KEYS)
+    (root / "keys.toml").write_text(f"[tenants.team]\nkey_sha256 = [{digests}]\n")
+    env = gateway_env(service, port, root, gateway_api_keys=f"{KEY},{OTHER_KEY}", gateway_max_upload_bytes=MAX_UPLOAD,
+                      gateway_keys_file=root / "keys.toml")  # fmt: skip
     shutil.copyfile(ROOT.parent / "shared" / "audio" / LONG, root / LONG)
     gw = GatewayProcess(f"http://127.0.0.1:{port}", env, root / "gateway.log", uploads)
     try:
@@ -477,6 +482,14 @@ def test_a_job_is_seen_only_by_the_key_that_made_it(gateway, file_server):
         missing = requests.get(f"{gateway.url}/v1/jobs/gw-none", headers=auth(OTHER_KEY), timeout=10).json()
         assert answers[1].json()["error"]["code"] == missing["error"]["code"] == "not_found"
     assert KEY not in gateway.log() and OTHER_KEY not in gateway.log()  # logs hold no key
+
+
+def test_a_tenant_of_the_keys_file_sees_its_jobs_with_any_of_its_keys(gateway, file_server):
+    old, new = TEAM_KEYS
+    job = {"url": f"{file_server}/{JFK}"}
+    job_id = requests.post(f"{gateway.url}/v1/jobs", headers=auth(old), json=job, timeout=10).json()["id"]
+    answers = [requests.get(f"{gateway.url}/v1/jobs/{job_id}", headers=auth(k), timeout=10) for k in (old, new, KEY)]
+    assert [a.status_code for a in answers] == [200, 200, 404]  # the key rotated, the jobs kept; no one else
 
 
 def test_an_async_url_job_and_bad_job_requests(gateway, file_server):

@@ -55,7 +55,7 @@ def create_app(
         on_disconnect=bridge.waiters.fail_all,
         options=broker_options,
     )
-    if not options.api_keys:
+    if not options.keys:
         logger.warning("No GATEWAY_API_KEYS set: the gateway accepts requests from anyone who can reach it")
     app = FastAPI(title="transcription gateway", on_startup=[broker.start], on_shutdown=[broker.stop])
     parts = Parts(options=options, broker=broker, bridge=bridge, store=store, uploads=uploads)
@@ -63,7 +63,7 @@ def create_app(
         app.include_router(router)
     _answer_errors_in_openai_shape(app)
     edge = EdgeOptions(
-        api_keys=options.api_keys, max_upload_bytes=options.max_upload_bytes, idle_seconds=options.body_idle_seconds
+        keys=options.keys, max_upload_bytes=options.max_upload_bytes, idle_seconds=options.body_idle_seconds
     )
     return RequestEdge(app, edge)
 

@@ -12,6 +12,7 @@ from worker.errors import BrokerUnavailable
 from worker.gateway.bridge import Bridge
 from worker.gateway.openai_api import OPENAI_DIARIZE_MODEL, OPENAI_MODEL, ApiError
 from worker.gateway.store import JobStore
+from worker.gateway.tenants import KeyTable
 from worker.gateway.uploads import UploadStore
 from worker.messages import LANGUAGES, Job, problems
 
@@ -21,7 +22,7 @@ class GatewayOptions:
     public_url: str  # how workers reach this gateway (the uploads' URLs)
     default_model: str
     models: tuple[str, ...]  # the names jobs may give (the workers' ALLOWED_MODELS)
-    api_keys: frozenset[str]  # empty: open
+    keys: KeyTable  # empty: open
     max_upload_bytes: int
     result_timeout_seconds: float
     publish_timeout_seconds: float = 10.0

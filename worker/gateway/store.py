@@ -30,7 +30,7 @@ _jobs = sa.Table(
     sa.Column("chunks_total", sa.Integer, nullable=False, default=0),
     sa.Column("percent", sa.Float, nullable=False, default=0.0),
     sa.Column("result", sa.Text, nullable=True),  # the worker's Result, as JSON
-    # The tenant that made the job (worker.gateway.edge.tenant_of): only it sees the record. Records made
+    # The tenant that made the job (worker/gateway/tenants.py): only it sees the record. Records made
     # before owners were kept have none, and nobody sees them.
     sa.Column("owner", sa.String(64), nullable=True),
 )

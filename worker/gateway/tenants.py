@@ -1,0 +1,90 @@
+"""Who a request is: each API key stands for a tenant, and a tenant's jobs are its own.
+
+Two sources, merged at start-up:
+- GATEWAY_API_KEYS: each key its own tenant, named by a digest of it (`key-` + 16 hex digits of its
+  SHA-256): a record or a log line never holds the key;
+- GATEWAY_KEYS_FILE: a TOML file of `[tenants.NAME]` tables, each with `key_sha256`, the SHA-256 hex
+  digests of its keys (the file holds no secret; several keys per tenant let a key be rotated without
+  the tenant losing its jobs):
+
+      [tenants.search-team]
+      key_sha256 = ["3b1f...64 hex digits", "9a0c..."]   # printf %s "$KEY" | sha256sum
+
+A presented key is hashed and compared with every digest in constant time (no early exit). Limits per
+tenant are not read yet: a table with any other field is refused at start-up rather than ignored.
+"""
+
+import hashlib
+import hmac
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from worker.messages import problems
+
+TENANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+Digest = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
+
+
+class _Tenant(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key_sha256: Annotated[list[Digest], Field(min_length=1)]
+
+
+class _KeysFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tenants: dict[Annotated[str, StringConstraints(pattern=TENANT_NAME)], _Tenant]
+
+
+def tenant_of(key: bytes) -> str:
+    """The tenant a key of GATEWAY_API_KEYS stands for: a digest of it."""
+    return "key-" + hashlib.sha256(key).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class KeyTable:
+    """SHA-256 digests of the accepted keys, each with its tenant; empty: no key asked."""
+
+    entries: tuple[tuple[bytes, str], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+    @classmethod
+    def build(cls, keys: frozenset[str], keys_file: Path | None) -> "KeyTable":
+        """GATEWAY_API_KEYS and GATEWAY_KEYS_FILE's tenants; ValueError for a file that breaks the format or
+        a key given twice."""
+        entries = [(hashlib.sha256(k.encode()).digest(), tenant_of(k.encode())) for k in sorted(keys)]
+        if keys_file is not None:
+            entries += _read(keys_file)
+        digests = [digest for digest, _ in entries]
+        if len(set(digests)) != len(digests):
+            raise ValueError("a key is given twice (GATEWAY_API_KEYS and GATEWAY_KEYS_FILE, or two tenants)")
+        return cls(tuple(entries))
+
+    def tenant(self, key: bytes) -> str | None:
+        """The tenant of a presented key, or None; every digest is compared, whichever matches."""
+        digest = hashlib.sha256(key).digest()
+        found = None
+        for known, tenant in self.entries:
+            if hmac.compare_digest(digest, known):
+                found = tenant
+        return found
+
+
+def _read(path: Path) -> list[tuple[bytes, str]]:
+    try:
+        document = tomllib.loads(path.read_text())
+        parsed = _KeysFile.model_validate(document)
+    except OSError as exc:
+        raise ValueError(f"GATEWAY_KEYS_FILE {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"GATEWAY_KEYS_FILE {path}: not TOML ({exc})") from None
+    except ValidationError as exc:
+        raise ValueError(f"GATEWAY_KEYS_FILE {path}: {problems(exc.errors(), whole='file')}") from None
+    return [(bytes.fromhex(d), name) for name, tenant in parsed.tenants.items() for d in tenant.key_sha256]
