@@ -34,6 +34,7 @@ LONG = "ljspeech_LJ001-0001_to_0032_concat.wav"  # 231 s: 10 chunks, progress to
 KEY = "test-key-1"
 OTHER_KEY = "test-key-2"  # another team's
 TEAM_KEYS = ("team-key-old", "team-key-new")  # one tenant of GATEWAY_KEYS_FILE, its key being rotated
+LIMITED_KEY, PER_MINUTE = "limited-key", 3  # a tenant with requests_per_minute
 MAX_UPLOAD = 64 * 2**20
 
 
@@ -65,7 +66,11 @@ def gateway(broker, tmp_path_factory, file_server) -> Iterator[GatewayProcess]:
         for _ in range(2)
     ]
     digests = ", ".join(f'"{hashlib.sha256(k.encode()).hexdigest()}"' for k in TEAM_KEYS)
-    (root / "keys.toml").write_text(f"[tenants.team]\nkey_sha256 = [{digests}]\n")
+    limited = hashlib.sha256(LIMITED_KEY.encode()).hexdigest()
+    (root / "keys.toml").write_text(
+        f"[tenants.team]\nkey_sha256 = [{digests}]\n"
+        f'[tenants.limited]\nkey_sha256 = ["{limited}"]\nrequests_per_minute = {PER_MINUTE}\n'
+    )
     env = gateway_env(service, port, root, gateway_api_keys=f"{KEY},{OTHER_KEY}", gateway_max_upload_bytes=MAX_UPLOAD,
                       gateway_keys_file=root / "keys.toml")  # fmt: skip
     shutil.copyfile(ROOT.parent / "shared" / "audio" / LONG, root / LONG)
@@ -482,6 +487,31 @@ def test_a_job_is_seen_only_by_the_key_that_made_it(gateway, file_server):
         missing = requests.get(f"{gateway.url}/v1/jobs/gw-none", headers=auth(OTHER_KEY), timeout=10).json()
         assert answers[1].json()["error"]["code"] == missing["error"]["code"] == "not_found"
     assert KEY not in gateway.log() and OTHER_KEY not in gateway.log()  # logs hold no key
+
+
+def test_a_tenants_requests_per_minute_hold_across_two_gateway_replicas(gateway, tmp_path):
+    port = free_port()
+    env = {**gateway.env, "GATEWAY_PORT": str(port), "GATEWAY_RESULTS_QUEUE": f"gateway-results.{port}"}
+    replica = GatewayProcess(f"http://127.0.0.1:{port}", env, tmp_path / "replica.log", gateway.upload_dir)
+    replica.start()  # the same database: the same counts
+    try:
+        if time.time() % 60 > 50:  # the counts are per minute: all of this inside one
+            time.sleep(61 - time.time() % 60)
+        answers = [
+            requests.get(f"{url}/v1/models", headers=auth(LIMITED_KEY), timeout=10)
+            for url in (gateway.url, replica.url, gateway.url, replica.url)
+        ]
+        unlimited = requests.get(f"{replica.url}/v1/models", headers=auth(), timeout=10)
+    finally:
+        replica.stop()
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert [a.headers["x-ratelimit-remaining-requests"] for a in answers] == ["2", "1", "0", "0"]
+    assert all(a.headers["x-ratelimit-limit-requests"] == str(PER_MINUTE) for a in answers)
+    refused = answers[-1]
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded" and 1 <= int(refused.headers["retry-after"]) <= 60
+    with pytest.raises(openai.RateLimitError):  # what OpenAI's client makes of it
+        openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=LIMITED_KEY, max_retries=0).models.list()
+    assert unlimited.status_code == 200 and "x-ratelimit-limit-requests" not in unlimited.headers
 
 
 def test_a_tenant_of_the_keys_file_sees_its_jobs_with_any_of_its_keys(gateway, file_server):

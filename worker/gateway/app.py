@@ -22,6 +22,7 @@ from worker.gateway.bridge import Bridge
 from worker.gateway.broker import BrokerClient
 from worker.gateway.edge import EdgeOptions, RequestEdge, error_body
 from worker.gateway.jobs_api import job_routes
+from worker.gateway.limits import RateLimit
 from worker.gateway.openai_api import ApiError
 from worker.gateway.parts import GatewayOptions, Parts
 from worker.gateway.routes import audio_routes, misc_routes
@@ -65,7 +66,7 @@ def create_app(
     edge = EdgeOptions(
         keys=options.keys, max_upload_bytes=options.max_upload_bytes, idle_seconds=options.body_idle_seconds
     )
-    return RequestEdge(app, edge)
+    return RequestEdge(RateLimit(app, dict(options.keys.requests_per_minute), store.count_request), edge)
 
 
 def _answer_errors_in_openai_shape(app: FastAPI) -> None:

@@ -10,8 +10,11 @@ Two sources, merged at start-up:
       [tenants.search-team]
       key_sha256 = ["3b1f...64 hex digits", "9a0c..."]   # printf %s "$KEY" | sha256sum
 
-A presented key is hashed and compared with every digest in constant time (no early exit). Limits per
-tenant are not read yet: a table with any other field is refused at start-up rather than ignored.
+      requests_per_minute = 120   # optional: over it, 429 rate_limit_exceeded (worker/gateway/limits.py)
+
+A presented key is hashed and compared with every digest in constant time (no early exit). Other limits
+(audio per day, concurrent jobs, models, lanes) are not read yet: a table with any other field is
+refused at start-up rather than ignored.
 """
 
 import hashlib
@@ -33,6 +36,7 @@ class _Tenant(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     key_sha256: Annotated[list[Digest], Field(min_length=1)]
+    requests_per_minute: Annotated[int, Field(ge=1)] | None = None
 
 
 class _KeysFile(BaseModel):
@@ -51,6 +55,7 @@ class KeyTable:
     """SHA-256 digests of the accepted keys, each with its tenant; empty: no key asked."""
 
     entries: tuple[tuple[bytes, str], ...] = ()
+    requests_per_minute: tuple[tuple[str, int], ...] = ()  # tenant -> its limit, for those that have one
 
     def __bool__(self) -> bool:
         return bool(self.entries)
@@ -60,12 +65,13 @@ class KeyTable:
         """GATEWAY_API_KEYS and GATEWAY_KEYS_FILE's tenants; ValueError for a file that breaks the format or
         a key given twice."""
         entries = [(hashlib.sha256(k.encode()).digest(), tenant_of(k.encode())) for k in sorted(keys)]
-        if keys_file is not None:
-            entries += _read(keys_file)
+        tenants = _read(keys_file) if keys_file is not None else {}
+        entries += [(bytes.fromhex(d), name) for name, tenant in tenants.items() for d in tenant.key_sha256]
         digests = [digest for digest, _ in entries]
         if len(set(digests)) != len(digests):
             raise ValueError("a key is given twice (GATEWAY_API_KEYS and GATEWAY_KEYS_FILE, or two tenants)")
-        return cls(tuple(entries))
+        limits = tuple((name, t.requests_per_minute) for name, t in tenants.items() if t.requests_per_minute)
+        return cls(tuple(entries), limits)
 
     def tenant(self, key: bytes) -> str | None:
         """The tenant of a presented key, or None; every digest is compared, whichever matches."""
@@ -77,7 +83,7 @@ class KeyTable:
         return found
 
 
-def _read(path: Path) -> list[tuple[bytes, str]]:
+def _read(path: Path) -> dict[str, _Tenant]:
     try:
         document = tomllib.loads(path.read_text())
         parsed = _KeysFile.model_validate(document)
@@ -87,4 +93,4 @@ def _read(path: Path) -> list[tuple[bytes, str]]:
         raise ValueError(f"GATEWAY_KEYS_FILE {path}: not TOML ({exc})") from None
     except ValidationError as exc:
         raise ValueError(f"GATEWAY_KEYS_FILE {path}: {problems(exc.errors(), whole='file')}") from None
-    return [(bytes.fromhex(d), name) for name, tenant in parsed.tenants.items() for d in tenant.key_sha256]
+    return parsed.tenants
