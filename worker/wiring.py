@@ -382,8 +382,8 @@ def gateway(settings: Settings):
     keys = KeyTable.build(listed, Path(settings.gateway_keys_file) if settings.gateway_keys_file else None)
     if not keys and not _loopback(settings.gateway_host) and not settings.gateway_allow_anonymous:
         raise ValueError(
-            f"GATEWAY_HOST={settings.gateway_host} is reachable from other machines but it has no API keys "
-            "(GATEWAY_API_KEYS, GATEWAY_KEYS_FILE): "
+            f"GATEWAY_HOST={settings.gateway_host} is reachable from other machines but GATEWAY_API_KEYS is empty "
+            "and no GATEWAY_KEYS_FILE names a tenant: "
             "set API keys (or GATEWAY_ALLOW_ANONYMOUS=true to serve anyone, e.g. behind an authenticating proxy)"
         )
     options = GatewayOptions(
