@@ -47,16 +47,17 @@ DIARIZED = re.compile(r"Diarized: (\d+) speakers over (\d+) windows in ([\d.]+) 
 
 
 def heldout_conversations() -> list[Conversation]:
-    """Calls and a talk of the held-out voices (worker/devtools/known_speakers.py), kept out of every
+    """Calls and talks of the held-out voices (worker/devtools/known_speakers.py), kept out of every
     diarization threshold chosen on ../shared/audio's."""
     held = known_speakers.heldout_speakers(HELDOUT_CACHE)
+    allison, librivox, michael, diane, sheila = (held[k] for k in ("allison", "librivox", "michael", "diane", "sheila"))
     return [
-        conversations.stereo_call(
-            "heldout-call-allison-librivox", held["allison"], held["librivox"], seconds=60, seed=41
-        ),
-        conversations.stereo_call("heldout-call-mfa-allison", held["mfa"], held["allison"], seconds=60, seed=42),
+        conversations.stereo_call("heldout-call-allison-librivox", allison, librivox, seconds=60, seed=41),
+        conversations.stereo_call("heldout-call-michael-allison", michael, allison, seconds=60, seed=42),
+        conversations.mono_conversation("heldout-talk-3", [allison, librivox, michael], seconds=90, seed=43),
+        conversations.mono_conversation("heldout-talk-4", [diane, allison, sheila, librivox], seconds=60, seed=44),
         conversations.mono_conversation(
-            "heldout-talk-3", [held["allison"], held["librivox"], held["mfa"]], seconds=90, seed=43
+            "heldout-talk-5", [allison, diane, michael, sheila, librivox], seconds=100, seed=45
         ),
     ]
 

