@@ -17,6 +17,7 @@ WorkerError
 │   ├── AudioDecodeError    the audio cannot be decoded (not audio, corrupt, truncated)
 │   │   ├── EmptyAudio      the input holds no audio samples at all
 │   │   └── AudioTooLong    the audio is longer than MAX_AUDIO_SECONDS
+│   ├── QuotaExceeded       the audio is longer than the job's quota_seconds (its tenant's quota left)
 │   ├── UnknownModel        the model name is not one the worker knows
 │   ├── ModelUnavailable    no source (local file, download, installed package) could provide the model
 │   └── ModelConversionError  a CTranslate2 model could not be converted to ggml
@@ -100,6 +101,10 @@ class EmptyAudio(AudioDecodeError):
 
 class AudioTooLong(AudioDecodeError):
     """The audio is longer than the configured maximum."""
+
+
+class QuotaExceeded(PermanentError):
+    """The decoded audio is longer than what its tenant has left of its daily quota (Job.quota_seconds)."""
 
 
 class UnknownModel(PermanentError):

@@ -2,6 +2,7 @@
 with a real worker process behind a real rabbitmq-server (everything on 127.0.0.1)."""
 
 import base64
+import concurrent.futures
 import functools
 import hashlib
 import http.server
@@ -35,6 +36,8 @@ KEY = "test-key-1"
 OTHER_KEY = "test-key-2"  # another team's
 TEAM_KEYS = ("team-key-old", "team-key-new")  # one tenant of GATEWAY_KEYS_FILE, its key being rotated
 LIMITED_KEY, PER_MINUTE = "limited-key", 3  # a tenant with requests_per_minute
+METERED_KEY, SMALL_KEY = "metered-key", "small-key"  # tenants with audio_seconds_per_day: 12 and 5
+NARROW_KEY = "narrow-key"  # a tenant whose allowed_models the workers do not have
 MAX_UPLOAD = 64 * 2**20
 
 
@@ -66,10 +69,15 @@ def gateway(broker, tmp_path_factory, file_server) -> Iterator[GatewayProcess]:
         for _ in range(2)
     ]
     digests = ", ".join(f'"{hashlib.sha256(k.encode()).hexdigest()}"' for k in TEAM_KEYS)
-    limited = hashlib.sha256(LIMITED_KEY.encode()).hexdigest()
+    limited, metered, small, narrow = (
+        hashlib.sha256(k.encode()).hexdigest() for k in (LIMITED_KEY, METERED_KEY, SMALL_KEY, NARROW_KEY)
+    )
     (root / "keys.toml").write_text(
         f"[tenants.team]\nkey_sha256 = [{digests}]\n"
         f'[tenants.limited]\nkey_sha256 = ["{limited}"]\nrequests_per_minute = {PER_MINUTE}\n'
+        f'[tenants.metered]\nkey_sha256 = ["{metered}"]\naudio_seconds_per_day = 12\n'
+        f'[tenants.small]\nkey_sha256 = ["{small}"]\naudio_seconds_per_day = 5\n'
+        f'[tenants.narrow]\nkey_sha256 = ["{narrow}"]\nallowed_models = ["large-v3"]\n'
     )
     env = gateway_env(service, port, root, gateway_api_keys=f"{KEY},{OTHER_KEY}", gateway_max_upload_bytes=MAX_UPLOAD,
                       gateway_keys_file=root / "keys.toml")  # fmt: skip
@@ -444,10 +452,12 @@ def sse_events(url: str, timeout: float = 300) -> list[tuple[str, dict]]:
     return events
 
 
-def wait_for_state(gateway: GatewayProcess, job_id: str, states: set[str], timeout: float = 300) -> dict:
+def wait_for_state(
+    gateway: GatewayProcess, job_id: str, states: set[str], timeout: float = 300, key: str = KEY
+) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        record = requests.get(f"{gateway.url}/v1/jobs/{job_id}", headers=auth(), timeout=10).json()
+        record = requests.get(f"{gateway.url}/v1/jobs/{job_id}", headers=auth(key), timeout=10).json()
         if record["state"] in states:
             return record
         assert time.monotonic() < deadline, record
@@ -520,6 +530,59 @@ def test_a_tenant_of_the_keys_file_sees_its_jobs_with_any_of_its_keys(gateway, f
     job_id = requests.post(f"{gateway.url}/v1/jobs", headers=auth(old), json=job, timeout=10).json()["id"]
     answers = [requests.get(f"{gateway.url}/v1/jobs/{job_id}", headers=auth(k), timeout=10) for k in (old, new, KEY)]
     assert [a.status_code for a in answers] == [200, 200, 404]  # the key rotated, the jobs kept; no one else
+
+
+def openai_of(gateway: GatewayProcess, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def usage_today(gateway: GatewayProcess, key: str) -> dict:
+    answer = requests.get(f"{gateway.url}/v1/usage", headers=auth(key), timeout=10)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["data"][-1]
+
+
+def test_a_tenant_sees_and_uses_only_its_allowed_models(gateway, audio_dir):
+    everyone = [m.id for m in openai_of(gateway, KEY).models.list()]
+    assert "whisper-1" in everyone and [m.id for m in openai_of(gateway, NARROW_KEY).models.list()] == []
+    with open(audio_dir / JFK, "rb") as audio, pytest.raises(openai.BadRequestError) as refused:
+        openai_of(gateway, NARROW_KEY).audio.transcriptions.create(model="whisper-1", file=audio)
+    assert refused.value.code == "model_not_found"
+    job = {"url": "http://127.0.0.1/a.wav", "model": everyone[-1]}
+    answer = requests.post(f"{gateway.url}/v1/jobs", headers=auth(NARROW_KEY), json=job, timeout=10)
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "model_not_found"
+
+
+def test_a_tenants_audio_quota_counts_decoded_seconds_and_refuses_in_openais_shape(gateway, audio_dir, file_server):
+    small = openai_of(gateway, SMALL_KEY)
+    with open(audio_dir / JFK, "rb") as audio, pytest.raises(openai.RateLimitError) as refused:
+        small.audio.transcriptions.create(model="whisper-1", file=audio)  # 11 s of 5 s left: the worker refuses
+    assert refused.value.code == "insufficient_quota" and "quota" in refused.value.message
+    short = "ls_test-clean_1089-134691-0000.flac"  # 2.1 s
+    with open(audio_dir / short, "rb") as audio:
+        assert small.audio.transcriptions.create(model="whisper-1", file=audio).text
+    job = requests.post(f"{gateway.url}/v1/jobs", headers=auth(SMALL_KEY), json={"url": f"{file_server}/{JFK}"},
+                        timeout=10).json()  # fmt: skip
+    record = wait_for_state(gateway, job["id"], {"completed", "failed"}, key=SMALL_KEY)
+    assert record["state"] == "failed" and record["result"]["error"]["code"] == "QuotaExceeded"
+    used = usage_today(gateway, SMALL_KEY)
+    assert (used["jobs"], used["jobs_failed"]) == (3, 2) and abs(used["audio_seconds"] - 2.08) < 0.1
+    assert used["requests"] >= 4  # 3 jobs, 1 usage, more counted by the time it answers
+
+    # Two requests at once each see the 12 s left, and both run (documented: together they may go over).
+    metered = openai_of(gateway, METERED_KEY)
+
+    def transcribe(_: int) -> str:
+        with open(audio_dir / JFK, "rb") as audio:
+            return metered.audio.transcriptions.create(model="whisper-1", file=audio).text
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        assert all("your country" in text.lower() for text in pool.map(transcribe, range(2)))
+    assert abs(usage_today(gateway, METERED_KEY)["audio_seconds"] - 22.0) < 0.2
+    with pytest.raises(openai.RateLimitError) as refused:  # nothing left: refused before any upload is kept
+        transcribe(0)
+    assert refused.value.code == "insufficient_quota" and list(gateway.upload_dir.iterdir()) == []
+    assert usage_today(gateway, KEY)["audio_seconds"] != usage_today(gateway, METERED_KEY)["audio_seconds"]
 
 
 def test_an_async_url_job_and_bad_job_requests(gateway, file_server):

@@ -5,7 +5,8 @@ Its parts, one role each:
 - routes.py: the audio routes, models, page, uploads, health; jobs_api.py: the async jobs;
   parts.py: what the routes share;
 - uploads.py: uploads on disk under unguessable, expiring tokens (workers fetch them over HTTP);
-- store.py: the async jobs' records (a SQL database);
+- store.py: the async jobs' records (a SQL database); usage.py: each tenant's usage and quota (the same
+  database); limits.py: requests per minute;
 - bridge.py: results and progress from the broker's thread to the waiting requests and SSE streams;
 - broker.py: the broker client (one thread owns the AMQP connection).
 `create_app` puts them together; the wiring (worker/wiring.py) builds it from Settings.
@@ -25,9 +26,10 @@ from worker.gateway.jobs_api import job_routes
 from worker.gateway.limits import RateLimit
 from worker.gateway.openai_api import ApiError
 from worker.gateway.parts import GatewayOptions, Parts
-from worker.gateway.routes import audio_routes, misc_routes
+from worker.gateway.routes import audio_routes, misc_routes, usage_routes
 from worker.gateway.store import JobStore
 from worker.gateway.uploads import UploadStore
+from worker.gateway.usage import UsageBook
 from worker.messages import problems
 from worker.service.session import DEFAULT_OPTIONS, SessionOptions
 
@@ -45,12 +47,13 @@ def create_app(
     broker_options: SessionOptions = DEFAULT_OPTIONS,
 ) -> RequestEdge:
     """The ASGI app: the request edge in front of FastAPI's routes; the broker client starts with it."""
-    bridge = Bridge(store, uploads)
+    usage = UsageBook(store.engine)
+    bridge = Bridge(store, uploads, usage)
     broker = BrokerClient(
         broker_url,
         topology,
         async_results_queue=async_results_queue,
-        on_result=bridge.waiters.resolve,
+        on_result=bridge.on_result,
         on_async_result=bridge.on_async_result,
         on_progress=bridge.on_progress,
         on_disconnect=bridge.waiters.fail_all,
@@ -59,14 +62,14 @@ def create_app(
     if not options.keys:
         logger.warning("No GATEWAY_API_KEYS set: the gateway accepts requests from anyone who can reach it")
     app = FastAPI(title="transcription gateway", on_startup=[broker.start], on_shutdown=[broker.stop])
-    parts = Parts(options=options, broker=broker, bridge=bridge, store=store, uploads=uploads)
-    for router in (misc_routes(parts), audio_routes(parts), job_routes(parts)):
+    parts = Parts(options=options, broker=broker, bridge=bridge, store=store, uploads=uploads, usage=usage)
+    for router in (misc_routes(parts), audio_routes(parts), job_routes(parts), usage_routes(parts)):
         app.include_router(router)
     _answer_errors_in_openai_shape(app)
     edge = EdgeOptions(
         keys=options.keys, max_upload_bytes=options.max_upload_bytes, idle_seconds=options.body_idle_seconds
     )
-    return RequestEdge(RateLimit(app, dict(options.keys.requests_per_minute), store.count_request), edge)
+    return RequestEdge(RateLimit(app, options.keys.requests_per_minute, usage.count_request), edge)
 
 
 def _answer_errors_in_openai_shape(app: FastAPI) -> None:

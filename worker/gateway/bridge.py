@@ -6,18 +6,25 @@ hand-over goes through `loop.call_soon_threadsafe`. What is owed to whom:
   resolves it, and a lost broker connection fails every waiting one at once (503), since the reply
   it waits for may now come late or never (the job itself goes on; its upload expires with its TTL).
 - `Subscribers`: the SSE streams of this process, per job id.
-- `Bridge`: the broker client's callbacks for async jobs: record the result or the progress in the
-  job records, then tell the streams. A database error raises: the broker session's guard requeues
-  the result later (or drops a progress event), and the thread lives on.
+- `Bridge`: the broker client's callbacks: count a finished job in its tenant's usage (usage.py); for
+  async jobs, record the result or the progress in the job records, then tell the streams. A database
+  error raises: the broker session's guard requeues the result later (or drops a progress event), and
+  the thread lives on. A waiting request's result is answered even when the database cannot count it.
 """
 
 import asyncio
 import collections
 
+from loguru import logger
+from sqlalchemy.exc import SQLAlchemyError
+
 from worker.errors import BrokerUnavailable
 from worker.gateway.store import JobStore, dumps
 from worker.gateway.uploads import UploadStore
+from worker.gateway.usage import UsageBook
 from worker.messages import ProgressEvent, Result
+
+MAX_OWNERS = 100_000
 
 
 class Waiters:
@@ -26,13 +33,23 @@ class Waiters:
     def __init__(self, uploads: UploadStore) -> None:
         self._uploads = uploads
         self._futures: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future, tuple[str, ...]]] = {}
+        # Job id -> its tenant, until the result comes (also after its request gave up): whose usage it is.
+        self._owners: collections.OrderedDict[str, str] = collections.OrderedDict()
 
-    def expect(self, job_id: str, *tokens: str) -> asyncio.Future:
-        """The future of `job_id`'s result; its uploads (`tokens`: the audio, known speakers' clips) go with it."""
+    def expect(self, job_id: str, owner: str, *tokens: str) -> asyncio.Future:
+        """The future of `job_id`'s result, made for tenant `owner`; its uploads (`tokens`: the audio, known
+        speakers' clips) go with it."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._futures[job_id] = (loop, future, tokens)
+        self._owners[job_id] = owner
+        while len(self._owners) > MAX_OWNERS:  # results that never came (a purged queue): forgotten
+            self._owners.popitem(last=False)
         return future
+
+    def owner_of(self, job_id: str) -> str | None:
+        """The tenant of a result arriving now (once)."""
+        return self._owners.pop(job_id, None)
 
     def forget(self, job_id: str) -> None:
         self._futures.pop(job_id, None)
@@ -95,16 +112,29 @@ class Subscribers:
 class Bridge:
     """The broker client's callbacks (all on the broker's thread)."""
 
-    def __init__(self, store: JobStore, uploads: UploadStore) -> None:
+    def __init__(self, store: JobStore, uploads: UploadStore, usage: UsageBook) -> None:
         self.store = store
         self.uploads = uploads
+        self.usage = usage
         self.waiters = Waiters(uploads)
         self.subscribers = Subscribers()
+
+    def on_result(self, result: Result) -> None:
+        """A result on this process's reply queue: counted for its tenant, then handed to its request."""
+        owner = self.waiters.owner_of(result.job_id)
+        try:
+            if owner is not None:
+                self.usage.charge(owner, result)
+        except SQLAlchemyError as exc:
+            logger.error("Job {} of tenant {} could not be counted in its usage: {}", result.job_id, owner, exc)
+        self.waiters.resolve(result)
 
     def on_async_result(self, result: Result) -> None:
         record = self.store.finish(result)  # raises while the database is down: the guard requeues it
         if record is None:
             return  # another gateway's job (a shared queue, a foreign database): nothing to record
+        if record.owner is not None:
+            self.usage.charge(record.owner, result)  # counted once, whatever the deliveries
         if record.upload_token:
             self.uploads.delete(record.upload_token)
         self.subscribers.send(result.job_id, record.state, dumps(record))

@@ -115,13 +115,15 @@ def job_routes(parts: Parts) -> APIRouter:
     async def create_job(request: Request) -> JSONResponse:
         """Multipart (file, model, ...) or JSON (url, model, ...): 202 and the job's record."""
         spec, file = await job_spec(request)
-        name = parts.check_request(spec.model, spec.language)
+        name = parts.check_request(spec.model, spec.language, tenant(request))
+        quota = await parts.quota_left(tenant(request))
         names, references = spec.known_speaker_names, spec.known_speaker_references
         check_known(names, references, diarized=spec.decoding()["diarize"] == "speakers")
         known, _clips = stored(names, references, parts.uploads, parts.options.public_url, urls=True)  # expire by TTL
         token = parts.store_upload(file) if file is not None else None
         url = None if file is not None else str(spec.url)
-        job = parts.new_job(token, url, name, spec.language, spec.task, known_speakers=known, **spec.decoding())
+        job = parts.new_job(token, url, name, spec.language, spec.task, known_speakers=known, quota_seconds=quota,
+                            **spec.decoding())  # fmt: skip
         # Recorded before the publish (its result may come back before this request ends), and marked
         # failed if the publish fails: no record stays "queued" for a job the broker never had.
         record = await asyncio.to_thread(

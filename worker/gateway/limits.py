@@ -1,8 +1,8 @@
 """Requests per minute per tenant (GATEWAY_KEYS_FILE's `requests_per_minute`), in OpenAI's shape.
 
 An ASGI layer behind the request edge (which named the request's tenant): on the API's routes (/v1/),
-each request of a tenant with a limit is counted in the job database, so every replica counts the same
-requests, in fixed windows of a minute. Over the limit: 429 with `Retry-After` (seconds to the next
+each request is counted in the job database (worker/gateway/usage.py: every tenant's, for its usage), so
+every replica counts the same requests, in fixed windows of a minute. Over the limit: 429 with `Retry-After` (seconds to the next
 minute) and OpenAI's error (`type` "requests", `code` "rate_limit_exceeded"); every answered request
 carries OpenAI's `x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests` and
 `x-ratelimit-reset-requests`. A database that cannot count lets the request through (with an error in
@@ -27,15 +27,17 @@ class RateLimit:
 
     async def __call__(self, scope, receive, send) -> None:
         tenant = scope.get("state", {}).get("tenant") if scope["type"] == "http" else None
-        limit = self.limits.get(tenant) if scope.get("path", "").startswith("/v1/") else None
-        if limit is None:
+        if tenant is None or not scope.get("path", "").startswith("/v1/"):
             return await self.app(scope, receive, send)
+        limit = self.limits.get(tenant)
         now = time.time()
         minute = int(now // 60)
         try:
             used = await anyio.to_thread.run_sync(self.count, tenant, minute)
         except SQLAlchemyError as exc:
             logger.error("Requests of tenant {} could not be counted, let through: {}", tenant, exc)
+            return await self.app(scope, receive, send)
+        if limit is None:
             return await self.app(scope, receive, send)
         reset = max(1, round((minute + 1) * 60 - now))
         headers = [

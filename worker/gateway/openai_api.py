@@ -44,7 +44,10 @@ _STATUS = {
     "InputTooLarge": (413, "invalid_request_error"),
     "DownloadRejected": (400, "invalid_request_error"),
     "ModelUnavailable": (503, "server_error"),
+    "QuotaExceeded": (429, "insufficient_quota"),
 }
+# Codes OpenAI's clients know by another name.
+_OPENAI_CODES = {"QuotaExceeded": "insufficient_quota"}
 
 
 class ApiError(Exception):
@@ -131,7 +134,12 @@ def failed(result: Result) -> ApiError:
     code = result.error.code if result.error else "InternalError"
     status, kind = _STATUS.get(code, (500, "server_error"))
     message = result.error.message if result.error else "the transcription failed"
-    return ApiError(status, message, type=kind, code=code)
+    return ApiError(status, message, type=kind, code=_OPENAI_CODES.get(code, code))
+
+
+def quota_exceeded(message: str) -> ApiError:
+    """The tenant's audio quota for today is used up (OpenAI's 429 insufficient_quota)."""
+    return ApiError(429, message, type="insufficient_quota", code="insufficient_quota")
 
 
 def timed_out(job_id: str, seconds: float) -> ApiError:

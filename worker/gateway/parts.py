@@ -10,10 +10,11 @@ from starlette.datastructures import UploadFile as FormFile
 
 from worker.errors import BrokerUnavailable
 from worker.gateway.bridge import Bridge
-from worker.gateway.openai_api import OPENAI_DIARIZE_MODEL, OPENAI_MODEL, ApiError
+from worker.gateway.openai_api import OPENAI_DIARIZE_MODEL, OPENAI_MODEL, ApiError, quota_exceeded
 from worker.gateway.store import JobStore
 from worker.gateway.tenants import KeyTable
 from worker.gateway.uploads import UploadStore
+from worker.gateway.usage import UsageBook, today
 from worker.messages import LANGUAGES, Job, problems
 
 
@@ -38,12 +39,31 @@ class Parts:
     bridge: Bridge
     store: JobStore
     uploads: UploadStore
+    usage: UsageBook
 
-    def check_request(self, model: str, language: str | None) -> str:
-        """The model name the job gets; ApiError for a model that is not allowed or an unknown language."""
+    async def quota_left(self, tenant: str | None) -> float | None:
+        """Seconds of audio `tenant` has left today (None: no quota); 429 insufficient_quota when none."""
+        quota = self.options.keys.limits(tenant).audio_seconds_per_day
+        if quota is None or tenant is None:
+            return None
+        left = quota - await asyncio.to_thread(self.usage.audio_seconds, tenant, today())
+        if left <= 0:
+            raise quota_exceeded(f"today's audio quota of {quota} s is used up; it starts again at 00:00 UTC")
+        return left
+
+    def models_of(self, tenant: str | None) -> tuple[str, ...]:
+        """The models a tenant may use: the workers' ALLOWED_MODELS, narrowed by its `allowed_models`."""
+        narrowed = self.options.keys.limits(tenant).allowed_models
+        return tuple(m for m in self.options.models if narrowed is None or m in narrowed)
+
+    def check_request(self, model: str, language: str | None, tenant: str | None) -> str:
+        """The model name the job gets; ApiError for a model that is not allowed (to this tenant) or an
+        unknown language."""
         name = self.options.default_model if model in (OPENAI_MODEL, OPENAI_DIARIZE_MODEL) else model
-        if name not in self.options.models:
-            allowed = ", ".join((OPENAI_MODEL, OPENAI_DIARIZE_MODEL, *self.options.models))
+        models = self.models_of(tenant)
+        if name not in models:
+            aliases = (OPENAI_MODEL, OPENAI_DIARIZE_MODEL) if self.options.default_model in models else ()
+            allowed = ", ".join((*aliases, *models)) or "none"
             raise ApiError(400, f"model {model!r} is not available here; allowed: {allowed}", code="model_not_found")
         if language and language.lower() not in LANGUAGES:
             raise ApiError(400, f"unknown language {language!r}", code="invalid_language")

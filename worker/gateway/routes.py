@@ -10,7 +10,7 @@ import asyncio
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from sse_starlette.sse import EventSourceResponse
 
@@ -32,6 +32,7 @@ from worker.gateway.openai_api import (
 from worker.gateway.parts import Parts, count_field, flag_field, list_field, text_field
 from worker.gateway.speakers import check_known, stored
 from worker.gateway.streaming import STREAMED_FORMATS, transcript_events
+from worker.gateway.usage import USAGE_DAYS, today
 from worker.messages import MAX_PROMPT_CHARS, Job, Result, SubtitleRequest
 
 PAGE = Path(__file__).with_name("static") / "index.html"
@@ -62,8 +63,11 @@ def misc_routes(parts: Parts) -> APIRouter:
         return Response("ok\n" if ok else "broker not connected\n", 200 if ok else 503, media_type="text/plain")
 
     @router.get("/v1/models")
-    async def models() -> JSONResponse:
-        names = [OPENAI_MODEL, OPENAI_DIARIZE_MODEL, *parts.options.models]
+    async def models(request: Request) -> JSONResponse:
+        """The models this key may use (OpenAI's two names stand for the default model)."""
+        allowed = parts.models_of(request.state.tenant)
+        aliases = [OPENAI_MODEL, OPENAI_DIARIZE_MODEL] if parts.options.default_model in allowed else []
+        names = [*aliases, *allowed]
         return JSONResponse(
             {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "local"} for n in names]}
         )
@@ -102,7 +106,9 @@ def audio_routes(parts: Parts) -> APIRouter:
             raise ApiError(400, "include[] takes logprobs only", code="invalid_field")
         if form.getlist("timestamp_granularities[]") and response_format != "verbose_json":
             raise ApiError(400, "timestamp_granularities needs response_format=verbose_json", code="invalid_field")
-        name = parts.check_request(model, language)
+        tenant = request.state.tenant
+        name = parts.check_request(model, language, tenant)
+        quota = await parts.quota_left(tenant)
         if prompt and len(prompt) > MAX_PROMPT_CHARS:
             raise ApiError(400, f"prompt is longer than {MAX_PROMPT_CHARS} characters", code="invalid_field")
         names, references = list_field(form, "known_speaker_names"), list_field(form, "known_speaker_references")
@@ -119,12 +125,13 @@ def audio_routes(parts: Parts) -> APIRouter:
             token = parts.store_upload(file)
             job = parts.new_job(token, None, name, language, task, prompt=prompt or None, temperature=temperature,
                                 word_timestamps=words, vad=vad, diarize=diarize, num_speakers=num_speakers,
-                                logprobs=bool(include), subtitles=subtitles, **openai_fields)  # fmt: skip
+                                logprobs=bool(include), subtitles=subtitles, quota_seconds=quota,
+                                **openai_fields)  # fmt: skip
         except ApiError:
             for clip in clips:
                 parts.uploads.delete(clip)
             raise
-        waiting = parts.bridge.waiters.expect(job.job_id, token, *clips)
+        waiting = parts.bridge.waiters.expect(job.job_id, tenant, token, *clips)
         if stream:
             return await streamed(job, token, waiting, response_format)
         await parts.publish(job, token, wait=True)
@@ -188,5 +195,21 @@ def audio_routes(parts: Parts) -> APIRouter:
     ) -> Response:
         return await audio(request, "translate", file, model, None, response_format, prompt, temperature,
                            timestamp_granularities)  # fmt: skip
+
+    return router
+
+
+def usage_routes(parts: Parts) -> APIRouter:
+    """GET /v1/usage (ours): the calling tenant's own usage by day (worker/gateway/usage.py)."""
+    router = APIRouter()
+
+    @router.get("/v1/usage")
+    async def usage(request: Request, days: Annotated[int, Query(ge=1, le=USAGE_DAYS)] = 7) -> JSONResponse:
+        tenant = request.state.tenant
+        first = today() - days + 1
+        found = await asyncio.to_thread(parts.usage.days, tenant, first)
+        limits = parts.options.keys.limits(tenant)
+        return JSONResponse({"object": "list", "tenant": tenant, "data": found,
+                             "audio_seconds_per_day": limits.audio_seconds_per_day})  # fmt: skip
 
     return router

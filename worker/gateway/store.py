@@ -36,17 +36,6 @@ _jobs = sa.Table(
 )
 
 
-# Requests of each tenant per minute (worker/gateway/limits.py): in the database, so that every gateway
-# replica counts the same requests.
-_requests = sa.Table(
-    "request_counts",
-    _metadata,
-    sa.Column("tenant", sa.String(64), primary_key=True),
-    sa.Column("minute", sa.Integer, primary_key=True),  # epoch minutes
-    sa.Column("count", sa.Integer, nullable=False),
-)
-
-
 @dataclass(frozen=True)
 class JobRecord:
     id: str
@@ -84,6 +73,11 @@ class JobStore:
         self._engine = sa.create_engine(url, pool_pre_ping=True)
         _metadata.create_all(self._engine)
         self._add_owner_column()
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The database's engine (worker/gateway/usage.py keeps its tables there too)."""
+        return self._engine
 
     def _add_owner_column(self) -> None:
         """A database made before records had owners gets the column (its old records keep none)."""
@@ -138,21 +132,6 @@ class JobStore:
                 .values(**values)
             )
         return self.get(result.job_id)
-
-    def count_request(self, tenant: str, minute: int) -> int:
-        """One more request of `tenant` in `minute`; how many it has made in that minute, this one included.
-        Atomic across replicas: the first of a minute inserts (a replica that loses that race updates)."""
-        try:
-            with self._engine.begin() as db:
-                db.execute(_requests.insert().values(tenant=tenant, minute=minute, count=1))
-                db.execute(_requests.delete().where(_requests.c.tenant == tenant, _requests.c.minute < minute - 1))
-            return 1
-        except sa.exc.IntegrityError:
-            pass
-        with self._engine.begin() as db:
-            key = (_requests.c.tenant == tenant) & (_requests.c.minute == minute)
-            db.execute(_requests.update().where(key).values(count=_requests.c.count + 1))
-            return db.execute(sa.select(_requests.c.count).where(key)).scalar_one()
 
     def fail(self, job_id: str, error: ErrorInfo) -> JobRecord | None:
         """Mark failed a job that never reached the broker (its publish failed): no record stays "queued"."""

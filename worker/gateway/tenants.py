@@ -10,11 +10,13 @@ Two sources, merged at start-up:
       [tenants.search-team]
       key_sha256 = ["3b1f...64 hex digits", "9a0c..."]   # printf %s "$KEY" | sha256sum
 
-      requests_per_minute = 120   # optional: over it, 429 rate_limit_exceeded (worker/gateway/limits.py)
+      requests_per_minute = 120      # optional: over it, 429 rate_limit_exceeded (worker/gateway/limits.py)
+      audio_seconds_per_day = 3600   # optional: over it, 429 insufficient_quota (worker/gateway/usage.py)
+      allowed_models = ["tiny.en"]   # optional: the models (of the workers' ALLOWED_MODELS) it may use
 
 A presented key is hashed and compared with every digest in constant time (no early exit). Other limits
-(audio per day, concurrent jobs, models, lanes) are not read yet: a table with any other field is
-refused at start-up rather than ignored.
+(concurrent jobs, lanes) are not read yet: a table with any other field is refused at start-up rather
+than ignored.
 """
 
 import hashlib
@@ -37,6 +39,24 @@ class _Tenant(BaseModel):
 
     key_sha256: Annotated[list[Digest], Field(min_length=1)]
     requests_per_minute: Annotated[int, Field(ge=1)] | None = None
+    audio_seconds_per_day: Annotated[int, Field(ge=1)] | None = None
+    allowed_models: Annotated[list[Annotated[str, StringConstraints(min_length=1)]], Field(min_length=1)] | None = None
+
+    def limits(self) -> "Limits":
+        models = frozenset(self.allowed_models) if self.allowed_models is not None else None
+        return Limits(self.requests_per_minute, self.audio_seconds_per_day, models)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a tenant may use; None: no limit."""
+
+    requests_per_minute: int | None = None
+    audio_seconds_per_day: int | None = None
+    allowed_models: frozenset[str] | None = None
+
+
+NO_LIMITS = Limits()
 
 
 class _KeysFile(BaseModel):
@@ -55,7 +75,14 @@ class KeyTable:
     """SHA-256 digests of the accepted keys, each with its tenant; empty: no key asked."""
 
     entries: tuple[tuple[bytes, str], ...] = ()
-    requests_per_minute: tuple[tuple[str, int], ...] = ()  # tenant -> its limit, for those that have one
+    limited: tuple[tuple[str, Limits], ...] = ()  # tenant -> its limits, for those that have any
+
+    @property
+    def requests_per_minute(self) -> dict[str, int]:
+        return {name: x.requests_per_minute for name, x in self.limited if x.requests_per_minute}
+
+    def limits(self, tenant: str | None) -> Limits:
+        return dict(self.limited).get(tenant, NO_LIMITS) if tenant is not None else NO_LIMITS
 
     def __bool__(self) -> bool:
         return bool(self.entries)
@@ -70,8 +97,8 @@ class KeyTable:
         digests = [digest for digest, _ in entries]
         if len(set(digests)) != len(digests):
             raise ValueError("a key is given twice (GATEWAY_API_KEYS and GATEWAY_KEYS_FILE, or two tenants)")
-        limits = tuple((name, t.requests_per_minute) for name, t in tenants.items() if t.requests_per_minute)
-        return cls(tuple(entries), limits)
+        limited = tuple((name, t.limits()) for name, t in tenants.items() if t.limits() != NO_LIMITS)
+        return cls(tuple(entries), limited)
 
     def tenant(self, key: bytes) -> str | None:
         """The tenant of a presented key, or None; every digest is compared, whichever matches."""

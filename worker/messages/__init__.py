@@ -135,6 +135,9 @@ class Job(Strict):
     # How the srt and vtt formats lay out their cues; absent: a cue per segment, on one line.
     subtitles: SubtitleRequest | None = None
     callback_url: AnyUrl | None = None
+    # Seconds of audio the job may hold (the gateway: what its tenant has left of its daily quota): longer
+    # audio fails with QuotaExceeded once decoded, before any transcription.
+    quota_seconds: Annotated[float, Field(gt=0)] | None = None
 
     @property
     def decoder_prompt(self) -> str | None:

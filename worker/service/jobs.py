@@ -25,6 +25,7 @@ from worker.errors import (
     InputNotAllowed,
     InvalidJob,
     PermanentError,
+    QuotaExceeded,
     TransientError,
     WorkerError,
 )
@@ -216,6 +217,7 @@ class JobHandler:
                 vad=vad_choice(job, processor),
                 diarization=diarization_of(job, known),
             )
+            _check_quota(job, prepared.duration_seconds)
             on_chunk: ProgressCallback = functools.partial(emit, "transcribing")
             if self._scatter is not None and self._scatter.wanted(prepared):
                 per_chunk = self._scatter.run(job, prepared, processor, on_chunk)
@@ -384,3 +386,11 @@ def _completed(job: Job, t: Transcript, outputs: dict[str, str], timings: Timing
         outputs=outputs,
         timings=timings,
     )
+
+
+def _check_quota(job: Job, seconds: float) -> None:
+    """QuotaExceeded for audio longer than the job may hold (decoded, nothing transcribed yet)."""
+    if job.quota_seconds is not None and seconds > job.quota_seconds:
+        raise QuotaExceeded(
+            f"{seconds:.1f} s of audio is more than the {job.quota_seconds:.1f} s left of today's audio quota"
+        )
