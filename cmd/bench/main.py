@@ -56,6 +56,7 @@ import bench_gateway
 import bench_guard
 import bench_known
 import bench_levers
+import bench_limits
 import bench_scale
 import bench_vad
 import bench_words
@@ -653,6 +654,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--known-speakers", action="store_true", help="known speakers named on 3-voice conversations (accuracy)"
     )
+    parser.add_argument("--limits", action="store_true", help="what the gateway's per-tenant checks cost a request")
     parser.add_argument(
         "--conversations",
         type=lambda s: [c for c in s.split(",") if c],
@@ -821,6 +823,9 @@ def main() -> int:
         return 0
     if args.diarize:
         return diarize_main(args)
+    if args.limits:
+        print(bench_limits.run_limits(max(args.runs, 2)))
+        return 0
     if args.known_speakers:
         print(bench_known.known_markdown(bench_known.run_known(args.model), args.model))
         return 0

@@ -71,6 +71,8 @@ class JobRecord:
 class JobStore:
     def __init__(self, url: str) -> None:
         self._engine = sa.create_engine(url, pool_pre_ping=True)
+        if self._engine.dialect.name == "sqlite":
+            sa.event.listen(self._engine, "connect", _write_ahead)
         _metadata.create_all(self._engine)
         self._add_owner_column()
 
@@ -136,6 +138,15 @@ class JobStore:
     def fail(self, job_id: str, error: ErrorInfo) -> JobRecord | None:
         """Mark failed a job that never reached the broker (its publish failed): no record stays "queued"."""
         return self.finish(Result(job_id=job_id, status="failed", error=error))
+
+
+def _write_ahead(connection, _record) -> None:
+    """SQLite in write-ahead mode: a commit is one append and one sync of the log (not a journal written,
+    synced and deleted: about half of what a counted request cost), and readers never wait for a writer,
+    which gateway replicas sharing the file do all the time. Durability is unchanged (synchronous=FULL)."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
 
 
 def dumps(record: JobRecord) -> str:

@@ -56,7 +56,13 @@ class UsageBook:
 
     def count_request(self, tenant: str, minute: int) -> int:
         """One more request of `tenant` in `minute`; how many it has made in that minute, this one included.
-        Atomic across replicas: the first of a minute inserts (a replica that loses that race updates)."""
+        One statement in the usual case (the minute's row is there); atomic across replicas: the first of a
+        minute inserts, and a replica that loses that race adds to the winner's row."""
+        key = (_requests.c.tenant == tenant) & (_requests.c.minute == minute)
+        added = _requests.update().where(key).values(count=_requests.c.count + 1).returning(_requests.c.count)
+        with self._engine.begin() as db:
+            if (count := db.execute(added).scalar()) is not None:
+                return count
         try:
             with self._engine.begin() as db:
                 db.execute(_requests.insert().values(tenant=tenant, minute=minute, count=1))
@@ -64,11 +70,8 @@ class UsageBook:
                 db.execute(_requests.delete().where(_requests.c.tenant == tenant, _requests.c.minute < old))
             return 1
         except sa.exc.IntegrityError:
-            pass
-        with self._engine.begin() as db:
-            key = (_requests.c.tenant == tenant) & (_requests.c.minute == minute)
-            db.execute(_requests.update().where(key).values(count=_requests.c.count + 1))
-            return db.execute(sa.select(_requests.c.count).where(key)).scalar_one()
+            with self._engine.begin() as db:
+                return db.execute(added).scalar_one()
 
     def charge(self, tenant: str, result: Result) -> None:
         """A finished job of `tenant`, counted once whatever the deliveries of its result."""
