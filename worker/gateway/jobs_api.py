@@ -23,7 +23,7 @@ from worker.gateway.openai_api import (
     diarize_of,
     vad_of,
 )
-from worker.gateway.parts import Parts, list_field
+from worker.gateway.parts import Parts, list_field, tenant
 from worker.gateway.speakers import check_known, stored
 from worker.gateway.store import dumps
 from worker.messages import MAX_PROMPT_CHARS, ErrorInfo, SubtitleRequest, problems
@@ -115,19 +115,21 @@ def job_routes(parts: Parts) -> APIRouter:
     async def create_job(request: Request) -> JSONResponse:
         """Multipart (file, model, ...) or JSON (url, model, ...): 202 and the job's record."""
         spec, file = await job_spec(request)
-        name = parts.check_request(spec.model, spec.language, tenant(request))
-        quota = await parts.quota_left(tenant(request))
+        owner = tenant(request)
+        name = parts.check_request(spec.model, spec.language, owner)
+        quota = await parts.quota_left(owner)
+        decoding = spec.decoding()
         names, references = spec.known_speaker_names, spec.known_speaker_references
-        check_known(names, references, diarized=spec.decoding()["diarize"] == "speakers")
+        check_known(names, references, diarized=decoding["diarize"] == "speakers")
         known, _clips = stored(names, references, parts.uploads, parts.options.public_url, urls=True)  # expire by TTL
         token = parts.store_upload(file) if file is not None else None
         url = None if file is not None else str(spec.url)
         job = parts.new_job(token, url, name, spec.language, spec.task, known_speakers=known, quota_seconds=quota,
-                            **spec.decoding())  # fmt: skip
+                            **decoding)  # fmt: skip
         # Recorded before the publish (its result may come back before this request ends), and marked
         # failed if the publish fails: no record stays "queued" for a job the broker never had.
         record = await asyncio.to_thread(
-            store.add, job.job_id, task=spec.task, model=name, upload_token=token, owner=tenant(request)
+            store.add, job.job_id, task=spec.task, model=name, upload_token=token, owner=owner
         )
         try:
             await parts.publish(job, token, wait=False)
@@ -155,11 +157,6 @@ def job_routes(parts: Parts) -> APIRouter:
         return EventSourceResponse(_events(parts, job_id, record, lambda job: record_of(job, owner)))
 
     return router
-
-
-def tenant(request: Request) -> str:
-    """The tenant the request edge found for the request's key (worker.gateway.edge)."""
-    return request.state.tenant
 
 
 async def _events(parts: Parts, job_id: str, record, record_of):

@@ -2,8 +2,8 @@
 
 An ASGI layer behind the request edge (which named the request's tenant): on the API's routes (/v1/),
 each request is counted in the job database (worker/gateway/usage.py: every tenant's, for its usage), so
-every replica counts the same requests, in fixed windows of a minute. Over the limit: 429 with `Retry-After` (seconds to the next
-minute) and OpenAI's error (`type` "requests", `code` "rate_limit_exceeded"); every answered request
+every replica counts the same requests, in fixed windows of a minute. Over the limit: 429 with
+`Retry-After` (seconds to the next minute) and OpenAI's error (`type` "requests", `code` "rate_limit_exceeded"); every answered request
 carries OpenAI's `x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests` and
 `x-ratelimit-reset-requests`. A database that cannot count lets the request through (with an error in
 the log): the limit is a fairness rule, and the routes that need the database answer 503 themselves.

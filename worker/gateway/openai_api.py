@@ -44,10 +44,7 @@ _STATUS = {
     "InputTooLarge": (413, "invalid_request_error"),
     "DownloadRejected": (400, "invalid_request_error"),
     "ModelUnavailable": (503, "server_error"),
-    "QuotaExceeded": (429, "insufficient_quota"),
 }
-# Codes OpenAI's clients know by another name.
-_OPENAI_CODES = {"QuotaExceeded": "insufficient_quota"}
 
 
 class ApiError(Exception):
@@ -132,9 +129,11 @@ def subtitles_of(
 def failed(result: Result) -> ApiError:
     """The ApiError of a failed job (its error code kept as OpenAI's `code`)."""
     code = result.error.code if result.error else "InternalError"
-    status, kind = _STATUS.get(code, (500, "server_error"))
     message = result.error.message if result.error else "the transcription failed"
-    return ApiError(status, message, type=kind, code=_OPENAI_CODES.get(code, code))
+    if code == "QuotaExceeded":  # the worker's half of the quota check: the same answer as the gateway's
+        return quota_exceeded(message)
+    status, kind = _STATUS.get(code, (500, "server_error"))
+    return ApiError(status, message, type=kind, code=code)
 
 
 def quota_exceeded(message: str) -> ApiError:

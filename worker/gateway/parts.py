@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile as FormFile
+from starlette.requests import Request
 
 from worker.errors import BrokerUnavailable
 from worker.gateway.bridge import Bridge
@@ -52,22 +53,23 @@ class Parts:
         return left
 
     def models_of(self, tenant: str | None) -> tuple[str, ...]:
-        """The models a tenant may use: the workers' ALLOWED_MODELS, narrowed by its `allowed_models`."""
+        """The model names a tenant may give: the workers' ALLOWED_MODELS narrowed by its `allowed_models`,
+        after OpenAI's two names when they stand for one of those (the default model)."""
         narrowed = self.options.keys.limits(tenant).allowed_models
-        return tuple(m for m in self.options.models if narrowed is None or m in narrowed)
+        models = tuple(m for m in self.options.models if narrowed is None or m in narrowed)
+        aliases = (OPENAI_MODEL, OPENAI_DIARIZE_MODEL) if self.options.default_model in models else ()
+        return (*aliases, *models)
 
     def check_request(self, model: str, language: str | None, tenant: str | None) -> str:
         """The model name the job gets; ApiError for a model that is not allowed (to this tenant) or an
         unknown language."""
-        name = self.options.default_model if model in (OPENAI_MODEL, OPENAI_DIARIZE_MODEL) else model
-        models = self.models_of(tenant)
-        if name not in models:
-            aliases = (OPENAI_MODEL, OPENAI_DIARIZE_MODEL) if self.options.default_model in models else ()
-            allowed = ", ".join((*aliases, *models)) or "none"
-            raise ApiError(400, f"model {model!r} is not available here; allowed: {allowed}", code="model_not_found")
+        allowed = self.models_of(tenant)
+        if model not in allowed:
+            raise ApiError(400, f"model {model!r} is not available here; allowed: {', '.join(allowed) or 'none'}",
+                           code="model_not_found")  # fmt: skip
         if language and language.lower() not in LANGUAGES:
             raise ApiError(400, f"unknown language {language!r}", code="invalid_language")
-        return name
+        return self.options.default_model if model in (OPENAI_MODEL, OPENAI_DIARIZE_MODEL) else model
 
     def store_upload(self, file: FormFile) -> str:
         token, size = self.uploads.save(file.file)
@@ -105,6 +107,11 @@ class Parts:
                 self.uploads.delete(token)
             reason = str(exc) or f"the broker did not confirm job {job.job_id} in time"
             raise ApiError(503, reason, type="server_error", code="broker_unavailable") from None
+
+
+def tenant(request: Request) -> str:
+    """The tenant the request edge found for the request's key (worker.gateway.edge)."""
+    return request.state.tenant
 
 
 def text_field(form, name: str) -> str | None:

@@ -16,7 +16,6 @@ from sse_starlette.sse import EventSourceResponse
 
 from worker.errors import BrokerUnavailable
 from worker.gateway.openai_api import (
-    OPENAI_DIARIZE_MODEL,
     OPENAI_MODEL,
     RESPONSE_FORMATS,
     ApiError,
@@ -29,7 +28,7 @@ from worker.gateway.openai_api import (
     timed_out,
     vad_of,
 )
-from worker.gateway.parts import Parts, count_field, flag_field, list_field, text_field
+from worker.gateway.parts import Parts, count_field, flag_field, list_field, tenant, text_field
 from worker.gateway.speakers import check_known, stored
 from worker.gateway.streaming import STREAMED_FORMATS, transcript_events
 from worker.gateway.usage import USAGE_DAYS, today
@@ -65,9 +64,7 @@ def misc_routes(parts: Parts) -> APIRouter:
     @router.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
         """The models this key may use (OpenAI's two names stand for the default model)."""
-        allowed = parts.models_of(request.state.tenant)
-        aliases = [OPENAI_MODEL, OPENAI_DIARIZE_MODEL] if parts.options.default_model in allowed else []
-        names = [*aliases, *allowed]
+        names = parts.models_of(tenant(request))
         return JSONResponse(
             {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "local"} for n in names]}
         )
@@ -106,9 +103,9 @@ def audio_routes(parts: Parts) -> APIRouter:
             raise ApiError(400, "include[] takes logprobs only", code="invalid_field")
         if form.getlist("timestamp_granularities[]") and response_format != "verbose_json":
             raise ApiError(400, "timestamp_granularities needs response_format=verbose_json", code="invalid_field")
-        tenant = request.state.tenant
-        name = parts.check_request(model, language, tenant)
-        quota = await parts.quota_left(tenant)
+        owner = tenant(request)
+        name = parts.check_request(model, language, owner)
+        quota = await parts.quota_left(owner)
         if prompt and len(prompt) > MAX_PROMPT_CHARS:
             raise ApiError(400, f"prompt is longer than {MAX_PROMPT_CHARS} characters", code="invalid_field")
         names, references = list_field(form, "known_speaker_names"), list_field(form, "known_speaker_references")
@@ -131,7 +128,7 @@ def audio_routes(parts: Parts) -> APIRouter:
             for clip in clips:
                 parts.uploads.delete(clip)
             raise
-        waiting = parts.bridge.waiters.expect(job.job_id, tenant, token, *clips)
+        waiting = parts.bridge.waiters.expect(job.job_id, owner, token, *clips)
         if stream:
             return await streamed(job, token, waiting, response_format)
         await parts.publish(job, token, wait=True)
@@ -205,11 +202,10 @@ def usage_routes(parts: Parts) -> APIRouter:
 
     @router.get("/v1/usage")
     async def usage(request: Request, days: Annotated[int, Query(ge=1, le=USAGE_DAYS)] = 7) -> JSONResponse:
-        tenant = request.state.tenant
-        first = today() - days + 1
-        found = await asyncio.to_thread(parts.usage.days, tenant, first)
-        limits = parts.options.keys.limits(tenant)
-        return JSONResponse({"object": "list", "tenant": tenant, "data": found,
+        owner = tenant(request)
+        found = await asyncio.to_thread(parts.usage.days, owner, today() - days + 1)
+        limits = parts.options.keys.limits(owner)
+        return JSONResponse({"object": "list", "tenant": owner, "data": found,
                              "audio_seconds_per_day": limits.audio_seconds_per_day})  # fmt: skip
 
     return router

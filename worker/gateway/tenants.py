@@ -19,6 +19,7 @@ A presented key is hashed and compared with every digest in constant time (no ea
 than ignored.
 """
 
+import functools
 import hashlib
 import hmac
 import tomllib
@@ -81,8 +82,12 @@ class KeyTable:
     def requests_per_minute(self) -> dict[str, int]:
         return {name: x.requests_per_minute for name, x in self.limited if x.requests_per_minute}
 
+    @functools.cached_property
+    def _limits(self) -> dict[str, Limits]:  # looked up on every request: made once
+        return dict(self.limited)
+
     def limits(self, tenant: str | None) -> Limits:
-        return dict(self.limited).get(tenant, NO_LIMITS) if tenant is not None else NO_LIMITS
+        return self._limits.get(tenant, NO_LIMITS) if tenant is not None else NO_LIMITS
 
     def __bool__(self) -> bool:
         return bool(self.entries)

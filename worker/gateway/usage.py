@@ -109,5 +109,5 @@ class UsageBook:
 
 
 def _entry(by_day: dict[int, dict], number: int) -> dict:
-    date = datetime.date.fromordinal(datetime.date(1970, 1, 1).toordinal() + number).isoformat()
+    date = (datetime.date(1970, 1, 1) + datetime.timedelta(days=number)).isoformat()
     return by_day.setdefault(number, {"date": date, "requests": 0, "jobs": 0, "jobs_failed": 0, "audio_seconds": 0.0})
