@@ -97,10 +97,10 @@ class Client:
         self.channel.confirm_delivery()
         declare(self.channel, topology)
 
-    def enqueue(self, job: dict | bytes, *, message_id: str | None = None) -> str:
+    def enqueue(self, job: dict | bytes, *, message_id: str | None = None, interactive: bool = False) -> str:
         body = job if isinstance(job, bytes) else json.dumps(job).encode()
         job_id = message_id or job["job_id"]
-        publish_job(self.channel, self.topology, body, job_id, published_at=time.time())
+        publish_job(self.channel, self.topology, body, job_id, published_at=time.time(), interactive=interactive)
         return job_id
 
     def get(self, queue: str) -> tuple[pika.BasicProperties, bytes] | None:
@@ -194,6 +194,7 @@ class Service:
             "WHISPER_MODELS_DIR": str(self.models_dir),
             "WHISPER_DOWNLOAD_URL": "",
             "METRICS_PORT": "0",
+            "GATEWAY_METRICS_PORT": "0",  # several gateways on this host: /metrics only where a test asks
             "RETRY_BACKOFF_SECONDS": "0.2",
             "RECONNECT_MAX_SECONDS": "2",
         }
@@ -226,6 +227,7 @@ def new_topology(delivery_limit: int = 3) -> Topology:
         delivery_limit=delivery_limit,
         chunks_queue=f"chunks.{tag}",
         chunks_dead_letter_queue=f"chunks.dead.{tag}",
+        interactive_queue=f"interactive.{tag}",
     )
 
 

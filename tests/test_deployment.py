@@ -107,7 +107,7 @@ def test_k8s_config_names_real_settings_and_the_probes_use_the_metrics_port():
     assert pod["terminationGracePeriodSeconds"] >= 300
 
 
-def test_keda_scales_on_jobs_plus_chunks_counting_unacked_messages():
+def test_keda_scales_on_jobs_interactive_jobs_and_chunks_counting_unacked_messages():
     docs = k8s_documents()
     config, scaled = docs["ConfigMap"]["data"], docs["ScaledObject"]
     assert scaled["spec"]["scaleTargetRef"]["name"] == docs["Deployment"]["metadata"]["name"]
@@ -118,7 +118,7 @@ def test_keda_scales_on_jobs_plus_chunks_counting_unacked_messages():
     assert meta["protocol"] == "http" and meta["excludeUnacknowledged"] == "false"
     assert meta["useRegex"] == "true" and meta["operation"] == "sum"
     pattern = re.compile(meta["queueName"])
-    queues = {config["JOBS_QUEUE"], config["CHUNKS_QUEUE"]}
+    queues = {config["JOBS_QUEUE"], config["INTERACTIVE_QUEUE"], config["CHUNKS_QUEUE"]}
     assert all(pattern.fullmatch(q) for q in queues)
     assert not pattern.fullmatch(config["RESULTS_QUEUE"]) and not pattern.fullmatch(config["CHUNKS_DEAD_LETTER_QUEUE"])
     assert not pattern.fullmatch(f"{config['CHUNKS_QUEUE']}.gather.some-job")

@@ -97,6 +97,15 @@ class Settings(BaseSettings):
     delivery_limit: int = Field(default=5, ge=1)
     # Jobs transcribed at once by one worker process (each may use MAX_PARALLEL_WORKERS threads).
     concurrent_jobs: int = Field(default=1, ge=1, le=64)
+    # The interactive lane (README, "Interactive lane"): jobs someone waits on (the gateway's synchronous
+    # requests) come on this queue and go ahead of bulk work at chunk granularity; empty turns it off
+    # (the gateway then sends everything to JOBS_QUEUE). Workers and gateways must agree on it.
+    interactive_queue: str = "transcription.jobs.interactive"
+    # Interactive jobs one worker takes beside its bulk ones (their whisper calls share its transcriber).
+    interactive_jobs: int = Field(default=1, ge=1, le=64)
+    # A bulk whisper call that has waited this long for the interactive lane starts anyway: bulk work is
+    # never starved.
+    lane_bulk_max_wait_seconds: float = Field(default=60.0, ge=0)
     heartbeat_seconds: int = Field(default=60, ge=1)
     retry_backoff_seconds: float = Field(default=2.0, ge=0)
     retry_backoff_max_seconds: float = Field(default=60.0, ge=0)
@@ -155,7 +164,13 @@ class Settings(BaseSettings):
     # A TOML file of tenants and the SHA-256 digests of their keys (worker/gateway/tenants.py); with keys
     # of GATEWAY_API_KEYS, each of those its own tenant.
     gateway_keys_file: str = ""
+    # How often the gateway looks whether GATEWAY_KEYS_FILE changed, and reloads it (also on SIGHUP); 0: on
+    # SIGHUP only.
+    gateway_keys_reload_seconds: float = Field(default=5.0, ge=0)
     gateway_allow_anonymous: bool = False
+    # The gateway's /metrics (per-tenant usage: requests, jobs, audio seconds), on METRICS_HOST: not on the
+    # API's port, where any client could read every tenant's figures. 0 disables it.
+    gateway_metrics_port: int = Field(default=9101, ge=0, le=65535)
     gateway_max_upload_bytes: int = Field(default=500 * 2**20, gt=0)
     # A request waits this long for its result, then gets 504 (the job still completes).
     gateway_result_timeout_seconds: float = Field(default=600.0, gt=0)

@@ -27,7 +27,7 @@ from worker.engine.voices import SpeakerEncoder
 from worker.errors import InputNotAllowed, ModelNotAllowed, UnknownModel
 from worker.media.chunking import ChunkingOptions
 from worker.media.speech import VadOptions
-from worker.pipeline import PipelineOptions, Processor
+from worker.pipeline import Lanes, PipelineOptions, Processor
 from worker.service.callbacks import WebhookSigner
 from worker.service.chunks import ChunkHandler, ChunkOutcome
 from worker.service.consumer import Consumer
@@ -47,6 +47,7 @@ def topology(settings: Settings) -> Topology:
         delivery_limit=settings.delivery_limit,
         chunks_queue=(settings.chunks_queue or None) if settings.fanout_min_seconds > 0 else None,
         chunks_dead_letter_queue=settings.chunks_dead_letter_queue,
+        interactive_queue=settings.interactive_queue or None,
     )
 
 
@@ -172,6 +173,7 @@ def processor(
     concurrent_calls: int | None = None,
     calls: CallSlots | None = None,
     work_root: Path | None = None,
+    lanes: Lanes | None = None,
 ) -> Processor:
     """Model file -> one shared transcriber -> a pipeline over it.
 
@@ -201,6 +203,7 @@ def processor(
         work_root=work_root,
         speech=speech,
         voices=functools.partial(voice_encoder, settings),
+        lanes=lanes,
     )
 
 
@@ -240,6 +243,7 @@ class Processors:
         )
         self.allowed = frozenset(allowed_models(settings))
         self.calls = CallSlots(self.whisper_calls)
+        self.lanes = Lanes(settings.lane_bulk_max_wait_seconds)  # every model's calls in one order
         self._by_model: dict[str, Processor] = {}
         self._model_locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -275,6 +279,7 @@ class Processors:
                     concurrent_calls=self.whisper_calls,
                     calls=self.calls,
                     work_root=self._work_dir,
+                    lanes=self.lanes,
                 )
                 with self._guard:
                     self._by_model[key] = found
@@ -355,6 +360,7 @@ def consumer(
         topology=t,
         handler=JobHandler(processors, handler_options(settings, work_dir), scatter=fanout(settings)),
         concurrent_jobs=settings.concurrent_jobs,
+        interactive_jobs=settings.interactive_jobs,
         session_options=session_options(settings),
         on_settled=on_settled,
         chunk_handler=chunks,
@@ -370,22 +376,31 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def gateway(settings: Settings):
-    """The HTTP gateway's ASGI app (FastAPI behind the upload size limit)."""
-    # Imported here: the worker's entry points need none of the web stack.
-    from worker.gateway.app import GatewayOptions, create_app
-    from worker.gateway.store import JobStore
-    from worker.gateway.tenants import KeyTable
-    from worker.gateway.uploads import UploadStore
+def gateway_keys(settings: Settings):
+    """The gateway's tenants (GATEWAY_API_KEYS, GATEWAY_KEYS_FILE), watched for changes; ValueError for a
+    keys file that breaks the format, or an open gateway reachable from other machines."""
+    from worker.gateway.tenants import Tenants
 
     listed = frozenset(k.strip() for k in settings.gateway_api_keys.get_secret_value().split(",") if k.strip())
-    keys = KeyTable.build(listed, Path(settings.gateway_keys_file) if settings.gateway_keys_file else None)
+    keys = Tenants(listed, Path(settings.gateway_keys_file) if settings.gateway_keys_file else None)
     if not keys and not _loopback(settings.gateway_host) and not settings.gateway_allow_anonymous:
         raise ValueError(
             f"GATEWAY_HOST={settings.gateway_host} is reachable from other machines but GATEWAY_API_KEYS is empty "
             "and no GATEWAY_KEYS_FILE names a tenant: "
             "set API keys (or GATEWAY_ALLOW_ANONYMOUS=true to serve anyone, e.g. behind an authenticating proxy)"
         )
+    keys.watch(settings.gateway_keys_reload_seconds)
+    return keys
+
+
+def gateway(settings: Settings, keys=None):
+    """The HTTP gateway's ASGI app (FastAPI behind the upload size limit); `keys`: gateway_keys(settings)."""
+    # Imported here: the worker's entry points need none of the web stack.
+    from worker.gateway.app import GatewayOptions, create_app
+    from worker.gateway.store import JobStore
+    from worker.gateway.uploads import UploadStore
+
+    keys = keys if keys is not None else gateway_keys(settings)
     options = GatewayOptions(
         public_url=gateway_public_url(settings),
         default_model=settings.whisper_model,

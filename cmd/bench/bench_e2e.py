@@ -41,10 +41,12 @@ class E2EContext:
         return self.work_dir / "input"
 
 
-def _topology():
+def _topology(lane: bool = True):
+    import dataclasses
+
     from worker.service.publisher import Topology
 
-    return Topology(
+    topology = Topology(
         jobs_queue="bench.jobs",
         results_queue="bench.results",
         dead_letter_exchange="bench.dlx",
@@ -54,10 +56,12 @@ def _topology():
         # Fan-out as the worker's defaults have it (on, over FANOUT_MIN_SECONDS), on a queue of the bench's.
         chunks_queue="bench.chunks",
         chunks_dead_letter_queue="bench.chunks.dead",
+        interactive_queue="bench.jobs.interactive",
     )
+    return topology if lane else dataclasses.replace(topology, interactive_queue=None)
 
 
-def start_worker(url: str, work_dir: Path, model: str, topology) -> subprocess.Popen:
+def start_worker(url: str, work_dir: Path, model: str, topology, extra_env: dict | None = None) -> subprocess.Popen:
     from worker.devtools.topology_env import topology_env
 
     env = {
@@ -74,6 +78,7 @@ def start_worker(url: str, work_dir: Path, model: str, topology) -> subprocess.P
         "MAX_PARALLEL_WORKERS": "2",
         "USE_PARALLEL_TRANSCRIPTION": "true",
         "LOG_LEVEL": "WARNING",
+        **(extra_env or {}),
     }
     (work_dir / "input").mkdir(parents=True, exist_ok=True)
     log = open(work_dir / "worker.log", "wb")
@@ -121,8 +126,10 @@ def run_job(ctx: E2EContext, relative_path: str, model: str, timeout: float):
 
 
 @contextmanager
-def e2e_context(model: str) -> Iterator[E2EContext]:
-    """Broker, worker and channel; stopped and removed afterwards, whatever happens."""
+def e2e_context(model: str, *, lane: bool = True, worker_env: dict | None = None) -> Iterator[E2EContext]:
+    """Broker, worker and channel; stopped and removed afterwards, whatever happens. `lane`: with the
+    interactive lane's queue (the default), else without it (everything on the jobs queue); `worker_env`:
+    settings of the worker's beyond the bench's."""
     import pika
 
     from worker.devtools import local_broker
@@ -136,13 +143,13 @@ def e2e_context(model: str) -> Iterator[E2EContext]:
     try:
         with _quiet_pika():  # start() polls the port: every refused attempt is an ERROR line
             broker = local_broker.start(broker_dir)
-        topology = _topology()
+        topology = _topology(lane)
         connection = pika.BlockingConnection(pika.URLParameters(broker.url))
         channel = connection.channel()
         channel.confirm_delivery()
         declare(channel, topology)
         reply_to = channel.queue_declare("", exclusive=True).method.queue
-        worker = start_worker(broker.url, work_dir, model, topology)
+        worker = start_worker(broker.url, work_dir, model, topology, worker_env)
         yield E2EContext(broker, worker, work_dir, channel, topology, reply_to)
     finally:
         if connection is not None and connection.is_open:

@@ -35,6 +35,7 @@ def _start_gateway(ctx, port: int, scratch: Path) -> subprocess.Popen:
         "GATEWAY_PORT": str(port),
         "GATEWAY_UPLOAD_DIR": str(scratch / "uploads"),
         "GATEWAY_DATABASE_URL": f"sqlite:///{scratch / 'jobs.sqlite3'}",
+        "GATEWAY_METRICS_PORT": "0",
         "LOG_LEVEL": "WARNING",
     }
     log = open(scratch / "gateway.log", "wb")

@@ -33,13 +33,13 @@ def child(variant: str) -> float:
     from worker.gateway.edge import EdgeOptions, RequestEdge
     from worker.gateway.limits import RateLimit
     from worker.gateway.store import JobStore
-    from worker.gateway.tenants import KeyTable
+    from worker.gateway.tenants import Tenants
     from worker.gateway.usage import UsageBook, today
 
     with tempfile.TemporaryDirectory(prefix="bench-limits-") as scratch:
         usage = UsageBook(JobStore(f"sqlite:///{scratch}/jobs.sqlite3").engine)
-        keys = KeyTable.build(frozenset({"bench-key"}), None)
-        tenant = keys.tenant(b"bench-key")
+        keys = Tenants(frozenset({"bench-key"}), None)
+        tenant = keys.table.tenant(b"bench-key")
 
         async def route(request):
             if variant == "quota":
@@ -47,7 +47,7 @@ def child(variant: str) -> float:
             return JSONResponse({"ok": True})
 
         app = Starlette(routes=[Route("/v1/models", route)])
-        inner = RateLimit(app, {tenant: 10**9}, usage.count_request) if variant != "bare" else app
+        inner = RateLimit(app, lambda: {tenant: 10**9}, usage.count_request) if variant != "bare" else app
         edge = RequestEdge(inner, EdgeOptions(keys=keys, max_upload_bytes=1 << 20, idle_seconds=30.0))
         return _timed(edge)
 

@@ -74,6 +74,7 @@ def _topology(tag: str):
         delivery_limit=5,
         chunks_queue=f"scale.{tag}.chunks",
         chunks_dead_letter_queue=f"scale.{tag}.chunks.dead",
+        interactive_queue=f"scale.{tag}.interactive",
     )
 
 

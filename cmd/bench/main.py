@@ -55,6 +55,7 @@ import bench_engine
 import bench_gateway
 import bench_guard
 import bench_known
+import bench_lanes
 import bench_levers
 import bench_limits
 import bench_scale
@@ -656,6 +657,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--limits", action="store_true", help="what the gateway's per-tenant checks cost a request")
     parser.add_argument(
+        "--lanes",
+        action="store_true",
+        help="a synchronous request behind 6 bulk jobs, with the interactive lane and without",
+    )
+    parser.add_argument(
         "--conversations",
         type=lambda s: [c for c in s.split(",") if c],
         help="--diarize: only these conversations (comma-separated names)",
@@ -825,6 +831,9 @@ def main() -> int:
         return diarize_main(args)
     if args.limits:
         print(bench_limits.run_limits(max(args.runs, 2)))
+        return 0
+    if args.lanes:
+        print(bench_lanes.run_lanes(args.model, max(args.runs, 2)))
         return 0
     if args.known_speakers:
         print(bench_known.known_markdown(bench_known.run_known(args.model), args.model))

@@ -25,7 +25,7 @@ def test_each_listed_key_is_a_tenant_and_a_files_tenant_has_all_its_keys(tmp_pat
     [
         ("[tenants.a]\nkey_sha256 = ['abc']\n", "key_sha256"),  # not a SHA-256 digest
         ("[tenants.a]\nkey_sha256 = []\n", "key_sha256"),  # a tenant without keys
-        (f"[tenants.a]\nkey_sha256 = ['{digest('k')}']\nlane = 'fast'\n", "lane"),  # not read: refused
+        (f"[tenants.a]\nkey_sha256 = ['{digest('k')}']\nlane = 'fast'\n", "lane"),  # not a lane
         (f"[tenants.a]\nkey_sha256 = ['{digest('k')}']\naudio_seconds_per_day = 0\n", "audio_seconds_per_day"),
         (f"[tenants.a]\nkey_sha256 = ['{digest('k')}']\nallowed_models = []\n", "allowed_models"),
         (f"[tenants.a]\nkey_sha256 = ['{digest('k')}']\nrequests_per_minute = 0\n", "requests_per_minute"),

@@ -59,6 +59,29 @@ def test_a_worker_killed_mid_job_loses_nothing(service, audio_dir):
     client.close()
 
 
+def test_a_worker_killed_holding_a_bulk_and_an_interactive_job_loses_and_duplicates_neither(service, audio_dir):
+    shutil.copyfile(audio_dir / LONG, service.input_dir / LONG)
+    client = service.client()
+    first = service.start_worker(fanout_min_seconds=0)
+    first.wait_for("Consuming")
+    client.enqueue({"job_id": "bulk-killed", "audio": {"path": LONG}})
+    first.wait_for("Starting transcription: chunk_0000.wav")
+    client.enqueue({"job_id": "asked-killed", "audio": {"path": LONG}}, interactive=True)
+    first.wait_for("Processing job asked-killed")  # the lane holds the bulk job's calls back now
+    first.kill()
+    second = service.start_worker(fanout_min_seconds=0)
+
+    ids = {"bulk-killed", "asked-killed"}
+    results = client.results(lambda rs: ids <= set(completed_ids(rs)), alive=lambda: second.wait_for("Consuming"))
+    results += results_of(client, client.drain(client.topology.results_queue, settle_seconds=2))
+    LEDGER.account(ids, completed_ids(results))
+    assert sorted(completed_ids(results)) == sorted(ids) and {r.attempt for r in results} == {2}
+    for queue in (client.topology.jobs_queue, client.topology.interactive_queue, client.topology.dead_letter_queue):
+        assert client.depth(queue) == 0
+    LEDGER.faults_survived.append("worker SIGKILL holding a bulk and an interactive job")
+    client.close()
+
+
 def test_a_broker_restart_mid_job_loses_and_duplicates_nothing(own_broker, own_service, audio_dir):
     own_broker.start()
     shutil.copyfile(audio_dir / LONG, own_service.input_dir / LONG)

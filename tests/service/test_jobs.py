@@ -145,3 +145,36 @@ def test_speaker_turns_keep_their_words_for_subtitles_timed_by_them():
     assert not diarization_of(parse_job(json.dumps(job).encode())).words  # cut at turns, then dropped
     job["subtitles"] = {"highlight_words": True}
     assert diarization_of(parse_job(json.dumps(job).encode())).words  # kept for the srt writer
+
+
+def test_a_jobs_tenant_is_echoed_and_counted_on_the_workers_metrics(handler):
+    from prometheus_client import REGISTRY
+
+    from worker.service import metrics
+
+    def counted() -> tuple[float, float, float]:
+        return (
+            REGISTRY.get_sample_value("transcription_tenant_jobs_total", {"tenant": "team-a", "status": "completed"})
+            or 0.0,
+            REGISTRY.get_sample_value("transcription_tenant_jobs_total", {"tenant": "team-a", "status": "failed"})
+            or 0.0,
+            REGISTRY.get_sample_value("transcription_tenant_audio_seconds_total", {"tenant": "team-a"}) or 0.0,
+        )
+
+    before = counted()
+    done = handler.handle(
+        Delivery(body=json.dumps({"job_id": "t-1", "audio": {"path": "jfk.flac"}, "tenant": "team-a"}).encode())
+    )
+    gone = handler.handle(
+        Delivery(body=json.dumps({"job_id": "t-2", "audio": {"path": "gone.flac"}, "tenant": "team-a"}).encode())
+    )
+    for outcome in (done, gone):
+        metrics.record(outcome)
+    after = counted()
+
+    assert (done.result.tenant, gone.result.tenant, gone.action) == ("team-a", "team-a", "dead_letter")
+    assert (after[0] - before[0], after[1] - before[1]) == (1.0, 1.0) and abs(after[2] - before[2] - 11.0) < 0.1
+    bad = handler.handle(
+        Delivery(body=json.dumps({"job_id": "t-3", "audio": {"path": "jfk.flac"}, "tenant": "a b"}).encode())
+    )
+    assert bad.action == "dead_letter" and "tenant" in bad.error.message

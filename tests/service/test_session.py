@@ -93,6 +93,21 @@ def test_a_jobs_queue_deleted_and_declared_again_at_once_is_consumed_again(servi
     client.close()
 
 
+def test_an_interactive_queue_deleted_and_declared_again_at_once_is_consumed_again(service):
+    worker = service.start_worker(consumer_check_seconds=1, fanout_min_seconds=0)
+    worker.wait_for("Taking interactive jobs")
+    client = service.client()
+    client.channel.queue_delete(service.topology.interactive_queue)
+    declare(client.channel, service.topology)
+    client.enqueue({"job_id": "redeclared-asked", "audio": {"path": SHORT}}, interactive=True)
+
+    results = client.results(
+        lambda rs: "redeclared-asked" in completed_ids(rs), timeout=120, alive=lambda: worker.wait_for("Consuming")
+    )
+    assert completed_ids(results) == ["redeclared-asked"]  # the ghost no longer holds the lane's jobs
+    client.close()
+
+
 def test_the_check_leaves_a_consumer_the_broker_still_has_alone(service):
     worker = service.start_worker(consumer_check_seconds=1, fanout_min_seconds=0)
     worker.wait_for("Consuming")

@@ -10,7 +10,8 @@ from worker.service.publisher import Topology
 def topology_env(topology: Topology) -> dict[str, str]:
     """JOBS_QUEUE and the rest, as `worker.wiring.topology` reads them back.
 
-    A topology without a chunk queue gives CHUNKS_QUEUE="" (fan-out off), not the default queue name.
+    A topology without a chunk queue gives CHUNKS_QUEUE="" (fan-out off), not the default queue name; the
+    same for the interactive lane (INTERACTIVE_QUEUE="").
     """
     return {
         "JOBS_QUEUE": topology.jobs_queue,
@@ -21,4 +22,5 @@ def topology_env(topology: Topology) -> dict[str, str]:
         "DELIVERY_LIMIT": str(topology.delivery_limit),
         "CHUNKS_QUEUE": topology.chunks_queue or "",
         "CHUNKS_DEAD_LETTER_QUEUE": topology.chunks_dead_letter_queue,
+        "INTERACTIVE_QUEUE": topology.interactive_queue or "",
     }

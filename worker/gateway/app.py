@@ -69,7 +69,8 @@ def create_app(
     edge = EdgeOptions(
         keys=options.keys, max_upload_bytes=options.max_upload_bytes, idle_seconds=options.body_idle_seconds
     )
-    return RequestEdge(RateLimit(app, options.keys.requests_per_minute, usage.count_request), edge)
+    limits = lambda: options.keys.table.requests_per_minute  # noqa: E731 (read per request: keys reload)
+    return RequestEdge(RateLimit(app, limits, usage.count_request), edge)
 
 
 def _answer_errors_in_openai_shape(app: FastAPI) -> None:

@@ -90,11 +90,11 @@ class BrokerClient:
         self._stopping.set()
         self._thread.join(timeout=10)
 
-    def publish(self, job_id: str, body: bytes, *, wait: bool = True) -> Future:
+    def publish(self, job_id: str, body: bytes, *, wait: bool = True, interactive: bool = False) -> Future:
         """Hand a job to the connection thread; the future resolves once the broker confirmed it.
 
         `wait`: its result comes to this process's reply queue (a request waits for it), else to the
-        replicas' durable results queue (an async job).
+        replicas' durable results queue (an async job). `interactive`: on the interactive lane's queue.
         """
         reply_to = self.reply_queue if wait else self.async_results_queue
         done: Future = Future()
@@ -105,7 +105,7 @@ class BrokerClient:
                 return done
             self._pending.add(done)
             try:
-                connection.add_callback_threadsafe(lambda: self._publish(job_id, body, reply_to, done))
+                connection.add_callback_threadsafe(lambda: self._publish(job_id, body, reply_to, interactive, done))
             except pika.exceptions.AMQPError as exc:
                 self._pending.discard(done)
                 done.set_exception(BrokerUnavailable(f"the broker is not reachable ({exc})"))
@@ -113,13 +113,19 @@ class BrokerClient:
 
     # --- connection thread ---
 
-    def _publish(self, job_id: str, body: bytes, reply_to: str, done: Future) -> None:
+    def _publish(self, job_id: str, body: bytes, reply_to: str, interactive: bool, done: Future) -> None:
         with self._lock:
             if done not in self._pending:
                 return  # failed already: the connection it was handed to is gone
         try:
             publisher.publish_job(
-                self._channel, self._topology, body, job_id, reply_to=reply_to, published_at=time.time()
+                self._channel,
+                self._topology,
+                body,
+                job_id,
+                reply_to=reply_to,
+                published_at=time.time(),
+                interactive=interactive,
             )
             outcome: BaseException | None = None
         except Exception as exc:  # the waiter turns it into a 503

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from worker.gateway.tenants import KeyTable
+from worker.gateway.tenants import Tenants
 
 # Reached without a key: the web page (it asks for the key), worker fetches of uploads (the
 # unguessable token is their credential) and the health check.
@@ -44,7 +44,7 @@ def error_body(message: str, type: str, code: str | None = None, param: str | No
 
 @dataclass(frozen=True)
 class EdgeOptions:
-    keys: KeyTable  # empty: no key asked
+    keys: Tenants  # the table in force; empty: no key asked
     max_upload_bytes: int
     max_body_bytes: int = 1 << 20
     idle_seconds: float = 30.0
@@ -62,7 +62,7 @@ class RequestEdge:
     def __init__(self, app, options: EdgeOptions) -> None:
         self.app = app
         self.options = options
-        self._keys = options.keys
+        self._tenants = options.keys
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -78,11 +78,12 @@ class RequestEdge:
         """None when the request may go on, its tenant in `scope["state"]["tenant"]` (request.state)."""
         path = scope.get("path", "")
         state = scope.setdefault("state", {})
-        if not self._keys or path in _OPEN_PATHS or path.startswith(_OPEN_PREFIXES):
-            state["tenant"] = OPEN_TENANT if not self._keys else None
+        keys = self._tenants.table  # one table for the whole request, whatever a reload does meanwhile
+        if not keys or path in _OPEN_PATHS or path.startswith(_OPEN_PREFIXES):
+            state["tenant"] = OPEN_TENANT if not keys else None
             return None
         scheme, _, key = headers.get(b"authorization", b"").partition(b" ")
-        tenant = self._keys.tenant(key.strip())  # constant time over every key (KeyTable.tenant)
+        tenant = keys.tenant(key.strip())  # constant time over every key (KeyTable.tenant)
         if scheme.lower() == b"bearer" and tenant is not None:
             state["tenant"] = tenant
             return None

@@ -124,15 +124,16 @@ def job_routes(parts: Parts) -> APIRouter:
         known, _clips = stored(names, references, parts.uploads, parts.options.public_url, urls=True)  # expire by TTL
         token = parts.store_upload(file) if file is not None else None
         url = None if file is not None else str(spec.url)
-        job = parts.new_job(token, url, name, spec.language, spec.task, known_speakers=known, quota_seconds=quota,
+        job = parts.new_job(token, url, name, spec.language, spec.task, known_speakers=known, quota_seconds=quota, tenant=owner,
                             **decoding)  # fmt: skip
+        await parts.admit(owner, job.job_id, token, waited_on=False)
         # Recorded before the publish (its result may come back before this request ends), and marked
         # failed if the publish fails: no record stays "queued" for a job the broker never had.
         record = await asyncio.to_thread(
             store.add, job.job_id, task=spec.task, model=name, upload_token=token, owner=owner
         )
         try:
-            await parts.publish(job, token, wait=False)
+            await parts.publish(job, token, wait=False, interactive=parts.interactive(owner, waited_on=False))
         except ApiError as exc:
             await asyncio.to_thread(store.fail, job.job_id, ErrorInfo(code="BrokerUnavailable", message=str(exc)))
             raise

@@ -22,14 +22,14 @@ Counter = Callable[[str, int], int]  # (tenant, epoch minute) -> requests in it,
 
 
 class RateLimit:
-    def __init__(self, app, limits: Mapping[str, int], count: Counter) -> None:
-        self.app, self.limits, self.count = app, dict(limits), count
+    def __init__(self, app, limits: Callable[[], Mapping[str, int]], count: Counter) -> None:
+        self.app, self.limits, self.count = app, limits, count  # limits(): the tenants' in force now
 
     async def __call__(self, scope, receive, send) -> None:
         tenant = scope.get("state", {}).get("tenant") if scope["type"] == "http" else None
         if tenant is None or not scope.get("path", "").startswith("/v1/"):
             return await self.app(scope, receive, send)
-        limit = self.limits.get(tenant)
+        limit = self.limits().get(tenant)
         now = time.time()
         minute = int(now // 60)
         try:

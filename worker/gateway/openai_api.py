@@ -141,6 +141,12 @@ def quota_exceeded(message: str) -> ApiError:
     return ApiError(429, message, type="insufficient_quota", code="insufficient_quota")
 
 
+def concurrency_exceeded(limit: int) -> ApiError:
+    """The tenant has `max_concurrent_jobs` jobs queued or running (429, as OpenAI's rate limits are)."""
+    message = f"{limit} jobs of this tenant are already queued or running (max_concurrent_jobs); send it when one has finished"
+    return ApiError(429, message, type="requests", code="concurrency_limit_exceeded")
+
+
 def timed_out(job_id: str, seconds: float) -> ApiError:
     """No result in time: the job goes on (its upload stays until it expires)."""
     message = f"no result within {seconds:g} s; job {job_id} is still queued or running"

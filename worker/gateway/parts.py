@@ -2,6 +2,7 @@
 readers of form fields that answer a bad value with OpenAI's 400."""
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -11,9 +12,15 @@ from starlette.requests import Request
 
 from worker.errors import BrokerUnavailable
 from worker.gateway.bridge import Bridge
-from worker.gateway.openai_api import OPENAI_DIARIZE_MODEL, OPENAI_MODEL, ApiError, quota_exceeded
+from worker.gateway.openai_api import (
+    OPENAI_DIARIZE_MODEL,
+    OPENAI_MODEL,
+    ApiError,
+    concurrency_exceeded,
+    quota_exceeded,
+)
 from worker.gateway.store import JobStore
-from worker.gateway.tenants import KeyTable
+from worker.gateway.tenants import Tenants
 from worker.gateway.uploads import UploadStore
 from worker.gateway.usage import UsageBook, today
 from worker.messages import LANGUAGES, Job, problems
@@ -24,7 +31,7 @@ class GatewayOptions:
     public_url: str  # how workers reach this gateway (the uploads' URLs)
     default_model: str
     models: tuple[str, ...]  # the names jobs may give (the workers' ALLOWED_MODELS)
-    keys: KeyTable  # empty: open
+    keys: Tenants  # the key table in force (reloaded); empty: open
     max_upload_bytes: int
     result_timeout_seconds: float
     publish_timeout_seconds: float = 10.0
@@ -71,6 +78,12 @@ class Parts:
             raise ApiError(400, f"unknown language {language!r}", code="invalid_language")
         return self.options.default_model if model in (OPENAI_MODEL, OPENAI_DIARIZE_MODEL) else model
 
+    def interactive(self, tenant: str | None, *, waited_on: bool) -> bool:
+        """Whether a job goes on the interactive lane: a tenant's `lane` when it has one, else whether
+        someone waits on the answer (a synchronous request) rather than polls for it (/v1/jobs)."""
+        lane = self.options.keys.limits(tenant).lane
+        return waited_on if lane is None else lane == "interactive"
+
     def store_upload(self, file: FormFile) -> str:
         token, size = self.uploads.save(file.file)
         if size == 0:
@@ -95,14 +108,29 @@ class Parts:
                 self.uploads.delete(token)
             raise ApiError(400, problems(exc.errors(), whole="request"), code="invalid_field") from None
 
-    async def publish(self, job: Job, token: str | None, *, wait: bool) -> None:
-        """Publish and wait for the broker's confirm, at most publish_timeout_seconds; else 503."""
+    async def admit(self, tenant: str | None, job_id: str, token: str | None, *, waited_on: bool) -> None:
+        """Record the job as in progress for a tenant with `max_concurrent_jobs`; 429 (its upload deleted)
+        when that many are already queued or running. A synchronous job's slot expires once its request
+        could no longer be waiting."""
+        limit = self.options.keys.limits(tenant).max_concurrent_jobs
+        if limit is None or tenant is None:
+            return
+        expires = time.time() + self.options.result_timeout_seconds + 60 if waited_on else None
+        if not await asyncio.to_thread(self.usage.open_job, tenant, job_id, limit, expires):
+            if token:
+                self.uploads.delete(token)
+            raise concurrency_exceeded(limit)
+
+    async def publish(self, job: Job, token: str | None, *, wait: bool, interactive: bool) -> None:
+        """Publish and wait for the broker's confirm, at most publish_timeout_seconds; else 503.
+        `interactive`: on the lane that goes ahead of bulk work (see `interactive`)."""
         body = job.model_dump_json(exclude_none=True).encode()
         try:
-            future = asyncio.wrap_future(self.broker.publish(job.job_id, body, wait=wait))
+            future = asyncio.wrap_future(self.broker.publish(job.job_id, body, wait=wait, interactive=interactive))
             await asyncio.wait_for(future, self.options.publish_timeout_seconds)
         except (BrokerUnavailable, TimeoutError) as exc:
             self.bridge.waiters.forget(job.job_id)
+            await asyncio.to_thread(self.usage.close_job, job.job_id)
             if token:
                 self.uploads.delete(token)
             reason = str(exc) or f"the broker did not confirm job {job.job_id} in time"

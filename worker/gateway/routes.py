@@ -122,16 +122,18 @@ def audio_routes(parts: Parts) -> APIRouter:
             token = parts.store_upload(file)
             job = parts.new_job(token, None, name, language, task, prompt=prompt or None, temperature=temperature,
                                 word_timestamps=words, vad=vad, diarize=diarize, num_speakers=num_speakers,
-                                logprobs=bool(include), subtitles=subtitles, quota_seconds=quota,
+                                logprobs=bool(include), subtitles=subtitles, quota_seconds=quota, tenant=owner,
                                 **openai_fields)  # fmt: skip
+            await parts.admit(owner, job.job_id, token, waited_on=True)
         except ApiError:
             for clip in clips:
                 parts.uploads.delete(clip)
             raise
         waiting = parts.bridge.waiters.expect(job.job_id, owner, token, *clips)
+        interactive = parts.interactive(owner, waited_on=True)
         if stream:
-            return await streamed(job, token, waiting, response_format)
-        await parts.publish(job, token, wait=True)
+            return await streamed(job, token, waiting, response_format, interactive)
+        await parts.publish(job, token, wait=True, interactive=interactive)
         try:
             result: Result = await asyncio.wait_for(asyncio.shield(waiting), options.result_timeout_seconds)
         except TimeoutError:
@@ -145,11 +147,13 @@ def audio_routes(parts: Parts) -> APIRouter:
                                   subtitles=job.subtitle_options)  # fmt: skip
         return Response(body, media_type=media_type, headers={"x-job-id": job.job_id})
 
-    async def streamed(job: Job, token: str, waiting: asyncio.Future, response_format: str) -> Response:
+    async def streamed(
+        job: Job, token: str, waiting: asyncio.Future, response_format: str, interactive: bool
+    ) -> Response:
         subscribers = parts.bridge.subscribers
         progress = subscribers.subscribe(job.job_id)  # before the publish: no chunk's progress is missed
         try:
-            await parts.publish(job, token, wait=True)
+            await parts.publish(job, token, wait=True, interactive=interactive)
         except ApiError:
             subscribers.unsubscribe(job.job_id, progress)
             raise

@@ -8,6 +8,16 @@ Kept in the job database (worker/gateway/store.py's), so that every gateway repl
   its client has gone; an async job's, with its record): its tenant, day, audio seconds, and whether
   it failed. Keyed by job id: a result delivered twice is counted once.
 
+Each replica also exports what it counted on its /metrics (GATEWAY_METRICS_PORT), with a `tenant` label:
+requests, finished jobs by status and their audio seconds (Prometheus sums the replicas; a tenant is a
+name of the keys file, or `key-` and a digest for GATEWAY_API_KEYS: never a key).
+
+A tenant's `max_concurrent_jobs` counts its jobs in progress (`open_jobs`: a row from the request that
+sends a job to its result, whichever replica gets it; a synchronous job's row expires when its request
+could no longer be waiting, so a replica that died loses no slot for long): one more is refused (429).
+The check and the insert are one statement; on SQLite (one writer at a time) requests racing each other
+cannot go over, on a server database they may by the number racing.
+
 The quota is checked twice, before any transcription: a tenant with nothing left today is refused at
 the gateway (429 insufficient_quota); otherwise the job carries what is left (`Job.quota_seconds`) and the
 worker refuses longer audio once decoded (QuotaExceeded, answered as the same 429). The gateway never
@@ -19,6 +29,7 @@ import datetime
 import time
 
 import sqlalchemy as sa
+from prometheus_client import Counter
 
 from worker.messages import Result
 
@@ -33,6 +44,14 @@ _requests = sa.Table(
     sa.Column("minute", sa.Integer, primary_key=True),  # epoch minutes
     sa.Column("count", sa.Integer, nullable=False),
 )
+_open = sa.Table(
+    "open_jobs",
+    _metadata,
+    sa.Column("job_id", sa.String(64), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=True),  # None: until its result comes (an async job)
+    sa.Index("open_jobs_by_tenant", "tenant"),
+)
 _jobs = sa.Table(
     "usage_jobs",
     _metadata,
@@ -42,6 +61,15 @@ _jobs = sa.Table(
     sa.Column("audio_seconds", sa.Float, nullable=False),
     sa.Column("failed", sa.Boolean, nullable=False),
     sa.Index("usage_jobs_by_tenant", "tenant", "day"),
+)
+
+
+REQUESTS = Counter("transcription_gateway_requests_total", "API requests (/v1/) counted, by tenant", ["tenant"])
+JOBS = Counter(
+    "transcription_gateway_jobs_total", "Jobs finished (each once), by tenant and status", ["tenant", "status"]
+)
+AUDIO_SECONDS = Counter(
+    "transcription_gateway_audio_seconds_total", "Seconds of audio in completed jobs, by tenant", ["tenant"]
 )
 
 
@@ -61,8 +89,13 @@ class UsageBook:
         key = (_requests.c.tenant == tenant) & (_requests.c.minute == minute)
         added = _requests.update().where(key).values(count=_requests.c.count + 1).returning(_requests.c.count)
         with self._engine.begin() as db:
-            if (count := db.execute(added).scalar()) is not None:
-                return count
+            count = db.execute(added).scalar()
+        if count is None:
+            count = self._first_of_minute(tenant, minute, added)
+        REQUESTS.labels(tenant=tenant).inc()
+        return count
+
+    def _first_of_minute(self, tenant: str, minute: int, added: sa.Update) -> int:
         try:
             with self._engine.begin() as db:
                 db.execute(_requests.insert().values(tenant=tenant, minute=minute, count=1))
@@ -73,15 +106,37 @@ class UsageBook:
             with self._engine.begin() as db:
                 return db.execute(added).scalar_one()
 
+    def open_job(self, tenant: str, job_id: str, limit: int, expires_at: float | None) -> bool:
+        """A job of `tenant` in progress, unless `limit` of them already are (False: nothing recorded)."""
+        now = time.time()
+        live = (_open.c.tenant == tenant) & (_open.c.expires_at.is_(None) | (_open.c.expires_at > now))
+        in_progress = sa.select(sa.func.count()).select_from(_open).where(live).scalar_subquery()
+        row = sa.select(sa.literal(job_id), sa.literal(tenant), sa.literal(expires_at, sa.Float)).where(
+            in_progress < limit
+        )
+        with self._engine.begin() as db:
+            db.execute(_open.delete().where(_open.c.tenant == tenant, _open.c.expires_at <= now))
+            added = db.execute(_open.insert().from_select(["job_id", "tenant", "expires_at"], row))
+        return added.rowcount > 0
+
+    def close_job(self, job_id: str) -> None:
+        """The job is no longer in progress (its result came, or it never reached the broker)."""
+        with self._engine.begin() as db:
+            db.execute(_open.delete().where(_open.c.job_id == job_id))
+
     def charge(self, tenant: str, result: Result) -> None:
-        """A finished job of `tenant`, counted once whatever the deliveries of its result."""
+        """A finished job of `tenant`, counted once whatever the deliveries of its result (and no longer in
+        progress)."""
+        self.close_job(result.job_id)
         seconds = (result.duration_seconds or 0.0) if result.status == "completed" else 0.0
         row = {"job_id": result.job_id, "tenant": tenant, "day": today(), "audio_seconds": seconds}
         try:
             with self._engine.begin() as db:
                 db.execute(_jobs.insert().values(**row, failed=result.status != "completed"))
         except sa.exc.IntegrityError:
-            pass  # counted already
+            return  # counted already (here or by another replica)
+        JOBS.labels(tenant=tenant, status=result.status).inc()
+        AUDIO_SECONDS.labels(tenant=tenant).inc(seconds)
 
     def audio_seconds(self, tenant: str, day: int) -> float:
         with self._engine.connect() as db:

@@ -14,6 +14,7 @@ from worker.errors import InvalidJob, MalformedJob
 from worker.formats import Format, SubtitleOptions
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # the gateway's tenant names (and key digests)
 
 # A job is a small JSON document; anything bigger is a mistake or an attack, and is
 # rejected before it is parsed.
@@ -138,6 +139,9 @@ class Job(Strict):
     # Seconds of audio the job may hold (the gateway: what its tenant has left of its daily quota): longer
     # audio fails with QuotaExceeded once decoded, before any transcription.
     quota_seconds: Annotated[float, Field(gt=0)] | None = None
+    # Who the job is for: the gateway sets its tenant; an upstream service may name one (it is trusted, as
+    # everything on the queue is). Echoed in the result and counted on the worker's /metrics by tenant.
+    tenant: Annotated[str, Field(pattern=TENANT_PATTERN)] | None = None
 
     @property
     def decoder_prompt(self) -> str | None:
@@ -251,6 +255,7 @@ class Result(Strict):
     job_id: str
     status: Literal["completed", "failed"]
     attempt: int = 1
+    tenant: str | None = None  # the job's, when it named one
     text: str | None = None
     segments: list[SegmentOut] | None = None
     language: str | None = None

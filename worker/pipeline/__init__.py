@@ -7,6 +7,7 @@ start offset added to its segment times. The stages: processor.py composes split
 speech is), chunks.py (the transcriber) and speakers.py (who said it) over model.py's data.
 """
 
+from worker.pipeline.lanes import Lane, Lanes
 from worker.pipeline.model import (
     Chunking,
     Diarization,
@@ -32,6 +33,8 @@ __all__ = [
     "Chunking",
     "Diarization",
     "KnownVoice",
+    "Lane",
+    "Lanes",
     "PipelineOptions",
     "Prepared",
     "Processor",

@@ -18,6 +18,7 @@ from worker.engine.transcriber import Segment, WhisperTranscriber, threads_per_c
 from worker.errors import TranscriptionError, WorkerError
 from worker.media.audio import SAMPLE_RATE, read_wav
 from worker.media.chunking import Chunk, frame_db, voiced_frames, voiced_seconds_after
+from worker.pipeline.lanes import Lane, Lanes
 from worker.pipeline.model import (
     Conditioning,
     PipelineOptions,
@@ -40,7 +41,7 @@ TAIL_PASSES = 2
 class ChunkRunner:
     """Transcribes chunks on the shared transcriber; safe to call from several threads."""
 
-    def __init__(self, transcriber: WhisperTranscriber, options: PipelineOptions) -> None:
+    def __init__(self, transcriber: WhisperTranscriber, options: PipelineOptions, lanes: Lanes | None = None) -> None:
         if options.concurrent_calls > max(transcriber.max_concurrent_calls, transcriber.in_flight):
             raise ValueError(
                 f"{options.workers} workers need a transcriber for {options.workers} concurrent calls "
@@ -48,6 +49,7 @@ class ChunkRunner:
             )
         self.transcriber = transcriber
         self.options = options
+        self.lanes = lanes or Lanes()
 
     @property
     def in_flight(self) -> int:
@@ -72,6 +74,7 @@ class ChunkRunner:
         threads: int,
         progress: ProgressCallback | None,
         total_seconds: float,
+        lane: Lane = "bulk",
     ) -> list[list[Segment]]:
         """Every chunk (its WAV file at the same index of `paths`), each chunk's segments in chunk order."""
         results: list[list[Segment]] = [[] for _ in chunks]
@@ -82,7 +85,9 @@ class ChunkRunner:
         with ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="chunk") as pool:
             # Each task runs in a copy of this thread's context, so log lines keep the job id.
             futures: dict[Future, Chunk] = {
-                pool.submit(contextvars.copy_context().run, self._from_file, chunk, path, language, how, threads): chunk
+                pool.submit(
+                    contextvars.copy_context().run, self._from_file, chunk, path, language, how, threads, lane
+                ): chunk
                 for chunk, path in pairs
             }
             pending = set(futures)
@@ -98,12 +103,18 @@ class ChunkRunner:
         return results
 
     def transcribe(
-        self, samples: np.ndarray, chunk: Chunk, language: str | None, how: Conditioning, threads: int
+        self,
+        samples: np.ndarray,
+        chunk: Chunk,
+        language: str | None,
+        how: Conditioning,
+        threads: int,
+        lane: Lane = "bulk",
     ) -> list[Segment]:
         """One chunk's samples -> its segments in absolute time (also what a fanned-out chunk task runs)."""
         logger.info("Starting transcription: {}", chunk.name)
         started = time.perf_counter()
-        segments = self._with_tails(samples, chunk.name, language, how, threads)
+        segments = self._with_tails(samples, chunk.name, language, how, threads, lane)
         elapsed = time.perf_counter() - started
         logger.debug(
             "Finished {} ({:.1f} s of audio) in {:.2f} s (RTF {:.3f})",
@@ -115,27 +126,28 @@ class ChunkRunner:
         return [absolute(segment, chunk) for segment in segments]
 
     def _from_file(
-        self, chunk: Chunk, path: Path, language: str | None, how: Conditioning, threads: int
+        self, chunk: Chunk, path: Path, language: str | None, how: Conditioning, threads: int, lane: Lane
     ) -> list[Segment]:
-        return self.transcribe(read_wav(path), chunk, language, how, threads)
+        return self.transcribe(read_wav(path), chunk, language, how, threads, lane)
 
     def _with_tails(
-        self, audio: np.ndarray, name: str, language: str | None, how: Conditioning, threads: int
+        self, audio: np.ndarray, name: str, language: str | None, how: Conditioning, threads: int, lane: Lane
     ) -> list[Segment]:
         """Segments of one chunk's audio, with any speech whisper skipped at the end transcribed again."""
         segments: list[Segment] = []
         offset = 0.0
         voiced = voiced_frames(frame_db(audio), self.options.chunking)  # threshold adapted to this chunk
         for attempt in range(1 + TAIL_PASSES):
-            result = self.transcriber.transcribe(
-                audio[round(offset * SAMPLE_RATE) :],
-                language=language,
-                task=how.task,
-                n_threads=threads,
-                prompt=how.prompt,
-                temperature=how.temperature,
-                word_timestamps=how.word_timestamps,
-            )
+            with self.lanes.turn(lane):  # a bulk call waits while an interactive job runs (lanes.py)
+                result = self.transcriber.transcribe(
+                    audio[round(offset * SAMPLE_RATE) :],
+                    language=language,
+                    task=how.task,
+                    n_threads=threads,
+                    prompt=how.prompt,
+                    temperature=how.temperature,
+                    word_timestamps=how.word_timestamps,
+                )
             heard = [s.shifted(offset) for s in result.segments if s.text]
             if not heard or (segments and heard[-1].end <= offset):
                 break

@@ -22,6 +22,7 @@ from worker.errors import SingleChannel
 from worker.media.audio import Audio, InMemoryAudio, decode_channels, decode_to_file, write_wav
 from worker.media.chunking import Chunk
 from worker.pipeline.chunks import ChunkRunner
+from worker.pipeline.lanes import Lane, Lanes
 from worker.pipeline.model import (
     Conditioning,
     Diarization,
@@ -50,9 +51,11 @@ class Processor:
         work_root: Path | None = None,
         speech: SpeechDetector | None = None,
         voices: Callable[[], VoiceEmbedder] | None = None,
+        lanes: Lanes | None = None,
     ) -> None:
         self.splitter = Splitter(options, speech)
-        self.runner = ChunkRunner(transcriber, options)
+        self.runner = ChunkRunner(transcriber, options, lanes)
+        self.lanes = self.runner.lanes  # the process's, shared by every model's processor
         self.speakers = VoiceLabeller(voices, options.turns)
         self.transcriber = transcriber
         self.model_name = model_name
@@ -147,12 +150,13 @@ class Processor:
         prompt: str | None = None,
         temperature: float = 0.0,
         word_timestamps: bool = False,
+        lane: Lane = "bulk",
     ) -> list[list[Segment]]:
         """In-process mode: every chunk as a WAV file in `work_dir`, transcribed on this process's pool."""
         paths = [_write_chunk(work_dir, prepared, chunk) for chunk in prepared.chunks]
         how = Conditioning(task, prompt, temperature, word_timestamps)
         language, threads, seconds = prepared.language, prepared.threads, prepared.duration_seconds
-        return self.runner.run(prepared.chunks, paths, language, how, threads, progress, seconds)
+        return self.runner.run(prepared.chunks, paths, language, how, threads, progress, seconds, lane)
 
     def transcribe_chunk(
         self,

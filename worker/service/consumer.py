@@ -28,6 +28,9 @@ Thread model (the reason for this module's shape):
   queue, then the task is acked. Chunk tasks come before new jobs: while this worker holds any, its
   jobs consumer is cancelled, so a job already started (fanned out) finishes before new ones begin
   here; it subscribes again a second after the last chunk task settles.
+- The interactive lane (when the topology has its queue): a third channel consumes it onto threads of
+  its own (`interactive_jobs`), never paused for chunk tasks, its priority lower while this worker
+  runs bulk work (lane.py); such a job's whisper calls go before the bulk ones (pipeline/lanes.py).
 - `stop()` (first SIGTERM/SIGINT): cancel consumption, let the jobs in flight finish and settle,
   then close. `abort()` (second signal): close at once; unacked jobs are requeued by the broker.
 """
@@ -45,9 +48,11 @@ from loguru import logger
 from pika.adapters.blocking_connection import BlockingChannel
 
 from worker.messages import ProgressEvent
+from worker.pipeline import Lane
 from worker.service import publisher, session
 from worker.service.chunks import ChunkDelivery, ChunkHandler, ChunkOutcome
 from worker.service.jobs import Delivery, JobHandler, Outcome
+from worker.service.lane import InteractiveConsumer
 from worker.service.publisher import Topology
 from worker.service.session import BrokerSession, SessionOptions
 from worker.service.settle import CONNECTION_ERRORS, Settler
@@ -92,6 +97,7 @@ class Consumer:
         chunk_handler: ChunkHandler | None = None,
         chunk_slots: int = 1,
         on_chunk_settled: Callable[[ChunkOutcome], None] = lambda outcome: None,
+        interactive_jobs: int = 1,
     ) -> None:
         if heartbeat_seconds is not None:
             session_options = dataclasses.replace(session_options, heartbeat_seconds=heartbeat_seconds)
@@ -101,6 +107,10 @@ class Consumer:
         self._concurrent_jobs = concurrent_jobs
         self._settler = Settler(topology, handler, on_settled=on_settled, on_chunk_settled=on_chunk_settled)
         self._pool = ThreadPoolExecutor(max_workers=concurrent_jobs, thread_name_prefix="job")
+        # The interactive lane (lane.py): its own consumer and job threads, beside the jobs queue's.
+        queue = topology.interactive_queue
+        self._lane = InteractiveConsumer(queue, interactive_jobs) if queue else None
+        self._lane_pool = ThreadPoolExecutor(max_workers=interactive_jobs, thread_name_prefix="interactive-job")
         self._chunk_handler = chunk_handler if topology.chunks_queue else None
         self._chunk_slots = chunk_slots
         self._chunk_pool = ThreadPoolExecutor(max_workers=chunk_slots, thread_name_prefix="chunk-task")
@@ -129,6 +139,7 @@ class Consumer:
         """Consume until stop(); the session reconnects with backoff when the broker is down or drops us."""
         self._session.run(self._consume, stop=self._stopping, on_lost=self.connected.clear)
         self._pool.shutdown(wait=True)
+        self._lane_pool.shutdown(wait=True)
         self._chunk_pool.shutdown(wait=True)
         logger.info("Consumer stopped")
 
@@ -155,6 +166,8 @@ class Consumer:
         publisher.declare(declare, self._topology)
         declare.close()
         self._open_jobs_channel(connection, cancelled)
+        if self._lane is not None:
+            self._lane.open(connection, cancelled, functools.partial(self._on_message, connection, "interactive"))
         chunks = self._subscribe_chunks(connection, cancelled)
         self._subscribe_jobs(connection)
         self._checked_at = time.monotonic()
@@ -169,9 +182,12 @@ class Consumer:
             if chunks is not None and chunks.is_closed:
                 chunks = self._reopen_chunks_channel(connection, cancelled, chunks)
             self._resume_jobs(connection)
+            self._tend_lane(connection, cancelled)
             chunks = self._check_consumers(connection, cancelled, chunks)
             self._sample_depths(connection)
         self._pause_jobs()
+        if self._lane is not None:
+            self._lane.stop()
         if chunks is not None:
             chunks.basic_cancel(self._topology.chunks_queue)
         while self._in_flight or self._chunks_in_flight:  # heartbeats and settlements while work finishes
@@ -208,8 +224,16 @@ class Consumer:
             "see README)",
         )
 
+    def _tend_lane(self, connection: pika.BlockingConnection, cancelled: threading.Event) -> None:
+        """The interactive consumer: a new channel if the broker closed its own; its priority in step with
+        the bulk work (jobs and chunk tasks) this worker runs."""
+        if self._lane is None:
+            return
+        self._lane.reopen_if_closed(connection, cancelled)
+        self._lane.prioritise(busy=self._in_flight > self._lane.held or self._chunks_in_flight > 0)
+
     def _subscribe_jobs(self, connection: pika.BlockingConnection) -> None:
-        on_message = functools.partial(self._on_message, connection)
+        on_message = functools.partial(self._on_message, connection, "bulk")
         self._jobs_tag = self._jobs_channel.basic_consume(
             self._topology.jobs_queue,
             session.guarded(on_message, name="job_delivery", requeue_delay=_REQUEUE_DELAY_SECONDS),
@@ -271,6 +295,17 @@ class Consumer:
                 self._subscribe_jobs(connection)
             if present is False:
                 logger.info("Consuming {} again", t.jobs_queue)
+        lane = self._lane
+        if (
+            lane is not None
+            and lane.tag is not None
+            and not lane.held
+            and lane.taken_at < previous
+            and lane.channel.is_open
+        ):
+            present = self._consumer_present(connection, lane.channel, lane.queue, lane.tag)
+            if present is not None:
+                lane.resubscribe(connection, cancelled, present=present)
         if chunks is not None and not self._chunks_in_flight and self._last_chunk < previous and chunks.is_open:
             present = self._consumer_present(connection, chunks, t.chunks_queue, t.chunks_queue)
             if present is True:
@@ -312,11 +347,12 @@ class Consumer:
     def _check_cancelled(self, cancelled: threading.Event) -> None:
         """Raise _NotConsuming when the broker took a consumer away: declare everything again."""
         if cancelled.is_set():
-            queues = " or ".join(filter(None, (self._topology.jobs_queue, self._topology.chunks_queue)))
+            t = self._topology
+            queues = " or ".join(filter(None, (t.jobs_queue, t.interactive_queue, t.chunks_queue)))
             raise _NotConsuming(f"The broker cancelled the consumer of {queues} (queue deleted?)")
 
     def _on_message(
-        self, connection: pika.BlockingConnection, channel: BlockingChannel, method, properties, body: bytes
+        self, connection: pika.BlockingConnection, lane: Lane, channel: BlockingChannel, method, properties, body: bytes
     ) -> None:
         headers = properties.headers or {}
         delivery = Delivery(
@@ -324,16 +360,26 @@ class Consumer:
             attempt=_delivery_attempt(headers),
             published_at=_published_at(headers, properties.timestamp),
             message_id=properties.message_id,
+            lane=lane,
         )
-        self._delivered_at = time.monotonic()
         self._count(+1)
-        self._pool.submit(self._work, connection, channel, method.delivery_tag, properties.reply_to, delivery)
+        if lane == "interactive":
+            self._lane.taken()
+            pool = self._lane_pool
+        else:
+            self._delivered_at = time.monotonic()
+            pool = self._pool
+        pool.submit(self._work, connection, channel, method.delivery_tag, properties.reply_to, delivery)
 
-    def _settle(self, channel: BlockingChannel, tag: int, reply_to: str | None, body: bytes, outcome: Outcome) -> None:
+    def _settle(
+        self, channel: BlockingChannel, tag: int, reply_to: str | None, delivery: Delivery, outcome: Outcome
+    ) -> None:
         try:
-            self._settler.job(channel, tag, reply_to, body, outcome)
+            self._settler.job(channel, tag, reply_to, delivery.body, outcome)
         finally:
             self._count(-1)
+            if delivery.lane == "interactive" and channel is self._lane.channel:
+                self._lane.settled()
 
     # --- chunk tasks (fan-out) ---
 
@@ -406,7 +452,7 @@ class Consumer:
         if outcome.action == "retry" and outcome.retry_delay:
             # Back off on this job thread, not the connection thread; a stop cuts the wait short.
             self._stopping.wait(outcome.retry_delay)
-        settle = functools.partial(self._settle, channel, tag, reply_to, delivery.body, outcome)
+        settle = functools.partial(self._settle, channel, tag, reply_to, delivery, outcome)
         if not self._threadsafe(connection, settle):
             self._count(-1)
 

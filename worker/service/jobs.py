@@ -42,6 +42,8 @@ from worker.messages import (
     valid_job_id,
 )
 from worker.pipeline import (
+    KnownVoice,
+    Lane,
     Prepared,
     Processor,
     Progress,
@@ -67,6 +69,7 @@ class Delivery:
     attempt: int = 1
     published_at: float | None = None
     message_id: str | None = None  # the AMQP message id: names the failed result of an unreadable body
+    lane: Lane = "bulk"  # the queue it came from: interactive jobs go before bulk ones (worker/pipeline/lanes.py)
 
 
 @dataclass(frozen=True)
@@ -169,12 +172,12 @@ class JobHandler:
             result = self._run(job, delivery, _Emitter(job.job_id, progress, job.logprobs))
         except PermanentError as exc:
             logger.info("Job {} failed permanently: {}", job.job_id, exc)
-            return Outcome("dead_letter", _failed(job.job_id, exc, delivery))
+            return Outcome("dead_letter", _failed(job.job_id, exc, delivery, job.tenant))
         except TransientError as exc:
             return self._retry_or_give_up(job, delivery, exc)
         except Exception as exc:  # a bug, or something unforeseen: keep the job, in the dead-letter queue
             logger.exception("Job {} failed with an unexpected error", job.job_id)
-            return Outcome("dead_letter", _failed(job.job_id, exc, delivery))
+            return Outcome("dead_letter", _failed(job.job_id, exc, delivery, job.tenant))
         with self._unpublished_lock:
             self._unpublished[job.job_id] = result
             # Bounded: an entry whose redelivery went to another worker is never claimed here.
@@ -185,12 +188,12 @@ class JobHandler:
     def _retry_or_give_up(self, job: Job, delivery: Delivery, exc: TransientError) -> Outcome:
         if delivery.attempt >= self.options.delivery_limit:
             logger.warning("Job {} failed on its last attempt ({}): {}", job.job_id, delivery.attempt, exc)
-            return Outcome("dead_letter", _failed(job.job_id, exc, delivery))
+            return Outcome("dead_letter", _failed(job.job_id, exc, delivery, job.tenant))
         delay = min(
             self.options.retry_backoff_seconds * 2 ** (delivery.attempt - 1), self.options.retry_backoff_max_seconds
         )
         logger.warning("Job {} failed (attempt {}), retrying in {:.1f} s: {}", job.job_id, delivery.attempt, delay, exc)
-        return Outcome("retry", _failed(job.job_id, exc, delivery), retry_delay=delay)
+        return Outcome("retry", _failed(job.job_id, exc, delivery, job.tenant), retry_delay=delay)
 
     def _run(self, job: Job, delivery: Delivery, emit: "_Emitter") -> Result:
         started = time.time()
@@ -209,29 +212,8 @@ class JobHandler:
             known = self._sources.known_voices(job, Path(scratch))
             download_seconds = time.perf_counter() - download_started
             emit("decoding")
-            prepared = processor.prepare(
-                audio,
-                Path(scratch),
-                language=job.language,
-                languages=job.languages,
-                vad=vad_choice(job, processor),
-                diarization=diarization_of(job, known),
-            )
-            _check_quota(job, prepared.duration_seconds)
-            on_chunk: ProgressCallback = functools.partial(emit, "transcribing")
-            if self._scatter is not None and self._scatter.wanted(prepared):
-                per_chunk = self._scatter.run(job, prepared, processor, on_chunk)
-            else:
-                per_chunk = processor.transcribe_chunks(
-                    prepared,
-                    job.task,
-                    on_chunk,
-                    Path(scratch),
-                    prompt=job.decoder_prompt,
-                    temperature=job.temperature,
-                    word_timestamps=job.needs_word_times,
-                )
-            transcript = processor.assemble(prepared, per_chunk)
+            with processor.lanes.job(delivery.lane):
+                transcript = self._transcribe(job, audio, known, processor, Path(scratch), delivery.lane, emit)
         shown = as_asked(job, transcript)
         outputs = self._write_outputs(job, transcript, shown.document())
         timings = Timings(
@@ -246,6 +228,43 @@ class JobHandler:
         if job.callback_url is not None:
             result = self._call_back(str(job.callback_url), result)
         return result
+
+    def _transcribe(
+        self,
+        job: Job,
+        audio: Path,
+        known: tuple[KnownVoice, ...],
+        processor: Processor,
+        scratch: Path,
+        lane: Lane,
+        emit: "_Emitter",
+    ) -> Transcript:
+        """Decode, split and transcribe: here, or across the workers (fan-out; bulk jobs only: an
+        interactive one would wait behind the bulk chunk tasks on the shared chunk queue)."""
+        prepared = processor.prepare(
+            audio,
+            scratch,
+            language=job.language,
+            languages=job.languages,
+            vad=vad_choice(job, processor),
+            diarization=diarization_of(job, known),
+        )
+        _check_quota(job, prepared.duration_seconds)
+        on_chunk: ProgressCallback = functools.partial(emit, "transcribing")
+        if lane == "bulk" and self._scatter is not None and self._scatter.wanted(prepared):
+            per_chunk = self._scatter.run(job, prepared, processor, on_chunk)
+        else:
+            per_chunk = processor.transcribe_chunks(
+                prepared,
+                job.task,
+                on_chunk,
+                scratch,
+                prompt=job.decoder_prompt,
+                temperature=job.temperature,
+                word_timestamps=job.needs_word_times,
+                lane=lane,
+            )
+        return processor.assemble(prepared, per_chunk)
 
     @property
     def _sources(self) -> Sources:
@@ -362,13 +381,8 @@ def error_info(exc: BaseException) -> ErrorInfo:
     return ErrorInfo(code=error_code(exc), message=redact_text(str(exc)) or type(exc).__name__)
 
 
-def _failed(job_id: str, exc: BaseException, delivery: Delivery) -> Result:
-    return Result(
-        job_id=job_id,
-        status="failed",
-        attempt=delivery.attempt,
-        error=error_info(exc),
-    )
+def _failed(job_id: str, exc: BaseException, delivery: Delivery, tenant: str | None = None) -> Result:
+    return Result(job_id=job_id, status="failed", attempt=delivery.attempt, error=error_info(exc), tenant=tenant)
 
 
 def _completed(job: Job, t: Transcript, outputs: dict[str, str], timings: Timings, attempt: int) -> Result:
@@ -376,6 +390,7 @@ def _completed(job: Job, t: Transcript, outputs: dict[str, str], timings: Timing
         job_id=job.job_id,
         status="completed",
         attempt=attempt,
+        tenant=job.tenant,
         text=t.text,
         segments=[segment_out(s, logprobs=job.logprobs) for s in t.segments],
         language=t.language,

@@ -24,6 +24,14 @@ ERRORS = Counter("transcription_job_errors_total", "Failed or retried job attemp
 CALLBACK_FAILURES = Counter(
     "transcription_callback_failures_total", "Completed jobs whose callback URL did not accept the result"
 )
+TENANT_JOBS = Counter(
+    "transcription_tenant_jobs_total",
+    "Jobs completed or failed for good, by the job's tenant (none: unnamed)",
+    ["tenant", "status"],
+)
+TENANT_AUDIO_SECONDS = Counter(
+    "transcription_tenant_audio_seconds_total", "Seconds of audio in completed jobs, by the job's tenant", ["tenant"]
+)
 IN_FLIGHT = Gauge("transcription_jobs_in_flight", "Jobs being processed now")
 BROKER_CONNECTS = Gauge(
     "transcription_broker_connects", "Connections made to the broker since start (over 1: reconnected)"
@@ -67,7 +75,10 @@ def record(outcome: Outcome) -> None:
         ERRORS.labels(code=outcome.error.code).inc()
     if result is not None and result.warnings:
         CALLBACK_FAILURES.inc()
+    if outcome.action in ("complete", "dead_letter") and result is not None:
+        TENANT_JOBS.labels(tenant=result.tenant or "none", status=result.status).inc()
     if outcome.action == "complete" and result is not None:
+        TENANT_AUDIO_SECONDS.labels(tenant=result.tenant or "none").inc(result.duration_seconds or 0.0)
         JOB_SECONDS.observe(result.timings.total_seconds)
         if result.timings.real_time_factor is not None:
             REAL_TIME_FACTOR.observe(result.timings.real_time_factor)

@@ -28,6 +28,9 @@ class Topology:
     # Fan-out (None: off): chunk tasks of long jobs, served by every worker, and their dead letters.
     chunks_queue: str | None = None
     chunks_dead_letter_queue: str = ""
+    # The interactive lane (None: off): jobs someone waits on (the gateway's synchronous requests), taken
+    # ahead of the jobs queue's (worker/pipeline/lanes.py); dead letters go to the jobs' dead-letter queue.
+    interactive_queue: str | None = None
 
     def gather_queue(self, job_id: str) -> str:
         """The queue where a fanned-out job's chunk results come back to its coordinator."""
@@ -43,6 +46,8 @@ def declare(channel: BlockingChannel, t: Topology) -> None:
     """
     channel.exchange_declare(t.dead_letter_exchange, exchange_type="direct", durable=True)
     _declare_dead_lettered(channel, t, t.jobs_queue, t.dead_letter_queue, t.delivery_limit)
+    if t.interactive_queue:
+        _declare_dead_lettered(channel, t, t.interactive_queue, t.dead_letter_queue, t.delivery_limit)
     channel.queue_declare(t.results_queue, durable=True, arguments={"x-queue-type": "quorum"})
     channel.exchange_declare(t.progress_exchange, exchange_type="topic", durable=True)
     if t.chunks_queue:
@@ -175,8 +180,10 @@ def publish_job(
     *,
     reply_to: str | None = None,
     published_at: float | None = None,
+    interactive: bool = False,
 ) -> None:
-    """What an upstream API does: a persistent JSON job on the jobs queue (used by cmd/enqueue).
+    """What an upstream API does: a persistent JSON job on the jobs queue (used by cmd/enqueue), or on
+    the interactive queue when asked (and the topology has one).
 
     `published_at` (epoch seconds) goes in the AMQP timestamp, which holds whole seconds only,
     and in milliseconds in an `x-published-at-ms` header (AMQP tables carry no floats), from
@@ -186,4 +193,5 @@ def publish_job(
     properties = _properties(job_id, headers=headers)
     properties.reply_to = reply_to
     properties.timestamp = int(published_at) if published_at is not None else None
-    channel.basic_publish("", t.jobs_queue, body, properties, mandatory=True)
+    queue = t.interactive_queue if interactive and t.interactive_queue else t.jobs_queue
+    channel.basic_publish("", queue, body, properties, mandatory=True)
