@@ -2,15 +2,16 @@
 interactive queue goes ahead of the bulk backlog, and of the bulk job already running, chunk by chunk.
 Orders are asserted, never wall times."""
 
+import dataclasses
 import json
 import shutil
 import threading
 import time
-import uuid
 
 import numpy as np
 import pika
 import pytest
+from harness import new_topology
 
 from worker.media.audio import decode_audio, write_wav
 from worker.messages import Result
@@ -25,16 +26,7 @@ SHORT = "librivox_shakespeare_sonnet001.mp3"
 
 @pytest.fixture
 def topology() -> Topology:
-    tag = uuid.uuid4().hex[:8]
-    return Topology(
-        jobs_queue=f"jobs.{tag}",
-        results_queue=f"results.{tag}",
-        dead_letter_exchange=f"dlx.{tag}",
-        dead_letter_queue=f"dead.{tag}",
-        progress_exchange=f"progress.{tag}",
-        delivery_limit=3,
-        interactive_queue=f"interactive.{tag}",
-    )
+    return dataclasses.replace(new_topology(), chunks_queue=None, chunks_dead_letter_queue="")  # no fan-out
 
 
 @pytest.fixture
