@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Iterator
 
 import openai
-import pika
 import pytest
 from conftest import MODELS_DIR, ROOT
 from harness import NO_ENV_FILE
@@ -35,7 +34,7 @@ from worker.service import metrics
 from worker.service.callbacks import WebhookSigner
 from worker.service.consumer import Consumer
 from worker.service.jobs import RESULT_MARKER, HandlerOptions, JobHandler, Outcome
-from worker.service.publisher import Topology, declare, publish_job
+from worker.service.publisher import Topology, publish_job
 
 
 @pytest.fixture
@@ -49,18 +48,6 @@ def topology() -> Topology:
         progress_exchange=f"progress.{tag}",
         delivery_limit=3,
     )
-
-
-@pytest.fixture
-def channel(broker, topology):
-    connection = pika.BlockingConnection(pika.URLParameters(broker))
-    ch = connection.channel()
-    ch.confirm_delivery()
-    declare(ch, topology)
-    yield ch
-    for name in (topology.jobs_queue, topology.results_queue, topology.dead_letter_queue):
-        ch.queue_delete(name)
-    connection.close()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import threading
 import time
 
 import numpy as np
-import pika
 import pytest
 from harness import new_topology
 
@@ -18,7 +17,7 @@ from worker.messages import Result
 from worker.pipeline import Lanes, PipelineOptions, Processor
 from worker.service.consumer import Consumer
 from worker.service.jobs import HandlerOptions, JobHandler
-from worker.service.publisher import Topology, declare, publish_job
+from worker.service.publisher import Topology, publish_job
 
 LONG = "ljspeech_LJ001-0001_to_0032_concat.wav"  # 231 s: chunks enough to be overtaken
 SHORT = "librivox_shakespeare_sonnet001.mp3"
@@ -27,18 +26,6 @@ SHORT = "librivox_shakespeare_sonnet001.mp3"
 @pytest.fixture
 def topology() -> Topology:
     return dataclasses.replace(new_topology(), chunks_queue=None, chunks_dead_letter_queue="")  # no fan-out
-
-
-@pytest.fixture
-def channel(broker, topology):
-    connection = pika.BlockingConnection(pika.URLParameters(broker))
-    ch = connection.channel()
-    ch.confirm_delivery()
-    declare(ch, topology)
-    yield ch
-    for name in (topology.jobs_queue, topology.interactive_queue, topology.results_queue, topology.dead_letter_queue):
-        ch.queue_delete(name)
-    connection.close()
 
 
 def _publish(channel, topology: Topology, job_id: str, name: str, *, interactive: bool = False) -> None:

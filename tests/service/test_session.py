@@ -68,17 +68,19 @@ def service(broker, tmp_path, audio_dir):
     stop_and_check(svc)
 
 
-def test_a_jobs_queue_deleted_and_declared_again_at_once_is_consumed_again(service):
-    # Given a worker consuming, and checking its consumer every second
+@pytest.mark.parametrize("interactive", [False, True], ids=["jobs-queue", "interactive-queue"])
+def test_a_queue_deleted_and_declared_again_at_once_is_consumed_again(service, interactive):
+    # Given a worker consuming (the jobs queue and the interactive lane's), and checking its consumers every second
     worker = service.start_worker(consumer_check_seconds=1, fanout_min_seconds=0)
     worker.wait_for("Consuming")
     client = service.client()
 
-    # When the jobs queue is deleted and declared again at once (as every worker declares it): no
+    # When the queue is deleted and declared again at once (as every worker declares it): no
     # Basic.Cancel reaches the worker, and the broker keeps counting its consumer
-    client.channel.queue_delete(service.topology.jobs_queue)
-    declare(client.channel, service.topology)
-    client.enqueue({"job_id": "redeclared-1", "audio": {"path": SHORT}})
+    t = service.topology
+    client.channel.queue_delete(t.interactive_queue if interactive else t.jobs_queue)
+    declare(client.channel, t)
+    client.enqueue({"job_id": "redeclared-1", "audio": {"path": SHORT}}, interactive=interactive)
 
     # Then the check finds the consumer gone, the worker subscribes again, and the job completes
     results = client.results(
@@ -90,21 +92,6 @@ def test_a_jobs_queue_deleted_and_declared_again_at_once_is_consumed_again(servi
     # "no longer delivers", or cancelled and subscribed again quietly), and a check between the delete
     # and the declare finds no queue and leaves it to the next one.
     assert "The broker cancelled the consumer" not in worker.log()  # the check did it, not a Basic.Cancel
-    client.close()
-
-
-def test_an_interactive_queue_deleted_and_declared_again_at_once_is_consumed_again(service):
-    worker = service.start_worker(consumer_check_seconds=1, fanout_min_seconds=0)
-    worker.wait_for("Taking interactive jobs")
-    client = service.client()
-    client.channel.queue_delete(service.topology.interactive_queue)
-    declare(client.channel, service.topology)
-    client.enqueue({"job_id": "redeclared-asked", "audio": {"path": SHORT}}, interactive=True)
-
-    results = client.results(
-        lambda rs: "redeclared-asked" in completed_ids(rs), timeout=120, alive=lambda: worker.wait_for("Consuming")
-    )
-    assert completed_ids(results) == ["redeclared-asked"]  # the ghost no longer holds the lane's jobs
     client.close()
 
 

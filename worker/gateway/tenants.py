@@ -158,9 +158,9 @@ class Tenants:
                 "Keys not reloaded, the ones in force stay: {} names no key (the gateway would be open)", self._file
             )
             return False
-        tenants = sorted({tenant for _, tenant in table.entries})
         self.table = table
-        logger.info("Keys reloaded: {} key(s) of {} tenant(s)", len(table.entries), len(tenants))
+        tenants = len({tenant for _, tenant in table.entries})
+        logger.info("Keys reloaded: {} key(s) of {} tenant(s)", len(table.entries), tenants)
         return True
 
     def ask_reload(self) -> None:

@@ -127,14 +127,14 @@ class UsageBook:
     def charge(self, tenant: str, result: Result) -> None:
         """A finished job of `tenant`, counted once whatever the deliveries of its result (and no longer in
         progress)."""
-        self.close_job(result.job_id)
         seconds = (result.duration_seconds or 0.0) if result.status == "completed" else 0.0
         row = {"job_id": result.job_id, "tenant": tenant, "day": today(), "audio_seconds": seconds}
-        try:
+        try:  # one commit: the first delivery both counts the job and frees its slot
             with self._engine.begin() as db:
+                db.execute(_open.delete().where(_open.c.job_id == result.job_id))
                 db.execute(_jobs.insert().values(**row, failed=result.status != "completed"))
         except sa.exc.IntegrityError:
-            return  # counted already (here or by another replica)
+            return  # counted already (here or by another replica), its slot freed then
         JOBS.labels(tenant=tenant, status=result.status).inc()
         AUDIO_SECONDS.labels(tenant=tenant).inc(seconds)
 

@@ -109,7 +109,9 @@ class Consumer:
         self._pool = ThreadPoolExecutor(max_workers=concurrent_jobs, thread_name_prefix="job")
         # The interactive lane (lane.py): its own consumer and job threads, beside the jobs queue's.
         queue = topology.interactive_queue
-        self._lane = InteractiveConsumer(queue, interactive_jobs) if queue else None
+        self._lane = (
+            InteractiveConsumer(queue, interactive_jobs, requeue_delay=_REQUEUE_DELAY_SECONDS) if queue else None
+        )
         self._lane_pool = ThreadPoolExecutor(max_workers=interactive_jobs, thread_name_prefix="interactive-job")
         self._chunk_handler = chunk_handler if topology.chunks_queue else None
         self._chunk_slots = chunk_slots

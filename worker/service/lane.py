@@ -26,7 +26,6 @@ from worker.service import session
 
 IDLE_PRIORITY = 10
 BUSY_PRIORITY = 0
-_REQUEUE_DELAY_SECONDS = 5.0
 
 OnMessage = Callable[[BlockingChannel, object, object, bytes], None]
 
@@ -34,9 +33,10 @@ OnMessage = Callable[[BlockingChannel, object, object, bytes], None]
 class InteractiveConsumer:
     """Subscribes to the interactive queue and keeps its priority in step with the worker's load."""
 
-    def __init__(self, queue: str, slots: int) -> None:
+    def __init__(self, queue: str, slots: int, *, requeue_delay: float) -> None:
         self.queue = queue
         self.slots = slots
+        self.requeue_delay = requeue_delay  # a delivery whose callback failed goes back this much later
         self.channel: BlockingChannel | None = None
         self.held = 0  # deliveries taken, not yet settled (changed on the connection thread only)
         self.taken_at = 0.0  # the last delivery (monotonic): the ghost check leaves a busy consumer alone
@@ -96,6 +96,6 @@ class InteractiveConsumer:
     def _subscribe(self) -> None:
         self.tag = self.channel.basic_consume(
             self.queue,
-            session.guarded(self._on_message, name="interactive_delivery", requeue_delay=_REQUEUE_DELAY_SECONDS),
+            session.guarded(self._on_message, name="interactive_delivery", requeue_delay=self.requeue_delay),
             arguments={"x-priority": self._priority},
         )
