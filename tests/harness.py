@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pika
+import pika.exceptions
 from conftest import MODELS_DIR, ROOT
 
 from worker.devtools import local_broker
@@ -92,10 +93,14 @@ class Client:
 
     def __init__(self, url: str, topology: Topology) -> None:
         self.topology = topology
-        self.connection = pika.BlockingConnection(pika.URLParameters(url))
+        self._url = url
+        self._connect()
+
+    def _connect(self) -> None:
+        self.connection = pika.BlockingConnection(pika.URLParameters(self._url))
         self.channel = self.connection.channel()
         self.channel.confirm_delivery()
-        declare(self.channel, topology)
+        declare(self.channel, self.topology)
 
     def enqueue(self, job: dict | bytes, *, message_id: str | None = None, interactive: bool = False) -> str:
         body = job if isinstance(job, bytes) else json.dumps(job).encode()
@@ -104,8 +109,17 @@ class Client:
         return job_id
 
     def get(self, queue: str) -> tuple[pika.BasicProperties, bytes] | None:
-        method, properties, body = self.channel.basic_get(queue, auto_ack=True)
-        return None if method is None else (properties, body)
+        """A message from `queue`, or None. On a cluster, a quorum queue whose leader just died closes the
+        connection of a basic.get (541 nodedown) until it has a new one: connect again and ask again."""
+        for _ in range(30):
+            try:
+                method, properties, body = self.channel.basic_get(queue, auto_ack=True)
+                return None if method is None else (properties, body)
+            except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError):
+                time.sleep(1.0)
+                self.close()
+                self._connect()
+        raise AssertionError(f"{queue}: no answer from the broker in 30 attempts")
 
     def collect(
         self,
@@ -151,7 +165,10 @@ class Client:
 
     def close(self) -> None:
         if self.connection.is_open:
-            self.connection.close()
+            try:
+                self.connection.close()
+            except pika.exceptions.AMQPError:
+                pass  # already going
 
 
 def completed_ids(results: list[Result]) -> list[str]:

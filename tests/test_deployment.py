@@ -5,6 +5,7 @@ import ipaddress
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -54,12 +55,16 @@ K8S = ROOT / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.30"
 
 
+WORKER, GATEWAY = "Deployment/transcription-worker", "Deployment/transcription-gateway"
+
+
 def k8s_documents() -> dict[str, dict]:
-    """Every manifest in deploy/k8s by kind (each kind appears once)."""
+    """Every manifest in deploy/k8s, by "Kind/name", and also by kind alone when only one is of its kind."""
     documents = [doc for path in sorted(K8S.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
-    by_kind = {doc["kind"]: doc for doc in documents}
-    assert len(by_kind) == len(documents)
-    return by_kind
+    by_name = {f"{doc['kind']}/{doc.get('metadata', {}).get('name', '')}": doc for doc in documents}
+    assert len(by_name) == len(documents)
+    kinds = [doc["kind"] for doc in documents]
+    return by_name | {doc["kind"]: doc for doc in documents if kinds.count(doc["kind"]) == 1}
 
 
 def test_k8s_manifests_pass_yamllint():
@@ -82,8 +87,10 @@ def test_k8s_manifests_pass_yamllint():
 
 def test_k8s_core_manifests_are_valid_kubernetes_objects():
     docs = k8s_documents()
-    for kind in ("Deployment", "ConfigMap", "Secret"):
-        kubernetes_validate.validate(docs[kind], KUBERNETES_VERSION, strict=True)  # raises on a bad field
+    core = [name for name, doc in docs.items() if "/" in name and doc["apiVersion"] in ("v1", "apps/v1")]
+    assert len(core) == 6, core  # 2 Deployments, a Service, a PersistentVolumeClaim, a ConfigMap, a Secret
+    for name in core:
+        kubernetes_validate.validate(docs[name], KUBERNETES_VERSION, strict=True)  # raises on a bad field
 
 
 def test_k8s_config_names_real_settings_and_the_probes_use_the_metrics_port():
@@ -95,7 +102,7 @@ def test_k8s_config_names_real_settings_and_the_probes_use_the_metrics_port():
     settings = Settings(**{k.lower(): v for k, v in config.items()}, _env_file=None)
     assert settings.fanout_min_seconds > 0  # fan-out on: a long job uses the whole fleet
 
-    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    pod = docs[WORKER]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["command"] == ["python", "cmd/consumer/main.py"]
     assert {p["name"]: p["containerPort"] for p in container["ports"]}["metrics"] == settings.metrics_port
@@ -110,7 +117,7 @@ def test_k8s_config_names_real_settings_and_the_probes_use_the_metrics_port():
 def test_keda_scales_on_jobs_interactive_jobs_and_chunks_counting_unacked_messages():
     docs = k8s_documents()
     config, scaled = docs["ConfigMap"]["data"], docs["ScaledObject"]
-    assert scaled["spec"]["scaleTargetRef"]["name"] == docs["Deployment"]["metadata"]["name"]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == docs[WORKER]["metadata"]["name"]
     (trigger,) = scaled["spec"]["triggers"]
     meta = trigger["metadata"]
     assert trigger["type"] == "rabbitmq" and meta["mode"] == "QueueLength"
@@ -121,7 +128,7 @@ def test_keda_scales_on_jobs_interactive_jobs_and_chunks_counting_unacked_messag
     queues = {config["JOBS_QUEUE"], config["INTERACTIVE_QUEUE"], config["CHUNKS_QUEUE"]}
     assert all(pattern.fullmatch(q) for q in queues)
     assert not pattern.fullmatch(config["RESULTS_QUEUE"]) and not pattern.fullmatch(config["CHUNKS_DEAD_LETTER_QUEUE"])
-    assert not pattern.fullmatch(f"{config['CHUNKS_QUEUE']}.gather.some-job")
+    assert not pattern.fullmatch(f"{config['CHUNKS_QUEUE']}.gathered.some-job")
     secret_ref = docs["TriggerAuthentication"]["spec"]["secretTargetRef"][0]
     assert secret_ref["key"] in docs["Secret"]["stringData"] and secret_ref["parameter"] == "host"
     assert docs["Secret"]["stringData"][secret_ref["key"]].startswith("http://")
@@ -308,12 +315,12 @@ def test_k8s_takes_broker_and_gateway_secrets_from_the_secret_and_probes_reach_t
     config, secret = docs["ConfigMap"]["data"], docs["Secret"]["stringData"]
     assert "GATEWAY_API_KEYS" in secret and "GATEWAY_API_KEYS" not in config
     assert "AMQP_URL" not in config and "AMQP_URL" in secret
-    for url in (secret["AMQP_URL"], secret["RABBITMQ_MANAGEMENT_URL"]):
+    for url in (*secret["AMQP_URL"].split(";"), secret["RABBITMQ_MANAGEMENT_URL"]):
         assert urlsplit(url).username and urlsplit(url).password
     # The kubelet probes the pod's IP: metrics on loopback would fail every probe.
     settings = Settings(**{k.lower(): v for k, v in config.items()})
     assert not ipaddress.ip_address(settings.metrics_host).is_loopback
-    (container,) = docs["Deployment"]["spec"]["template"]["spec"]["containers"]
+    (container,) = docs[WORKER]["spec"]["template"]["spec"]["containers"]
     overridden = {e["name"] for e in container.get("env", [])}
     assert not overridden & {"METRICS_HOST", "GATEWAY_PUBLIC_URL"}  # the ConfigMap's values hold
     # Shared by workers and a gateway through the ConfigMap: the workers' one allowed private origin.
@@ -324,3 +331,50 @@ def test_compose_gateway_healthcheck_asks_for_the_health_page_that_needs_no_key(
     test = " ".join(compose_config()["services"]["gateway"]["healthcheck"]["test"])
     (url,) = re.findall(r"http://[^'\"\s]+", test)
     assert urlsplit(url).hostname == "127.0.0.1" and urlsplit(url).path == "/healthz"  # /v1/*: 401 without a key
+
+
+def test_k8s_gateway_is_served_where_the_workers_fetch_uploads_and_keeps_its_state_on_a_volume():
+    docs = k8s_documents()
+    config, gateway, service = docs["ConfigMap"]["data"], docs[GATEWAY], docs["Service/transcription-gateway"]
+    pod = gateway["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["python", "cmd/gateway/main.py"]
+    assert container["image"] == docs[WORKER]["spec"]["template"]["spec"]["containers"][0]["image"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert set(env) <= {name.upper() for name in Settings.model_fields}
+    secrets = {e["name"] for e in container["env"] if "valueFrom" in e}
+    assert secrets == {"AMQP_URL", "GATEWAY_API_KEYS"}  # refuses to start on 0.0.0.0 without keys
+    settings = Settings(**{k.lower(): v for k, v in (config | env).items() if v is not None}, _env_file=None)
+    # The workers' one allowed private origin is this Service.
+    public = urlsplit(settings.gateway_public_url)
+    assert public.hostname == service["metadata"]["name"] and public.port == service["spec"]["ports"][0]["port"]
+    assert service["spec"]["selector"] == gateway["spec"]["selector"]["matchLabels"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": settings.gateway_port, "metrics": settings.gateway_metrics_port}
+    assert not ipaddress.ip_address(settings.gateway_host).is_loopback
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # Records and uploads on the claim, which one pod at a time mounts.
+    (mount,) = container["volumeMounts"]
+    database = Path(settings.gateway_database_url.removeprefix("sqlite:///"))
+    assert Path(mount["mountPath"]) in (*database.parents, *settings.gateway_upload_dir.parents)
+    assert set(database.parents) & set(settings.gateway_upload_dir.parents) >= {Path(mount["mountPath"])}
+    claim = docs[f"PersistentVolumeClaim/{pod['volumes'][0]['persistentVolumeClaim']['claimName']}"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"] and gateway["spec"]["strategy"]["type"] == "Recreate"
+    assert gateway["spec"]["replicas"] == 1  # SQLite and local uploads (the manifest says how to scale)
+
+
+def test_k8s_broker_is_a_three_node_cluster_and_every_client_is_given_all_three():
+    docs = k8s_documents()
+    cluster = docs["RabbitmqCluster"]
+    assert cluster["apiVersion"] == "rabbitmq.com/v1beta1" and cluster["spec"]["replicas"] == 3
+    conf = dict(line.split(" = ") for line in cluster["spec"]["rabbitmq"]["additionalConfig"].splitlines() if line)
+    assert conf["consumer_timeout"] == local_broker.DEFAULT_CONFIG["consumer_timeout"]
+    # autoheal: a node that was cut off and came back rejoins (tests/reliability/test_cluster.py)
+    assert conf["cluster_partition_handling"] == "autoheal"
+    name = cluster["metadata"]["name"]
+    url = docs["Secret"]["stringData"]["AMQP_URL"]
+    hosts = [urlsplit(part).hostname for part in url.split(";")]
+    assert hosts == [f"{name}-server-{i}.{name}-nodes" for i in range(3)]  # the operator's pod names
+    assert Settings(amqp_url=url, _env_file=None).amqp_url.get_secret_value() == url  # valid as AMQP_URL
+    management = urlsplit(docs["Secret"]["stringData"]["RABBITMQ_MANAGEMENT_URL"])
+    assert management.hostname == name  # the cluster's Service, for KEDA

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DOWNLOAD_URL = "https://huggingface.co/ggerganov/whisper.cpp/resolve/main"
@@ -20,7 +20,8 @@ DEFAULT_DOWNLOAD_URL = "https://huggingface.co/ggerganov/whisper.cpp/resolve/mai
 class Settings(BaseSettings):
     """Every setting of the worker; environment names are the upper-cased field names."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    # hide_input_in_errors: a refused setting may be a secret (AMQP_URL with its password).
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
@@ -87,7 +88,8 @@ class Settings(BaseSettings):
     allowed_models: str = ""
 
     # --- the service (RabbitMQ) ---
-    # Secret: it usually carries a password, so it never appears in a repr or a log line.
+    # Secret: it usually carries a password, so it never appears in a repr or a log line. One broker, or the
+    # nodes of a cluster separated by `;` (every client connects to the first that answers and fails over).
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/%2F")
     jobs_queue: str = "transcription.jobs"
     results_queue: str = "transcription.results"
@@ -184,6 +186,18 @@ class Settings(BaseSettings):
     gateway_body_idle_seconds: float = Field(default=30.0, gt=0)
     # The broker must confirm a published job within this long, else 503.
     gateway_publish_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _brokers(cls, value: SecretStr) -> SecretStr:
+        """Every `;`-separated part an amqp:// or amqps:// URL (the message names none: they hold passwords)."""
+        parts = [part.strip() for part in value.get_secret_value().split(";") if part.strip()]
+        if not parts:
+            raise ValueError("AMQP_URL names no broker")
+        for number, part in enumerate(parts, start=1):
+            if not part.lower().startswith(("amqp://", "amqps://")):
+                raise ValueError(f"broker {number} of {len(parts)} is not an amqp:// or amqps:// URL")
+        return value
 
     @classmethod
     def from_environment(cls) -> "Settings":

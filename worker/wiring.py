@@ -34,7 +34,7 @@ from worker.service.consumer import Consumer
 from worker.service.fanout import FanOut, FanOutOptions
 from worker.service.jobs import HandlerOptions, JobHandler, Outcome
 from worker.service.publisher import Topology
-from worker.service.session import SessionOptions
+from worker.service.session import BrokerSession, SessionOptions
 
 
 def topology(settings: Settings) -> Topology:
@@ -59,6 +59,11 @@ def session_options(settings: Settings) -> SessionOptions:
         blocked_connection_timeout_seconds=settings.blocked_connection_timeout_seconds,
         consumer_check_seconds=settings.consumer_check_seconds,
     )
+
+
+def broker_connection(settings: Settings):
+    """A pika connection to the first broker of AMQP_URL that answers (for the command-line tools)."""
+    return BrokerSession(settings.amqp_url.get_secret_value(), session_options(settings)).connect()
 
 
 def pipeline_options(

@@ -16,8 +16,6 @@ import time
 import uuid
 from pathlib import Path
 
-import pika
-
 from worker import wiring
 from worker.config import Settings
 from worker.logs import configure_logging
@@ -91,7 +89,7 @@ def main() -> int:
     configure_logging(settings.log_level)
     job_id = args.job_id or uuid.uuid4().hex
     job = build_job(args, settings, job_id)
-    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
+    connection = wiring.broker_connection(settings)
     channel = connection.channel()
     channel.confirm_delivery()
     topology = wiring.topology(settings)

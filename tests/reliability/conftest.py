@@ -30,6 +30,7 @@ class Ledger:
     jobs_checked: int = 0
     lost: int = 0
     duplicated: int = 0
+    failovers: list[tuple[str, float]] = field(default_factory=list)  # (what, seconds until it served again)
 
     def account(self, expected: set[str], completed: list[str]) -> None:
         """Count lost and duplicated results: `completed` holds one job id per completed result."""
@@ -58,6 +59,9 @@ def pytest_terminal_summary(terminalreporter) -> None:
             f"hostile requests: {len(ledger.hostile_gateway)} at the gateway, {len(ledger.hostile_queue)} on the "
             f"jobs queue, each answered typed; forbidden outbound requests recorded: {ledger.forbidden_outbound}"
         )
+    if ledger.failovers:
+        resumed = ", ".join(f"{what} {seconds:.1f} s" for what, seconds in ledger.failovers)
+        write(f"broker node failovers (3-node cluster), serving again after: {resumed}")
     write(
         f"jobs checked for exactly one result: {ledger.jobs_checked}; lost = {ledger.lost}, "
         f"duplicated = {ledger.duplicated}"

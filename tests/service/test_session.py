@@ -9,7 +9,9 @@ import time
 import pika
 import pytest
 from harness import Service, completed_ids, new_topology, stop_and_check
+from pydantic import ValidationError
 
+from worker.config import Settings
 from worker.devtools import local_broker
 from worker.service.publisher import declare
 from worker.service.session import BrokerSession, SessionOptions, backoff, connection_parameters
@@ -37,6 +39,26 @@ def test_connection_parameters_come_from_the_options():
     parameters = connection_parameters("amqp://u:p@example.org:5673/%2F", options)
     assert (parameters.heartbeat, parameters.blocked_connection_timeout) == (7, 42.0)
     assert (parameters.host, parameters.port) == ("example.org", 5673)
+
+
+def test_several_brokers_the_first_that_answers_is_taken_and_the_next_connect_starts_after_it(broker):
+    dead = [f"amqp://guest:guest@127.0.0.1:{local_broker.free_port()}/%2F" for _ in range(2)]
+    session = BrokerSession(";".join([dead[0], broker, dead[1]]), SessionOptions(), order=lambda nodes: None)
+    port = pika.URLParameters(broker).port
+    for _ in range(2):  # and again, starting from the node after it
+        session.connect().close()
+        assert session.node == f"127.0.0.1:{port}"
+    shuffled = {
+        tuple(p.port for p in BrokerSession(";".join([*dead, broker]), SessionOptions()).nodes) for _ in range(30)
+    }
+    assert len(shuffled) > 1  # each session starts on a node of its own
+
+
+def test_amqp_url_refuses_a_part_that_is_not_amqp_without_showing_it():
+    with pytest.raises(ValidationError) as refused:
+        Settings(amqp_url="amqp://u:pw-1@a:5672/%2F; https://u:pw-2@b/", _env_file=None)
+    assert "broker 2 of 2" in str(refused.value) and "pw-" not in str(refused.value)
+    assert Settings(amqp_url="amqp://a; amqps://b;", _env_file=None)  # spaces and a trailing `;` are fine
 
 
 def test_the_reconnect_loop_backs_off_without_the_password_and_stops_when_told(log_messages):

@@ -6,12 +6,18 @@ and a free distribution port: it never touches a system broker.
 
     python -m worker.devtools.local_broker start DIR    # prints the AMQP URL, leaves the broker running
     python -m worker.devtools.local_broker stop DIR
+
+`start_cluster` starts several such nodes joined in one cluster (one Erlang cookie; the later nodes
+find the first by classic peer discovery), for the failover tests: a node can be killed, restarted
+and paused (SIGSTOP) on its own.
 """
 
+import json
 import logging
 import os
 import pwd
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -23,6 +29,7 @@ from pathlib import Path
 import pika
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 # What deploy/rabbitmq/20-transcription.conf gives the compose broker (tests/test_deployment.py
 # checks they agree): a consumer_timeout above the longest job.
 DEFAULT_CONFIG = {"consumer_timeout": "21600000"}
@@ -50,6 +57,101 @@ class LocalBroker:
         with _suppress_missing():
             os.killpg(self.pid, signal.SIGKILL)
         (self.base_dir / "broker.json").unlink(missing_ok=True)
+
+
+@dataclass
+class LocalCluster:
+    """Nodes of one cluster on 127.0.0.1; `url` names them all (AMQP_URL's `;` form)."""
+
+    nodes: list[LocalBroker]
+    options: dict  # start()'s keyword arguments, for restarts
+
+    @property
+    def url(self) -> str:
+        return ";".join(node.url for node in self.nodes)
+
+    def index_of(self, port: int) -> int:
+        return next(i for i, node in enumerate(self.nodes) if node.port == port)
+
+    def kill(self, index: int) -> None:
+        """SIGKILL the node's process group, as a crash would (its clients see their sockets reset)."""
+        node = self.nodes[index]
+        with _suppress_missing():
+            os.killpg(node.pid, signal.SIGKILL)
+        while _alive(node.pid):
+            time.sleep(0.05)
+
+    def restart(self, index: int) -> None:
+        """Start the node again (it rejoins the cluster with its data); stop it first if it runs."""
+        node = self.nodes[index]
+        node.stop()
+        self.nodes[index] = start(node.base_dir, port=node.port, **self.options)
+
+    def pause(self, index: int, paused: bool = True) -> None:
+        """SIGSTOP (or SIGCONT) the node: its sockets stay open and nothing answers, as in a partition."""
+        os.killpg(self.nodes[index].pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
+    def revive(self) -> None:
+        """Every node running again: paused ones resumed, dead ones started (what a test left behind)."""
+        for index, node in enumerate(self.nodes):
+            if _alive(node.pid):
+                self.pause(index, False)
+            else:
+                self.restart(index)
+
+    def stop(self) -> None:
+        for index in range(len(self.nodes)):
+            with _suppress_missing():
+                os.killpg(self.nodes[index].pid, signal.SIGCONT)
+            self.nodes[index].stop()
+
+
+def start_cluster(base_dir: Path, size: int = 3, **options) -> LocalCluster:
+    """`size` nodes under base_dir/node-N, joined in one cluster; `options`: start()'s (user, config, ...)."""
+    base_dir = Path(base_dir).resolve()
+    _give_to_rabbitmq([base_dir])  # the nodes' directories are inside it
+    cookie = secrets.token_hex(16)
+    ports = [free_port() for _ in range(size)]
+    nodes: list[LocalBroker] = []
+    try:
+        for index, port in enumerate(ports):
+            node_dir = base_dir / f"node-{index}"
+            home = node_dir / "home"
+            home.mkdir(parents=True, exist_ok=True)
+            (home / ".erlang.cookie").write_text(cookie)
+            (home / ".erlang.cookie").chmod(0o400)  # Erlang refuses a cookie others can read
+            config = dict(options.get("config") or {})
+            if index:  # a fresh node joins the first one (a restarted node rejoins from its own data)
+                config["cluster_formation.peer_discovery_backend"] = "classic_config"
+                config["cluster_formation.classic_config.nodes.1"] = _node_name(ports[0])
+            nodes.append(start(node_dir, port=port, **{**options, "config": config}))
+        if not rejoined(nodes[0], size, timeout=60):
+            raise RuntimeError(f"the {size} nodes did not form one cluster: {cluster_status(nodes[0])}")
+    except Exception:
+        for node in nodes:
+            node.stop()
+        raise
+    return LocalCluster(nodes, options)
+
+
+def cluster_status(node: LocalBroker) -> dict | None:
+    """`rabbitmqctl cluster_status` of `node` (its JSON), or None when the node does not answer."""
+    env = {**os.environ, "HOME": str(node.base_dir / "home")}  # the node's Erlang cookie
+    command = [CTL, "-n", _node_name(node.port), "cluster_status", "--formatter", "json"]
+    user = "rabbitmq" if os.geteuid() == 0 else None
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, user=user)
+    return json.loads(done.stdout) if done.returncode == 0 else None
+
+
+def rejoined(node: LocalBroker, size: int, *, timeout: float) -> bool:
+    """Whether `node` runs with all `size` nodes of its cluster and sees no partition, within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = cluster_status(node)
+        if status and len(status.get("running_nodes", [])) == size and not status.get("partitions"):
+            return True
+        time.sleep(1.0)
+    return False
 
 
 class _suppress_missing:
@@ -138,11 +240,7 @@ def start(
     if advanced is not None:
         (base_dir / "advanced.config").write_text(advanced)
         env["RABBITMQ_ADVANCED_CONFIG_FILE"] = str(base_dir / "advanced.config")
-    as_rabbitmq = os.geteuid() == 0
-    if as_rabbitmq:
-        owner = pwd.getpwnam("rabbitmq")
-        for path in [base_dir, *base_dir.rglob("*")]:
-            os.chown(path, owner.pw_uid, owner.pw_gid)
+    as_rabbitmq = _give_to_rabbitmq([base_dir, *base_dir.rglob("*")])
     log = open(base_dir / "server.out", "ab")
     process = subprocess.Popen(
         [SERVER],
@@ -173,7 +271,7 @@ def _environment(base_dir: Path, port: int) -> dict[str, str]:
     return {
         **os.environ,
         "HOME": str(base_dir / "home"),
-        "RABBITMQ_NODENAME": f"worker-test-{port}@localhost",
+        "RABBITMQ_NODENAME": _node_name(port),
         "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
         "RABBITMQ_NODE_PORT": str(port),
         "RABBITMQ_DIST_PORT": str(free_port()),
@@ -183,6 +281,20 @@ def _environment(base_dir: Path, port: int) -> dict[str, str]:
         "RABBITMQ_CONFIG_FILE": str(base_dir / "rabbitmq"),  # rabbitmq.conf, may be absent
         "ERL_EPMD_ADDRESS": "127.0.0.1",
     }
+
+
+def _give_to_rabbitmq(paths: list[Path]) -> bool:
+    """As root, make user rabbitmq own `paths` (the server runs as it); True when it does."""
+    if os.geteuid() != 0:
+        return False
+    owner = pwd.getpwnam("rabbitmq")
+    for path in paths:
+        os.chown(path, owner.pw_uid, owner.pw_gid)
+    return True
+
+
+def _node_name(port: int) -> str:
+    return f"worker-test-{port}@localhost"
 
 
 def _main(argv: list[str]) -> int:

@@ -56,7 +56,7 @@ def create_app(
         on_result=bridge.on_result,
         on_async_result=bridge.on_async_result,
         on_progress=bridge.on_progress,
-        on_disconnect=bridge.waiters.fail_all,
+        on_disconnect=lambda: bridge.waiters.fail_unless_back(broker.connected, options.publish_timeout_seconds),
         options=broker_options,
     )
     if not options.keys:

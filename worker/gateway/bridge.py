@@ -3,8 +3,11 @@
 Results and progress arrive on the broker's thread (pika's); requests wait on the event loop. Each
 hand-over goes through `loop.call_soon_threadsafe`. What is owed to whom:
 - `Waiters`: a request that waits for its job's result (/v1/audio/*) awaits a future; the result
-  resolves it, and a lost broker connection fails every waiting one at once (503), since the reply
-  it waits for may now come late or never (the job itself goes on; its upload expires with its TTL).
+  resolves it. Its reply waits on this process's durable reply queue while the broker connection is
+  down, so a lost connection fails the waiting requests (503) only when it is not back within a grace
+  (GATEWAY_PUBLISH_TIMEOUT_SECONDS): a cluster's other node takes over in a second or two, and a
+  broker down for longer should not hold requests until their timeout (the job itself goes on; its
+  upload expires with its TTL).
 - `Subscribers`: the SSE streams of this process, per job id.
 - `Bridge`: the broker client's callbacks: count a finished job in its tenant's usage (usage.py); for
   async jobs, record the result or the progress in the job records, then tell the streams. A database
@@ -14,6 +17,7 @@ hand-over goes through `loop.call_soon_threadsafe`. What is owed to whom:
 
 import asyncio
 import collections
+import threading
 
 from loguru import logger
 from sqlalchemy.exc import SQLAlchemyError
@@ -33,6 +37,7 @@ class Waiters:
     def __init__(self, uploads: UploadStore) -> None:
         self._uploads = uploads
         self._futures: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future, tuple[str, ...]]] = {}
+        self._lock = threading.Lock()  # _futures: the event loop, the broker's thread and the grace timer
         # Job id -> its tenant, until the result comes (also after its request gave up): whose usage it is.
         self._owners: collections.OrderedDict[str, str] = collections.OrderedDict()
 
@@ -41,7 +46,8 @@ class Waiters:
         speakers' clips) go with it."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._futures[job_id] = (loop, future, tokens)
+        with self._lock:
+            self._futures[job_id] = (loop, future, tokens)
         self._owners[job_id] = owner
         while len(self._owners) > MAX_OWNERS:  # results that never came (a purged queue): forgotten
             self._owners.popitem(last=False)
@@ -52,7 +58,8 @@ class Waiters:
         return self._owners.pop(job_id, None)
 
     def forget(self, job_id: str) -> None:
-        self._futures.pop(job_id, None)
+        with self._lock:
+            self._futures.pop(job_id, None)
 
     def __contains__(self, job_id: str) -> bool:
         return job_id in self._futures
@@ -63,7 +70,8 @@ class Waiters:
 
     def resolve(self, result: Result) -> None:
         """A result on this process's reply queue (the broker's thread)."""
-        entry = self._futures.pop(result.job_id, None)
+        with self._lock:
+            entry = self._futures.pop(result.job_id, None)
         if entry is None:
             return  # its request gave up (504, or the connection was lost): the upload expires
         loop, future, tokens = entry
@@ -71,9 +79,17 @@ class Waiters:
             self._uploads.delete(token)
         loop.call_soon_threadsafe(_settle, future, result, None)
 
+    def fail_unless_back(self, connected: threading.Event, grace_seconds: float) -> None:
+        """The broker connection was lost (the broker's thread): every request still waiting gets 503 when
+        `connected` is not set again `grace_seconds` from now."""
+        timer = threading.Timer(grace_seconds, lambda: None if connected.is_set() else self.fail_all())
+        timer.daemon = True
+        timer.start()
+
     def fail_all(self) -> None:
-        """The broker connection was lost (the broker's thread): every waiting request gets 503 now."""
-        entries, self._futures = self._futures, {}
+        """Every waiting request gets 503 now."""
+        with self._lock:
+            entries, self._futures = self._futures, {}
         for job_id, (loop, future, _tokens) in entries.items():
             error = BrokerUnavailable(f"the broker connection was lost while job {job_id} waited for its result")
             loop.call_soon_threadsafe(_settle, future, None, error)

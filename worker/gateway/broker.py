@@ -4,7 +4,8 @@ One thread owns the pika connection (pika is not thread-safe). Request handlers,
 hand it a job and get a concurrent Future that resolves once the broker confirmed the job. Results
 come back on two queues:
 - the reply queue of this process, for requests that wait for their answer (named per process,
-  expiring when the process is gone, so a reconnect keeps the replies that arrived meanwhile);
+  expiring when the process is gone, so a reconnect keeps the replies that arrived meanwhile; a quorum
+  queue, so that on a cluster it outlives the node it was declared on, and the process's connection);
 - the durable results queue of all gateway replicas, for async jobs: whichever replica takes a
   result records it in the shared database, and one that restarts finds them waiting.
 Progress events of every job reach each process (a queue of its own bound to the progress
@@ -190,7 +191,9 @@ class BrokerClient:
         channel = connection.channel()
         channel.confirm_delivery()
         publisher.declare(channel, self._topology)
-        channel.queue_declare(self.reply_queue, durable=False, arguments={"x-expires": _REPLY_EXPIRES_MS})
+        channel.queue_declare(
+            self.reply_queue, durable=True, arguments={"x-queue-type": "quorum", "x-expires": _REPLY_EXPIRES_MS}
+        )
         channel.basic_consume(self.reply_queue, session.guarded(self._reply, name="gateway_result"), auto_ack=True)
         channel.queue_declare(self.async_results_queue, durable=True, arguments={"x-queue-type": "quorum"})
         self._consume_results(channel)

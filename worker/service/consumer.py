@@ -55,7 +55,7 @@ from worker.service.jobs import Delivery, JobHandler, Outcome
 from worker.service.lane import InteractiveConsumer
 from worker.service.publisher import Topology
 from worker.service.session import BrokerSession, SessionOptions
-from worker.service.settle import CONNECTION_ERRORS, Settler
+from worker.service.settle import CONNECTION_ERRORS, Handoffs, Settler
 
 # Subscribe to jobs again only once no chunk task has been held for this long.
 _CHUNK_QUIET_SECONDS = 1.0
@@ -105,7 +105,13 @@ class Consumer:
         self._topology = topology
         self._handler = handler
         self._concurrent_jobs = concurrent_jobs
-        self._settler = Settler(topology, handler, on_settled=on_settled, on_chunk_settled=on_chunk_settled)
+        self._settler = Settler(
+            topology,
+            handler,
+            on_settled=on_settled,
+            on_chunk_settled=on_chunk_settled,
+            requeue_delay=_REQUEUE_DELAY_SECONDS,
+        )
         self._pool = ThreadPoolExecutor(max_workers=concurrent_jobs, thread_name_prefix="job")
         # The interactive lane (lane.py): its own consumer and job threads, beside the jobs queue's.
         queue = topology.interactive_queue
@@ -127,6 +133,7 @@ class Consumer:
         self.queue_depths: dict[str, int] = {}  # ready messages per queue, sampled every few seconds
         self._stopping = threading.Event()
         self._in_flight = 0
+        self._handoffs = Handoffs()  # settlements handed to the connection's thread, not yet run
         self._count_lock = threading.Lock()  # job threads decrement too, when a connection was lost
         self.connected = threading.Event()
 
@@ -139,11 +146,17 @@ class Consumer:
 
     def run(self) -> None:
         """Consume until stop(); the session reconnects with backoff when the broker is down or drops us."""
-        self._session.run(self._consume, stop=self._stopping, on_lost=self.connected.clear)
+        self._session.run(self._consume, stop=self._stopping, on_lost=self._lost)
         self._pool.shutdown(wait=True)
         self._lane_pool.shutdown(wait=True)
         self._chunk_pool.shutdown(wait=True)
         logger.info("Consumer stopped")
+
+    def _lost(self) -> None:
+        self.connected.clear()
+        if dropped := self._handoffs.lost():
+            logger.warning("The connection ended before {} finished delivery(ies) settled; the broker redelivers them",
+                           dropped)  # fmt: skip
 
     @property
     def in_flight(self) -> int:
@@ -263,7 +276,15 @@ class Consumer:
         )
 
     def _pause_jobs(self) -> None:
-        """Stop taking jobs (deliveries not yet dispatched go back to the queue)."""
+        """Stop taking jobs (deliveries not yet dispatched go back to the queue).
+
+        Not while the jobs channel holds as many jobs as its prefetch allows: no job can come then, and a
+        cancelled consumer that still holds a delivery is one RabbitMQ 3.10's quorum queues were seen to
+        forget when its node died (the delivery stayed checked out to it, on no live channel, even after
+        the node came back). _settle pauses once that job is done, if chunk tasks still run."""
+        held = self._in_flight - (self._lane.held if self._lane is not None else 0)
+        if held >= self._concurrent_jobs and not self._stopping.is_set():
+            return
         if self._jobs_tag is not None and self._jobs_channel.is_open:
             self._jobs_channel.basic_cancel(self._jobs_tag)
             logger.debug("Not taking new jobs (chunk tasks come first, or the worker is stopping)")
@@ -382,6 +403,8 @@ class Consumer:
             self._count(-1)
             if delivery.lane == "interactive" and channel is self._lane.channel:
                 self._lane.settled()
+            if self._chunks_in_flight:
+                self._pause_jobs()  # chunk tasks first (the pause waited for this job to settle)
 
     # --- chunk tasks (fan-out) ---
 
@@ -401,8 +424,8 @@ class Consumer:
     ) -> None:
         outcome = self._chunk_handler.handle(delivery, functools.partial(self._gathering, connection))
         settle = functools.partial(self._settle_chunk, channel, tag, delivery, outcome)
-        if not self._threadsafe(connection, settle):
-            self._count_chunks(-1)
+        if not self._handoffs.hand(connection, settle, undo=lambda: self._count_chunks(-1)):
+            logger.warning("Connection lost while a chunk task ran; the broker will redeliver it")
 
     def _gathering(self, connection: pika.BlockingConnection, queue: str) -> bool:
         """Whether a gather queue exists (asked on the connection thread); True when the broker cannot say."""
@@ -455,8 +478,8 @@ class Consumer:
             # Back off on this job thread, not the connection thread; a stop cuts the wait short.
             self._stopping.wait(outcome.retry_delay)
         settle = functools.partial(self._settle, channel, tag, reply_to, delivery, outcome)
-        if not self._threadsafe(connection, settle):
-            self._count(-1)
+        if not self._handoffs.hand(connection, settle, undo=lambda: self._count(-1)):
+            logger.warning("Connection lost while the job ran; the broker will redeliver it")
 
     def _count(self, delta: int) -> None:
         with self._count_lock:
@@ -464,9 +487,10 @@ class Consumer:
 
     @staticmethod
     def _threadsafe(connection: pika.BlockingConnection, callback: Callable[[], None]) -> bool:
+        """Hand `callback` to the connection's thread; False when the connection is gone (a progress event
+        is then dropped, without a word: a job loses its connection once, and reports progress often)."""
         try:
             connection.add_callback_threadsafe(callback)
             return True
         except CONNECTION_ERRORS:
-            logger.warning("Connection lost while a job ran; the broker will redeliver it")
             return False

@@ -5,7 +5,8 @@ does. It declares the job's gather queue, publishes one task per chunk on the ch
 audio as FLAC in the body, the task in the headers, the gather queue as reply_to), then a `scattered`
 record on the gather queue. Any worker, the coordinator included, takes chunk tasks (ChunkHandler).
 
-Gather. The coordinator consumes its gather queue, exclusively, and keeps every result unacked: the
+Gather. The coordinator consumes its gather queue (alone: it holds the job's lock, an exclusive queue
+beside it, publisher.lock_gather), and keeps every result unacked: the
 results stay on the broker until the job's result is published (the consumer then deletes the queue).
 So whatever stops a coordinator (SIGKILL, a lost connection, the broker's consumer_timeout closing the
 channel) costs no finished chunk: the next coordinator, on redelivery of the job, finds them on the
@@ -39,7 +40,7 @@ from worker.service.session import BrokerSession, SessionOptions
 
 # Lost connections and closed channels are resumed; anything else (a bug) fails the job at once.
 _BROKER_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)
-_ACCESS_REFUSED = 403  # another coordinator of the same job holds the gather queue's exclusive consumer
+_RESOURCE_LOCKED = 405  # another coordinator of the same job holds the gather queue's lock
 _BACKLOG_WAIT_SECONDS = 10.0
 
 
@@ -102,7 +103,7 @@ class FanOut:
                 seen, last_news = len(gathered.results), time.monotonic()
             if time.monotonic() - last_news > self.options.gather_timeout_seconds:
                 raise GatherTimeout(f"gathering {queue} failed for too long: {exc}") from None
-            if getattr(exc, "reply_code", None) == _ACCESS_REFUSED:
+            if getattr(exc, "reply_code", None) == _RESOURCE_LOCKED:
                 return "Another worker is coordinating this job (it was redelivered); waiting for it"
             return f"Gathering interrupted ({exc}); resuming from the chunk results on the broker"
 
@@ -133,9 +134,10 @@ class FanOut:
         connection they go back to the queue, kept until the job's result is published."""
         channel = connection.channel()
         channel.confirm_delivery()
+        publisher.lock_gather(channel, queue)
         backlog = publisher.declare_gather(channel, queue, expires_seconds=self.options.gather_timeout_seconds)
         inbox: list[bytes] = []
-        channel.basic_consume(queue, lambda _ch, _m, _p, body: inbox.append(body), exclusive=True)
+        channel.basic_consume(queue, lambda _ch, _m, _p, body: inbox.append(body))
         broker.established()
         # A previous coordinator's results (and scatter record) come first: wait for them before
         # deciding what to publish, so that no finished chunk is sent out again.

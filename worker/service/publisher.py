@@ -34,7 +34,7 @@ class Topology:
 
     def gather_queue(self, job_id: str) -> str:
         """The queue where a fanned-out job's chunk results come back to its coordinator."""
-        return f"{self.chunks_queue}.gather.{job_id}"
+        return f"{self.chunks_queue}.gathered.{job_id}"  # not ".gather.": that was a classic queue
 
 
 def declare(channel: BlockingChannel, t: Topology) -> None:
@@ -76,13 +76,23 @@ def _declare_dead_lettered(channel: BlockingChannel, t: Topology, queue: str, de
 def declare_gather(channel: BlockingChannel, queue: str, *, expires_seconds: float) -> int:
     """Declare a job's gather queue; returns how many messages it already holds (a previous coordinator's).
 
-    Durable, so that finished chunk results outlive a coordinator or broker restart; it expires once
-    no coordinator has used it for `expires_seconds` (a job that never came back leaves nothing).
+    A quorum queue, so that finished chunk results outlive a coordinator, a broker restart and, on a
+    cluster, the node it was declared on (a classic queue is out of reach while its node is down, and
+    the chunk results sent to it meanwhile are lost). It expires once no coordinator has used it for
+    `expires_seconds` (a job that never came back leaves nothing).
     """
     ok = channel.queue_declare(
-        queue, durable=True, arguments={"x-queue-type": "classic", "x-expires": int(expires_seconds * 1000)}
+        queue, durable=True, arguments={"x-queue-type": "quorum", "x-expires": int(expires_seconds * 1000)}
     )
     return ok.method.message_count
+
+
+def lock_gather(channel: BlockingChannel, queue: str) -> None:
+    """Become the one coordinator of a gather queue: declare `<queue>.coordinator`, exclusive to this
+    connection, which the broker deletes with it (also when its node dies). Another coordinator of the job
+    holding it: ChannelClosedByBroker 405 RESOURCE_LOCKED. (A quorum queue ignores basic.consume's
+    `exclusive` flag, so the lock is a queue of its own.)"""
+    channel.queue_declare(f"{queue}.coordinator", exclusive=True)
 
 
 def delete_gather(channel: BlockingChannel, t: Topology, job_id: str) -> None:

@@ -3,7 +3,11 @@ coordinator's and the gateway's.
 
 What it owns, so that its users say what to do with a message and never how to survive a dropped
 socket (STYLE 16):
-- `connection_parameters`: the URL plus heartbeat and blocked-connection timeout from Settings.
+- `broker_urls`, `connection_parameters`: AMQP_URL names one broker, or the nodes of a cluster separated
+  by `;` (kombu's convention); each gets the heartbeat and blocked-connection timeout from Settings.
+- `BrokerSession.connect`: the first node that answers. Each session starts on a node of its own (the
+  list shuffled once), and after a connection ends it starts on the next node: a fleet spreads over the
+  cluster, and a node that died is tried last, not first.
 - `BrokerSession.run`: the one reconnect loop. Capped exponential backoff with jitter (so workers
   that lost the broker together do not knock on it together), restarted once a connection is
   established; the broker's error logged without the password; it ends when `stop` is set (or
@@ -73,6 +77,11 @@ class ReconnectNow(Exception):
     """Drop the connection and connect (declare, subscribe) again at once, without backing off."""
 
 
+def broker_urls(url: str) -> list[str]:
+    """The brokers of AMQP_URL, in its order: one URL, or several separated by `;` (Settings checked them)."""
+    return [part.strip() for part in url.split(";") if part.strip()]
+
+
 def connection_parameters(url: str, options: SessionOptions) -> pika.URLParameters:
     parameters = pika.URLParameters(url)
     parameters.heartbeat = options.heartbeat_seconds
@@ -93,13 +102,40 @@ def backoff(
 class BrokerSession:
     """Connects, runs the caller's work on the connection, and reconnects when the broker fails it."""
 
-    def __init__(self, url: str, options: SessionOptions) -> None:
+    def __init__(self, url: str, options: SessionOptions, *, order: Callable[[list], None] = random.shuffle) -> None:
+        """`url`: AMQP_URL (one broker or several, `;`-separated); `order` arranges them once (shuffled)."""
         self.options = options
-        self.parameters = connection_parameters(url, options)
-        password = self.parameters.credentials.password or ""
-        self._secrets = tuple(s for s in {password, urllib.parse.quote(password, safe="")} if s)
+        self.nodes = [connection_parameters(part, options) for part in broker_urls(url)]
+        order(self.nodes)
+        self._first = 0  # the node the next connect tries first
+        passwords = {p.credentials.password for p in self.nodes if p.credentials.password}
+        self._secrets = tuple({s for p in passwords for s in (p, urllib.parse.quote(p, safe=""))})
         self._established = False
         self.connects = 0  # connections opened since start; more than 1 means it reconnected
+        self.node = ""  # host:port of the node of the last connection
+
+    def connect(self) -> pika.BlockingConnection:
+        """A connection to the first node that answers, from the one after the last connection's node
+        on; the last node's error when none does (pika's AMQPConnectionError)."""
+        error: pika.exceptions.AMQPConnectionError | None = None
+        for step in range(len(self.nodes)):
+            index = (self._first + step) % len(self.nodes)
+            parameters = self.nodes[index]
+            try:
+                connection = pika.BlockingConnection(parameters)
+            except pika.exceptions.AMQPConnectionError as exc:
+                error = exc
+                if len(self.nodes) > 1:
+                    logger.warning(
+                        "Broker {}:{} did not answer ({})", parameters.host, parameters.port, self._safe(exc)
+                    )
+                continue
+            self._first = (index + 1) % len(self.nodes)
+            self.node = f"{parameters.host}:{parameters.port}"
+            logger.info("Connected to the broker at {}", self.node)
+            return connection
+        assert error is not None
+        raise error
 
     def established(self) -> None:
         """Called by the work once it is up (consuming): the next failure backs off from the start."""
@@ -126,7 +162,7 @@ class BrokerSession:
             self._established = False
             connection = None
             try:
-                connection = pika.BlockingConnection(self.parameters)
+                connection = self.connect()
                 self.connects += 1
                 return work(connection)
             except ReconnectNow as exc:
@@ -272,8 +308,7 @@ def guarded(callback: Callable, *, name: str, requeue_delay: float | None = None
                     job_id,
                     requeue_delay,
                 )
-            tag = method.delivery_tag
-            channel.connection.call_later(requeue_delay, guarded_call(lambda: _requeue(channel, tag), name=name))
+            requeue_later(channel, method.delivery_tag, requeue_delay, name=name)
 
     return on_message
 
@@ -293,6 +328,12 @@ def guarded_call(callback: Callable[[], None], *, name: str) -> Callable[[], Non
             logger.exception("The {} callback failed; carrying on", name)
 
     return call
+
+
+def requeue_later(channel: BlockingChannel, tag: int, delay: float, *, name: str) -> None:
+    """Nack the delivery `tag` back to its queue `delay` seconds from now, on the connection's timer (an
+    immediate requeue comes straight back: a tight loop that spends the delivery limit in moments)."""
+    channel.connection.call_later(delay, guarded_call(lambda: _requeue(channel, tag), name=name))
 
 
 def _requeue(channel: BlockingChannel, tag: int) -> None:

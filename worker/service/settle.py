@@ -8,14 +8,17 @@ A refused publish or a bug while settling requeues the delivery (its delivery co
 retries); a lost connection is raised to the session, and the broker redelivers what was unacked.
 """
 
+import itertools
+import threading
 from collections.abc import Callable
 
+import pika
 import pika.exceptions
 from loguru import logger
 from pika.adapters.blocking_connection import BlockingChannel
 
 from worker.messages import ProgressEvent
-from worker.service import publisher
+from worker.service import publisher, session
 from worker.service.chunks import ChunkDelivery, ChunkOutcome
 from worker.service.jobs import JobHandler, Outcome
 from worker.service.publisher import Topology
@@ -39,7 +42,10 @@ class Settler:
         *,
         on_settled: Callable[[Outcome], None],
         on_chunk_settled: Callable[[ChunkOutcome], None],
+        requeue_delay: float = 5.0,
     ) -> None:
+        """`requeue_delay`: how long a delivery whose settling failed is held before it goes back."""
+        self._requeue_delay = requeue_delay
         self._topology = topology
         self._handler = handler
         self._on_settled = on_settled
@@ -53,13 +59,14 @@ class Settler:
             self._apply(channel, tag, reply_to, body, outcome)
             self._on_settled(outcome)
         except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
-            logger.error("Broker refused the result ({}); requeueing the job", exc)
-            channel.basic_nack(tag, requeue=True)
+            # Say a quorum queue electing a new leader (its node died): refused for a few seconds.
+            logger.error("Broker refused the result ({}); requeueing the job in {:.0f} s", exc, self._requeue_delay)
+            session.requeue_later(channel, tag, self._requeue_delay, name="settle_job")
         except CONNECTION_ERRORS:
             raise  # the connection is gone: reconnect; the broker redelivers the job
         except Exception:  # a bug while settling: keep consuming; the delivery limit bounds the retries
-            logger.exception("Settling a job failed; requeueing it")
-            channel.basic_nack(tag, requeue=True)
+            logger.exception("Settling a job failed; requeueing it in {:.0f} s", self._requeue_delay)
+            session.requeue_later(channel, tag, self._requeue_delay, name="settle_job")
 
     def _apply(self, channel: BlockingChannel, tag: int, reply_to: str | None, body: bytes, outcome: Outcome) -> None:
         t = self._topology
@@ -102,6 +109,55 @@ class Settler:
             self._on_chunk_settled(outcome)
         except CONNECTION_ERRORS:
             raise
+        except pika.exceptions.NackError as exc:  # the gather queue electing a new leader, say
+            logger.error("Broker refused the chunk's result ({}); requeueing the task in {:.0f} s", exc,
+                         self._requeue_delay)  # fmt: skip
+            session.requeue_later(channel, tag, self._requeue_delay, name="settle_chunk")
         except Exception:  # a bug while settling: the task comes back; its delivery count bounds the retries
-            logger.exception("Settling a chunk task failed; requeueing it")
-            channel.basic_nack(tag, requeue=True)
+            logger.exception("Settling a chunk task failed; requeueing it in {:.0f} s", self._requeue_delay)
+            session.requeue_later(channel, tag, self._requeue_delay, name="settle_chunk")
+
+
+class Handoffs:
+    """Settlements handed from job threads to the connection's thread, until they run.
+
+    pika drops the callbacks of a connection that dies before running them. A broker node that stops
+    answering (paused, cut off) keeps the socket open until the heartbeat gives up, so a job finishing
+    meanwhile hands its settlement over successfully, and it never runs. `lost()` (when the connection
+    has ended) undoes those: the work they settled is no longer counted in flight (the broker redelivers
+    their deliveries), else a stopping worker would wait for them forever.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[int, Callable[[], None]] = {}  # key -> undo
+        self._keys = itertools.count()
+        self._lock = threading.Lock()
+
+    def hand(self, connection: pika.BlockingConnection, callback: Callable[[], None], undo: Callable[[], None]) -> bool:
+        """Run `callback` on the connection's thread; False (and `undo()` done) when the connection is gone."""
+        key = next(self._keys)
+
+        def run() -> None:
+            with self._lock:
+                if self._pending.pop(key, None) is None:
+                    return  # undone by lost(): its delivery is the broker's again
+            callback()
+
+        with self._lock:
+            self._pending[key] = undo
+        try:
+            connection.add_callback_threadsafe(run)
+            return True
+        except CONNECTION_ERRORS:
+            with self._lock:
+                self._pending.pop(key, None)
+            undo()
+            return False
+
+    def lost(self) -> int:
+        """The connection has ended: undo every settlement handed to it that did not run; how many."""
+        with self._lock:
+            undos, self._pending = list(self._pending.values()), {}
+        for undo in undos:
+            undo()
+        return len(undos)
