@@ -139,8 +139,12 @@ def cluster_status(node: LocalBroker) -> dict | None:
     env = {**os.environ, "HOME": str(node.base_dir / "home")}  # the node's Erlang cookie
     command = [CTL, "-n", _node_name(node.port), "cluster_status", "--formatter", "json"]
     user = "rabbitmq" if os.geteuid() == 0 else None
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, user=user)
-    return json.loads(done.stdout) if done.returncode == 0 else None
+    # cwd: the node's own directory, which user rabbitmq can enter (the caller's may be private to root).
+    done = subprocess.run(command, env=env, cwd=node.base_dir, capture_output=True, text=True, timeout=60, user=user)
+    try:
+        return json.loads(done.stdout) if done.returncode == 0 else None
+    except ValueError:  # not JSON: a node still starting, or a warning on stdout
+        return None
 
 
 def rejoined(node: LocalBroker, size: int, *, timeout: float) -> bool:
