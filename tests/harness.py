@@ -110,15 +110,17 @@ class Client:
 
     def get(self, queue: str) -> tuple[pika.BasicProperties, bytes] | None:
         """A message from `queue`, or None. On a cluster, a quorum queue whose leader just died closes the
-        connection of a basic.get (541 nodedown) until it has a new one: connect again and ask again."""
+        connection of a basic.get (541 nodedown) until it has a new one, and autoheal may restart the node
+        this client is on: connect again and ask again."""
         for _ in range(30):
             try:
+                if not self.channel.is_open:
+                    self._connect()
                 method, properties, body = self.channel.basic_get(queue, auto_ack=True)
                 return None if method is None else (properties, body)
             except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError):
                 time.sleep(1.0)
                 self.close()
-                self._connect()
         raise AssertionError(f"{queue}: no answer from the broker in 30 attempts")
 
     def collect(
@@ -137,7 +139,7 @@ class Client:
             message = self.get(queue)
             if message is None:
                 alive()
-                self.connection.sleep(0.2)
+                self._pause(0.2)
             else:
                 messages.append(message)
         return messages
@@ -154,11 +156,18 @@ class Client:
 
     def drain(self, queue: str, settle_seconds: float = 1.0) -> list[tuple[pika.BasicProperties, bytes]]:
         """Everything on `queue` now, after waiting `settle_seconds` for stragglers."""
-        self.connection.sleep(settle_seconds)
+        self._pause(settle_seconds)
         messages = []
         while (message := self.get(queue)) is not None:
             messages.append(message)
         return messages
+
+    def _pause(self, seconds: float) -> None:
+        """Wait, serving the connection; one the broker closed meanwhile is opened again by the next get()."""
+        try:
+            self.connection.sleep(seconds)
+        except pika.exceptions.AMQPError:
+            time.sleep(seconds)
 
     def depth(self, queue: str) -> int:
         return self.channel.queue_declare(queue, passive=True).method.message_count

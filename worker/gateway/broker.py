@@ -74,6 +74,7 @@ class BrokerClient:
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._results_tag = ""  # the durable results queue's consumer on _channel
+        self._publishing = session.PublishChannel()  # jobs go out here; _channel consumes
         self._checked_at = 0.0
         self._pending: set[Future] = set()  # handed to the connection thread, not yet confirmed
         self._lock = threading.Lock()  # _connection and _pending, between request threads and this one
@@ -106,7 +107,9 @@ class BrokerClient:
                 return done
             self._pending.add(done)
             try:
-                connection.add_callback_threadsafe(lambda: self._publish(job_id, body, reply_to, interactive, done))
+                connection.add_callback_threadsafe(
+                    lambda: self._publish(connection, job_id, body, reply_to, interactive, done)
+                )
             except pika.exceptions.AMQPError as exc:
                 self._pending.discard(done)
                 done.set_exception(BrokerUnavailable(f"the broker is not reachable ({exc})"))
@@ -114,13 +117,21 @@ class BrokerClient:
 
     # --- connection thread ---
 
-    def _publish(self, job_id: str, body: bytes, reply_to: str, interactive: bool, done: Future) -> None:
+    def _publish(
+        self,
+        connection: pika.BlockingConnection,
+        job_id: str,
+        body: bytes,
+        reply_to: str,
+        interactive: bool,
+        done: Future,
+    ) -> None:
         with self._lock:
             if done not in self._pending:
                 return  # failed already: the connection it was handed to is gone
         try:
             publisher.publish_job(
-                self._channel,
+                self._publishing.on(connection),
                 self._topology,
                 body,
                 job_id,
@@ -130,6 +141,7 @@ class BrokerClient:
             )
             outcome: BaseException | None = None
         except Exception as exc:  # the waiter turns it into a 503
+            self._publishing.refused()
             outcome = BrokerUnavailable(f"the broker did not take the job ({exc})")
         with self._lock:
             self._pending.discard(done)

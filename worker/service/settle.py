@@ -50,6 +50,9 @@ class Settler:
         self._handler = handler
         self._on_settled = on_settled
         self._on_chunk_settled = on_chunk_settled
+        # Results, replies and dead letters go out on a channel of their own (session.PublishChannel);
+        # acks stay on the channel of their delivery, as they must.
+        self._publishing = session.PublishChannel()
 
     def job(self, channel: BlockingChannel, tag: int, reply_to: str | None, body: bytes, outcome: Outcome) -> None:
         try:
@@ -60,6 +63,7 @@ class Settler:
             self._on_settled(outcome)
         except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
             # Say a quorum queue electing a new leader (its node died): refused for a few seconds.
+            self._publishing.refused()
             logger.error("Broker refused the result ({}); requeueing the job in {:.0f} s", exc, self._requeue_delay)
             session.requeue_later(channel, tag, self._requeue_delay, name="settle_job")
         except CONNECTION_ERRORS:
@@ -70,15 +74,16 @@ class Settler:
 
     def _apply(self, channel: BlockingChannel, tag: int, reply_to: str | None, body: bytes, outcome: Outcome) -> None:
         t = self._topology
+        out = self._publishing.on(channel.connection)
         if outcome.action == "complete":
-            publisher.publish_result(channel, t, outcome.result, reply_to=reply_to)
+            publisher.publish_result(out, t, outcome.result, reply_to=reply_to)
             self._handler.mark_published(outcome.result)
             self.progress(channel, ProgressEvent(job_id=outcome.result.job_id, stage="completed", percent=100.0))
             channel.basic_ack(tag)
             publisher.delete_gather(channel, t, outcome.result.job_id)  # a fanned-out job's chunk results
         elif outcome.action == "dead_letter":
-            publisher.publish_result(channel, t, outcome.result, reply_to=reply_to)
-            publisher.dead_letter(channel, t, body, outcome.result)
+            publisher.publish_result(out, t, outcome.result, reply_to=reply_to)
+            publisher.dead_letter(out, t, body, outcome.result)
             channel.basic_ack(tag)
             publisher.delete_gather(channel, t, outcome.result.job_id)
         elif outcome.action == "retry":
@@ -96,20 +101,22 @@ class Settler:
             if not channel.is_open:
                 logger.warning("Channel closed before the chunk task settled; the broker will redeliver it")
                 return
+            out = self._publishing.on(channel.connection)
             if outcome.reply is not None and delivery.reply_to:
                 try:
-                    publisher.publish_gather(channel, delivery.reply_to, outcome.reply)
+                    publisher.publish_gather(out, delivery.reply_to, outcome.reply)
                 except pika.exceptions.UnroutableError:
                     logger.warning("Job {} ended while its chunk ran; the chunk's result is dropped", outcome.job_id)
             if outcome.action == "dead_letter" and outcome.error is not None:
                 publisher.dead_letter_chunk(
-                    channel, self._topology, delivery.body, delivery.headers, outcome.job_id, outcome.error
+                    out, self._topology, delivery.body, delivery.headers, outcome.job_id, outcome.error
                 )
             channel.basic_ack(tag)
             self._on_chunk_settled(outcome)
         except CONNECTION_ERRORS:
             raise
         except pika.exceptions.NackError as exc:  # the gather queue electing a new leader, say
+            self._publishing.refused()
             logger.error("Broker refused the chunk's result ({}); requeueing the task in {:.0f} s", exc,
                          self._requeue_delay)  # fmt: skip
             session.requeue_later(channel, tag, self._requeue_delay, name="settle_chunk")
