@@ -7,6 +7,25 @@
 # the virtual environment's interpreter path holds in the runtime stage.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
+# --- ffmpeg: audio only, from Debian's source (deploy/image/ffmpeg.sh says what it keeps) ---
+# Debian's ffmpeg package brings every codec, X, SDL, GPU and camera library: 683 MB of the image. This
+# one demuxes only the containers worker/media/audio.py allows and decodes only audio: a few MB, and a
+# container the worker refuses is not even in the binary. LGPL (no --enable-gpl part).
+FROM ${PYTHON_IMAGE} AS ffmpeg
+# deb-src beside each deb source: the official image lists them deb822-style, a debootstrapped one in
+# sources.list.
+RUN set -e; \
+    if [ -f /etc/apt/sources.list.d/debian.sources ]; then \
+      sed -i 's/^Types: deb$/Types: deb deb-src/' /etc/apt/sources.list.d/debian.sources; fi; \
+    if [ -f /etc/apt/sources.list ]; then \
+      sed -n 's/^deb /deb-src /p' /etc/apt/sources.list > /etc/apt/sources.list.d/deb-src.list; fi; \
+    apt-get update; \
+    apt-get install -y --no-install-recommends build-essential dpkg-dev nasm zlib1g-dev; \
+    mkdir /tmp/ffmpeg; cd /tmp/ffmpeg; apt-get source --only-source ffmpeg; \
+    rm -rf /var/lib/apt/lists/*
+COPY deploy/image/ffmpeg.sh worker/media/audio.py /tmp/
+RUN cd /tmp/ffmpeg/ffmpeg-*/ && sh /tmp/ffmpeg.sh /opt/ffmpeg /tmp/audio.py
+
 # --- build: the virtual environment with the project and its packages (pip's caches stay here) ---
 FROM ${PYTHON_IMAGE} AS build
 RUN python3 -m venv /opt/venv
@@ -52,13 +71,19 @@ RUN if [ "$WHISPER_ENGINE" = portable ]; then set -e; \
         ln -sf "$lib" "$stem.so"; ln -sf "$lib" "$stem.so.${version%%.*}"; done; \
       rm -rf /tmp/engine /var/lib/apt/lists/*; \
     fi
+# Nothing the runtime never runs: pip and setuptools, numpy's and scipy's own test suites (75 MB).
+RUN site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"); \
+    find "$site/numpy" "$site/scipy" -depth -type d -name tests -exec rm -rf {} + \
+ && python -m pip uninstall -y -q pip setuptools
 
-# --- runtime: ffmpeg, the environment, the entry points; no compilers, no pip caches, not root ---
+# --- runtime: ffmpeg, the environment, the entry points; no compilers, no pip, not root ---
 FROM ${PYTHON_IMAGE}
 # libgomp1: the engine's OpenMP runtime (the PyPI wheel vendors its own).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ffmpeg libgomp1 \
+ && apt-get install -y --no-install-recommends libgomp1 \
+ && apt-get clean \
  && rm -rf /var/lib/apt/lists/*
+COPY --from=ffmpeg /opt/ffmpeg/bin/ffmpeg /usr/local/bin/ffmpeg
 # A fixed uid, so that bind mounts can be given to it (chown 10001 ./data/output).
 RUN useradd --system --uid 10001 --gid 0 --home-dir /app --no-create-home worker
 COPY --from=build /opt/venv /opt/venv

@@ -2,6 +2,7 @@
 or cluster runs here)."""
 
 import ipaddress
+import os
 import re
 import subprocess
 import sys
@@ -78,6 +79,7 @@ def test_k8s_manifests_pass_yamllint():
             str(ROOT / ".yamllint"),
             str(K8S),
             str(ROOT / "docker-compose.yml"),
+            str(ROOT / "deploy" / "compose.cluster.yml"),
         ],
         capture_output=True,
         text=True,
@@ -87,8 +89,9 @@ def test_k8s_manifests_pass_yamllint():
 
 def test_k8s_core_manifests_are_valid_kubernetes_objects():
     docs = k8s_documents()
-    core = [name for name, doc in docs.items() if "/" in name and doc["apiVersion"] in ("v1", "apps/v1")]
-    assert len(core) == 6, core  # 2 Deployments, a Service, a PersistentVolumeClaim, a ConfigMap, a Secret
+    core = [name for name, doc in docs.items() if "/" in name and doc["apiVersion"] in ("v1", "apps/v1", "policy/v1")]
+    # 2 Deployments, a Service, a PersistentVolumeClaim, a ConfigMap, a Secret, a PodDisruptionBudget
+    assert len(core) == 7, core
     for name in core:
         kubernetes_validate.validate(docs[name], KUBERNETES_VERSION, strict=True)  # raises on a bad field
 
@@ -302,7 +305,8 @@ def test_the_env_example_names_every_variable_compose_reads():
     lines = COMPOSE_ENV_EXAMPLE.read_text().splitlines()
     set_here = {line.split("=", 1)[0] for line in lines if re.match(r"\w+=", line)}
     documented = {m[1] for line in lines if (m := re.match(r"#? ?(\w+)=", line))}
-    referenced = {m["name"] for m in REFERENCE.finditer(COMPOSE.read_text())}
+    files = (COMPOSE, ROOT / "deploy" / "compose.cluster.yml")
+    referenced = {m["name"] for path in files for m in REFERENCE.finditer(path.read_text())}
     assert required_compose_variables() <= set_here  # the ones to fill in, not commented out
     assert referenced <= documented, referenced - documented
     # Copied as it is, the example still stops compose: its secrets are empty.
@@ -378,3 +382,50 @@ def test_k8s_broker_is_a_three_node_cluster_and_every_client_is_given_all_three(
     assert Settings(amqp_url=url, _env_file=None).amqp_url.get_secret_value() == url  # valid as AMQP_URL
     management = urlsplit(docs["Secret"]["stringData"]["RABBITMQ_MANAGEMENT_URL"])
     assert management.hostname == name  # the cluster's Service, for KEDA
+
+
+def test_k8s_drains_evict_one_worker_at_a_time_and_never_wait_on_the_single_gateway():
+    docs = k8s_documents()
+    budgets = [doc for name, doc in docs.items() if name.startswith("PodDisruptionBudget/")]
+    (budget,) = budgets
+    assert budget["spec"]["selector"]["matchLabels"] == docs[WORKER]["spec"]["selector"]["matchLabels"]
+    assert budget["spec"]["maxUnavailable"] == 1 and "minAvailable" not in budget["spec"]
+    # None keeps the one gateway pod (ReadWriteOnce claim): it would block every drain of its node.
+    gateway = docs[GATEWAY]["spec"]["template"]["metadata"]["labels"]
+    assert not any(set(b["spec"]["selector"]["matchLabels"].items()) <= set(gateway.items()) for b in budgets)
+
+
+def compose_cluster_config(env_file: Path) -> subprocess.CompletedProcess:
+    """`docker-compose config` of docker-compose.yml with deploy/compose.cluster.yml on top (no engine needed)."""
+    files = ["-f", str(COMPOSE), "-f", str(ROOT / "deploy" / "compose.cluster.yml")]
+    return subprocess.run(["docker-compose", "--env-file", str(env_file), *files, "config"], capture_output=True,
+                          text=True, cwd=ROOT, env={"PATH": os.environ["PATH"]})  # fmt: skip
+
+
+def test_compose_cluster_gives_every_client_all_three_nodes_and_every_node_one_cookie(tmp_path):
+    env_file = tmp_path / "env"
+    env_file.write_text("RABBITMQ_DEFAULT_PASS=0123abcd\nGATEWAY_API_KEYS=k\nRABBITMQ_ERLANG_COOKIE=c0ffee\n")
+    services = yaml.safe_load(compose_cluster_config(env_file).stdout)["services"]
+    nodes = sorted(name for name in services if name.startswith("rabbitmq"))
+    assert nodes == ["rabbitmq", "rabbitmq-2", "rabbitmq-3"]
+    for name in nodes:
+        node = services[name]
+        assert node["hostname"] == name  # rabbit@<name>, which 30-cluster.conf names
+        for variable in ("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", "RABBITMQ_CTL_ERL_ARGS"):
+            assert node["environment"][variable] == "-setcookie c0ffee", (name, variable)
+        assert any(str(v).endswith("/etc/rabbitmq/conf.d/30-cluster.conf:ro") for v in node["volumes"]), name
+        assert all(is_loopback(port.host_ip) for port in published_ports(node)), name
+    conf = dict(line.split(" = ") for line in (ROOT / "deploy/rabbitmq/30-cluster.conf").read_text().splitlines()
+                if line and not line.startswith("#"))  # fmt: skip
+    assert conf["cluster_formation.classic_config.nodes.1"] == "rabbit@rabbitmq"
+    assert conf["cluster_partition_handling"] == "autoheal"
+    for name in ("worker", "gateway"):
+        url = services[name]["environment"]["AMQP_URL"]
+        assert [urlsplit(part).hostname for part in url.split(";")] == nodes, name
+        assert Settings(amqp_url=url, _env_file=None).amqp_url.get_secret_value() == url
+        assert {n: d["condition"] for n, d in services[name]["depends_on"].items()} == dict.fromkeys(
+            nodes, "service_healthy"
+        )  # every node runs first: quorum queues declared then get all three as members
+    env_file.write_text("RABBITMQ_DEFAULT_PASS=0123abcd\nGATEWAY_API_KEYS=k\n")
+    refused = compose_cluster_config(env_file)
+    assert refused.returncode != 0 and "RABBITMQ_ERLANG_COOKIE" in refused.stderr

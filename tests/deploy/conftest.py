@@ -99,7 +99,13 @@ def base_images(tmp_path_factory) -> BaseImages:
 
 @pytest.fixture(scope="module")
 def stack(base_images: BaseImages, tmp_path_factory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("compose")
+    yield from compose_stack(base_images, tmp_path_factory.mktemp("compose"))
+
+
+def compose_stack(
+    base_images: BaseImages, root: Path, *, files: tuple[Path, ...] = (), secrets_env: str = "", **variables: str
+) -> Iterator[Stack]:
+    """The shipped file and compose.test.yml (then `files`) as one project, torn down (volumes too) at the end."""
     input_dir, output_dir = root / "input", root / "output"
     for directory in (input_dir, output_dir):
         directory.mkdir()
@@ -109,12 +115,12 @@ def stack(base_images: BaseImages, tmp_path_factory) -> Iterator[Stack]:
             directory.chmod(0o777)
     password, api_key = secrets.token_hex(16), f"sk-{secrets.token_hex(12)}"
     env_file = root / "compose.env"  # as deploy/compose.env.example asks an operator to write .env
-    env_file.write_text(f"RABBITMQ_DEFAULT_PASS={password}\nGATEWAY_API_KEYS={api_key}\n")
+    env_file.write_text(f"RABBITMQ_DEFAULT_PASS={password}\nGATEWAY_API_KEYS={api_key}\n{secrets_env}")
     gateway_port, amqp_port = free_port(), free_port()
     compose = Compose(
         project=f"twtest{uuid.uuid4().hex[:8]}",
         directory=ROOT,
-        files=[ROOT / "docker-compose.yml", HERE / "compose.test.yml"],
+        files=[ROOT / "docker-compose.yml", HERE / "compose.test.yml", *files],
         env_file=env_file,
         variables={
             "TEST_PYTHON_IMAGE": base_images.python,
@@ -126,6 +132,7 @@ def stack(base_images: BaseImages, tmp_path_factory) -> Iterator[Stack]:
             "AMQP_PORT": str(amqp_port),
             "MANAGEMENT_PORT": str(free_port()),
             "FANOUT_MIN_SECONDS": str(FANOUT_MIN_SECONDS),
+            **variables,
         },
     )
     yield Stack(compose, base_images, password, api_key, gateway_port, amqp_port, input_dir, output_dir)

@@ -23,7 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from worker import wiring
 from worker.config import Settings
 from worker.devtools.containers import docker, image_size_mb
+from worker.media.audio import DEMUXERS
 
+from . import corpus
 from .conftest import FANOUT_MIN_SECONDS, STEPS, Stack
 
 JFK = "jfk_inaugural_1961.flac"
@@ -74,13 +76,13 @@ def enqueue_path(stack: Stack, client: Client, job_id: str, name: str, audio_dir
     client.enqueue({"job_id": job_id, "audio": {"path": f"{job_id}/{name}"}})
 
 
-def results_once(stack: Stack, job_ids: set[str], timeout: float = 600.0) -> list[str]:
+def results_once(stack: Stack, job_ids: set[str], timeout: float = 600.0, url: str | None = None) -> list[str]:
     """The completed results of `job_ids` read from the results queue (a new connection each try, so
     that a broker restart costs a retry), then what else arrives in a settling period."""
     deadline, completed = time.monotonic() + timeout, []
     while time.monotonic() < deadline:
         try:
-            client = Client(stack.amqp_url, topology())
+            client = Client(url or stack.amqp_url, topology())
         except Exception:  # the broker restarting: try again
             time.sleep(2.0)
             continue
@@ -107,6 +109,30 @@ def test_the_image_builds_small_without_build_tools_and_runs_as_a_user(stack: St
     assert out == "10001 [] []", out  # not root, no compilers, no test or bench packages
 
 
+def test_the_images_ffmpeg_decodes_as_the_hosts_and_holds_only_the_whitelisted_containers(
+    stack: Stack, audio_dir, tmp_path
+):
+    """The image's own ffmpeg (Dockerfile, deploy/image/ffmpeg.sh): every container the worker reads and every
+    shared recording decode to the very samples the host's full Debian ffmpeg gives, and each refusal keeps its
+    error class; the binary holds the whitelisted demuxers and no video decoder."""
+    image = stack.compose.variables["TEST_APP_IMAGE"]
+    files = tmp_path / "corpus"
+    files.mkdir()
+    corpus.make(files, audio_dir)
+    expected = corpus.decoded_on_host(files)
+    in_image = json.loads(
+        docker("run", "--rm", "-v", f"{files}:/corpus:ro", image, "python", "-c", corpus.PROBE, "/corpus")
+    )
+    assert in_image == expected
+    assert sum(isinstance(v, int) for v in expected.values()) >= len(corpus.ENCODED) + 5  # not all refused
+
+    demuxers = docker("run", "--rm", image, "ffmpeg", "-hide_banner", "-demuxers")
+    names = {n for line in demuxers.splitlines()[4:] for n in line.split()[1].split(",")}
+    assert set(DEMUXERS.split(",")) <= names and "hls" not in names and "concat" not in names, names
+    decoders = docker("run", "--rm", image, "ffmpeg", "-hide_banner", "-decoders").split("------", 1)[1]
+    assert not [line for line in decoders.splitlines() if line.startswith(" V")], "video decoders in its ffmpeg"
+
+
 def test_up_waits_for_a_healthy_broker_and_every_service_turns_healthy(stack: Stack):
     with STEPS.timed("up -d to all healthy (first start: models converted onto the empty volume)"):
         stack.compose.run("up", "-d")
@@ -122,6 +148,11 @@ def test_up_waits_for_a_healthy_broker_and_every_service_turns_healthy(stack: St
         assert started > broker_started, (service, started, broker_started)  # RFC 3339, both UTC
         # depends_on: service_healthy held it back until the broker answered: it never had to retry
         assert "Broker unavailable" not in stack.compose.logs(container), service
+    # The image's engine says which x86-64 level's kernels ggml chose for this CPU (loader.py), at INFO.
+    (worker,) = stack.compose.containers("worker")
+    backend = re.search(r"ggml loaded its CPU backend: (libggml-cpu-\w+\.so)", stack.compose.logs(worker))
+    assert backend, "the worker does not say which CPU backend ggml loaded"
+    STEPS.notes["CPU backend ggml chose in the image"] = backend[1]
 
 
 def test_the_gateway_answers_the_openai_client_and_curl_and_workers_fetch_its_uploads(stack: Stack, audio_dir):

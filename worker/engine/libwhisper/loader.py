@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import re
 import sysconfig
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from worker.engine.libwhisper.structs import (
 
 # enum ggml_log_level, used only to label forwarded log lines.
 _GGML_LOG_LEVELS = {0: "none", 1: "debug", 2: "info", 3: "warn", 4: "error", 5: "cont"}
+# ggml_backend_load_best's line, e.g. "load_backend: loaded CPU backend from /opt/.../libggml-cpu-haswell.so"
+_LOADED_BACKEND = re.compile(r"loaded (?P<name>\S+) backend from \S*/(?P<file>[^/\s]+)")
 
 
 # ggml_log_callback: void (*)(enum ggml_log_level level, const char * text, void * user_data)
@@ -252,7 +255,11 @@ def _forward_log(level: int, text: bytes | None, _user_data: int | None) -> None
     if not text:
         return
     message = text.decode("utf-8", errors="replace").rstrip("\n")
-    if message:
+    if loaded := _LOADED_BACKEND.search(message):
+        # Which x86-64 level ggml chose (the image's engine): an operator sees it without DEBUG, and a CPU
+        # (or a VM) that hides a feature, and so gets an older level's kernels, shows here.
+        logger.info("ggml loaded its {} backend: {}", loaded["name"], loaded["file"])
+    elif message:
         logger.debug("whisper.cpp [{}] {}", _GGML_LOG_LEVELS.get(level, str(level)), message)
 
 
