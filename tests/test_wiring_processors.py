@@ -145,7 +145,7 @@ def test_a_model_being_downloaded_holds_back_no_job_for_another_model(tiny_en_di
 def test_whisper_calls_in_progress_never_exceed_the_stated_number_across_pools_and_models(tmp_path, jfk):
     processors = wiring.Processors(settings(MODELS_DIR, max_parallel_workers=2, concurrent_jobs=1), tmp_path)
     cap = processors.whisper_calls
-    assert cap == 2  # README: MAX_PARALLEL_WORKERS x CONCURRENT_JOBS
+    assert cap == 2  # docs/architecture.md: MAX_PARALLEL_WORKERS x CONCURRENT_JOBS
     # Unquantized files: here (a CPU with AMX) libwhisper crashes on quantized ones, unrelated to this.
     tiny, base = (processors(m).transcriber for m in ("tiny.en-f16", "base-f16"))
     assert base.multilingual

@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     delivery_limit: int = Field(default=5, ge=1)
     # Jobs transcribed at once by one worker process (each may use MAX_PARALLEL_WORKERS threads).
     concurrent_jobs: int = Field(default=1, ge=1, le=64)
-    # The interactive lane (README, "Interactive lane"): jobs someone waits on (the gateway's synchronous
+    # The interactive lane (docs/architecture.md, "Interactive lane"): jobs someone waits on (the gateway's synchronous
     # requests) come on this queue and go ahead of bulk work at chunk granularity; empty turns it off
     # (the gateway then sends everything to JOBS_QUEUE). Workers and gateways must agree on it.
     interactive_queue: str = "transcription.jobs.interactive"
@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     # Where /metrics and /healthz listen: loopback by default; 0.0.0.0 in containers (compose, k8s probes).
     metrics_host: str = "127.0.0.1"
 
-    # --- fan-out: a long job's chunks transcribed by every worker (README, "Fan-out") ---
+    # --- fan-out: a long job's chunks transcribed by every worker (docs/architecture.md, "Fan-out") ---
     # Jobs with more audio than this are split by the worker that took them and their chunks put on
     # CHUNKS_QUEUE for all workers; 0 turns fan-out off (no chunk queue, every job in-process).
     fanout_min_seconds: float = Field(default=600.0, ge=0)

@@ -28,7 +28,7 @@ APP_IMAGE = "transcription-worker-test/app:latest"  # what the scenario builds; 
 
 @dataclass
 class Steps:
-    """Wall time of each step of the scenario, printed at the end of the run (README quotes them)."""
+    """Wall time of each step of the scenario, printed at the end of the run (docs/operations.md quotes them)."""
 
     seconds: dict[str, float] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from harness import OwnBroker, Service, new_topology, stop_and_check
 
-# --- the figures the suite prints at the end (and README's "Reliability" section quotes) ---
+# --- the figures the suite prints at the end (and docs/reliability.md quotes) ---
 
 
 @dataclass

@@ -274,7 +274,7 @@ def test_a_job_longer_than_the_consumer_timeout_completes_once_and_the_worker_se
     own_broker, own_service, audio_dir
 ):
     own_broker.start(**SHORT_CONSUMER_TIMEOUT)
-    own_service.topology = dataclasses.replace(own_service.topology, delivery_limit=20)  # see README
+    own_service.topology = dataclasses.replace(own_service.topology, delivery_limit=20)  # docs/operations.md
     shutil.copyfile(audio_dir / LONG, own_service.input_dir / LONG)
     shutil.copyfile(audio_dir / SHORT, own_service.input_dir / SHORT)
     client = own_service.client()

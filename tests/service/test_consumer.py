@@ -263,7 +263,7 @@ def test_sigterm_mid_job_finishes_the_job_in_flight_and_exits_zero(broker, chann
 
     assert service.returncode == 0, output
     assert "SIGTERM received" in output
-    # README: the job in flight finishes. Its result is published, and it was acked: the worker has
+    # docs/api.md: the job in flight finishes. Its result is published, and it was acked: the worker has
     # exited, so a job it had not acked would be back on the queue by now.
     assert queue_depth(channel, topology.jobs_queue) == 0, output
     assert queue_depth(channel, topology.results_queue) == 1, output  # exactly one result

@@ -15,7 +15,7 @@ Two sources, merged at start-up:
       allowed_models = ["tiny.en"]   # optional: the models (of the workers' ALLOWED_MODELS) it may use
       max_concurrent_jobs = 4        # optional: its jobs queued or running at once; one more is 429
       lane = "bulk"                  # optional: "interactive" puts its /v1/jobs ahead of bulk work too;
-                                     # "bulk" sends its synchronous requests behind it (README, lanes)
+                                     # "bulk" sends its synchronous requests behind it (docs/architecture.md, lanes)
 
 A presented key is hashed and compared with every digest in constant time (no early exit). A table with
 any other field is refused rather than ignored.

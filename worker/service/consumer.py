@@ -225,7 +225,7 @@ class Consumer:
         session.replace_closed(
             self._jobs_channel,
             lambda: self._open_jobs_channel(connection, cancelled),
-            what=f"{self._in_flight} job(s) unsettled (held longer than the broker's consumer_timeout? see README)",
+            what=f"{self._in_flight} job(s) unsettled (held longer than the broker's consumer_timeout? see docs/operations.md)",
         )
         logger.info("Consuming {} again", self._topology.jobs_queue)
 
@@ -236,7 +236,7 @@ class Consumer:
             chunks,
             lambda: self._subscribe_chunks(connection, cancelled),
             what=f"{self._chunks_in_flight} chunk task(s) unsettled (held longer than the broker's consumer_timeout? "
-            "see README)",
+            "see docs/operations.md)",
         )
 
     def _tend_lane(self, connection: pika.BlockingConnection, cancelled: threading.Event) -> None:
