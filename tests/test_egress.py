@@ -9,6 +9,7 @@ names go to resolvers the tests pass in).
 
 import http.server
 import ipaddress
+import secrets
 import shutil
 import socket
 import ssl
@@ -325,6 +326,22 @@ def test_redaction_drops_credentials_and_queries():
     text = "HTTPConnectionPool(host='h', port=1): Max retries exceeded with url: /a.mp3?token=secret (Caused by x)"
     assert "secret" not in redact_text(text) and "/a.mp3?..." in redact_text(text)
     assert redact_text("see https://u:secret@h/x?sig=secret.") == "see https://h/x?..."
+
+
+def test_redaction_cuts_token_like_path_segments_and_keeps_file_names():
+    """The gateway's upload URLs carry their capability in the path (uploads.py: 43 characters)."""
+    token = secrets.token_urlsafe(32)
+    assert redact(f"http://gateway:8000/uploads/{token}") == f"http://gateway:8000/uploads/{token[:4]}..."
+    for text in (f"HTTP 404: http://gateway:8000/uploads/{token} (gone)", f"at /uploads/{token}.", f"/{token}/a.mp3"):
+        assert token not in redact_text(text) and token[:4] in redact_text(text), text
+    hexed = secrets.token_hex(20)  # a webhook's key in its path
+    assert (
+        redact(f"https://hooks.example.org/services/{hexed}/x")
+        == f"https://hooks.example.org/services/{hexed[:4]}.../x"
+    )
+    names = "https://cdn.example.org/talks/ljspeech_LJ001-0001_to_0032_concat.wav", "https://h/2026/episode-12/"
+    for url in names:
+        assert redact(url) == url and redact_text(f"see {url} now") == f"see {url} now"
 
 
 def test_the_wiring_allows_the_gateways_origin_and_nothing_else_on_its_host(tmp_path):

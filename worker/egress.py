@@ -329,11 +329,15 @@ def parse_origin(text: str) -> Origin:
 
 _USERINFO = re.compile(r"(//)[^/\s?#@'\"]*@")
 _QUERY = re.compile(r"\?[^\s'\"()<>]+")
+# A path segment that is a secret rather than a name: 32 or more characters of the URL-safe base64
+# alphabet (the gateway's upload tokens are 43; hex and base64url keys of webhooks and presigned paths
+# alike), shown by its first 4 only. A file name has a dot; a word of that length is rare.
+_TOKEN = re.compile(r"(?<=/)([A-Za-z0-9_-]{4})[A-Za-z0-9_-]{28,}(?=[/?#\s'\"()<>]|\.(?:\s|$)|$)")
 
 
 def redact(url: str) -> str:
-    """`url` fit for a log line or an error: scheme, host, port and path kept; credentials dropped,
-    the query shown as `?...`, the fragment dropped."""
+    """`url` fit for a log line or an error: scheme, host and port kept, the path with its token-like
+    segments cut to `abcd...`; credentials dropped, the query shown as `?...`, the fragment dropped."""
     try:
         parts = urlsplit(str(url))
         host = parts.hostname or ""
@@ -344,12 +348,14 @@ def redact(url: str) -> str:
         host = f"[{host}]"
     netloc = f"{host}:{port}" if port is not None else host
     query = "?..." if parts.query else ""
-    return f"{parts.scheme}://{netloc}{parts.path}{query}" if parts.scheme else redact_text(str(url))
+    path = _TOKEN.sub(r"\1...", parts.path)
+    return f"{parts.scheme}://{netloc}{path}{query}" if parts.scheme else redact_text(str(url))
 
 
 def redact_text(text: str) -> str:
-    """Any text (a library's error message, say) with URL credentials and query strings taken out."""
-    return _QUERY.sub("?...", _USERINFO.sub(r"\1", str(text)))
+    """Any text (a library's error message, say) with URL credentials, query strings and token-like
+    path segments taken out."""
+    return _TOKEN.sub(r"\1...", _QUERY.sub("?...", _USERINFO.sub(r"\1", str(text))))
 
 
 # --- connecting to the checked address ------------------------------------------------------------

@@ -415,6 +415,7 @@ def gateway(settings: Settings, keys=None):
         result_timeout_seconds=settings.gateway_result_timeout_seconds,
         publish_timeout_seconds=settings.gateway_publish_timeout_seconds,
         body_idle_seconds=settings.gateway_body_idle_seconds,
+        egress=egress_policy(settings),
     )
     uploads = UploadStore(settings.gateway_upload_dir, ttl_seconds=settings.gateway_upload_ttl_seconds)
     uploads.sweep()

@@ -10,7 +10,8 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile as FormFile
 from starlette.requests import Request
 
-from worker.errors import BrokerUnavailable
+from worker.egress import EgressPolicy, NameNotResolved
+from worker.errors import BrokerUnavailable, InputNotAllowed
 from worker.gateway.bridge import Bridge
 from worker.gateway.openai_api import (
     OPENAI_DIARIZE_MODEL,
@@ -36,6 +37,9 @@ class GatewayOptions:
     result_timeout_seconds: float
     publish_timeout_seconds: float = 10.0
     body_idle_seconds: float = 30.0
+    # The workers' egress policy (wiring.egress_policy): URLs a job names are checked here first, so that
+    # a client hears at once what a worker would refuse. None: no check here.
+    egress: EgressPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,21 @@ class Parts:
         if language and language.lower() not in LANGUAGES:
             raise ApiError(400, f"unknown language {language!r}", code="invalid_language")
         return self.options.default_model if model in (OPENAI_MODEL, OPENAI_DIARIZE_MODEL) else model
+
+    def check_urls(self, *urls: str | None) -> None:
+        """400 InputNotAllowed (the workers' code, and message) for a URL the workers' policy refuses, by its
+        form, host or resolved addresses. The worker stays the authority: it checks again at every connection
+        (its resolver may answer otherwise), and a name that does not resolve here is left to it. Blocking
+        (DNS): called in a thread."""
+        for url in urls:
+            if url is None or self.options.egress is None:
+                continue
+            try:
+                self.options.egress.resolve(url)
+            except InputNotAllowed as exc:
+                raise ApiError(400, str(exc), code="InputNotAllowed") from None
+            except NameNotResolved:
+                pass
 
     def interactive(self, tenant: str | None, *, waited_on: bool) -> bool:
         """Whether a job goes on the interactive lane: a tenant's `lane` when it has one, else whether
