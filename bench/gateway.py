@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from bench_common import ROOT, Recording
-from bench_e2e import e2e_context, overhead_clip, run_job, wait_until_consuming
 
+from bench.common import ROOT, Recording
+from bench.e2e import e2e_context, overhead_clip, run_job, wait_until_consuming
 from worker.devtools.local_broker import free_port
 from worker.devtools.topology_env import topology_env
 from worker.media.audio import write_wav

@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from bench_common import AUDIO_DIR, GAP_SECONDS, Recording, RowResult, proc_status_mb, timed
-from bench_levers import alternate, fw_transcribe, load_faster_whisper, pipeline_row, summarize, timed_words
 
+from bench.common import AUDIO_DIR, GAP_SECONDS, Recording, RowResult, proc_status_mb, timed
+from bench.levers import alternate, fw_transcribe, load_faster_whisper, pipeline_row, summarize, timed_words
 from worker.config import Settings
 from worker.devtools.accuracy import insertions, normalize
 from worker.devtools.nonspeech import Gap, PlacedWord, Sound, assemble, place, spread, words_in_gaps

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_common import AUDIO_DIR, MODELS_DIR, counts_for_wer, manifest_files, reference_of
 from loguru import logger
 
+from bench.common import AUDIO_DIR, MODELS_DIR, counts_for_wer, manifest_files, reference_of
 from worker import wiring
 from worker.config import Settings
 from worker.devtools.accuracy import wer

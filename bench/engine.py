@@ -29,10 +29,10 @@ from typing import Any
 
 import jiwer
 import numpy as np
-from bench_common import AUDIO_DIR, MODELS_DIR, ROOT, RowResult, proc_status_mb, timed
-from bench_levers import alternate, load_faster_whisper, summarize
-from bench_vad import Input
 
+from bench.common import AUDIO_DIR, MODELS_DIR, ROOT, RowResult, proc_status_mb, timed
+from bench.levers import alternate, load_faster_whisper, summarize
+from bench.vad import Input
 from worker import wiring
 from worker.config import Settings
 from worker.devtools import conversations, heldout

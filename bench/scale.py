@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_common import MODELS_DIR, ROOT, Recording
-from bench_e2e import _quiet_pika
 
+from bench.common import MODELS_DIR, ROOT, Recording
+from bench.e2e import _quiet_pika
 from worker.media.audio import SAMPLE_RATE
 
 SCALE_ROWS = {

@@ -12,15 +12,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench_common import AUDIO_DIR, MODELS_DIR
-
+from bench.common import AUDIO_DIR, MODELS_DIR
 from worker import wiring
 from worker.config import Settings
 from worker.devtools import known_speakers
 from worker.devtools.conversations import write
 from worker.pipeline import Diarization, KnownVoice, known_voice
 
-HELDOUT_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "heldout"
+HELDOUT_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "heldout"
 
 
 def run_known(model: str) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ import numpy as np
 from worker.devtools.accuracy import normalize
 from worker.media.audio import SAMPLE_RATE, decode_audio
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 AUDIO_DIR = ROOT.parent / "shared" / "audio"
 MODELS_DIR = ROOT / "whisper" / "models"
 # Speech found elsewhere in the set (audio README): left out of the recording and the aggregate WER.

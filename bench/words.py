@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from bench_common import AUDIO_DIR, MODELS_DIR
 
+from bench.common import AUDIO_DIR, MODELS_DIR
 from worker import wiring
 from worker.config import Settings
 from worker.devtools.word_timing import EdgeErrors, clip_bounds, edge_errors

@@ -30,9 +30,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench_common import AUDIO_DIR, MODELS_DIR, RowResult, timed
 from loguru import logger
 
+from bench.common import AUDIO_DIR, MODELS_DIR, RowResult, timed
 from worker import wiring
 from worker.config import Settings
 from worker.devtools import conversations, known_speakers
@@ -40,7 +40,7 @@ from worker.devtools.accuracy import cp_wer, normalize, wer
 from worker.devtools.conversations import Conversation
 from worker.pipeline import Diarization
 
-HELDOUT_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "heldout"
+HELDOUT_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "heldout"
 QUICK_CONVERSATIONS = ("call-ls1089-lj", "fw-stereo", "talk-3")
 WORD_GAP_SECONDS = 1.0
 DIARIZED = re.compile(r"Diarized: (\d+) speakers over (\d+) windows in ([\d.]+) s")

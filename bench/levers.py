@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_common import MODELS_DIR, Recording, RowResult, timed
 
+from bench.common import MODELS_DIR, Recording, RowResult, timed
 from worker import wiring
 from worker.config import Settings
 from worker.devtools.accuracy import wer

@@ -21,10 +21,10 @@ import uuid
 from pathlib import Path
 
 import requests
-from bench_common import ROOT
-from bench_e2e import e2e_context, wait_until_consuming
-from bench_gateway import _start_gateway
 
+from bench.common import ROOT
+from bench.e2e import e2e_context, wait_until_consuming
+from bench.gateway import _start_gateway
 from worker.devtools.local_broker import free_port
 
 BULK_JOBS = 6

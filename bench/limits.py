@@ -83,8 +83,8 @@ def run_limits(runs: int = 3) -> str:
     found: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for run in range(runs):
         for variant in VARIANTS if run % 2 == 0 else VARIANTS[::-1]:
-            out = subprocess.run([sys.executable, __file__, "--child", variant], capture_output=True, text=True,
-                                 check=True, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+            out = subprocess.run([sys.executable, "-m", "bench.limits", "--child", variant], capture_output=True,
+                                 text=True, check=True, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
             found[variant].append(float(out.stdout.split()[-1]))
     bare = min(found["bare"])
     lines = [

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_common import MODELS_DIR, ROOT, Recording, RowResult, proc_cpu_seconds, proc_status_mb
 
+from bench.common import MODELS_DIR, ROOT, Recording, RowResult, proc_cpu_seconds, proc_status_mb
 from worker.media.audio import SAMPLE_RATE, write_wav
 from worker.media.chunking import split
 
