@@ -4,6 +4,7 @@ Tests never download: every downloader here has downloads disabled or points at 
 the test itself runs on 127.0.0.1.
 """
 
+import os
 import re
 import shutil
 import sys
@@ -22,6 +23,12 @@ from worker.engine.transcriber import WhisperTranscriber
 from worker.media.audio import decode_audio
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Tests connect to 127.0.0.1 only, directly: a proxy this machine's environment names for its package
+# registries (HTTPS_PROXY, ...) must not carry the worker's requests in them (Settings reads these names,
+# in this process and in every process the tests start).
+for _name in [name for name in os.environ if name.lower() in ("http_proxy", "https_proxy", "no_proxy", "all_proxy")]:
+    del os.environ[_name]
 AUDIO_DIR = ROOT.parent / "shared" / "audio"
 MODELS_DIR = ROOT / "whisper" / "models"
 

@@ -1,5 +1,5 @@
 """The egress policy: what is refused before any connection, what the operator can open, and
-that a request connects to the address that was checked (worker/egress.py).
+that a request connects to the address that was checked (worker/egress/).
 
 No test sends a packet anywhere but 127.0.0.1: the `loopback_only` fixture turns any other
 connection attempt into a test failure before the socket connects, and `no_dns` fails a test that
@@ -7,11 +7,13 @@ would ask a DNS server (only numeric hosts and /etc/hosts' `localhost` reach get
 names go to resolvers the tests pass in).
 """
 
+import contextlib
 import http.server
 import ipaddress
 import secrets
 import shutil
 import socket
+import socketserver
 import ssl
 import subprocess
 import threading
@@ -21,8 +23,17 @@ from pathlib import Path
 import pytest
 import requests
 
-from worker import egress
-from worker.egress import EgressPolicy, NameNotResolved, Origin, parse_origin, redact, redact_text
+from worker.egress import (
+    EgressPolicy,
+    NameNotResolved,
+    Origin,
+    Proxies,
+    Proxy,
+    parse_origin,
+    pinned,
+    redact,
+    redact_text,
+)
 from worker.errors import InputNotAllowed
 
 
@@ -62,7 +73,7 @@ def no_dns(monkeypatch) -> None:
 def loopback_only(monkeypatch) -> list[tuple[str, int]]:
     """Every connection the egress module makes, recorded; any address but loopback fails the test."""
     made: list[tuple[str, int]] = []
-    real = egress.create_connection
+    real = pinned.create_connection
 
     def guarded(address, *args, **kwargs):
         host, port = address
@@ -71,7 +82,7 @@ def loopback_only(monkeypatch) -> list[tuple[str, int]]:
         made.append((host, port))
         return real(address, *args, **kwargs)
 
-    monkeypatch.setattr(egress, "create_connection", guarded)
+    monkeypatch.setattr(pinned, "create_connection", guarded)
     return made
 
 
@@ -382,3 +393,115 @@ def test_a_long_form_ipv6_url_is_read_alike_by_the_check_and_the_connection(loop
     with policy.session() as session, pytest.raises(requests.ConnectionError):
         session.get("http://[0:0:0:0:0:0:0:1]:9/x", timeout=5)
     assert loopback_only == [("::1", 9)]
+
+
+# --- through the operator's proxy (HTTPS_PROXY, HTTP_PROXY, NO_PROXY) ------------------------------------
+
+
+@pytest.fixture
+def proxy() -> Iterator[tuple[int, list[str]]]:
+    """A CONNECT proxy on 127.0.0.1: records each request's head, tunnels to what CONNECT names."""
+    heads: list[str] = []
+
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    class Tunnel(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            head = b""
+            while b"\r\n\r\n" not in head and (chunk := self.request.recv(4096)):
+                head += chunk
+            heads.append(head.decode("latin-1"))
+            method, target, _version = head.split(b"\r\n", 1)[0].decode().split(" ")
+            if method != "CONNECT":
+                self.request.sendall(b"HTTP/1.1 405 CONNECT only\r\n\r\n")
+                return
+            host, port = target.rsplit(":", 1)
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=5) as upstream:
+                self.request.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                back = threading.Thread(target=pump, args=(upstream, self.request), daemon=True)
+                back.start()
+                pump(self.request, upstream)
+                back.join(5)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Tunnel)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1], heads
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_proxy_tunnels_to_the_checked_address_never_the_name(trap, proxy, loopback_only):
+    port, seen = trap
+    proxy_port, heads = proxy
+    proxies = Proxies.build(http=f"http://someone:pa%3Ass@127.0.0.1:{proxy_port}")
+    policy = EgressPolicy.build(networks=["127.0.0.1/32"], proxies=proxies, resolver=lambda h, p: ["127.0.0.1"])
+
+    with policy.session() as session:
+        assert session.get(f"http://media.test:{port}/a.mp3", timeout=5).text == "ok"
+
+    (head,) = heads
+    assert head.startswith(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n") and "media.test" not in head
+    assert "Proxy-Authorization: Basic c29tZW9uZTpwYTpzcw==" in head  # someone:pa:ss
+    assert seen == [("/a.mp3", f"media.test:{port}")]  # the name stays the request's own
+    assert loopback_only == [("127.0.0.1", proxy_port)]  # the one connection made: to the proxy
+
+
+def test_a_url_the_policy_refuses_never_reaches_the_proxy(trap, proxy):
+    port, seen = trap
+    proxy_port, heads = proxy
+    proxies = Proxies.build(http=f"http://127.0.0.1:{proxy_port}", https=f"http://127.0.0.1:{proxy_port}")
+    policy = EgressPolicy.build(proxies=proxies)
+    with policy.session() as session:
+        for url in (f"http://127.0.0.1:{port}/", f"http://127.0.0.1:{proxy_port}/", f"https://[::1]:{port}/"):
+            with pytest.raises(InputNotAllowed):  # the proxy itself is allowed as a proxy only
+                session.get(url, timeout=5)
+    assert heads == [] and seen == []
+
+
+def test_no_proxy_hosts_and_the_gateway_are_reached_directly(trap, proxy, loopback_only):
+    port, seen = trap
+    proxy_port, heads = proxy
+    proxies = Proxies.build(http=f"http://127.0.0.1:{proxy_port}", no_proxy="internal.test, .corp.test")
+    names = {"media.internal.test", "media.corp.test", "gateway"}
+    policy = EgressPolicy.build(networks=["127.0.0.1/32"], proxies=proxies, resolver=lambda h, p: ["127.0.0.1"])
+    policy = policy.allowing(f"http://gateway:{port}", direct=True)
+    with policy.session() as session:
+        for name in sorted(names):
+            assert session.get(f"http://{name}:{port}/", timeout=5).text == "ok"
+    assert heads == [] and loopback_only == [("127.0.0.1", port)] * 3
+
+
+def test_https_through_the_proxy_keeps_the_name_for_sni_and_the_certificate(tls_server, proxy):
+    port, cert, names = tls_server
+    proxy_port, heads = proxy
+    policy = EgressPolicy.build(networks=["127.0.0.1/32"], proxies=Proxies.build(https=f"http://127.0.0.1:{proxy_port}"),
+                                resolver=lambda h, p: ["127.0.0.1"])  # fmt: skip
+    with policy.session() as session:
+        assert session.get(f"https://pinned.test:{port}/", verify=str(cert), timeout=5).text == "ok"
+        with pytest.raises(requests.exceptions.SSLError, match="other.test"):  # tunnelled, still checked
+            session.get(f"https://other.test:{port}/", verify=str(cert), timeout=5)
+    assert names[:2] == ["pinned.test", "other.test"]
+    assert [head.split("\r\n")[0] for head in heads] == [f"CONNECT 127.0.0.1:{port} HTTP/1.1"] * 2
+
+
+def test_the_wiring_takes_the_proxies_from_settings_and_refuses_one_that_is_not_http():
+    from worker import wiring
+    from worker.config import Settings
+
+    settings = Settings(_env_file=None, https_proxy="http://u:secret@proxy.corp:3128", no_proxy="10.0.0.0/8",
+                        gateway_public_url="http://gateway:8000")  # fmt: skip
+    proxies = wiring.egress_policy(settings).proxies
+    assert proxies.for_url("https", "media.example.org", 443) == Proxy("proxy.corp", 3128, "Basic dTpzZWNyZXQ=")
+    assert proxies.for_url("http", "media.example.org", 80) is None  # no HTTP_PROXY
+    assert proxies.for_url("https", "10.1.2.3", 443) is None and proxies.for_url("https", "gateway", 443) is None
+    assert "secret" not in repr(proxies)
+    for bad in ("socks5://proxy.corp:1080", "https://proxy.corp:3128", "proxy.corp:3128", "http://proxy.corp/p"):
+        with pytest.raises(ValueError) as refused:
+            wiring.egress_policy(Settings(_env_file=None, https_proxy=bad))
+        assert "proxy.corp" not in str(refused.value)

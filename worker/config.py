@@ -17,7 +17,39 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_DOWNLOAD_URL = "https://huggingface.co/ggerganov/whisper.cpp/resolve/main"
 
 
-class Settings(BaseSettings):
+class EgressSettings(BaseSettings):
+    """Outbound requests (audio URLs, callbacks, their redirects, model downloads): which URLs they may
+    reach (worker/egress) and through which proxy. A part of Settings: the names are the same."""
+
+    # Comma-separated hosts that audio and callback URLs may name; empty allows any host (that
+    # resolves to a public address: see the next two).
+    allowed_url_hosts: str = ""
+    # Outbound requests (audio URLs, callbacks, their redirects, model downloads) refuse loopback,
+    # private, link-local, CGNAT, multicast, reserved and metadata addresses unless allowed here:
+    # comma-separated origins (scheme://host:port, exactly that origin) ...
+    allowed_private_origins: str = ""
+    # ... or networks in CIDR form (e.g. 10.20.0.0/16: any URL whose host resolves inside them).
+    allowed_private_networks: str = ""
+    # An http:// proxy for https URLs and one for http URLs (curl's names; `user:password@` for its
+    # Proxy-Authorization), and the hosts reached without (comma-separated: names with their subdomains,
+    # addresses, networks; the gateway's own host always). How to connect only: every URL is checked
+    # as without, and the tunnel goes to the address that was checked (worker/egress/proxies.py).
+    https_proxy: SecretStr = SecretStr("")
+    http_proxy: SecretStr = SecretStr("")
+    no_proxy: str = ""
+
+    def proxy_urls(self) -> dict[str, str]:
+        """HTTP_PROXY, HTTPS_PROXY and NO_PROXY as worker.egress.Proxies.build takes them."""
+        return {"http": self.http_proxy.get_secret_value(), "https": self.https_proxy.get_secret_value(),
+                "no_proxy": self.no_proxy}  # fmt: skip
+
+    def url_hosts(self) -> frozenset[str] | None:
+        """ALLOWED_URL_HOSTS as a set of lower-case host names, or None when any host is allowed."""
+        hosts = frozenset(h.strip().lower() for h in self.allowed_url_hosts.split(",") if h.strip())
+        return hosts or None
+
+
+class Settings(EgressSettings):
     """Every setting of the worker; environment names are the upper-cased field names."""
 
     # hide_input_in_errors: a refused setting may be a secret (AMQP_URL with its password).
@@ -123,15 +155,6 @@ class Settings(BaseSettings):
     # directories left by a killed worker are swept when the next one starts.
     work_dir: Path = Path(tempfile.gettempdir()) / "transcription-worker"
     max_download_bytes: int = Field(default=500 * 2**20, gt=0)
-    # Comma-separated hosts that audio and callback URLs may name; empty allows any host (that
-    # resolves to a public address: see the next two).
-    allowed_url_hosts: str = ""
-    # Outbound requests (audio URLs, callbacks, their redirects, model downloads) refuse loopback,
-    # private, link-local, CGNAT, multicast, reserved and metadata addresses unless allowed here:
-    # comma-separated origins (scheme://host:port, exactly that origin) ...
-    allowed_private_origins: str = ""
-    # ... or networks in CIDR form (e.g. 10.20.0.0/16: any URL whose host resolves inside them).
-    allowed_private_networks: str = ""
     download_timeout_seconds: float = Field(default=30.0, gt=0)
     callback_timeout_seconds: float = Field(default=10.0, gt=0)
     callback_retries: int = Field(default=3, ge=0)
@@ -158,7 +181,7 @@ class Settings(BaseSettings):
     gateway_port: int = Field(default=8000, ge=1, le=65535)
     # How workers reach the gateway to fetch uploads (default http://GATEWAY_HOST:GATEWAY_PORT); its host
     # must be in the workers' ALLOWED_URL_HOSTS when that is set. Workers allow exactly this origin past the
-    # refusal of private addresses (worker/egress.py): give them the same value as the gateway.
+    # refusal of private addresses (worker/egress/): give them the same value as the gateway.
     gateway_public_url: str = ""
     # Comma-separated API keys (Authorization: Bearer KEY). Empty: open, which the gateway allows only on a
     # loopback GATEWAY_HOST (make run), unless GATEWAY_ALLOW_ANONYMOUS says so (e.g. behind an authenticating proxy).
@@ -207,8 +230,3 @@ class Settings(BaseSettings):
         developer's `.env` in the project root never reaches a test's worker or gateway.
         """
         return cls(_env_file=os.environ.get("ENV_FILE", ".env") or None)
-
-    def url_hosts(self) -> frozenset[str] | None:
-        """ALLOWED_URL_HOSTS as a set of lower-case host names, or None when any host is allowed."""
-        hosts = frozenset(h.strip().lower() for h in self.allowed_url_hosts.split(",") if h.strip())
-        return hosts or None

@@ -17,7 +17,7 @@ from pathlib import Path
 from loguru import logger
 
 from worker.config import Settings
-from worker.egress import EgressPolicy
+from worker.egress import EgressPolicy, Proxies
 from worker.engine.catalog import VAD_MODEL, VOICE_MODEL, allowed_names, model_names, resolve_model
 from worker.engine.guard import GuardOptions
 from worker.engine.models import ModelDownloader, get_model_downloader
@@ -120,22 +120,22 @@ def _voice_encoder(model_path: Path) -> SpeakerEncoder:
 
 
 def egress_policy(settings: Settings) -> EgressPolicy:
-    """What the worker's outbound requests may reach (worker/egress.py): public addresses, plus the
-    operator's ALLOWED_PRIVATE_ORIGINS / _NETWORKS, plus exactly the gateway's origin (its uploads)."""
+    """What outbound requests may reach (worker/egress): public addresses, ALLOWED_PRIVATE_ORIGINS / _NETWORKS and
+    the gateway's origin (its uploads, without a proxy); the proxies (HTTPS_PROXY, ...; ValueError unless http://)."""
     policy = EgressPolicy.build(
         allowed_hosts=settings.url_hosts(),
         origins=settings.allowed_private_origins.split(","),
         networks=settings.allowed_private_networks.split(","),
+        proxies=Proxies.build(**settings.proxy_urls()),
     )
     with contextlib.suppress(InputNotAllowed):  # not an http(s) URL: the gateway's uploads are refused, saying why
-        policy = policy.allowing(gateway_public_url(settings))
+        policy = policy.allowing(gateway_public_url(settings), direct=True)
     return policy
 
 
 def gateway_public_url(settings: Settings) -> str:
     """How workers reach the gateway (its uploads' URLs): GATEWAY_PUBLIC_URL, else http://GATEWAY_HOST:GATEWAY_PORT."""
-    url = settings.gateway_public_url or f"http://{settings.gateway_host}:{settings.gateway_port}"
-    return url.rstrip("/")
+    return (settings.gateway_public_url or f"http://{settings.gateway_host}:{settings.gateway_port}").rstrip("/")
 
 
 def model_downloader(settings: Settings) -> ModelDownloader:

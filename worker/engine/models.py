@@ -125,7 +125,7 @@ class ModelDownloader:
     Thread-safe. Use one per process (`get_model_downloader`): its cache is what spares
     every later call the disk.
 
-    Downloads go through `egress` (worker/egress.py) with the download URL's own origin allowed
+    Downloads go through `egress` (worker/egress/) with the download URL's own origin allowed
     (the operator named it); each redirect from it is checked like any URL, so a public CDN is
     fine and a private address is refused. ALLOWED_URL_HOSTS is about jobs' URLs: not applied here.
     """

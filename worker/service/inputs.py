@@ -1,5 +1,5 @@
 """A job's audio (and its known speakers' clips) from INPUT_DIR or a URL fetched under the egress
-policy (worker/egress.py).
+policy (worker/egress/).
 
 Every request goes through `EgressPolicy.session()`, which checks the URL, resolves its host,
 refuses non-public addresses (unless the operator allowed them) and connects to the address it

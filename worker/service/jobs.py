@@ -90,7 +90,7 @@ class HandlerOptions:
     input_dir: Path
     output_dir: Path
     work_dir: Path | None = None  # scratch for downloads; None: the system's temp directory
-    egress: EgressPolicy = PUBLIC_ONLY  # what audio and callback URLs may reach (worker/egress.py)
+    egress: EgressPolicy = PUBLIC_ONLY  # what audio and callback URLs may reach (worker/egress/)
     delivery_limit: int = 5
     max_download_bytes: int = 500 * 2**20
     download_timeout_seconds: float = 30.0

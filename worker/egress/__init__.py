@@ -31,28 +31,28 @@ Opened by the operator, exactly:
   - ALLOWED_PRIVATE_NETWORKS: CIDRs; an address inside one is allowed for any URL;
   - model downloads also allow WHISPER_DOWNLOAD_URL's own origin (not the hosts it redirects to).
 
-Proxies from the environment (HTTP_PROXY, ...) and .netrc are not used: a proxy would resolve the
-name itself, after our check.
+A proxy (HTTPS_PROXY, HTTP_PROXY, NO_PROXY from the settings, proxies.py) carries the connection to a
+checked address through a CONNECT tunnel; requests' own proxy handling and .netrc are never used (a proxy
+given the name would resolve it itself, after our check). This package: the policy here, the
+connections in pinned.py, the proxies in proxies.py, redaction in redaction.py.
 """
 
 import ipaddress
 import re
 import socket
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
-from requests.utils import select_proxy
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
-from urllib3.poolmanager import SSL_KEYWORDS
-from urllib3.util.connection import create_connection
 
+from worker.egress.pinned import PinnedAdapter
+from worker.egress.proxies import Proxies, Proxy
+from worker.egress.redaction import redact, redact_text
 from worker.errors import InputNotAllowed
+
+__all__ = ["EgressPolicy", "NameNotResolved", "Origin", "Proxies", "Proxy", "origin_of", "parse_origin", "redact",
+           "redact_text"]  # fmt: skip
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -60,6 +60,7 @@ Resolver = Callable[[str, int], Sequence[str]]
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_REDIRECTS = 5
+DIRECT = Proxies()  # no proxy: every connection made directly
 
 # Names of cloud metadata services: refused whatever they resolve to (only an exact origin opens them).
 METADATA_NAMES = frozenset(
@@ -160,6 +161,7 @@ class EgressPolicy:
     allowed_hosts: frozenset[str] | None = None  # ALLOWED_URL_HOSTS; None: any host
     allowed_origins: frozenset[Origin] = frozenset()  # ALLOWED_PRIVATE_ORIGINS (+ the gateway's)
     allowed_networks: tuple[IPNetwork, ...] = ()  # ALLOWED_PRIVATE_NETWORKS
+    proxies: Proxies = DIRECT  # HTTPS_PROXY, HTTP_PROXY, NO_PROXY: how to connect, never what
     resolver: Resolver = field(default=_system_resolver, compare=False, repr=False)
 
     @classmethod
@@ -169,6 +171,7 @@ class EgressPolicy:
         allowed_hosts: Iterable[str] | None = None,
         origins: Iterable[str] = (),
         networks: Iterable[str] = (),
+        proxies: Proxies = DIRECT,
         resolver: Resolver = _system_resolver,
     ) -> "EgressPolicy":
         """From settings' strings; ValueError names an origin or network that does not parse."""
@@ -177,12 +180,16 @@ class EgressPolicy:
             allowed_hosts=hosts,
             allowed_origins=frozenset(parse_origin(o) for o in origins if o.strip()),
             allowed_networks=tuple(ipaddress.ip_network(n.strip(), strict=False) for n in networks if n.strip()),
+            proxies=proxies,
             resolver=resolver,
         )
 
-    def allowing(self, origin: str) -> "EgressPolicy":
-        """This policy plus one more allowed origin (the origin of `origin`, a URL; its path is ignored)."""
-        return replace(self, allowed_origins=self.allowed_origins | {origin_of(origin)})
+    def allowing(self, origin: str, *, direct: bool = False) -> "EgressPolicy":
+        """This policy plus one more allowed origin (the origin of `origin`, a URL; its path is ignored);
+        `direct`: its host reached without a proxy (one on the workers' own network: the gateway)."""
+        allowed = origin_of(origin)
+        proxies = self.proxies.bypassing(allowed.host) if direct else self.proxies
+        return replace(self, allowed_origins=self.allowed_origins | {allowed}, proxies=proxies)
 
     def check_url(self, url: str) -> Origin:
         """The URL's origin, or InputNotAllowed for its form or host; no DNS, no connection."""
@@ -323,123 +330,6 @@ def parse_origin(text: str) -> Origin:
         return origin_of(text)
     except InputNotAllowed as exc:
         raise ValueError(f"not an http(s) origin: {text!r} ({exc})") from None
-
-
-# --- redaction --------------------------------------------------------------------------------
-
-_USERINFO = re.compile(r"(//)[^/\s?#@'\"]*@")
-_QUERY = re.compile(r"\?[^\s'\"()<>]+")
-# A path segment that is a secret rather than a name: 32 or more characters of the URL-safe base64
-# alphabet (the gateway's upload tokens are 43; hex and base64url keys of webhooks and presigned paths
-# alike), shown by its first 4 only. A file name has a dot; a word of that length is rare.
-_TOKEN = re.compile(r"(?<=/)([A-Za-z0-9_-]{4})[A-Za-z0-9_-]{28,}(?=[/?#\s'\"()<>]|\.(?:\s|$)|$)")
-
-
-def redact(url: str) -> str:
-    """`url` fit for a log line or an error: scheme, host and port kept, the path with its token-like
-    segments cut to `abcd...`; credentials dropped, the query shown as `?...`, the fragment dropped."""
-    try:
-        parts = urlsplit(str(url))
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return redact_text(str(url))
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{port}" if port is not None else host
-    query = "?..." if parts.query else ""
-    path = _TOKEN.sub(r"\1...", parts.path)
-    return f"{parts.scheme}://{netloc}{path}{query}" if parts.scheme else redact_text(str(url))
-
-
-def redact_text(text: str) -> str:
-    """Any text (a library's error message, say) with URL credentials, query strings and token-like
-    path segments taken out."""
-    return _TOKEN.sub(r"\1...", _QUERY.sub("?...", _USERINFO.sub(r"\1", str(text))))
-
-
-# --- connecting to the checked address ------------------------------------------------------------
-
-
-class _PinnedConnectionMixin:
-    """A urllib3 connection that connects to the addresses it was given, never resolving its host.
-
-    The host stays the URL's name, so urllib3 sends it as the Host header and, over TLS, as the
-    SNI name and the name the certificate must match.
-    """
-
-    addresses: tuple[str, ...] = ()
-
-    def _new_conn(self) -> socket.socket:
-        failure: Exception | None = None
-        for address in self.addresses:
-            try:
-                sock = create_connection(
-                    (address, self.port),
-                    self.timeout,
-                    source_address=self.source_address,
-                    socket_options=self.socket_options,
-                )
-            except TimeoutError as exc:
-                failure = ConnectTimeoutError(
-                    self, f"Connection to {self.host} ({address}) timed out. (connect timeout={self.timeout})"
-                )
-                failure.__cause__ = exc
-            except OSError as exc:
-                failure = NewConnectionError(self, f"Failed to establish a new connection to {address}: {exc}")
-                failure.__cause__ = exc
-            else:
-                sys.audit("http.client.connect", self, self.host, self.port)
-                return sock
-        raise failure or NewConnectionError(self, "no address to connect to")
-
-
-def _pinned_pool(scheme: str, host: str, port: int, addresses: tuple[str, ...], **kwargs) -> HTTPConnectionPool:
-    base_pool, base_conn = (
-        (HTTPSConnectionPool, HTTPSConnection) if scheme == "https" else (HTTPConnectionPool, HTTPConnection)
-    )
-    connection = type(f"Pinned{base_conn.__name__}", (_PinnedConnectionMixin, base_conn), {"addresses": addresses})
-    pool = base_pool(host, port, maxsize=1, **kwargs)
-    pool.ConnectionCls = connection
-    return pool
-
-
-class PinnedAdapter(HTTPAdapter):
-    """requests' adapter with every connection checked by the policy and made to a checked address."""
-
-    def __init__(self, policy: EgressPolicy) -> None:
-        super().__init__(max_retries=0)
-        self.policy = policy
-        self._pools: dict[tuple, HTTPConnectionPool] = {}
-
-    def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None) -> HTTPConnectionPool:
-        if select_proxy(request.url, proxies):
-            raise ValueError("proxies are not supported by the egress policy's sessions")
-        destination = self.policy.resolve(request.url)
-        host_params, pool_kwargs = self.build_connection_pool_key_attributes(request, verify, cert)
-        host = str(host_params["host"]).strip("[]").lower().rstrip(".")
-        host = str(ipaddress.IPv6Address(host)) if _is_ipv6(host) else host  # [0:0::1] as [::1], like the check
-        if (host_params["scheme"], host) != (destination.origin.scheme, destination.origin.host):
-            # requests read the URL differently from our check: refuse rather than guess which is right.
-            raise InputNotAllowed(f"URL is ambiguous (its host reads two ways): {redact(request.url)}")
-        if host_params["scheme"] != "https":
-            pool_kwargs = {k: v for k, v in pool_kwargs.items() if k not in SSL_KEYWORDS}
-        key = (destination.origin, destination.addresses, tuple(sorted(pool_kwargs.items())))
-        if key not in self._pools:
-            self._pools[key] = _pinned_pool(
-                host_params["scheme"],
-                host_params["host"],
-                destination.origin.port,
-                destination.addresses,
-                **pool_kwargs,
-            )
-        return self._pools[key]
-
-    def close(self) -> None:
-        super().close()
-        for pool in self._pools.values():
-            pool.close()
-        self._pools.clear()
 
 
 PUBLIC_ONLY = EgressPolicy()  # the default: any host, public addresses only
