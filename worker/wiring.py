@@ -16,7 +16,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from worker.config import Settings
+from worker.config import BrokerSettings, EgressSettings, EngineSettings, GatewaySettings, Settings, SpeechSettings
 from worker.egress import EgressPolicy, Proxies
 from worker.engine.catalog import VAD_MODEL, VOICE_MODEL, allowed_names, model_names, resolve_model
 from worker.engine.guard import GuardOptions
@@ -51,7 +51,7 @@ def topology(settings: Settings) -> Topology:
     )
 
 
-def session_options(settings: Settings) -> SessionOptions:
+def session_options(settings: BrokerSettings) -> SessionOptions:
     """The broker session's timers, for the consumer, the fan-out coordinator and the gateway alike."""
     return SessionOptions(
         heartbeat_seconds=settings.heartbeat_seconds,
@@ -61,7 +61,7 @@ def session_options(settings: Settings) -> SessionOptions:
     )
 
 
-def broker_connection(settings: Settings):
+def broker_connection(settings: BrokerSettings):
     """A pika connection to the first broker of AMQP_URL that answers (for the command-line tools)."""
     return BrokerSession(settings.amqp_url.get_secret_value(), session_options(settings)).connect()
 
@@ -82,7 +82,7 @@ def pipeline_options(
     )
 
 
-def vad_options(settings: Settings) -> VadOptions:
+def vad_options(settings: SpeechSettings) -> VadOptions:
     return VadOptions(
         threshold=settings.vad_threshold,
         min_speech_ms=settings.vad_min_speech_ms,
@@ -133,7 +133,7 @@ def egress_policy(settings: Settings) -> EgressPolicy:
     return policy
 
 
-def gateway_public_url(settings: Settings) -> str:
+def gateway_public_url(settings: GatewaySettings) -> str:
     """How workers reach the gateway (its uploads' URLs): GATEWAY_PUBLIC_URL, else http://GATEWAY_HOST:GATEWAY_PORT."""
     return (settings.gateway_public_url or f"http://{settings.gateway_host}:{settings.gateway_port}").rstrip("/")
 
@@ -212,7 +212,7 @@ def processor(
     )
 
 
-def decoding_options(settings: Settings) -> DecodingOptions:
+def decoding_options(settings: EngineSettings) -> DecodingOptions:
     return DecodingOptions(
         fit_audio_ctx=settings.whisper_fit_audio_ctx,
         audio_ctx_margin=settings.whisper_audio_ctx_margin,
@@ -221,7 +221,7 @@ def decoding_options(settings: Settings) -> DecodingOptions:
     )
 
 
-def guard_options(settings: Settings) -> GuardOptions:
+def guard_options(settings: EngineSettings) -> GuardOptions:
     """The hallucination guard's rules: each one on when HALLUCINATION_GUARD and its own switch are."""
     on = settings.hallucination_guard
     return GuardOptions(
@@ -302,7 +302,7 @@ class Processors:
         )
 
 
-def webhook_signer(settings: Settings) -> WebhookSigner | None:
+def webhook_signer(settings: EgressSettings) -> WebhookSigner | None:
     """The callbacks' signer (WEBHOOK_SECRET); a malformed secret stops the start-up (ValueError)."""
     secret = settings.webhook_secret.get_secret_value()
     if not secret:
@@ -381,7 +381,7 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def gateway_keys(settings: Settings):
+def gateway_keys(settings: GatewaySettings):
     """The gateway's tenants (GATEWAY_API_KEYS, GATEWAY_KEYS_FILE), watched for changes; ValueError for a
     keys file that breaks the format, or an open gateway reachable from other machines."""
     from worker.gateway.tenants import Tenants
