@@ -124,7 +124,7 @@ def job_routes(parts: Parts) -> APIRouter:
         known, _clips = stored(names, references, parts.uploads, parts.options.public_url, urls=True)  # expire by TTL
         token = parts.store_upload(file) if file is not None else None
         url = None if file is not None else str(spec.url)
-        await asyncio.to_thread(parts.check_urls, url, str(spec.callback_url) if spec.callback_url else None)
+        await asyncio.to_thread(parts.check_urls, url, spec.callback_url, known)
         job = parts.new_job(token, url, name, spec.language, spec.task, known_speakers=known, quota_seconds=quota, tenant=owner,
                             **decoding)  # fmt: skip
         await parts.admit(owner, job.job_id, token, waited_on=False)

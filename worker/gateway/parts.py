@@ -82,12 +82,13 @@ class Parts:
             raise ApiError(400, f"unknown language {language!r}", code="invalid_language")
         return self.options.default_model if model in (OPENAI_MODEL, OPENAI_DIARIZE_MODEL) else model
 
-    def check_urls(self, *urls: str | None) -> None:
-        """400 InputNotAllowed (the workers' code, and message) for a URL the workers' policy refuses, by its
-        form, host or resolved addresses. The worker stays the authority: it checks again at every connection
-        (its resolver may answer otherwise), and a name that does not resolve here is left to it. Blocking
-        (DNS): called in a thread."""
-        for url in urls:
+    def check_urls(self, audio: str | None, callback: object | None, speakers: list[dict]) -> None:
+        """400 InputNotAllowed (the workers' code, and message) for a job's URL (its audio, callback, speakers'
+        clips) that the workers' policy refuses by its form, host or resolved addresses. The worker stays the
+        authority: it checks again at every connection (its resolver may answer otherwise), and a name that
+        does not resolve here is left to it. Blocking (DNS): called in a thread."""
+        clips = [speaker["audio"]["url"] for speaker in speakers]
+        for url in (audio, str(callback) if callback else None, *clips):
             if url is None or self.options.egress is None:
                 continue
             try:
