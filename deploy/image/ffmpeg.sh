@@ -30,8 +30,9 @@ decoders=$(sed -n '/\/\* audio codecs \*\//,/\/\* subtitles \*\//p' libavcodec/a
 # h264's and hevc's above all, are a good part of the build's time and never used.
 parsers=aac,aac_latm,ac3,adx,amr,cook,dca,dolby_e,dvaudio,flac,g723_1,g729,gsm,mlp,mpegaudio,opus,sbc,sipr,tak,vorbis,xma
 
+known=$(./configure --list-demuxers | tr -s ' \t' '\n\n')
 for name in $(echo "$demuxers" | tr , ' '); do  # a name configure does not know would be dropped silently
-  ./configure --list-demuxers | tr -s ' \t' '\n\n' | grep -qx "$name" || { echo "no demuxer $name" >&2; exit 1; }
+  printf '%s\n' "$known" | grep -qx "$name" || { echo "no demuxer $name" >&2; exit 1; }
 done
 
 ./configure --prefix="$prefix" \
