@@ -723,6 +723,10 @@ def test_a_gateway_restart_mid_job_loses_neither_the_job_nor_its_record(gateway)
     record = wait_for_state(gateway, job["id"], {"completed", "failed"})
     assert record["state"] == "completed" and record["result"]["duration_seconds"] > 230
     assert record["created_at"] == job["created_at"]
+    # The record is written before the upload is deleted: give the deletion a moment.
+    deadline = time.monotonic() + 10
+    while list(gateway.upload_dir.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert list(gateway.upload_dir.iterdir()) == []
 
 
