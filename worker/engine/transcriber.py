@@ -14,8 +14,9 @@ Design (why it looks like this):
   pipeline's chunk threads call `transcribe` and wait (WHISPER_BATCH_SIZE of them at once).
 - How much whisper work runs at once is one bound per process (`CallSlots`, shared by every model's
   transcriber), taken around every pass whichever backend runs it.
-- On top of every call: the hallucination guard (`worker.engine.guard`): its filters, and its retries
-  (beam search, then greedy decoding over the full context) of a decode that looks like a failure.
+- On top of every call: the hallucination guard (`worker.engine.guard`, applied by `worker.engine.guarded`):
+  its filters, and its retries (beam search, then greedy decoding over the full context) of a decode
+  that looks like a failure.
 """
 
 # OMP_WAIT_POLICY / GOMP_SPINCOUNT are set by `worker.engine` (this package's __init__), before libwhisper loads.
@@ -24,15 +25,17 @@ import dataclasses
 import functools
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from loguru import logger
 
 from worker.engine import libwhisper
-from worker.engine.backends import Backend, Batch, WhisperBackend, make_backend, word_tokens
-from worker.engine.guard import GUARD_ON, GuardOptions, assess, filter_segments, needs_retry, preferred
+from worker.engine.backends import Backend, Batch, make_backend
+from worker.engine.guard import GUARD_ON, GuardOptions
+from worker.engine.guarded import GuardedDecoding
+from worker.engine.native_segments import word_tokens
 from worker.engine.options import (
     AUDIO_CTX_STEP,
     FRAMES_PER_SECOND,
@@ -158,7 +161,8 @@ class WhisperTranscriber:
         self._backend = make_backend(
             self.model_path, self.max_concurrent_calls, beam_size, decoding, backend, hold=self.calls.hold, batch=batch
         )
-        self.guard = _guard_for(self._backend, guard)
+        self._guarded = GuardedDecoding(self._backend, guard, beam_size=beam_size)
+        self.guard = self._guarded.guard
         engine = self._backend.engine
         logger.info(
             "WhisperTranscriber ready: model {}, backend {}, {}",
@@ -240,44 +244,6 @@ class WhisperTranscriber:
             result = dataclasses.replace(result, segments=(whole,))
         return dataclasses.replace(result, language_probability=probability)
 
-    def _guarded(self, decode: Callable[..., Transcription], n_samples: int, *, sampled: bool) -> Transcription:
-        """`decode` once, again as the guard's retries if it failed (the best one kept); its speech only.
-
-        A sampled call (temperature > 0) is not decoded again: its caller chose text that varies.
-        """
-        result = decode(beam_size=self.beam_size)
-        if self.guard.retry and not sampled:
-            result = self._retried(decode, result, n_samples)
-        return dataclasses.replace(result, segments=filter_segments(result.segments, self.guard))
-
-    def _retried(self, decode: Callable[..., Transcription], first: Transcription, n_samples: int) -> Transcription:
-        """`first`, or the best of its retries while the best so far needs one (`guard.preferred`).
-
-        Every retry has the full 30 s encoder context, the one whisper was trained on: measured on 3 s
-        windows of ../shared/audio, every loop tiny.en-f16 made with a fitted context was gone with
-        the full one, and most were still there with beam search on the fitted one (docs/performance.md).
-        A retry that would repeat the first decode exactly (same beam size, full context already) is skipped.
-        """
-        best, check = first, assess(first.segments, self.eot, self.guard)
-        for beam_size in self.guard.retry_beam_sizes:
-            if not needs_retry(check, self.guard):
-                break
-            if beam_size == self.beam_size and not self._backend.fitted(n_samples):
-                continue
-            retry = decode(beam_size=beam_size, full_context=True)
-            again = assess(retry.segments, self.eot, self.guard)
-            kept = preferred(check, again, self.guard)
-            logger.info(
-                "A decode looked like a failure ({}); {} over the full context gave {}: kept the {}",
-                check.summary(),
-                "greedy decoding" if beam_size == 1 else f"beam search of {beam_size}",
-                again.summary(),
-                "retry" if kept else "decode before it",
-            )
-            if kept:
-                best, check = retry, again
-        return best
-
     def detect_language(
         self, audio: np.ndarray, *, n_threads: int | None = None, among: Sequence[str] = ()
     ) -> tuple[str, float]:
@@ -290,19 +256,6 @@ class WhisperTranscriber:
 
     def close(self) -> None:
         self._backend.close()
-
-
-def _guard_for(backend: WhisperBackend, guard: GuardOptions) -> GuardOptions:
-    """`guard`, without its retry on a backend whose beam search is not repeatable (the Model pool: its
-    filters still run)."""
-    if not guard.retry or backend.repeatable_beam_search:
-        return guard
-    logger.warning(
-        "The hallucination guard's retry is off on the {} backend: its beam search depends on what each "
-        "Model decoded before, and the guard's retry must give the same text for the same audio",
-        backend.name,
-    )
-    return dataclasses.replace(guard, retry=False)
 
 
 def likeliest(probabilities: dict[str, float], among: Sequence[str] = ()) -> tuple[str, float]:

@@ -1,6 +1,6 @@
 """ctypes over the libwhisper that the pinned pywhispercpp wheel ships (or our patched build of it).
 
-`structs` declares whisper.cpp's structs and checks them against the library, `loader` finds
+`structs` declares whisper.cpp's structs, `abi` checks them against the library, `loader` finds
 and loads it, `context` holds one context (the weights) and a state per concurrent call, `full`
 runs whisper_full on a state, `group` the batched passes over several states (whisper/patches),
 `vad` the speech detector. The names below are the API the engine uses.

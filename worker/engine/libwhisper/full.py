@@ -136,7 +136,12 @@ def _build_params(
     temperature: float = 0.0,
     token_timestamps: bool = False,
 ) -> WhisperFullParams:
-    """Defaults for the chosen strategy plus our overrides; temperature fallback untouched."""
+    """Defaults for the chosen strategy plus our overrides; temperature fallback untouched.
+
+    Temperature fallback keeps the library defaults (for beam search these include
+    ``greedy.best_of = -1``: one sampled decoder per fallback step; see also the reuse
+    caveat on ``NativeState``), unless ``temperature_fallback`` is off.
+    """
     strategy = WHISPER_SAMPLING_GREEDY if beam_size == 1 else WHISPER_SAMPLING_BEAM_SEARCH
     params = _full_params(lib, strategy)
     params.n_threads = n_threads
@@ -255,24 +260,16 @@ def transcribe(
     ``audio``: float32, 1-D, 16 kHz mono samples (validated, ``ValueError`` otherwise).
     ``beam_size``: 1 = greedy decoding, 2..8 = beam search of that width.
     ``language``: ISO code, or ``None`` for auto-detection; English-only models take only
-    ``None``/``"en"`` (see ``_resolve_language``).
-    Temperature fallback keeps the library defaults (for beam search these include
-    ``greedy.best_of = -1``: one sampled decoder per fallback step; see also the reuse
-    caveat on ``NativeState``).
+    ``None``/``"en"`` (see ``_resolve_language``). Temperature fallback: see ``_build_params``.
     The GIL is released during decoding, so calls on *different* states run in parallel.
     Raises ``RuntimeError`` if ``state`` is busy or closed, ``NativeCallError`` (with
     ``.code``) if whisper returns non-zero.
     """
-    samples = _validate_audio(audio)
-    _check_threads(n_threads)
-    if not 1 <= beam_size <= MAX_BEAM_SIZE:
-        raise ValueError(f"beam_size must be in 1..{MAX_BEAM_SIZE}, got {beam_size}")
-    _check_pair(ctx, state)
-    language_bytes = _resolve_language(ctx, language)  # stays referenced until we return
+    samples = _checked_input(ctx, state, audio, n_threads=n_threads, beam_size=beam_size)
     params = _build_params(
         ctx.lib,
         n_threads=n_threads,
-        language=language_bytes,
+        language=_resolve_language(ctx, language),  # ctypes keeps a reference in params._objects
         translate=translate,
         beam_size=beam_size,
         no_context=no_context,
@@ -285,6 +282,34 @@ def transcribe(
         temperature=temperature,
         token_timestamps=token_timestamps,
     )
+    # Conditioning on the prompt stops at temperature 0.5 (WHISPER_HISTORY_CONDITIONING_TEMP_CUTOFF).
+    conditioning = prompt if prompt and temperature < 0.5 else None
+    return _run_full(ctx, state, params, samples, n_threads, no_speech_prob, conditioning)
+
+
+def _checked_input(
+    ctx: NativeContext, state: NativeState, audio: np.ndarray, *, n_threads: int, beam_size: int
+) -> np.ndarray:
+    """``audio`` as ``transcribe`` passes it to whisper, once every argument checked (``ValueError``)."""
+    samples = _validate_audio(audio)
+    _check_threads(n_threads)
+    if not 1 <= beam_size <= MAX_BEAM_SIZE:
+        raise ValueError(f"beam_size must be in 1..{MAX_BEAM_SIZE}, got {beam_size}")
+    _check_pair(ctx, state)
+    return samples
+
+
+def _run_full(
+    ctx: NativeContext,
+    state: NativeState,
+    params: WhisperFullParams,
+    samples: np.ndarray,
+    n_threads: int,
+    no_speech_prob: bool,
+    conditioning: str | None,
+) -> NativeResult:
+    """``whisper_full_with_state`` on the state, held for the call, and what it decoded read back
+    (with P(no speech) when asked, against the prompt the decoder was conditioned on)."""
     handle = state.acquire()
     try:
         code = ctx.lib.whisper_full_with_state(ctx.handle, handle, params, _float_ptr(samples), samples.size)
@@ -292,8 +317,6 @@ def transcribe(
             raise NativeCallError("whisper_full_with_state", code)
         segments = _read_segments(ctx, handle)
         language = _read_language(ctx.lib, handle)
-        # Conditioning on the prompt stops at temperature 0.5 (WHISPER_HISTORY_CONDITIONING_TEMP_CUTOFF).
-        conditioning = prompt if prompt and temperature < 0.5 else None
         if no_speech_prob:
             no_speech = _no_speech_prob(ctx, handle, conditioning, n_threads)
             segments = tuple(dataclasses.replace(s, no_speech_prob=no_speech) for s in segments)

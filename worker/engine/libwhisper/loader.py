@@ -2,7 +2,7 @@
 
 `context` builds on this: `open_library()` returns a CDLL whose every function used
 there has its restype/argtypes declared, whose struct layouts were checked against
-`worker.engine.libwhisper.structs`, and whose log output goes to loguru at DEBUG.
+`worker.engine.libwhisper.structs` (by `abi`), and whose log output goes to loguru at DEBUG.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from typing import Any
 
 from loguru import logger
 
+from worker.engine.libwhisper.abi import check_abi
 from worker.engine.libwhisper.structs import (
     NativeABIError,
     WhisperContextParams,
     WhisperFullParams,
     WhisperTokenData,
     WhisperVadContextParams,
-    check_abi,
 )
 
 # enum ggml_log_level, used only to label forwarded log lines.
