@@ -84,6 +84,10 @@ class InteractiveConsumer:
             self.channel.basic_cancel(self.tag)
         self.tag = None
 
+    def idle_since(self, moment: float) -> bool:
+        """Subscribed on an open channel, holding no delivery, none taken since `moment` (the consumer check)."""
+        return self.tag is not None and not self.held and self.taken_at < moment and self.channel.is_open
+
     def resubscribe(self, connection: pika.BlockingConnection, cancelled: threading.Event, *, present: bool) -> None:
         """After the consumer check's cancel (session.probe_consumer): on the same channel when the broker
         had the consumer, on a new one when it had lost it (a ghost holds the old channel's deliveries)."""

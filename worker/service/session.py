@@ -299,6 +299,11 @@ def probe_consumer(probe: BlockingChannel, channel: BlockingChannel, queue: str,
     return present
 
 
+def delivery_attempt(headers: dict) -> int:
+    """Which delivery of its message this is (1 the first): quorum queues count them in x-delivery-count."""
+    return int(headers.get("x-delivery-count") or 0) + 1
+
+
 def _job_id(properties, body: bytes) -> str:
     """The job a message is about: its correlation or message id, else the body's job_id, else '-'."""
     for candidate in (getattr(properties, "correlation_id", None), getattr(properties, "message_id", None)):

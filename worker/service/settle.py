@@ -152,14 +152,12 @@ class Handoffs:
 
         with self._lock:
             self._pending[key] = undo
-        try:
-            connection.add_callback_threadsafe(run)
+        if threadsafe(connection, run):
             return True
-        except CONNECTION_ERRORS:
-            with self._lock:
-                self._pending.pop(key, None)
-            undo()
-            return False
+        with self._lock:
+            self._pending.pop(key, None)
+        undo()
+        return False
 
     def lost(self) -> int:
         """The connection has ended: undo every settlement handed to it that did not run; how many."""
@@ -168,3 +166,14 @@ class Handoffs:
         for undo in undos:
             undo()
         return len(undos)
+
+
+def threadsafe(connection: pika.BlockingConnection, callback: Callable[[], None]) -> bool:
+    """Hand `callback` to the connection's thread; False when the connection is gone (what it would have
+    done is then dropped: a progress event or a probe, whose loss is harmless; settlements go through
+    Handoffs, which undoes them)."""
+    try:
+        connection.add_callback_threadsafe(callback)
+        return True
+    except CONNECTION_ERRORS:
+        return False
