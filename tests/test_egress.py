@@ -381,7 +381,7 @@ def test_the_wiring_allows_the_gateways_origin_and_nothing_else_on_its_host(tmp_
     }
     assert policy.allowed_networks == (ipaddress.ip_network("10.20.0.0/16"),)
     assert handler_options(settings, tmp_path).egress == policy
-    models = model_downloader(settings).egress  # not limited to ALLOWED_URL_HOSTS; its own origin allowed
+    models = model_downloader(settings).sources.egress  # not limited to ALLOWED_URL_HOSTS; its own origin allowed
     assert models.allowed_hosts is None and Origin("https", "huggingface.co", 443) in models.allowed_origins
     with pytest.raises(ValueError):
         egress_policy(Settings(allowed_private_origins="http://10.1.2.3:9000/path"))

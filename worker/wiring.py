@@ -4,9 +4,11 @@ Entry points build `Settings`, configure logging and call one of these; nothing 
 takes `Settings` or reads the environment. The chain it builds, once per process and model:
 
     ModelDownloader (cached) -> model file -> WhisperTranscriber (shared) -> Processor (the pipeline)
+
+How the process reaches other machines (the broker's topology and session, the egress policy) is
+wired in worker/wiring_connections.py, and importable from here too.
 """
 
-import contextlib
 import dataclasses
 import functools
 import ipaddress
@@ -16,15 +18,14 @@ from pathlib import Path
 
 from loguru import logger
 
-from worker.config import BrokerSettings, EgressSettings, EngineSettings, GatewaySettings, Settings, SpeechSettings
-from worker.egress import EgressPolicy, Proxies
+from worker.config import EgressSettings, EngineSettings, GatewaySettings, Settings, SpeechSettings
 from worker.engine.catalog import VAD_MODEL, VOICE_MODEL, allowed_names, model_names, resolve_model
 from worker.engine.guard import GuardOptions
 from worker.engine.models import ModelDownloader, get_model_downloader
 from worker.engine.speech import SpeechDetector, SpeechDetectorUnavailable
 from worker.engine.transcriber import CallSlots, DecodingOptions, WhisperTranscriber, available_cpus
 from worker.engine.voices import SpeakerEncoder
-from worker.errors import InputNotAllowed, ModelNotAllowed, UnknownModel
+from worker.errors import ModelNotAllowed, UnknownModel
 from worker.media.chunking import ChunkingOptions
 from worker.media.speech import VadOptions
 from worker.pipeline import Lanes, PipelineOptions, Processor
@@ -33,37 +34,8 @@ from worker.service.chunks import ChunkHandler, ChunkOutcome
 from worker.service.consumer import Consumer
 from worker.service.fanout import FanOut, FanOutOptions
 from worker.service.jobs import HandlerOptions, JobHandler, Outcome
-from worker.service.publisher import Topology
-from worker.service.session import BrokerSession, SessionOptions
-
-
-def topology(settings: Settings) -> Topology:
-    return Topology(
-        jobs_queue=settings.jobs_queue,
-        results_queue=settings.results_queue,
-        dead_letter_exchange=settings.dead_letter_exchange,
-        dead_letter_queue=settings.dead_letter_queue,
-        progress_exchange=settings.progress_exchange,
-        delivery_limit=settings.delivery_limit,
-        chunks_queue=(settings.chunks_queue or None) if settings.fanout_min_seconds > 0 else None,
-        chunks_dead_letter_queue=settings.chunks_dead_letter_queue,
-        interactive_queue=settings.interactive_queue or None,
-    )
-
-
-def session_options(settings: BrokerSettings) -> SessionOptions:
-    """The broker session's timers, for the consumer, the fan-out coordinator and the gateway alike."""
-    return SessionOptions(
-        heartbeat_seconds=settings.heartbeat_seconds,
-        reconnect_max_seconds=settings.reconnect_max_seconds,
-        blocked_connection_timeout_seconds=settings.blocked_connection_timeout_seconds,
-        consumer_check_seconds=settings.consumer_check_seconds,
-    )
-
-
-def broker_connection(settings: BrokerSettings):
-    """A pika connection to the first broker of AMQP_URL that answers (for the command-line tools)."""
-    return BrokerSession(settings.amqp_url.get_secret_value(), session_options(settings)).connect()
+from worker.wiring_connections import broker_connection as broker_connection  # re-exported (cmd/enqueue)
+from worker.wiring_connections import egress_policy, gateway_public_url, session_options, topology
 
 
 def pipeline_options(
@@ -117,25 +89,6 @@ def voice_encoder(settings: Settings) -> SpeakerEncoder:
 @functools.cache
 def _voice_encoder(model_path: Path) -> SpeakerEncoder:
     return SpeakerEncoder(model_path)
-
-
-def egress_policy(settings: Settings) -> EgressPolicy:
-    """What outbound requests may reach (worker/egress): public addresses, ALLOWED_PRIVATE_ORIGINS / _NETWORKS and
-    the gateway's origin (its uploads, without a proxy); the proxies (HTTPS_PROXY, ...; ValueError unless http://)."""
-    policy = EgressPolicy.build(
-        allowed_hosts=settings.url_hosts(),
-        origins=settings.allowed_private_origins.split(","),
-        networks=settings.allowed_private_networks.split(","),
-        proxies=Proxies.build(**settings.proxy_urls()),
-    )
-    with contextlib.suppress(InputNotAllowed):  # not an http(s) URL: the gateway's uploads are refused, saying why
-        policy = policy.allowing(gateway_public_url(settings), direct=True)
-    return policy
-
-
-def gateway_public_url(settings: GatewaySettings) -> str:
-    """How workers reach the gateway (its uploads' URLs): GATEWAY_PUBLIC_URL, else http://GATEWAY_HOST:GATEWAY_PORT."""
-    return (settings.gateway_public_url or f"http://{settings.gateway_host}:{settings.gateway_port}").rstrip("/")
 
 
 def model_downloader(settings: Settings) -> ModelDownloader:

@@ -3,8 +3,9 @@
 The chunks of a job run in a ThreadPoolExecutor over the ONE WhisperTranscriber the entry point
 created for the process (parallel mode), or one after another with every CPU thread (sequential
 mode). Results are merged in chunk order, whatever order threads finish in, with each chunk's true
-start offset added to its segment times. The stages: processor.py composes splitting.py (where the
-speech is), chunks.py (the transcriber) and speakers.py (who said it) over model.py's data.
+start offset added to its segment times. The stages: processor.py composes preparing.py (decode,
+split, language; over splitting.py, where the speech is), chunks.py (the transcriber) and assembling.py
+(the transcript; over speakers.py, who said it), all over model.py's data.
 """
 
 from worker.pipeline.lanes import Lane, Lanes

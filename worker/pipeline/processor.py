@@ -1,26 +1,25 @@
 """One audio input to one transcript, as stages read top to bottom:
 
-    decode (worker.media.audio) -> split (splitting.Splitter) -> language (once per job, first chunk)
+    decode -> split -> language (preparing.Preparer, over splitting.Splitter)
     -> chunks as WAV files -> transcribe (chunks.ChunkRunner, over the ONE shared WhisperTranscriber)
-    -> speakers (speakers.py, when diarized) -> Transcript
+    -> speakers (speakers.py, when diarized) -> Transcript (assembling.Assembler)
 
 A fanned-out job runs the same stages with the transcription on other workers (worker.service.fanout).
 """
 
 import dataclasses
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from loguru import logger
 
 from worker.engine.speech import SpeechDetector
 from worker.engine.transcriber import Segment, Task, WhisperTranscriber
 from worker.errors import SingleChannel
-from worker.media.audio import Audio, InMemoryAudio, decode_channels, decode_to_file, write_wav
+from worker.media.audio import Audio, InMemoryAudio, write_wav
 from worker.media.chunking import Chunk
+from worker.pipeline.assembling import Assembler
 from worker.pipeline.chunks import ChunkRunner
 from worker.pipeline.lanes import Lane, Lanes
 from worker.pipeline.model import (
@@ -32,11 +31,10 @@ from worker.pipeline.model import (
     Transcript,
     VadChoice,
     VoiceEmbedder,
-    chunk_samples,
-    joined,
 )
-from worker.pipeline.speakers import VoiceLabeller, by_channel
-from worker.pipeline.splitting import Split, Splitter
+from worker.pipeline.preparing import Preparer
+from worker.pipeline.speakers import VoiceLabeller
+from worker.pipeline.splitting import Splitter
 
 
 class Processor:
@@ -57,6 +55,8 @@ class Processor:
         self.runner = ChunkRunner(transcriber, options, lanes)
         self.lanes = self.runner.lanes  # the process's, shared by every model's processor
         self.speakers = VoiceLabeller(voices, options.turns)
+        self.preparer = Preparer(self.splitter, transcriber, options, self.runner.threads_for)
+        self.assembler = Assembler(self.speakers, transcriber, model_name=model_name, options=options)
         self.transcriber = transcriber
         self.model_name = model_name
         self.options = options
@@ -120,25 +120,15 @@ class Processor:
     ) -> Prepared:
         """Decode `path` into a PCM file in `work_dir`, split it, settle its language (detected among
         `languages` when given)."""
-        started = time.perf_counter()
-        limit = self.options.max_audio_seconds
-        if diarization is not None and diarization.mode == "channels":
-            channels = decode_channels(path, work_dir / "channels.pcm", max_seconds=limit)
-            decoded = time.perf_counter()
-            split = self.splitter.channels(channels, vad)
-        else:
-            audio = decode_to_file(path, work_dir / "audio.pcm", max_seconds=limit)
-            decoded = time.perf_counter()
-            split = self.splitter.mono(audio, vad)
-        return self._settled(split, language, decoded - started, started, diarization, languages)
+        return self.preparer.file(
+            path, work_dir, language=language, languages=languages, vad=vad, diarization=diarization
+        )
 
     def prepare_audio(
         self, audio: Audio, *, language: str | None = None, started: float | None = None, vad: VadChoice = None
     ) -> Prepared:
         """Split decoded audio into chunks (read in blocks) and settle its language."""
-        started = time.perf_counter() if started is None else started
-        decoded = time.perf_counter()
-        return self._settled(self.splitter.mono(audio, vad), language, decoded - started, started, None)
+        return self.preparer.audio(audio, language=language, started=started, vad=vad)
 
     def transcribe_chunks(
         self,
@@ -177,73 +167,11 @@ class Processor:
     def assemble(self, prepared: Prepared, per_chunk: list[list[Segment]]) -> Transcript:
         """One transcript from every chunk's segments (absolute times), in chunk order; diarized ones
         labelled with their speakers, in time order."""
-        segments = tuple(s for chunk_segments in per_chunk for s in chunk_segments)
-        diarization = prepared.diarization
-        if diarization is not None and diarization.mode == "channels":
-            pause = self.speakers.options.channel_pause_seconds
-            segments = by_channel(prepared.chunks, per_chunk, pause, words=diarization.words)
-        elif diarization is not None:
-            segments = self.speakers.label(prepared, segments, diarization)
-        language = prepared.language
-        transcript = Transcript(
-            text=joined(segments),
-            segments=segments,
-            language=language if prepared.chunks or language else (None if self.transcriber.multilingual else "en"),
-            language_probability=prepared.language_probability,
-            duration_seconds=prepared.duration_seconds,
-            model=self.model_name,
-            chunks=len(prepared.chunks),
-            decode_seconds=prepared.decode_seconds,
-            transcribe_seconds=time.perf_counter() - prepared.started - prepared.decode_seconds,
-        )
-        self._log_summary(transcript, prepared.threads)
-        return transcript
+        return self.assembler(prepared, per_chunk)
 
     def threads_for(self, n_chunks: int) -> int:
         """Threads per whisper call for a job of `n_chunks` (ChunkRunner.threads_for)."""
         return self.runner.threads_for(n_chunks)
-
-    def _settled(
-        self,
-        split: Split,
-        language: str | None,
-        decode_seconds: float,
-        started: float,
-        how: Diarization | None,
-        languages: Sequence[str] = (),
-    ) -> Prepared:
-        """The split job with its language settled (detected once, on the first chunk, so every chunk is
-        decoded in the same language) and its threads per call."""
-        threads = self.threads_for(len(split.chunks))
-        probability = None
-        if language is None and split.chunks:
-            language, probability = self._detected_language(split, threads, languages)
-        return Prepared(
-            split.sources, split.chunks, language, probability, threads, decode_seconds, started, how, split.voiced
-        )
-
-    def _detected_language(self, split: Split, threads: int, among: Sequence[str]) -> tuple[str, float | None]:
-        if not self.transcriber.multilingual:
-            return "en", None
-        first = split.chunks[0]
-        samples = chunk_samples(split.sources[first.source], first)
-        detected, probability = self.transcriber.detect_language(samples, n_threads=threads, among=among)
-        logger.info("Detected language {} (p={:.2f})", detected, probability)
-        return detected, probability
-
-    def _log_summary(self, t: Transcript, threads: int) -> None:
-        mode = "parallel" if self.options.parallel else "sequential"
-        logger.info(
-            "Transcribed {:.1f} s of audio in {:.2f} s (real-time factor {:.3f}): {} chunks, mode {}, "
-            "workers {}, threads per call {}",
-            t.duration_seconds,
-            t.transcribe_seconds,
-            t.real_time_factor,
-            t.chunks,
-            mode,
-            self.options.concurrent_calls,
-            threads,
-        )
 
 
 def _write_chunk(work_dir: Path, prepared: Prepared, chunk: Chunk) -> Path:
