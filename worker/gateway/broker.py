@@ -10,6 +10,7 @@ come back on two queues:
   result records it in the shared database, and one that restarts finds them waiting.
 Progress events of every job reach each process (a queue of its own bound to the progress
 exchange), for the job records and the SSE streams.
+BrokerClient owns the connection's thread and publishes; its Inbox holds the channel that consumes.
 
 The connection is a broker session's (worker.service.session): it reconnects with capped, jittered
 backoff, and the thread never dies. Every callback on it is guarded: an exception (the database
@@ -49,7 +50,7 @@ REQUEUE_DELAY_SECONDS = 5.0
 
 
 class BrokerClient:
-    """Publishes jobs and routes their results to whoever waits for them."""
+    """Publishes jobs and routes their results to whoever waits for them (through its Inbox)."""
 
     def __init__(
         self,
@@ -65,17 +66,20 @@ class BrokerClient:
     ) -> None:
         self._session = BrokerSession(url, options)
         self._topology = topology
-        self._on_result = on_result
-        self._on_async_result = on_async_result
-        self._on_progress = on_progress
         self._on_disconnect = on_disconnect
         self.async_results_queue = async_results_queue
         self.reply_queue = f"transcription.gateway.{uuid.uuid4().hex[:12]}"
+        self._inbox = Inbox(
+            topology,
+            reply_queue=self.reply_queue,
+            async_results_queue=async_results_queue,
+            on_result=on_result,
+            on_async_result=on_async_result,
+            on_progress=on_progress,
+            consumer_check_seconds=options.consumer_check_seconds,
+        )
         self._connection: pika.BlockingConnection | None = None
-        self._channel: BlockingChannel | None = None
-        self._results_tag = ""  # the durable results queue's consumer on _channel
-        self._publishing = session.PublishChannel()  # jobs go out here; _channel consumes
-        self._checked_at = 0.0
+        self._publishing = session.PublishChannel()  # jobs go out here; the inbox's channel consumes
         self._pending: set[Future] = set()  # handed to the connection thread, not yet confirmed
         self._lock = threading.Lock()  # _connection and _pending, between request threads and this one
         self._stopping = threading.Event()
@@ -162,7 +166,7 @@ class BrokerClient:
         self._on_disconnect()
 
     def _serve(self, connection: pika.BlockingConnection) -> None:
-        channel = self._open(connection)
+        channel = self._inbox.open(connection)
         with self._lock:
             self._connection = connection
         self.connected.set()
@@ -171,21 +175,67 @@ class BrokerClient:
         while not self._stopping.is_set():
             connection.process_data_events(time_limit=1)
             channel = session.replace_closed(
-                channel, lambda: self._open(connection), what="the gateway (replies, results, progress)"
+                channel, lambda: self._inbox.open(connection), what="the gateway (replies, results, progress)"
             )
-            channel = self._check_results_consumer(connection, channel)
+            channel = self._inbox.check_results_consumer(connection, channel)
 
-    def _check_results_consumer(self, connection: pika.BlockingConnection, channel: BlockingChannel) -> BlockingChannel:
+
+class Inbox:
+    """What comes back, on the connection thread: one channel consuming the reply queue, the replicas'
+    durable results queue and this process's progress queue, each message handed to its callback."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        *,
+        reply_queue: str,
+        async_results_queue: str,
+        on_result: Callable[[Result], None],
+        on_async_result: Callable[[Result], None],
+        on_progress: Callable[[ProgressEvent], None],
+        consumer_check_seconds: float,
+    ) -> None:
+        self._topology = topology
+        self._reply_queue = reply_queue
+        self._async_results_queue = async_results_queue
+        self._on_result = on_result
+        self._on_async_result = on_async_result
+        self._on_progress = on_progress
+        self._consumer_check_seconds = consumer_check_seconds
+        self._channel: BlockingChannel | None = None
+        self._results_tag = ""  # the durable results queue's consumer on _channel
+        self._checked_at = 0.0
+
+    def open(self, connection: pika.BlockingConnection) -> BlockingChannel:
+        """A channel that publishes (confirmed) and consumes the reply, results and progress queues."""
+        channel = connection.channel()
+        channel.confirm_delivery()
+        publisher.declare(channel, self._topology)
+        channel.queue_declare(
+            self._reply_queue, durable=True, arguments={"x-queue-type": "quorum", "x-expires": _REPLY_EXPIRES_MS}
+        )
+        channel.basic_consume(self._reply_queue, session.guarded(self._reply, name="gateway_result"), auto_ack=True)
+        channel.queue_declare(self._async_results_queue, durable=True, arguments={"x-queue-type": "quorum"})
+        self._consume_results(channel)
+        # Gone with its consumer (auto_delete): a replaced channel leaves no queue filling up behind it.
+        progress = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        channel.queue_bind(progress, self._topology.progress_exchange, routing_key="#")
+        channel.basic_consume(progress, session.guarded(self._progress, name="gateway_progress"), auto_ack=True)
+        self._channel = channel
+        self._checked_at = time.monotonic()
+        return channel
+
+    def check_results_consumer(self, connection: pika.BlockingConnection, channel: BlockingChannel) -> BlockingChannel:
         """Every consumer_check_seconds: does the broker still deliver the durable results queue to us?
         When not, the channel is replaced (which releases what a ghost consumer holds). A result whose
         requeue is pending goes back to the queue a little sooner; a progress event may be missed."""
-        if time.monotonic() - self._checked_at < self._session.options.consumer_check_seconds:
+        if time.monotonic() - self._checked_at < self._consumer_check_seconds:
             return channel
         self._checked_at = time.monotonic()
         probe = connection.channel()
         try:
             present = session.probe_consumer(
-                probe, channel, self.async_results_queue, self._results_tag, owner="gateway"
+                probe, channel, self._async_results_queue, self._results_tag, owner="gateway"
             )
         except pika.exceptions.ChannelClosedByBroker:
             return channel  # the queue is missing (nothing cancelled): the broker's Basic.Cancel comes
@@ -196,32 +246,13 @@ class BrokerClient:
             self._consume_results(channel)
             return channel
         channel.close()
-        return self._open(connection)
-
-    def _open(self, connection: pika.BlockingConnection) -> BlockingChannel:
-        """A channel that publishes (confirmed) and consumes the reply, results and progress queues."""
-        channel = connection.channel()
-        channel.confirm_delivery()
-        publisher.declare(channel, self._topology)
-        channel.queue_declare(
-            self.reply_queue, durable=True, arguments={"x-queue-type": "quorum", "x-expires": _REPLY_EXPIRES_MS}
-        )
-        channel.basic_consume(self.reply_queue, session.guarded(self._reply, name="gateway_result"), auto_ack=True)
-        channel.queue_declare(self.async_results_queue, durable=True, arguments={"x-queue-type": "quorum"})
-        self._consume_results(channel)
-        # Gone with its consumer (auto_delete): a replaced channel leaves no queue filling up behind it.
-        progress = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
-        channel.queue_bind(progress, self._topology.progress_exchange, routing_key="#")
-        channel.basic_consume(progress, session.guarded(self._progress, name="gateway_progress"), auto_ack=True)
-        self._channel = channel
-        self._checked_at = time.monotonic()
-        return channel
+        return self.open(connection)
 
     def _consume_results(self, channel: BlockingChannel) -> None:
         # Acked once recorded: a result is not lost if this process dies while it handles it. The delay
         # is read here (not at import), so that a test may shorten it.
         durable = session.guarded(self._durable_reply, name="gateway_async_result", requeue_delay=REQUEUE_DELAY_SECONDS)
-        self._results_tag = channel.basic_consume(self.async_results_queue, durable)
+        self._results_tag = channel.basic_consume(self._async_results_queue, durable)
 
     def _reply(self, _channel, _method, _properties, body: bytes) -> None:
         result = _result(body)

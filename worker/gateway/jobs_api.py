@@ -85,80 +85,91 @@ class JobRequest(BaseModel):
 def job_routes(parts: Parts) -> APIRouter:
     """Async jobs: POST /v1/jobs -> 202 and its record; GET /v1/jobs/{id}; SSE at /v1/jobs/{id}/events."""
     router = APIRouter()
-    store = parts.store
-
-    async def job_spec(request: Request) -> tuple[JobRequest, FormFile | None]:
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            try:
-                return JobRequest.model_validate_json(await request.body()), None
-            except ValidationError as exc:
-                raise ApiError(400, problems(exc.errors()), code="invalid_field") from None
-        form = await request.form(max_files=1, max_fields=250)  # keywords: up to 100
-        file = form.get("file")
-        if not isinstance(file, FormFile):
-            raise ApiError(400, "file: a file upload is required", code="invalid_field")
-        fields = {
-            k: v
-            for k, v in form.items()
-            if k != "file"
-            and isinstance(v, str)
-            and not k.startswith("chunking_strategy")
-            and k.removesuffix("[]") not in LIST_FIELDS
-        }
-        fields |= {name: list_field(form, name) for name in LIST_FIELDS if name in form or f"{name}[]" in form}
-        try:
-            return JobRequest(url="http://upload.invalid/", chunking_strategy=chunking_field(form), **fields), file
-        except ValidationError as exc:
-            raise ApiError(400, problems(exc.errors()), code="invalid_field") from None
 
     @router.post("/v1/jobs", status_code=202)
     async def create_job(request: Request) -> JSONResponse:
         """Multipart (file, model, ...) or JSON (url, model, ...): 202 and the job's record."""
-        spec, file = await job_spec(request)
-        owner = tenant(request)
-        name = parts.check_request(spec.model, spec.language, owner)
-        quota = await parts.quota_left(owner)
-        decoding = spec.decoding()
-        names, references = spec.known_speaker_names, spec.known_speaker_references
-        check_known(names, references, diarized=decoding["diarize"] == "speakers")
-        known, _clips = stored(names, references, parts.uploads, parts.options.public_url, urls=True)  # expire by TTL
-        token = parts.store_upload(file) if file is not None else None
-        url = None if file is not None else str(spec.url)
-        await asyncio.to_thread(parts.check_urls, url, spec.callback_url, known)
-        job = parts.new_job(token, url, name, spec.language, spec.task, known_speakers=known, quota_seconds=quota, tenant=owner,
-                            **decoding)  # fmt: skip
-        await parts.admit(owner, job.job_id, token, waited_on=False)
-        # Recorded before the publish (its result may come back before this request ends), and marked
-        # failed if the publish fails: no record stays "queued" for a job the broker never had.
-        record = await asyncio.to_thread(
-            store.add, job.job_id, task=spec.task, model=name, upload_token=token, owner=owner
-        )
-        try:
-            await parts.publish(job, token, wait=False, interactive=parts.interactive(owner, waited_on=False))
-        except ApiError as exc:
-            await asyncio.to_thread(store.fail, job.job_id, ErrorInfo(code="BrokerUnavailable", message=str(exc)))
-            raise
-        return JSONResponse(record.document(), status_code=202, headers={"location": f"/v1/jobs/{job.job_id}"})
-
-    async def record_of(job_id: str, owner: str):
-        """The job's record for its owner; 404 for any other tenant, as for a job that is not there."""
-        record = await asyncio.to_thread(store.get, job_id, owner=owner)
-        if record is None:
-            raise ApiError(404, f"no job {job_id!r}", code="not_found")
-        return record
+        return await _create_job(parts, request)
 
     @router.get("/v1/jobs/{job_id}")
     async def get_job(request: Request, job_id: str) -> JSONResponse:
-        return JSONResponse((await record_of(job_id, tenant(request))).document())
+        return JSONResponse((await _record_of(parts, job_id, tenant(request))).document())
 
     @router.get("/v1/jobs/{job_id}/events")
     async def job_events(request: Request, job_id: str) -> EventSourceResponse:
         """Server-Sent Events: `state` first, then `progress` per chunk, then `completed` or `failed`."""
         owner = tenant(request)
-        record = await record_of(job_id, owner)
-        return EventSourceResponse(_events(parts, job_id, record, lambda job: record_of(job, owner)))
+        record = await _record_of(parts, job_id, owner)
+        return EventSourceResponse(_events(parts, job_id, record, lambda job: _record_of(parts, job, owner)))
 
     return router
+
+
+async def job_spec(request: Request) -> tuple[JobRequest, FormFile | None]:
+    """The request's job and its upload: JSON (audio by URL, no upload) or a multipart form with the file."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        try:
+            return JobRequest.model_validate_json(await request.body()), None
+        except ValidationError as exc:
+            raise ApiError(400, problems(exc.errors()), code="invalid_field") from None
+    form = await request.form(max_files=1, max_fields=250)  # keywords: up to 100
+    file = form.get("file")
+    if not isinstance(file, FormFile):
+        raise ApiError(400, "file: a file upload is required", code="invalid_field")
+    return _form_job(form), file
+
+
+def _form_job(form) -> JobRequest:
+    """A multipart form's fields as a JobRequest (its audio is the upload: the URL is a placeholder)."""
+    fields = {
+        k: v
+        for k, v in form.items()
+        if k != "file"
+        and isinstance(v, str)
+        and not k.startswith("chunking_strategy")
+        and k.removesuffix("[]") not in LIST_FIELDS
+    }
+    fields |= {name: list_field(form, name) for name in LIST_FIELDS if name in form or f"{name}[]" in form}
+    try:
+        return JobRequest(url="http://upload.invalid/", chunking_strategy=chunking_field(form), **fields)
+    except ValidationError as exc:
+        raise ApiError(400, problems(exc.errors()), code="invalid_field") from None
+
+
+async def _create_job(parts: Parts, request: Request) -> JSONResponse:
+    """POST /v1/jobs: checked, admitted, recorded, then published; 202 and the record."""
+    spec, file = await job_spec(request)
+    owner = tenant(request)
+    name = parts.check_request(spec.model, spec.language, owner)
+    quota = await parts.quota_left(owner)
+    decoding = spec.decoding()
+    names, references = spec.known_speaker_names, spec.known_speaker_references
+    check_known(names, references, diarized=decoding["diarize"] == "speakers")
+    known, _clips = stored(names, references, parts.uploads, parts.options.public_url, urls=True)  # expire by TTL
+    token = parts.store_upload(file) if file is not None else None
+    url = None if file is not None else str(spec.url)
+    await asyncio.to_thread(parts.check_urls, url, spec.callback_url, known)
+    job = parts.new_job(token, url, name, spec.language, spec.task, known_speakers=known, quota_seconds=quota,
+                        tenant=owner, **decoding)  # fmt: skip
+    await parts.admit(owner, job.job_id, token, waited_on=False)
+    # Recorded before the publish (its result may come back before this request ends), and marked
+    # failed if the publish fails: no record stays "queued" for a job the broker never had.
+    store = parts.store
+    record = await asyncio.to_thread(store.add, job.job_id, task=spec.task, model=name, upload_token=token, owner=owner)
+    try:
+        await parts.publish(job, token, wait=False, interactive=parts.interactive(owner, waited_on=False))
+    except ApiError as exc:
+        await asyncio.to_thread(store.fail, job.job_id, ErrorInfo(code="BrokerUnavailable", message=str(exc)))
+        raise
+    return JSONResponse(record.document(), status_code=202, headers={"location": f"/v1/jobs/{job.job_id}"})
+
+
+async def _record_of(parts: Parts, job_id: str, owner: str):
+    """The job's record for its owner; 404 for any other tenant, as for a job that is not there."""
+    record = await asyncio.to_thread(parts.store.get, job_id, owner=owner)
+    if record is None:
+        raise ApiError(404, f"no job {job_id!r}", code="not_found")
+    return record
 
 
 async def _events(parts: Parts, job_id: str, record, record_of):

@@ -7,6 +7,7 @@ and answers from the result or the job's record.
 """
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,6 +20,7 @@ from worker.gateway.openai_api import (
     OPENAI_MODEL,
     RESPONSE_FORMATS,
     ApiError,
+    Diarize,
     broker_lost,
     chunking_field,
     diarize_of,
@@ -32,7 +34,7 @@ from worker.gateway.parts import Parts, count_field, flag_field, list_field, ten
 from worker.gateway.speakers import check_known, stored
 from worker.gateway.streaming import STREAMED_FORMATS, transcript_events
 from worker.gateway.usage import USAGE_DAYS, today
-from worker.messages import MAX_PROMPT_CHARS, Job, Result, SubtitleRequest
+from worker.messages import MAX_PROMPT_CHARS, Job, Result, SubtitleRequest, VadRequest
 
 PAGE = Path(__file__).with_name("static") / "index.html"
 AudioFile = Annotated[UploadFile, File()]
@@ -82,93 +84,6 @@ def misc_routes(parts: Parts) -> APIRouter:
 def audio_routes(parts: Parts) -> APIRouter:
     """POST /v1/audio/transcriptions and /translations: the answer waits for the job's result."""
     router = APIRouter()
-    options = parts.options
-
-    async def audio(request: Request, task: str, file: UploadFile, model: str, language: str | None,
-                    response_format: str, prompt: str | None, temperature: float,
-                    granularities: list[str]) -> Response:  # fmt: skip
-        form = await request.form()  # the form FastAPI already parsed: our extension fields and chunking_strategy
-        vad = vad_of(chunking_field(form))
-        diarize = diarize_of(text_field(form, "diarize"), model, response_format)
-        num_speakers = count_field(form, "num_speakers")
-        if response_format not in RESPONSE_FORMATS:
-            raise ApiError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}", code="invalid_field")
-        subtitles = _subtitles(form, response_format)
-        stream = flag_field(form, "stream")
-        if stream and response_format not in STREAMED_FORMATS:
-            raise ApiError(400, f"stream=true answers {', '.join(STREAMED_FORMATS)} as events; {response_format} "
-                           "is not streamed (ask without stream)", code="invalid_field")  # fmt: skip
-        include = list_field(form, "include")
-        if set(include) - {"logprobs"}:
-            raise ApiError(400, "include[] takes logprobs only", code="invalid_field")
-        if form.getlist("timestamp_granularities[]") and response_format != "verbose_json":
-            raise ApiError(400, "timestamp_granularities needs response_format=verbose_json", code="invalid_field")
-        owner = tenant(request)
-        name = parts.check_request(model, language, owner)
-        quota = await parts.quota_left(owner)
-        if prompt and len(prompt) > MAX_PROMPT_CHARS:
-            raise ApiError(400, f"prompt is longer than {MAX_PROMPT_CHARS} characters", code="invalid_field")
-        names, references = list_field(form, "known_speaker_names"), list_field(form, "known_speaker_references")
-        check_known(names, references, diarized=diarize == "speakers")
-        known, clips = stored(names, references, parts.uploads, options.public_url)
-        openai_fields = {
-            "known_speakers": known,
-            "languages": list_field(form, "languages"),
-            "keywords": list_field(form, "keywords"),
-        }
-        # The answer is srt or vtt: word times that lay out its cues are asked for, and never shown.
-        words = "word" in granularities or (subtitles is not None and subtitles.needs_word_times)
-        try:
-            token = parts.store_upload(file)
-            job = parts.new_job(token, None, name, language, task, prompt=prompt or None, temperature=temperature,
-                                word_timestamps=words, vad=vad, diarize=diarize, num_speakers=num_speakers,
-                                logprobs=bool(include), subtitles=subtitles, quota_seconds=quota, tenant=owner,
-                                **openai_fields)  # fmt: skip
-            await parts.admit(owner, job.job_id, token, waited_on=True)
-        except ApiError:
-            for clip in clips:
-                parts.uploads.delete(clip)
-            raise
-        waiting = parts.bridge.waiters.expect(job.job_id, owner, token, *clips)
-        interactive = parts.interactive(owner, waited_on=True)
-        if stream:
-            return await streamed(job, token, waiting, response_format, interactive)
-        await parts.publish(job, token, wait=True, interactive=interactive)
-        try:
-            result: Result = await asyncio.wait_for(asyncio.shield(waiting), options.result_timeout_seconds)
-        except TimeoutError:
-            parts.bridge.waiters.forget(job.job_id)
-            raise timed_out(job.job_id, options.result_timeout_seconds) from None
-        except BrokerUnavailable as exc:
-            raise broker_lost(exc) from None
-        if result.status != "completed":
-            raise failed(result)
-        body, media_type = render(result, response_format, task, temperature, granularities=granularities,
-                                  subtitles=job.subtitle_options)  # fmt: skip
-        return Response(body, media_type=media_type, headers={"x-job-id": job.job_id})
-
-    async def streamed(
-        job: Job, token: str, waiting: asyncio.Future, response_format: str, interactive: bool
-    ) -> Response:
-        subscribers = parts.bridge.subscribers
-        progress = subscribers.subscribe(job.job_id)  # before the publish: no chunk's progress is missed
-        try:
-            await parts.publish(job, token, wait=True, interactive=interactive)
-        except ApiError:
-            subscribers.unsubscribe(job.job_id, progress)
-            raise
-        events = transcript_events(job.job_id, progress, waiting, response_format, options.result_timeout_seconds,
-                                   live=job.diarize == "off")  # fmt: skip
-
-        async def forgetting():
-            try:
-                async for event in events:
-                    yield event
-            finally:  # the end, or the client went away: the job goes on, its result is dropped here
-                subscribers.unsubscribe(job.job_id, progress)
-                parts.bridge.waiters.forget(job.job_id)
-
-        return EventSourceResponse(forgetting(), headers={"x-job-id": job.job_id})
 
     @router.post("/v1/audio/transcriptions")
     async def transcriptions(
@@ -181,8 +96,8 @@ def audio_routes(parts: Parts) -> APIRouter:
         temperature: Temperature = 0.0,
         timestamp_granularities: Granularities = ["segment"],  # noqa: B006 (FastAPI copies defaults)
     ) -> Response:
-        return await audio(request, "transcribe", file, model, language, response_format, prompt, temperature,
-                           timestamp_granularities)  # fmt: skip
+        return await _audio(parts, request, "transcribe", file, model, language, response_format, prompt,
+                            temperature, timestamp_granularities)  # fmt: skip
 
     @router.post("/v1/audio/translations")
     async def translations(
@@ -194,10 +109,128 @@ def audio_routes(parts: Parts) -> APIRouter:
         temperature: Temperature = 0.0,
         timestamp_granularities: Granularities = ["segment"],  # noqa: B006 (FastAPI copies defaults)
     ) -> Response:
-        return await audio(request, "translate", file, model, None, response_format, prompt, temperature,
-                           timestamp_granularities)  # fmt: skip
+        return await _audio(parts, request, "translate", file, model, None, response_format, prompt, temperature,
+                            timestamp_granularities)  # fmt: skip
 
     return router
+
+
+@dataclass(frozen=True)
+class AudioFields:
+    """An audio request's form fields that FastAPI does not bind (our extensions, OpenAI's extras), checked."""
+
+    vad: VadRequest | bool | None
+    diarize: Diarize
+    num_speakers: int | None
+    subtitles: SubtitleRequest | None
+    stream: bool
+    logprobs: bool
+    speaker_names: list[str]
+    speaker_references: list[str]
+    languages: list[str]
+    keywords: list[str]
+
+
+def audio_fields(form, model: str, response_format: str) -> AudioFields:
+    """The fields, checked in this order (the first problem is the one answered, a 400 invalid_field)."""
+    vad = vad_of(chunking_field(form))
+    diarize = diarize_of(text_field(form, "diarize"), model, response_format)
+    num_speakers = count_field(form, "num_speakers")
+    if response_format not in RESPONSE_FORMATS:
+        raise ApiError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}", code="invalid_field")
+    subtitles = _subtitles(form, response_format)
+    stream = flag_field(form, "stream")
+    if stream and response_format not in STREAMED_FORMATS:
+        raise ApiError(400, f"stream=true answers {', '.join(STREAMED_FORMATS)} as events; {response_format} "
+                       "is not streamed (ask without stream)", code="invalid_field")  # fmt: skip
+    include = list_field(form, "include")
+    if set(include) - {"logprobs"}:
+        raise ApiError(400, "include[] takes logprobs only", code="invalid_field")
+    if form.getlist("timestamp_granularities[]") and response_format != "verbose_json":
+        raise ApiError(400, "timestamp_granularities needs response_format=verbose_json", code="invalid_field")
+    return AudioFields(
+        vad=vad, diarize=diarize, num_speakers=num_speakers, subtitles=subtitles, stream=stream,
+        logprobs=bool(include), speaker_names=list_field(form, "known_speaker_names"),
+        speaker_references=list_field(form, "known_speaker_references"), languages=list_field(form, "languages"),
+        keywords=list_field(form, "keywords"),
+    )  # fmt: skip
+
+
+async def _audio(parts: Parts, request: Request, task: str, file: UploadFile, model: str, language: str | None,
+                 response_format: str, prompt: str | None, temperature: float,
+                 granularities: list[str]) -> Response:  # fmt: skip
+    """One audio request: checked, its job admitted and published, answered from its result (or streamed)."""
+    fields = audio_fields(await request.form(), model, response_format)  # the form FastAPI already parsed
+    owner = tenant(request)
+    name = parts.check_request(model, language, owner)
+    quota = await parts.quota_left(owner)
+    if prompt and len(prompt) > MAX_PROMPT_CHARS:
+        raise ApiError(400, f"prompt is longer than {MAX_PROMPT_CHARS} characters", code="invalid_field")
+    check_known(fields.speaker_names, fields.speaker_references, diarized=fields.diarize == "speakers")
+    known, clips = stored(fields.speaker_names, fields.speaker_references, parts.uploads, parts.options.public_url)
+    # The answer is srt or vtt: word times that lay out its cues are asked for, and never shown.
+    words = "word" in granularities or (fields.subtitles is not None and fields.subtitles.needs_word_times)
+    try:
+        token = parts.store_upload(file)
+        job = parts.new_job(token, None, name, language, task, prompt=prompt or None, temperature=temperature,
+                            word_timestamps=words, vad=fields.vad, diarize=fields.diarize,
+                            num_speakers=fields.num_speakers, logprobs=fields.logprobs, subtitles=fields.subtitles,
+                            quota_seconds=quota, tenant=owner, known_speakers=known, languages=fields.languages,
+                            keywords=fields.keywords)  # fmt: skip
+        await parts.admit(owner, job.job_id, token, waited_on=True)
+    except ApiError:
+        for clip in clips:
+            parts.uploads.delete(clip)
+        raise
+    waiting = parts.bridge.waiters.expect(job.job_id, owner, token, *clips)
+    interactive = parts.interactive(owner, waited_on=True)
+    if fields.stream:
+        return await _streamed(parts, job, token, waiting, response_format, interactive)
+    await parts.publish(job, token, wait=True, interactive=interactive)
+    result = await _result_of(parts, job, waiting)
+    body, media_type = render(result, response_format, task, temperature, granularities=granularities,
+                              subtitles=job.subtitle_options)  # fmt: skip
+    return Response(body, media_type=media_type, headers={"x-job-id": job.job_id})
+
+
+async def _result_of(parts: Parts, job: Job, waiting: asyncio.Future) -> Result:
+    """The job's result, waited for up to result_timeout_seconds; a failed job raises its error."""
+    timeout = parts.options.result_timeout_seconds
+    try:
+        result: Result = await asyncio.wait_for(asyncio.shield(waiting), timeout)
+    except TimeoutError:
+        parts.bridge.waiters.forget(job.job_id)
+        raise timed_out(job.job_id, timeout) from None
+    except BrokerUnavailable as exc:
+        raise broker_lost(exc) from None
+    if result.status != "completed":
+        raise failed(result)
+    return result
+
+
+async def _streamed(
+    parts: Parts, job: Job, token: str, waiting: asyncio.Future, response_format: str, interactive: bool
+) -> Response:
+    """stream=true: the transcript as OpenAI's events, as its chunks come (worker/gateway/streaming.py)."""
+    subscribers = parts.bridge.subscribers
+    progress = subscribers.subscribe(job.job_id)  # before the publish: no chunk's progress is missed
+    try:
+        await parts.publish(job, token, wait=True, interactive=interactive)
+    except ApiError:
+        subscribers.unsubscribe(job.job_id, progress)
+        raise
+    events = transcript_events(job.job_id, progress, waiting, response_format, parts.options.result_timeout_seconds,
+                               live=job.diarize == "off")  # fmt: skip
+
+    async def forgetting():
+        try:
+            async for event in events:
+                yield event
+        finally:  # the end, or the client went away: the job goes on, its result is dropped here
+            subscribers.unsubscribe(job.job_id, progress)
+            parts.bridge.waiters.forget(job.job_id)
+
+    return EventSourceResponse(forgetting(), headers={"x-job-id": job.job_id})
 
 
 def usage_routes(parts: Parts) -> APIRouter:
