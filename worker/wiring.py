@@ -33,7 +33,8 @@ from worker.service.callbacks import WebhookSigner
 from worker.service.chunks import ChunkHandler, ChunkOutcome
 from worker.service.consumer import Consumer
 from worker.service.fanout import FanOut, FanOutOptions
-from worker.service.jobs import HandlerOptions, JobHandler, Outcome
+from worker.service.jobs import HandlerOptions, JobHandler
+from worker.service.outcome import Outcome
 from worker.wiring_connections import broker_connection as broker_connection  # re-exported (cmd/enqueue)
 from worker.wiring_connections import egress_policy, gateway_public_url, session_options, topology
 

@@ -33,8 +33,10 @@ from worker.pipeline import PipelineOptions, Processor
 from worker.service import metrics
 from worker.service.callbacks import WebhookSigner
 from worker.service.consumer import Consumer
-from worker.service.jobs import RESULT_MARKER, HandlerOptions, JobHandler, Outcome
+from worker.service.jobs import HandlerOptions, JobHandler
+from worker.service.outcome import Outcome
 from worker.service.publisher import Topology, publish_job
+from worker.service.results import RESULT_MARKER
 
 
 @pytest.fixture
@@ -409,7 +411,6 @@ def test_failures_are_counted_by_error_code_and_callback_failures_apart():
 
     from worker.messages import ErrorInfo
     from worker.service import metrics
-    from worker.service.jobs import Outcome
 
     def value(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0

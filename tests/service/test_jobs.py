@@ -11,7 +11,8 @@ from worker.errors import InputNotAllowed
 from worker.messages import Result, parse_job
 from worker.pipeline import PipelineOptions, Processor
 from worker.service.asked import diarization_of
-from worker.service.jobs import Delivery, HandlerOptions, JobHandler
+from worker.service.jobs import HandlerOptions, JobHandler
+from worker.service.outcome import Delivery
 
 
 @pytest.fixture

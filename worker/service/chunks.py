@@ -23,7 +23,7 @@ from worker.media.chunking import Chunk
 from worker.messages import ErrorInfo, valid_job_id
 from worker.messages.fanout import ChunkTask, GatherMessage, parse_chunk_task
 from worker.pipeline import Processor, segment_out
-from worker.service.jobs import error_info
+from worker.service.outcome import error_info
 
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 

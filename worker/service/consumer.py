@@ -50,8 +50,9 @@ from worker.service.bulk import BulkConsumer
 from worker.service.chunk_consumer import ChunkConsumer
 from worker.service.chunks import ChunkHandler, ChunkOutcome
 from worker.service.job_threads import JobThreads
-from worker.service.jobs import Delivery, JobHandler, Outcome
+from worker.service.jobs import JobHandler
 from worker.service.lane import InteractiveConsumer
+from worker.service.outcome import Delivery, Outcome
 from worker.service.probes import ConsumerCheck, DepthSampler, ProbeChannel
 from worker.service.publisher import Topology
 from worker.service.session import BrokerSession, SessionOptions

@@ -15,7 +15,8 @@ from pika.adapters.blocking_connection import BlockingChannel
 from worker.messages import ProgressEvent
 from worker.pipeline import Lane
 from worker.service import session
-from worker.service.jobs import Delivery, JobHandler, Outcome
+from worker.service.jobs import JobHandler
+from worker.service.outcome import Delivery, Outcome
 from worker.service.settle import Handoffs, Settler, threadsafe
 
 

@@ -28,10 +28,8 @@ from worker.service.callbacks import WebhookSigner
 from worker.service.inputs import Sources
 from worker.service.intake import Fetched, Intake
 from worker.service.outcome import Delivery, Outcome, RetryPolicy, failed
-from worker.service.outcome import error_info as error_info  # imported from here by chunks.py
 from worker.service.progress import ProgressEmitter, ProgressSink
 from worker.service.redeliveries import Redeliveries
-from worker.service.results import RESULT_MARKER as RESULT_MARKER  # imported from here by tests
 from worker.service.results import OutputDir, call_back, completed, timings_of
 
 

@@ -8,7 +8,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.exposition import MetricsHandler
 
 from worker.service.chunks import ChunkOutcome
-from worker.service.jobs import Outcome
+from worker.service.outcome import Outcome
 
 JOBS = Counter("transcription_jobs_total", "Jobs settled, by outcome", ["status"])
 JOB_SECONDS = Histogram(

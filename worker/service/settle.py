@@ -20,7 +20,8 @@ from pika.adapters.blocking_connection import BlockingChannel
 from worker.messages import ProgressEvent
 from worker.service import publisher, session
 from worker.service.chunks import ChunkDelivery, ChunkOutcome
-from worker.service.jobs import JobHandler, Outcome
+from worker.service.jobs import JobHandler
+from worker.service.outcome import Outcome
 from worker.service.publisher import Topology
 
 CONNECTION_ERRORS = (
