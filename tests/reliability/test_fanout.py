@@ -6,6 +6,7 @@ chunk tasks lose nothing and leave nothing on the broker.
 import collections
 import dataclasses
 import datetime
+import json
 import re
 import shutil
 import time
@@ -19,7 +20,7 @@ import soundfile
 from conftest import non_speech
 from harness import Client, Service, WorkerProcess, completed_ids
 
-from worker.devtools.local_broker import free_port
+from worker.devtools.local_broker import ctl, free_port
 from worker.media.audio import decode_audio, encode_flac, write_wav
 from worker.messages import ProgressEvent, Result
 from worker.messages.fanout import ChunkTask, GatherMessage
@@ -373,6 +374,37 @@ def test_a_fanned_out_job_longer_than_the_consumer_timeout_completes_once(own_br
     client.enqueue({"job_id": "fan-after-1", "audio": {"path": SHORT}})  # the worker still serves
     exactly_one_completed(client, "fan-after-1", worker)
     LEDGER.faults_survived.append("fanned-out job longer than the broker's consumer_timeout")
+    client.close()
+
+
+def test_chunk_tasks_the_broker_refuses_are_published_again_and_the_job_completes_once(
+    own_broker, own_service, audio_dir
+):
+    # Given a broker that refuses (nacks) chunk tasks: a policy caps the chunk queue at one ready task and
+    # rejects publishes past it (a real refusal, as a quorum queue electing its leader gives, for a while)
+    own_broker.start()
+    shutil.copyfile(audio_dir / LONG, own_service.input_dir / LONG)
+    client = own_service.client()
+    worker = own_service.start_worker(**FAN)
+    worker.wait_for("Taking chunk tasks")
+    cap = json.dumps({"max-length": 1, "overflow": "reject-publish"})
+    chunks = f"^{re.escape(client.topology.chunks_queue)}$"
+    done = ctl(own_broker.running, "set_policy", "--apply-to", "queues", "cap-chunks", chunks, cap)
+    assert done.returncode == 0, done.stderr
+
+    # When a long job fans out, and the cap is lifted once the coordinator met a refusal
+    client.enqueue({"job_id": "fan-refused-1", "audio": {"path": LONG}})
+    worker.wait_for("Gathering interrupted")
+    assert ctl(own_broker.running, "clear_policy", "cap-chunks").returncode == 0
+
+    # Then the coordinator resumed on a new connection (the job was not failed as a bug) and the job
+    # completed once, with every chunk
+    (result,) = exactly_one_completed(client, "fan-refused-1", worker)
+    assert result.chunks == 12 and result.attempt == 1
+    assert "NACKed" in worker.log()
+    assert set(chunk_starts(worker)) == set(range(12))
+    assert_broker_clean(client, "fan-refused-1")
+    LEDGER.faults_survived.append("chunk tasks refused by the broker (reject-publish)")
     client.close()
 
 

@@ -134,13 +134,20 @@ def start_cluster(base_dir: Path, size: int = 3, **options) -> LocalCluster:
     return LocalCluster(nodes, options)
 
 
-def cluster_status(node: LocalBroker) -> dict | None:
-    """`rabbitmqctl cluster_status` of `node` (its JSON), or None when the node does not answer."""
+def ctl(node: LocalBroker, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`rabbitmqctl ARGS` against `node` (as user rabbitmq when root: the server runs as it)."""
     env = {**os.environ, "HOME": str(node.base_dir / "home")}  # the node's Erlang cookie
-    command = [CTL, "-n", _node_name(node.port), "cluster_status", "--formatter", "json"]
+    command = [CTL, "-n", _node_name(node.port), *args]
     user = "rabbitmq" if os.geteuid() == 0 else None
     # cwd: the node's own directory, which user rabbitmq can enter (the caller's may be private to root).
-    done = subprocess.run(command, env=env, cwd=node.base_dir, capture_output=True, text=True, timeout=60, user=user)
+    return subprocess.run(
+        command, env=env, cwd=node.base_dir, capture_output=True, text=True, timeout=timeout, user=user
+    )
+
+
+def cluster_status(node: LocalBroker) -> dict | None:
+    """`rabbitmqctl cluster_status` of `node` (its JSON), or None when the node does not answer."""
+    done = ctl(node, "cluster_status", "--formatter", "json")
     try:
         return json.loads(done.stdout) if done.returncode == 0 else None
     except ValueError:  # not JSON: a node still starting, or a warning on stdout

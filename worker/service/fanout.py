@@ -40,7 +40,10 @@ from worker.service.gather import Gathered
 from worker.service.publisher import Topology
 from worker.service.session import BrokerSession, SessionOptions
 
-# Lost connections and closed channels are resumed; anything else (a bug) fails the job at once.
+# Lost connections, closed channels and refused publishes (pika's NackError and UnroutableError are channel
+# errors) are resumed on a new connection, whose channels are new (RabbitMQ 3.10 was seen to keep refusing on
+# the channel that met a quorum queue's leader election: session.PublishChannel); anything else (a bug) fails
+# the job at once.
 _BROKER_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)
 _RESOURCE_LOCKED = 405  # another coordinator of the same job holds the gather queue's lock
 _BACKLOG_WAIT_SECONDS = 10.0
