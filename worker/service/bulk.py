@@ -34,10 +34,7 @@ class BulkConsumer:
 
     def open(self, connection: pika.BlockingConnection, cancelled: threading.Event, on_message: OnMessage) -> None:
         """A new channel, not yet subscribed (`subscribe`, or `resume` does it)."""
-        channel = connection.channel()
-        channel.confirm_delivery()
-        channel.basic_qos(prefetch_count=self.prefetch)
-        channel.add_on_cancel_callback(lambda _frame: cancelled.set())
+        channel = session.consuming_channel(connection, prefetch=self.prefetch, cancelled=cancelled)
         self.channel, self.tag, self._on_message = channel, None, on_message
 
     def reopen_if_closed(self, connection: pika.BlockingConnection, cancelled: threading.Event, held: int) -> None:

@@ -57,10 +57,7 @@ class ChunkConsumer:
 
     def open(self, connection: pika.BlockingConnection, cancelled: threading.Event) -> BlockingChannel:
         """A new channel, subscribed."""
-        channel = connection.channel()
-        channel.confirm_delivery()
-        channel.basic_qos(prefetch_count=self._slots)
-        channel.add_on_cancel_callback(lambda _frame: cancelled.set())
+        channel = session.consuming_channel(connection, prefetch=self._slots, cancelled=cancelled)
         self.channel = channel
         self._subscribe(connection)
         logger.info("Taking chunk tasks from {} ({} at a time)", self.queue, self._slots)

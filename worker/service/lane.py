@@ -46,10 +46,7 @@ class InteractiveConsumer:
 
     def open(self, connection: pika.BlockingConnection, cancelled: threading.Event, on_message: OnMessage) -> None:
         """A new channel, subscribed (at the priority the worker's load calls for)."""
-        channel = connection.channel()
-        channel.confirm_delivery()
-        channel.basic_qos(prefetch_count=self.slots)
-        channel.add_on_cancel_callback(lambda _frame: cancelled.set())
+        channel = session.consuming_channel(connection, prefetch=self.slots, cancelled=cancelled)
         self.channel, self.held, self._on_message = channel, 0, on_message
         self._subscribe()
         logger.info("Taking interactive jobs from {} ({} at a time)", self.queue, self.slots)

@@ -220,6 +220,19 @@ def _close(connection: pika.BlockingConnection) -> None:
         pass  # already gone
 
 
+def consuming_channel(
+    connection: pika.BlockingConnection, *, prefetch: int, cancelled: threading.Event
+) -> BlockingChannel:
+    """A new channel to consume on: confirms on (progress events are published on it), at most `prefetch`
+    unacked deliveries, and `cancelled` set when the broker cancels a consumer of it (the queue was deleted,
+    or moved on failover: the worker then declares and subscribes again)."""
+    channel = connection.channel()
+    channel.confirm_delivery()
+    channel.basic_qos(prefetch_count=prefetch)
+    channel.add_on_cancel_callback(lambda _frame: cancelled.set())
+    return channel
+
+
 def replace_closed(
     channel: BlockingChannel, open_channel: Callable[[], BlockingChannel], *, what: str
 ) -> BlockingChannel:
