@@ -202,8 +202,7 @@ class Inbox:
         self._on_async_result = on_async_result
         self._on_progress = on_progress
         self._consumer_check_seconds = consumer_check_seconds
-        self._channel: BlockingChannel | None = None
-        self._results_tag = ""  # the durable results queue's consumer on _channel
+        self._results_tag = ""  # the durable results queue's consumer on the channel `open` returned
         self._checked_at = 0.0
 
     def open(self, connection: pika.BlockingConnection) -> BlockingChannel:
@@ -221,7 +220,6 @@ class Inbox:
         progress = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
         channel.queue_bind(progress, self._topology.progress_exchange, routing_key="#")
         channel.basic_consume(progress, session.guarded(self._progress, name="gateway_progress"), auto_ack=True)
-        self._channel = channel
         self._checked_at = time.monotonic()
         return channel
 
